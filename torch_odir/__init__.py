@@ -1,0 +1,1 @@
+"""torch-odir: the PyTorch + torchvision reference implementation of the dual-eye ResNet50."""
