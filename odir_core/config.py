@@ -1,0 +1,289 @@
+"""Training configuration shared by ``keras_odir.train`` and ``torch_odir.train``.
+
+One dataclass, :class:`TrainConfig`, is the single source of every training option:
+its fields are the TOML keys of ``experiments/*.toml`` and, with ``_`` written as
+``-``, the command-line flags. Precedence: field defaults < ``--config`` file < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import tomli_w
+
+from odir_core.atomic import atomic_write_text
+
+# The embedded default of the training CLIs (used when no --config is given).
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
+
+HEADS = ("v0", "v1", "v2")
+AUGMENT_MODES = ("none", "dual", "independent")
+SCHEDULERS = ("none", "linear", "cyclic")
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used (message says which and how to fix)."""
+
+
+def _opt(default, help, choices=None, flag=None):  # noqa: A002 - mirrors argparse
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if flag is not None:
+        meta["flag"] = flag
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (see ``--help`` of the training CLIs)."""
+
+    experiment: str = _opt("demo", "experiment name; the run folder is RUN_DIR/<experiment>-<timestamp>")
+    # data
+    data: str = _opt(
+        "",
+        "a prepared folder (annotations.xlsx + images/, from odir_core.prepare) or 'synthetic'; "
+        "empty: data/odir5k when prepared there, else the synthetic demo set",
+        flag="--data",
+    )
+    split: str = _opt(
+        "study",
+        "'study' (drop the 16 special-image patients, sklearn train_test_split 20%% with seed 42) "
+        "or the path of a split file saved by odir_core.splits.save_split (train/val IDs)",
+    )
+    image_size: int = _opt(224, "side in pixels the prepared images are resized to when loaded")
+    crop_size: int = _opt(
+        0, "side of the random (train) / centre (val) crop; 0 or image_size: no crop"
+    )
+    augment: str = _opt(
+        "none",
+        "training augmentation: none; dual (coherent over both eyes: flips swap eyes, one colour "
+        "jitter, rotation and crop per eye); independent (each eye on its own, no crop)",
+        choices=AUGMENT_MODES,
+    )
+    normalize: bool = _opt(True, "normalise images with the ImageNet mean/std (--no-normalize: x/255)")
+    # model
+    head: str = _opt("v0", "classifier head: v0 Dense(8); v1 Dropout+Dense; v2 MLP 128-64-8", choices=HEADS)
+    fine_tune: bool = _opt(False, "train the backbone too (else frozen, BatchNorm in inference mode)")
+    weights: str = _opt(
+        "imagenet",
+        "backbone weights: 'imagenet' (local torchvision resnet50 checkpoint), 'none' (random), "
+        "or the path of a .keras/.pth/.weights.h5 file",
+    )
+    # optimisation
+    batch_size: int = _opt(32, "patients per batch")
+    balanced_sampler: bool = _opt(False, "draw training batches with the multi-label balanced sampler")
+    weighted_loss: bool = _opt(
+        False, "BCE with pos_weight = negatives/positives per label on the training split"
+    )
+    lr: float = _opt(0.001, "SGD learning rate (the start value of a schedule)")
+    momentum: float = _opt(0.9, "SGD momentum (PyTorch semantics; cycled by the cyclic scheduler)")
+    weight_decay: float = _opt(0.0, "SGD weight decay (L2 added to the gradient, PyTorch semantics)")
+    scheduler: str = _opt("none", "per-epoch learning-rate schedule", choices=SCHEDULERS)
+    linear_start_factor: float = _opt(1.0, "LinearLR start_factor")
+    linear_end_factor: float = _opt(0.1, "LinearLR end_factor")
+    linear_total_iters: int = _opt(50, "LinearLR total_iters (epochs)")
+    cyclic_base_lr: float = _opt(0.001, "CyclicLR base_lr")
+    cyclic_max_lr: float = _opt(0.1, "CyclicLR max_lr")
+    cyclic_step_size_up: int = _opt(10, "CyclicLR step_size_up (epochs)")
+    cyclic_mode: str = _opt("triangular2", "CyclicLR mode", choices=CYCLIC_MODES)
+    cyclic_gamma: float = _opt(1.0, "CyclicLR gamma (exp_range mode)")
+    cycle_momentum: bool = _opt(True, "CyclicLR cycles momentum inversely to the lr")
+    cyclic_base_momentum: float = _opt(0.8, "CyclicLR base_momentum")
+    cyclic_max_momentum: float = _opt(0.9, "CyclicLR max_momentum")
+    epochs: int = _opt(50, "maximum number of epochs")
+    patience: int = _opt(5, "early stopping: epochs without a lower validation loss")
+    # run
+    seed: int = _opt(0, "seed of weights init, data order, augmentation and dropout")
+    workers: int = _opt(0, "data loading worker processes (0: in the main process)")
+    feature_cache: bool = _opt(
+        True,
+        "with a frozen backbone and augment none, compute backbone features once and train the "
+        "head on them (--no-feature-cache: run the backbone every step)",
+    )
+    device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
+    run_dir: str = _opt("runs", "folder under which the run folder is created")
+    resume: str = _opt(
+        "", "resume the interrupted run in this run folder (its config.toml is the base config)"
+    )
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("head", HEADS), ("augment", AUGMENT_MODES), ("scheduler", SCHEDULERS),
+                              ("cyclic_mode", CYCLIC_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        for name in ("image_size", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)}: must be at least 1")
+        if self.crop_size < 0 or self.crop_size > self.image_size:
+            raise ConfigError(
+                f"crop_size = {self.crop_size}: must be between 0 (no crop) and image_size ({self.image_size})"
+            )
+        if self.patience < 0 or self.workers < 0:
+            raise ConfigError("patience and workers must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"lr = {self.lr}: must be > 0")
+
+    @property
+    def input_size(self) -> int:
+        """Side of the network input: the crop size when cropping, else the image size."""
+        return self.crop_size if self.crop_size else self.image_size
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Whether backbone features can be computed once (frozen backbone, no augmentation)."""
+        return self.feature_cache and not self.fine_tune and self.augment == "none"
+
+    def scheduler_params(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen schedule (torch scheduler parameter names)."""
+        if self.scheduler == "linear":
+            return {
+                "start_factor": self.linear_start_factor,
+                "end_factor": self.linear_end_factor,
+                "total_iters": self.linear_total_iters,
+            }
+        if self.scheduler == "cyclic":
+            return {
+                "base_lr": self.cyclic_base_lr,
+                "max_lr": self.cyclic_max_lr,
+                "step_size_up": self.cyclic_step_size_up,
+                "mode": self.cyclic_mode,
+                "gamma": self.cyclic_gamma,
+                "cycle_momentum": self.cycle_momentum,
+                "base_momentum": self.cyclic_base_momentum,
+                "max_momentum": self.cyclic_max_momentum,
+            }
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (TOML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return type(f.default)
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from a dict, rejecting unknown keys and wrong types by name."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}"
+        )
+    clean = {}
+    for key, value in values.items():
+        want = _field_type(FIELDS[key])
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{source}: {key} = {value!r} is a {type(value).__name__}, expected {want.__name__}"
+            )
+        clean[key] = value
+    return TrainConfig(**clean)
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file into a dict; one clear error naming the file when it is missing or invalid."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
+    """Load a TOML config file (keys = TrainConfig fields), then apply ``overrides``."""
+    values = read_toml(path)
+    values.update(overrides)
+    return from_dict(values, source=str(path))
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as TOML, atomically."""
+    return atomic_write_text(path, tomli_w.dumps(config.to_dict()))
+
+
+def _flag(name: str) -> str:
+    return FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def build_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with ``--config`` plus one flag per TrainConfig field.
+
+    Flags default to "not given" so that only the flags on the command line override the file.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help=f"TOML file whose keys are the flags below with '_' (default: {DEFAULT_CONFIG.name} "
+        "when it exists, else the built-in defaults)",
+    )
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_type(f)
+        help_text = f.metadata["help"] + f" (built-in default: {f.default!r})"
+        names = [_flag(f.name)]
+        if f.name == "data":
+            names.append("--dataset")
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                *names, dest=f.name, type=kind, choices=f.metadata.get("choices"),
+                metavar=f.name.upper() if "choices" not in f.metadata else None, help=help_text,
+            )
+    return parser
+
+
+def parse_args(argv=None, prog: str | None = None, description: str | None = None) -> TrainConfig:
+    """Resolve the config of a training CLI: built-in defaults < config file < flags.
+
+    With ``--resume RUN_DIR`` the base is that run's ``config.toml`` (``--config`` is then an error).
+    With neither, ``experiments/demo.toml`` is the base when it exists.
+    """
+    parser = build_parser(prog, description)
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    if args.get("resume"):
+        if config_path:
+            parser.error("--resume continues a run with its own config.toml; do not pass --config too")
+        run_config = Path(args["resume"]) / "config.toml"
+        if not run_config.is_file():
+            parser.error(f"--resume {args['resume']}: no config.toml there; pass the run folder of an earlier run")
+        config_path = run_config
+    elif config_path is None and DEFAULT_CONFIG.is_file():
+        config_path = DEFAULT_CONFIG
+    try:
+        if config_path is None:
+            return from_dict(args, source="command line")
+        return load_config(config_path, **args)
+    except ConfigError as exc:
+        parser.error(str(exc))

@@ -1,0 +1,139 @@
+"""TrainConfig: TOML + flags precedence, validation, --help, and the experiment files vs the study table."""
+
+import csv
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from odir_core import config as cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+EXPERIMENTS = ROOT / "experiments"
+
+
+def test_flags_override_file_and_file_overrides_defaults(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('head = "v2"\nlr = 0.05\nepochs = 7\nfine_tune = true\n')
+    conf = cfg.parse_args(["--config", str(path), "--lr", "0.2", "--no-fine-tune", "--dataset", "synthetic"])
+    assert conf.head == "v2" and conf.epochs == 7  # from the file
+    assert conf.lr == 0.2 and conf.fine_tune is False and conf.data == "synthetic"  # flags win
+    assert conf.momentum == cfg.TrainConfig().momentum  # built-in default
+
+
+def test_integer_in_toml_is_accepted_for_float_field(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("lr = 1\n")
+    conf = cfg.load_config(path)
+    assert conf.lr == 1.0 and isinstance(conf.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("hed = 'v0'\n", ["unknown key", "hed"]),
+        ("epochs = 'ten'\n", ["epochs", "expected int"]),
+        ("head = 'v9'\n", ["head", "v0, v1, v2"]),
+        ("image_size = 64\ncrop_size = 96\n", ["crop_size", "image_size"]),
+        ("lr = [\n", ["not valid TOML"]),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config(path)
+    message = str(info.value)
+    for word in words:
+        assert word in message
+
+
+def test_bad_flag_value_exits_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        cfg.parse_args(["--augment", "mixup"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_explains_every_field(capsys):
+    with pytest.raises(SystemExit):
+        cfg.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(cfg.TrainConfig):
+        flag = "--data" if f.name == "data" else "--" + f.name.replace("_", "-")
+        assert flag in out, flag
+    assert "--no-normalize" in out and "--config" in out
+
+
+def test_saved_config_round_trips_through_toml(tmp_path):
+    conf = cfg.TrainConfig(head="v1", crop_size=200, scheduler="cyclic", seed=3)
+    path = cfg.save_config(conf, tmp_path / "config.toml")
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    assert raw["head"] == "v1" and raw["crop_size"] == 200 and raw["scheduler"] == "cyclic"
+    assert cfg.load_config(path) == conf
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary left behind
+
+
+def test_resume_uses_the_run_config(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.save_config(cfg.TrainConfig(head="v2", epochs=9), run / "config.toml")
+    conf = cfg.parse_args(["--resume", str(run), "--epochs", "12"])
+    assert conf.head == "v2" and conf.epochs == 12 and conf.resume == str(run)
+    with pytest.raises(SystemExit):
+        cfg.parse_args(["--resume", str(tmp_path / "missing")])
+
+
+def test_scheduler_params_are_torch_keyword_names():
+    torch = pytest.importorskip("torch")
+    conf = cfg.TrainConfig(scheduler="cyclic")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=conf.lr, momentum=conf.momentum)
+    torch.optim.lr_scheduler.CyclicLR(opt, **conf.scheduler_params())
+    conf = cfg.TrainConfig(scheduler="linear")
+    torch.optim.lr_scheduler.LinearLR(opt, **conf.scheduler_params())
+
+
+def _study_rows():
+    path = REFERENCE / "seed_experiments.csv"
+    if not path.is_file():
+        pytest.skip(f"study table {path} absent (reference data is not part of a fresh clone)")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_experiment_files_match_the_study_table():
+    rows = _study_rows()
+    assert len(rows) == 16
+    for row in rows:
+        k = int(row["experiment"])
+        conf = cfg.load_config(EXPERIMENTS / f"experiment_{k:02d}.toml")
+        assert conf.image_size == int(row["images"].rsplit("_", 1)[1]), k
+        assert conf.head == row["head"], k
+        assert conf.fine_tune == (row["fine_tune"] == "1"), k
+        assert conf.augment == row["augmentation"], k
+        assert conf.crop_size == int(row["crop_size"]), k
+        assert conf.weighted_loss == (row["weighted_loss"] == "1"), k
+        assert conf.balanced_sampler == (row["balanced_sampler"] == "1"), k
+        assert conf.lr == float(row["lr"]), k
+        assert conf.scheduler == row["scheduler"], k
+        assert conf.epochs == int(row["epochs"]) and conf.patience == int(row["patience"]), k
+        assert conf.batch_size == int(row["batch_size"]), k
+        assert conf.split == "study" and conf.weights == "imagenet", k
+        # experiment 0 used plain resizing, the others the FOV/circle-cropped images
+        assert (conf.data == "data/odir5k") == row["images"].startswith("fov_cc_fov"), k
+
+
+def test_experiments_16_and_17_vary_experiment_15():
+    base = cfg.load_config(EXPERIMENTS / "experiment_15.toml")
+    e16 = cfg.load_config(EXPERIMENTS / "experiment_16.toml")
+    e17 = cfg.load_config(EXPERIMENTS / "experiment_17.toml")
+    assert e16 == base.replace(experiment="experiment_16", head="v2")
+    assert e17 == base.replace(experiment="experiment_17", balanced_sampler=True)
+
+
+def test_demo_config_is_the_default_and_small():
+    conf = cfg.parse_args([])
+    assert conf == cfg.load_config(EXPERIMENTS / "demo.toml")
+    assert conf.experiment == "demo" and conf.input_size <= 96 and conf.weights == "none"
