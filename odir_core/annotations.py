@@ -1,0 +1,288 @@
+"""Read, validate and write ODIR-5K patient annotations.
+
+One normalised table (COLUMNS, one row per patient) from every layout users
+have: the grand-challenge xlsx, Kaggle's data.xlsx and per-image full_df.csv,
+the OIA-ODIR training/off-site/on-site xlsx files, and our own xlsx/csv.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .keywords import (  # noqa: F401  (re-exported: part of this module's API)
+    IGNORED_KEYWORDS,
+    KEYWORD_LABELS,
+    KEYWORD_SEPARATOR,
+    NON_DECISIVE_KEYWORDS,
+    eye_labels,
+    normalise_keywords,
+    patient_labels,
+)
+from .labels import LABELS, SPECIAL_IMAGES
+
+COLUMNS = [
+    "ID",
+    "Patient Age",
+    "Patient Sex",
+    "Left-Fundus",
+    "Right-Fundus",
+    "Left-Diagnostic Keywords",
+    "Right-Diagnostic Keywords",
+    *LABELS,
+]
+REQUIRED = ["ID", "Left-Fundus", "Right-Fundus", *LABELS]
+KEYWORD_COLUMNS = ["Left-Diagnostic Keywords", "Right-Diagnostic Keywords"]
+FUNDUS_COLUMNS = ["Left-Fundus", "Right-Fundus"]
+# Kaggle full_df.csv: one row per image with these extra per-image columns.
+PER_IMAGE_COLUMNS = ["filepath", "labels", "target", "filename"]
+
+_SPECIAL_STEMS = frozenset(Path(name).stem for name in SPECIAL_IMAGES)
+_HEADER_SEARCH_ROWS = 10
+
+
+class AnnotationError(ValueError):
+    """An annotations file that cannot be used, with where and how to fix it."""
+
+
+def _key(name) -> str:
+    """Header comparison key: case, spaces, dashes and underscores ignored."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+_CANONICAL = {_key(col): col for col in COLUMNS + PER_IMAGE_COLUMNS}
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """Every cell as read, no header interpretation (row 0 = spreadsheet row 1)."""
+    if not path.is_file():
+        raise AnnotationError(f"{path}: file not found; pass the path of the annotations .xlsx or .csv file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xlsm", ".xls"):
+            return pd.read_excel(path, header=None, dtype=object)
+        if suffix == ".csv":
+            return pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except Exception as exc:  # any parser failure means the same thing to the user
+        raise AnnotationError(
+            f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}); "
+            "re-download it or re-save it from a spreadsheet program"
+        ) from None
+    raise AnnotationError(f"{path}: unsupported file type {suffix!r}; use an .xlsx or .csv annotations file")
+
+
+def _locate_header(raw: pd.DataFrame, path: Path) -> int:
+    """Index of the header row: the first of the top rows naming ID and N..O."""
+    for i in range(min(_HEADER_SEARCH_ROWS, len(raw))):
+        keys = {_key(v) for v in raw.iloc[i] if not _is_blank(v)}
+        if "id" in keys and {_key(label) for label in LABELS} <= keys:
+            return i
+    first = [str(v).strip() for v in raw.iloc[0] if not _is_blank(v)] if len(raw) else []
+    keys = {_key(v) for v in first}
+    missing = [col for col in REQUIRED if _key(col) not in keys]
+    raise AnnotationError(
+        f"{path}: row 1: missing column(s) {', '.join(repr(c) for c in missing)} "
+        f"(found {first}); the header row must name {', '.join(REQUIRED)}"
+    )
+
+
+def _is_blank(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Data rows under canonical column names, and each row's spreadsheet row number."""
+    raw = _read_raw(path)
+    if raw.empty:
+        raise AnnotationError(f"{path}: the file is empty; it needs a header row and one row per patient")
+    h = _locate_header(raw, path)
+    names = []
+    for j, value in enumerate(raw.iloc[h]):
+        name = _CANONICAL.get(_key(value), None if _is_blank(value) else str(value).strip())
+        names.append(name if name is not None else f"__unnamed_{j}")
+    seen = set()
+    for name in names:
+        if name in seen and not name.startswith("__unnamed_"):
+            raise AnnotationError(f"{path}: row {h + 1}: column {name!r} appears twice; keep one of them")
+        seen.add(name)
+    body = raw.iloc[h + 1 :].copy()
+    body.columns = names
+    rownums = np.arange(h + 2, h + 2 + len(body))
+    keep = ~body.apply(lambda row: all(_is_blank(v) for v in row), axis=1).to_numpy()
+    # Some distributed files repeat the header row inside the data.
+    keep &= ~body["ID"].map(lambda v: _key(v) == "id").to_numpy()
+    body = body[keep].reset_index(drop=True)
+    return body, rownums[keep]
+
+
+def _where(path: Path, row: int, column: str) -> str:
+    return f"{path}: row {row}, column {column!r}"
+
+
+def _to_int(path, body, rownums, column, *, fix, allowed=None) -> np.ndarray:
+    """A column as int64, one error naming the first bad cell."""
+    out = np.empty(len(body), dtype=np.int64)
+    for i, value in enumerate(body[column]):
+        number = None
+        if not _is_blank(value):
+            try:
+                f = float(str(value).strip())
+                if f.is_integer():
+                    number = int(f)
+            except ValueError:
+                pass
+        if number is None or (allowed is not None and number not in allowed):
+            shown = "empty" if _is_blank(value) else repr(value)
+            raise AnnotationError(f"{_where(path, rownums[i], column)}: value {shown} is not {fix}")
+        out[i] = number
+    return out
+
+
+def _aggregate_images(path: Path, body: pd.DataFrame, rownums: np.ndarray):
+    """Kaggle full_df.csv: one row per image -> one row per patient.
+
+    The per-image file lists one eye's block after the other, while the
+    patient files it comes from are in ascending ID order: rows are sorted by ID.
+    """
+    patient_cols = [c for c in body.columns if c in COLUMNS]
+    ids = body["ID"].map(lambda v: str(v).strip())
+    first = {}
+    for i, pid in enumerate(ids):
+        if pid in first:
+            j = first[pid]
+            for col in patient_cols:
+                a, b = body.iat[i, body.columns.get_loc(col)], body.iat[j, body.columns.get_loc(col)]
+                if str(a).strip() != str(b).strip():
+                    raise AnnotationError(
+                        f"{_where(path, rownums[i], col)}: {a!r} differs from {b!r} on row {rownums[j]} "
+                        f"for the same patient {pid}; one patient's rows must agree on every patient column"
+                    )
+        else:
+            first[pid] = i
+    keep = np.array(sorted(first.values(), key=lambda i: _id_order(ids.iat[i])), dtype=int)
+    return body.iloc[keep][patient_cols].reset_index(drop=True), rownums[keep]
+
+
+def _id_order(pid: str) -> tuple:
+    try:
+        return (0, float(pid))
+    except ValueError:  # reported as a bad ID later
+        return (1, 0.0)
+
+
+def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFrame:
+    missing = [col for col in REQUIRED if col not in body.columns]
+    if missing:
+        found = [c for c in body.columns if not c.startswith("__unnamed_")]
+        raise AnnotationError(
+            f"{path}: header row: missing column(s) {', '.join(repr(c) for c in missing)} (found {found}); "
+            f"add them: the file needs {', '.join(REQUIRED)}"
+        )
+    out = pd.DataFrame(index=pd.RangeIndex(len(body)))
+    out["ID"] = _to_int(path, body, rownums, "ID", fix="a whole-number patient ID; fill it in or delete the row")
+    if "Patient Age" in body.columns:
+        age = pd.to_numeric(body["Patient Age"].map(lambda v: None if _is_blank(v) else v), errors="coerce")
+        out["Patient Age"] = age.astype("int64") if age.notna().all() and (age % 1 == 0).all() else age
+    else:
+        out["Patient Age"] = np.nan
+    sex = body["Patient Sex"] if "Patient Sex" in body.columns else pd.Series([""] * len(body))
+    out["Patient Sex"] = [("" if _is_blank(v) else str(v).strip()) for v in sex]
+    for col in FUNDUS_COLUMNS:
+        values = []
+        for i, value in enumerate(body[col]):
+            if _is_blank(value):
+                raise AnnotationError(
+                    f"{_where(path, rownums[i], col)}: empty; put the image file name (e.g. 0_left.jpg) there"
+                )
+            values.append(str(value).strip())
+        out[col] = values
+    for col in KEYWORD_COLUMNS:
+        out[col] = [normalise_keywords(v) for v in body[col]] if col in body.columns else ""
+    for label in LABELS:
+        out[label] = _to_int(path, body, rownums, label, fix="0 or 1; set it to 0 or 1", allowed=(0, 1))
+    _check_unique(path, out, rownums)
+    return out[COLUMNS]
+
+
+def _check_unique(path: Path, df: pd.DataFrame, rownums: np.ndarray) -> None:
+    first: dict = {}
+    for i, pid in enumerate(df["ID"]):
+        if pid in first:
+            raise AnnotationError(
+                f"{_where(path, rownums[i], 'ID')}: ID {pid} is already on row {first[pid]}; "
+                "each patient must appear once: merge the rows or give one a new ID"
+            )
+        first[pid] = rownums[i]
+    names: dict = {}
+    for col in FUNDUS_COLUMNS:
+        for i, name in enumerate(df[col]):
+            if name in names:
+                row, other = names[name]
+                raise AnnotationError(
+                    f"{_where(path, rownums[i], col)}: image {name!r} is already named on row {row}, "
+                    f"column {other!r}; each image belongs to one eye of one patient: correct the file name"
+                )
+            names[name] = (rownums[i], col)
+
+
+def is_special(df: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of patients with one of the 16 hospital-preprocessed images
+    (matched by file stem, so prepared copies with another extension count)."""
+    stems = [df[col].map(lambda n: Path(str(n)).stem) for col in FUNDUS_COLUMNS]
+    return (stems[0].isin(_SPECIAL_STEMS) | stems[1].isin(_SPECIAL_STEMS)).to_numpy()
+
+
+def read_annotations(path, *, exclude_special: bool = True) -> pd.DataFrame:
+    """Read and validate an annotations file of any supported layout.
+
+    Returns one row per patient with exactly COLUMNS (ID int, labels int 0/1,
+    keyword cells in canonical form), in file order, with a RangeIndex.
+    Raises AnnotationError naming the file, row, column and fix on bad input.
+    With exclude_special, patients with one of the 16 special images are dropped.
+    """
+    path = Path(path)
+    body, rownums = _table(path)
+    if "filename" in body.columns:
+        body, rownums = _aggregate_images(path, body, rownums)
+    df = _normalise(path, body, rownums)
+    if exclude_special:
+        df = df[~is_special(df)].reset_index(drop=True)
+    return df
+
+
+def write_annotations(df: pd.DataFrame, path) -> Path:
+    """Write annotations (COLUMNS) to .xlsx or .csv by suffix, atomically."""
+    path = Path(path)
+    missing = [col for col in COLUMNS if col not in df.columns]
+    if missing:
+        raise AnnotationError(f"cannot write {path}: the table lacks column(s) {missing}")
+    suffix = path.suffix.lower()
+    if suffix not in (".xlsx", ".csv"):
+        raise AnnotationError(f"cannot write {path}: use a .xlsx or .csv file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".xlsx":
+            df[COLUMNS].to_excel(tmp, index=False)
+        else:
+            df[COLUMNS].to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def label_matrix(df: pd.DataFrame) -> np.ndarray:
+    """The (n, 8) float32 label matrix in LABELS order."""
+    return df[list(LABELS)].to_numpy(dtype=np.float32)
