@@ -1,0 +1,170 @@
+"""Figures of an evaluation and of a prediction (matplotlib, Agg backend), saved atomically as PNG."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import cv2  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    auc,
+    multilabel_confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from odir_core.atomic import atomic_path  # noqa: E402
+from odir_core.labels import LABEL_NAMES, LABELS  # noqa: E402
+from odir_core.metrics import binarize  # noqa: E402
+from odir_core.thresholds import as_thresholds  # noqa: E402
+
+# One colour per label, the same in every figure.
+LABEL_COLORS = dict(zip(LABELS, plt.get_cmap("tab10").colors))
+
+
+def save_figure(fig, path, dpi: int = 110):
+    """Save ``fig`` as PNG at ``path`` atomically and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _both_classes(column: np.ndarray) -> bool:
+    return column.min() != column.max()
+
+
+def confusion_matrices_figure(y_true, y_prob, thresholds=0.5):
+    """2 x 4 grid: one 2 x 2 confusion matrix per label (rows: truth, columns: prediction)."""
+    y_true = np.asarray(y_true).astype(int)
+    t = as_thresholds(thresholds)
+    matrices = multilabel_confusion_matrix(y_true, binarize(y_prob, t))
+    fig, axes = plt.subplots(2, 4, figsize=(14, 7), constrained_layout=True)
+    for ax, label, cm, tj in zip(axes.flat, LABELS, matrices, t):
+        ConfusionMatrixDisplay(cm, display_labels=["no", "yes"]).plot(ax=ax, colorbar=False, cmap="Blues", values_format="d")
+        ax.set_title(f"{label}: {LABEL_NAMES[label]}\n(threshold {tj:.2f})", fontsize=10)
+    fig.suptitle(f"Confusion matrices, {len(y_true)} patients")
+    return fig
+
+
+def roc_curves_figure(y_true, y_prob):
+    """ROC curve of every label on one plot, ROC AUC in the legend."""
+    y_true = np.asarray(y_true).astype(int)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 6.5), constrained_layout=True)
+    for j, label in enumerate(LABELS):
+        if not _both_classes(y_true[:, j]):
+            ax.plot([], [], color=LABEL_COLORS[label], label=f"{label} (AUC undefined: one class only)")
+            continue
+        fpr, tpr, _ = roc_curve(y_true[:, j], y_prob[:, j])
+        score = roc_auc_score(y_true[:, j], y_prob[:, j])
+        ax.plot(fpr, tpr, color=LABEL_COLORS[label], lw=1.6, label=f"{label} {LABEL_NAMES[label]} (AUC = {score:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+           ylabel="True positive rate (sensitivity)", title=f"ROC curves, {len(y_true)} patients")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def pr_curves_figure(y_true, y_prob):
+    """Precision-recall curve of every label on one plot, area under it (trapezoidal) in the legend."""
+    y_true = np.asarray(y_true).astype(int)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 6.5), constrained_layout=True)
+    for j, label in enumerate(LABELS):
+        if not y_true[:, j].any():
+            ax.plot([], [], color=LABEL_COLORS[label], label=f"{label} (AUC undefined: no positives)")
+            continue
+        precision, recall, _ = precision_recall_curve(y_true[:, j], y_prob[:, j])
+        prevalence = y_true[:, j].mean()
+        ax.plot(recall, precision, color=LABEL_COLORS[label], lw=1.6,
+                label=f"{label} {LABEL_NAMES[label]} (AUC = {auc(recall, precision):.3f}, prevalence {prevalence:.2f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
+           title=f"Precision-recall curves, {len(y_true)} patients")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Blend a [0, 1] heatmap (any size) over an RGB uint8 image with OpenCV's JET colour map."""
+    h, w = image.shape[:2]
+    heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = np.clip(heat, 0.0, 1.0)
+    colored = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, colored, alpha, 0.0)
+
+
+def _label_list(flags) -> str:
+    names = [label for label, flag in zip(LABELS, flags) if flag]
+    return ", ".join(names) if names else "none"
+
+
+def _prob_line(probs) -> str:
+    return "  ".join(f"{label} {p:.2f}" for label, p in zip(LABELS, probs))
+
+
+def qualitative_figure(examples, thresholds=0.5):
+    """One row per example: left eye, right eye, and the patient's truth / predictions / probabilities.
+
+    ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,).
+    """
+    t = as_thresholds(thresholds)
+    n = max(len(examples), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(12, 3.1 * n), gridspec_kw={"width_ratios": [1, 1, 1.6]},
+                             squeeze=False, constrained_layout=True)
+    if not examples:
+        for ax in axes.flat:
+            ax.axis("off")
+        axes[0, 2].text(0, 0.5, "no patient images available", fontsize=12)
+    for row, ex in zip(axes, examples):
+        pred = binarize(np.asarray(ex["prob"])[None], t)[0]
+        for ax, side in zip(row[:2], ("left", "right")):
+            ax.imshow(ex[side])
+            ax.set_title(f"patient {ex['id']}, {side} eye", fontsize=9)
+            ax.axis("off")
+        ax = row[2]
+        ax.axis("off")
+        hit = "found" if pred[LABELS.index(ex["label"])] else "missed"
+        ax.text(0.0, 0.95, f"example of {ex['label']} ({LABEL_NAMES[ex['label']]}): {hit}", fontsize=11,
+                weight="bold", va="top", transform=ax.transAxes)
+        ax.text(0.0, 0.72, f"ground truth:  {_label_list(ex['truth'])}", fontsize=10, va="top", transform=ax.transAxes)
+        ax.text(0.0, 0.55, f"predicted:       {_label_list(pred)}", fontsize=10, va="top", transform=ax.transAxes)
+        ax.text(0.0, 0.36, "probabilities:\n" + _prob_line(ex["prob"]), fontsize=9, va="top", family="monospace",
+                transform=ax.transAxes)
+    return fig
+
+
+def prediction_figure(left, right, probs, thresholds=0.5, title: str = "", heatmaps=None, gradcam_label: str = ""):
+    """The per-patient figure of predict: both eyes (Grad-CAM overlaid when ``heatmaps`` is a pair)
+    and a bar chart of the eight probabilities with each label's threshold."""
+    t = as_thresholds(thresholds)
+    probs = np.asarray(probs, dtype=np.float64)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.3]}, constrained_layout=True)
+    for ax, image, side, k in zip(axes[:2], (left, right), ("Left", "Right"), (0, 1)):
+        shown = overlay_heatmap(image, heatmaps[k]) if heatmaps is not None else image
+        ax.imshow(shown)
+        ax.set_title(f"{side} eye" + (f" + Grad-CAM ({gradcam_label})" if heatmaps is not None else ""), fontsize=10)
+        ax.axis("off")
+    ax = axes[2]
+    y = np.arange(len(LABELS))[::-1]
+    positive = probs > t
+    ax.barh(y, probs, color=["tab:red" if p else "tab:gray" for p in positive])
+    for yi, tj in zip(y, t):
+        ax.plot([tj, tj], [yi - 0.4, yi + 0.4], color="k", lw=1)
+    for yi, p in zip(y, probs):
+        ax.text(min(p + 0.02, 0.86), yi, f"{p:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y, [f"{label} {LABEL_NAMES[label]}" for label in LABELS], fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="probability (black tick: threshold; red: predicted)")
+    ax.set_title("Predicted: " + _label_list(positive), fontsize=10)
+    if title:
+        fig.suptitle(title)
+    return fig
