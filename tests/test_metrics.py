@@ -1,0 +1,362 @@
+"""odir_core.metrics against the study's published numbers, the official ODIR-2019 values and scikit-learn."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
+
+from odir_core.labels import LABELS
+from odir_core.metrics import (
+    MetricsError,
+    MetricsWarning,
+    SubmissionError,
+    challenge_metrics,
+    check_submission,
+    main,
+    per_label_table,
+    read_label_file,
+    study_metrics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+EXPERIMENTS = REFERENCE / "seed_experiments"
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "seed_experiments.csv").is_file(),
+    reason=f"study reference data not found at {REFERENCE} (only present next to the project checkout in CI)",
+)
+KEYS = ("kappa", "f1", "auc", "final")
+
+
+def _experiment(k):
+    folder = EXPERIMENTS / f"experiment_{k}"
+    return read_label_file(folder / "ground_truth.xlsx"), read_label_file(folder / "probs.xlsx")
+
+
+@pytest.fixture(scope="module")
+def experiment_15():
+    if not (EXPERIMENTS / "experiment_15" / "probs.xlsx").is_file():
+        pytest.skip(f"study reference data not found at {REFERENCE}")
+    return _experiment(15)
+
+
+@pytest.fixture
+def random_case():
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 8)) < 0.3).astype(int)
+    y[:2] = [[1] * 8, [0] * 8]  # every label has both classes
+    p = np.clip(0.35 * y + 0.65 * rng.random((60, 8)), 0, 1)
+    return y, p
+
+
+# --------------------------------------------------------------------------- the study's numbers
+
+
+@needs_reference
+@pytest.mark.parametrize("k", range(16))
+def test_reproduces_seed_experiments_csv(k):
+    table = pd.read_csv(REFERENCE / "seed_experiments.csv").set_index("experiment")
+    gt, probs = _experiment(k)
+    assert gt["ID"].tolist() == probs["ID"].tolist()
+    y, p = gt[list(LABELS)], probs[list(LABELS)]
+    got = {f"seed_{key}": v for key, v in study_metrics(y, p).items()}
+    got |= {f"challenge_{key}": v for key, v in challenge_metrics(y, p).items()}
+    for column, value in got.items():
+        # the csv holds 6 decimals: a correct value lies within half a unit of the last one
+        assert abs(value - table.loc[k, column]) <= 5e-7 + 1e-12, (column, value, table.loc[k, column])
+
+
+def test_official_numbers_experiment_15(experiment_15):
+    gt, probs = experiment_15
+    got = challenge_metrics(gt, probs)
+    official = {"kappa": 0.6014981085268922, "f1": 0.8941618911174785, "auc": 0.9279044627559762, "final": 0.8078548208001156}
+    for key in KEYS:
+        assert abs(got[key] - official[key]) <= 1e-12, key
+
+
+def test_classification_report_experiment_15(experiment_15):
+    gt, probs = experiment_15
+    # the study's printed scikit-learn report (precision, recall, f1, support)
+    printed = {
+        "N": (0.56, 0.79, 0.65, 214), "D": (0.73, 0.72, 0.73, 226), "G": (0.56, 0.65, 0.60, 34),
+        "C": (0.89, 0.89, 0.89, 37), "A": (0.68, 0.73, 0.70, 37), "H": (0.42, 0.55, 0.48, 29),
+        "M": (0.84, 0.87, 0.85, 30), "O": (0.57, 0.59, 0.58, 217), "weighted avg": (0.64, 0.71, 0.67, 824),
+    }
+    table = per_label_table(gt, probs, averages=True)
+    assert table.index.tolist()[:8] == list(LABELS)
+    for row, (precision, recall, f1, support) in printed.items():
+        got = table.loc[row]
+        for name, value in (("precision", precision), ("recall", recall), ("f1", f1)):
+            assert abs(got[name] - value) <= 0.005 + 1e-12, (row, name, got[name])
+        assert got["support"] == support
+
+
+# --------------------------------------------------------------------------- definitions vs scikit-learn
+
+
+def test_study_metrics_match_sklearn_definitions(random_case):
+    y, p = random_case
+    pred = (p > 0.5).astype(int)
+    kappa = np.mean([cohen_kappa_score(y[:, j], pred[:, j]) for j in range(8)])
+    f1 = f1_score(y, pred, average="weighted", zero_division=0)
+    auc = roc_auc_score(y, p, average="weighted")
+    got = study_metrics(y, p)
+    assert got["kappa"] == pytest.approx(kappa, abs=1e-12)
+    assert got["f1"] == pytest.approx(f1, abs=1e-12)
+    assert got["auc"] == pytest.approx(auc, abs=1e-12)
+    assert got["final"] == pytest.approx((kappa + f1 + auc) / 3, abs=1e-12)
+
+
+def test_per_label_threshold_and_strict_comparison():
+    y = np.array([[1, 0, 1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1, 0, 1]])
+    p = np.full((2, 8), 0.5)
+    # a probability equal to the threshold is negative (official: pr > th): nothing predicted
+    assert challenge_metrics(y, p)["f1"] == pytest.approx(0.5)  # 8 of 16 cells right (all the zeros)
+    # per-label thresholds: below 0.5 everywhere -> everything predicted positive
+    assert challenge_metrics(y, p, threshold=[0.4] * 8)["f1"] == pytest.approx(0.5)
+    table = per_label_table(y, p, threshold=[0.4] * 4 + [0.6] * 4)
+    assert table["recall"].tolist() == [1.0] * 4 + [0.0] * 4
+    with pytest.raises(MetricsError, match="threshold"):
+        study_metrics(y, p, threshold=[0.5, 0.5])
+    with pytest.raises(MetricsError, match=r"\[0, 1\]"):
+        study_metrics(y, p, threshold=1.5)
+
+
+def test_dataframe_with_id_column_uses_label_columns(random_case):
+    y, p = random_case
+    gt = pd.DataFrame(y, columns=list(LABELS)).assign(ID=range(60))
+    probs = pd.DataFrame(p, columns=list(LABELS))[list(reversed(LABELS))].assign(ID=range(60))
+    assert study_metrics(gt, probs) == study_metrics(y, p)
+
+
+# --------------------------------------------------------------------------- degenerate input
+
+
+def test_label_without_positives_gives_nan_auc_and_warning(random_case):
+    y, p = random_case
+    y = y.copy()
+    y[:, 5] = 0  # H absent from this ground truth
+    with pytest.warns(MetricsWarning, match=r"ROC AUC is undefined for label\(s\) H"):
+        table = per_label_table(y, p)
+    assert math.isnan(table.loc["H", "auc"])
+    assert table.loc["H", "support"] == 0
+    with pytest.warns(MetricsWarning):
+        got = study_metrics(y, p)
+    # a label without positives has weight 0 in scikit-learn's weighted average too
+    keep = [j for j in range(8) if j != 5]
+    assert got["auc"] == pytest.approx(roc_auc_score(y[:, keep], p[:, keep], average="weighted"), abs=1e-12)
+    assert not math.isnan(got["final"])
+
+
+def test_label_all_positive_is_left_out_of_weighted_auc(random_case):
+    y, p = random_case
+    y = y.copy()
+    y[:, 0] = 1
+    with pytest.warns(MetricsWarning, match="only one class"):
+        got = study_metrics(y, p)
+    assert got["auc"] == pytest.approx(roc_auc_score(y[:, 1:], p[:, 1:], average="weighted"), abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:ROC AUC is undefined:odir_core.metrics.MetricsWarning")
+def test_constant_truth_and_prediction_gives_nan_kappa(random_case):
+    y, p = random_case
+    y, p = y.copy(), p.copy()
+    y[:, 2] = 0
+    p[:, 2] = 0.1
+    with pytest.warns(MetricsWarning, match=r"Cohen kappa is undefined for label\(s\) G"):
+        got = study_metrics(y, p)
+    pred = (p > 0.5).astype(int)
+    others = [cohen_kappa_score(y[:, j], pred[:, j]) for j in range(8) if j != 2]
+    assert got["kappa"] == pytest.approx(np.mean(others), abs=1e-12)
+
+
+def test_challenge_metrics_single_class_is_nan():
+    y = np.zeros((3, 8), dtype=int)
+    p = np.full((3, 8), 0.2)
+    with pytest.warns(MetricsWarning):
+        got = challenge_metrics(y, p)
+    assert math.isnan(got["auc"]) and math.isnan(got["kappa"]) and math.isnan(got["final"])
+    assert got["f1"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_probabilities_are_named(random_case, bad):
+    y, p = random_case
+    p = p.copy()
+    p[3, 1] = bad
+    p[7, 6] = bad
+    with pytest.raises(MetricsError, match=r"2 NaN/inf value\(s\) at row 3 column D, row 7 column M"):
+        study_metrics(y, p)
+    with pytest.raises(MetricsError, match="NaN/inf"):
+        challenge_metrics(y, p)
+
+
+def test_probabilities_outside_unit_interval(random_case):
+    y, p = random_case
+    p = p.copy()
+    p[4, 0] = 1.5
+    with pytest.raises(MetricsError, match=r"outside at row 4 column N.*sigmoid"):
+        per_label_table(y, p)
+
+
+@pytest.mark.parametrize(
+    "y_shape, p_shape, message",
+    [((10, 8), (9, 8), "must match"), ((10, 7), (10, 7), r"shape \(n, 8\)"), ((10,), (10,), r"shape \(n, 8\)"), ((0, 8), (0, 8), "no rows")],
+)
+def test_shape_errors(y_shape, p_shape, message):
+    with pytest.raises(MetricsError, match=message):
+        study_metrics(np.zeros(y_shape), np.zeros(p_shape))
+
+
+def test_non_binary_truth(random_case):
+    y, p = random_case
+    y = y.astype(float)
+    y[5, 7] = 0.5
+    with pytest.raises(MetricsError, match=r"only 0 and 1; 1 other value\(s\) at row 5 column O"):
+        challenge_metrics(y, p)
+
+
+# --------------------------------------------------------------------------- files and submissions
+
+
+def _frames(n=6, seed=1):
+    rng = np.random.default_rng(seed)
+    ids = [10, 3, 7, 42, 5, 8][:n]
+    gt = pd.DataFrame((rng.random((n, 8)) < 0.4).astype(int), columns=list(LABELS))
+    gt.insert(0, "ID", ids)
+    sub = pd.DataFrame(rng.random((n, 8)), columns=list(LABELS))
+    sub.insert(0, "ID", ids)
+    return gt, sub
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_read_label_file_round_trip(tmp_path, suffix):
+    gt, sub = _frames()
+    path = tmp_path / f"probs{suffix}"
+    extra = sub.assign(note="x")[["note", *sub.columns]]
+    extra.to_csv(path, index=False) if suffix == ".csv" else extra.to_excel(path, index=False)
+    got = read_label_file(path)
+    assert got.columns.tolist() == ["ID", *LABELS]
+    assert got["ID"].dtype == np.int64
+    np.testing.assert_allclose(got[list(LABELS)].to_numpy(), sub[list(LABELS)].to_numpy(), rtol=0, atol=1e-15)
+
+
+def test_read_label_file_errors(tmp_path):
+    gt, _ = _frames()
+    path = tmp_path / "gt.csv"
+    gt.drop(columns=["H"]).to_csv(path, index=False)
+    with pytest.raises(MetricsError, match=r"gt\.csv: missing column\(s\) H"):
+        read_label_file(path)
+    gt = gt.astype(object)
+    gt.loc[2, "D"] = "yes"
+    gt.to_csv(path, index=False)
+    with pytest.raises(MetricsError, match=r"column D, row 4 .*'yes'"):
+        read_label_file(path)
+    with pytest.raises(MetricsError, match="no such file"):
+        read_label_file(tmp_path / "absent.xlsx")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(MetricsError, match="unsupported file type"):
+        read_label_file(tmp_path / "x.json")
+
+
+def test_check_submission_accepts_matching_file(tmp_path):
+    gt, sub = _frames()
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    gt.to_excel(tmp_path / "gt.xlsx", index=False)
+    check_submission(tmp_path / "sub.csv", tmp_path / "gt.xlsx")
+    check_submission(sub, gt)
+
+
+def test_check_submission_wrong_column_order():
+    gt, sub = _frames()
+    with pytest.raises(SubmissionError, match="columns in the wrong order"):
+        check_submission(sub[["ID", "D", "N", *LABELS[2:]]], gt)
+
+
+def test_check_submission_wrong_row_order():
+    gt, sub = _frames()
+    with pytest.raises(SubmissionError, match=r"rows in the wrong order \(row 2 has ID 3, the ground truth has 10\)"):
+        check_submission(sub.iloc[[1, 0, 2, 3, 4, 5]], gt)
+
+
+def test_check_submission_missing_ids():
+    gt, sub = _frames()
+    with pytest.raises(SubmissionError, match=r"2 ground-truth ID\(s\) missing: 7, 42"):
+        check_submission(sub.iloc[[0, 1, 4, 5]], gt)
+
+
+def test_check_submission_extra_ids():
+    gt, sub = _frames()
+    extra = pd.concat([sub, sub.iloc[[0]].assign(ID=999)])
+    with pytest.raises(SubmissionError, match=r"1 ID\(s\) not in the ground truth: 999"):
+        check_submission(extra, gt)
+
+
+def test_check_submission_other_problems():
+    gt, sub = _frames()
+    with pytest.raises(SubmissionError, match=r"missing column\(s\) O"):
+        check_submission(sub.drop(columns=["O"]), gt)
+    with pytest.raises(SubmissionError, match=r"unexpected column\(s\) score"):
+        check_submission(sub.assign(score=1.0), gt)
+    with pytest.raises(SubmissionError, match="appears more than once"):
+        check_submission(pd.concat([sub, sub.iloc[[2]]]), gt)
+    bad = sub.copy()
+    bad.loc[1, "G"] = 1.2
+    with pytest.raises(SubmissionError, match=r"not probabilities in \[0, 1\] at row 3 column G"):
+        check_submission(bad, gt)
+    bad.loc[1, "G"] = np.nan
+    with pytest.raises(SubmissionError, match="column G, row 3"):
+        check_submission(bad, gt)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_experiment_15(capsys):
+    if not (EXPERIMENTS / "experiment_15" / "probs.xlsx").is_file():
+        pytest.skip(f"study reference data not found at {REFERENCE}")
+    folder = EXPERIMENTS / "experiment_15"
+    assert main([str(folder / "ground_truth.xlsx"), str(folder / "probs.xlsx")]) == 0
+    out = capsys.readouterr().out
+    assert "0.6014981085268922" in out and "0.8078548208001156" in out  # official kappa and final
+    assert "0.7071414010255999" in out  # the study's final on these probabilities (0.707141 in the csv)
+    weighted = next(line for line in out.splitlines() if line.strip().startswith("weighted avg")).split()
+    assert weighted[2:5] == ["0.64", "0.71", "0.67"] and weighted[-1] == "824"
+
+
+def test_cli_bad_input_exit_code_and_one_line(tmp_path):
+    gt, sub = _frames()
+    gt.to_csv(tmp_path / "gt.csv", index=False)
+    sub.iloc[::-1].to_csv(tmp_path / "sub.csv", index=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "odir_core.metrics", str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "rows in the wrong order" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_align_and_threshold(tmp_path, capsys):
+    gt, sub = _frames()
+    gt.to_csv(tmp_path / "gt.csv", index=False)
+    sub.iloc[::-1][["ID", *reversed(LABELS)]].to_csv(tmp_path / "sub.csv", index=False)
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv"), "--align", "--threshold", "0.3"]) == 0
+    out = capsys.readouterr().out
+    expected = challenge_metrics(gt[list(LABELS)], sub[list(LABELS)], threshold=0.3)
+    assert f"{expected['final']:.16f}" in out and out.startswith("threshold 0.3,")
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "missing.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_help_explains_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--threshold" in out and "--align" in out and "GROUND_TRUTH" in out.upper()
