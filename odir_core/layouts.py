@@ -58,3 +58,56 @@ PREPARED = Layout(
 )
 
 LAYOUTS = {layout.name: layout for layout in (GRAND_CHALLENGE, KAGGLE, OIA, PREPARED)}
+
+
+class LayoutError(ValueError):
+    """A folder or zip that holds none of the known ODIR-5K layouts."""
+
+
+@dataclass(frozen=True)
+class DetectedLayout:
+    """A layout found in a listing: the actual names (as listed) of its annotation file and image folder."""
+
+    layout: Layout
+    root: str  # wrapping folder before the layout's own paths ("" at the top)
+    annotations: str
+    images: str
+
+
+def _norm(path: str) -> str:
+    """Compare paths case-insensitively, with '_' for ' ', '/' separators and no trailing slash."""
+    return path.replace("\\", "/").strip("/").replace("_", " ").lower()
+
+
+def detect_layout(names, layouts=None) -> DetectedLayout:
+    """Find which layout a folder listing or zip namelist holds (relative paths, '/' or '\\').
+
+    Tolerates a wrapping top folder (any depth), underscores for spaces and any
+    letter case. Needs the annotation file and at least one file in the image
+    folder. Raises LayoutError listing what each layout expects.
+    """
+    layouts = tuple(layouts or (OIA, KAGGLE, GRAND_CHALLENGE, PREPARED))
+    files = {}
+    for name in names:
+        files.setdefault(_norm(name), name.replace("\\", "/").strip("/"))
+    folders = {}  # normalised folder -> its actual spelling (taken from a file below it)
+    for norm, actual in files.items():
+        parts, actual_parts = norm.split("/")[:-1], actual.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folders.setdefault("/".join(parts[:depth]), "/".join(actual_parts[:depth]))
+    for layout in layouts:
+        ann, img = _norm(layout.annotations), _norm(layout.images)
+        hits = sorted((n for n in files if n == ann or n.endswith("/" + ann)), key=lambda n: (n.count("/"), n))
+        for hit in hits:
+            root = hit[: len(hit) - len(ann)]
+            if root + img in folders:
+                actual_ann = files[hit]
+                return DetectedLayout(
+                    layout, actual_ann[: len(root)].rstrip("/"), actual_ann, folders[root + img]
+                )
+    top = sorted({files[n].split("/")[0] for n in files})[:10]
+    expected = "\n".join(f"  {lay.name}: {lay.annotations} + {lay.images}/ ({lay.description})" for lay in layouts)
+    raise LayoutError(
+        "no known ODIR-5K layout found (paths may sit in one wrapping folder; '_' may replace spaces).\n"
+        f"Expected one of:\n{expected}\nFound at the top: {', '.join(top) or 'nothing'}"
+    )

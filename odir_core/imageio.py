@@ -1,0 +1,135 @@
+"""Decode fundus photographs to 8-bit RGB and write images atomically.
+
+Every decoded image is a C-contiguous ``uint8`` array of shape (H, W, 3) in RGB
+order, whatever the file held: grayscale, RGBA (composited on black), 16-bit,
+or a JPEG with an EXIF orientation tag (applied, as OpenCV does by default).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from odir_core.atomic import atomic_write_bytes
+
+JPEG_MAGIC = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+class ImageDecodeError(ValueError):
+    """A file that is not a readable image (corrupt, truncated, empty or unknown format)."""
+
+
+def is_jpeg(data: bytes) -> bool:
+    """True when ``data`` starts with the JPEG start-of-image marker."""
+    return data[:2] == JPEG_MAGIC
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception as exc:  # PIL raises several unrelated types for bad headers
+        raise ImageDecodeError(f"unreadable image header ({exc})") from exc
+
+
+def reduction_factor(width: int, height: int, target_size: int | None) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4 or 8) leaving the short side >= ``target_size``."""
+    if not target_size:
+        return 1
+    short = min(width, height)
+    factor = 1
+    for candidate in (2, 4, 8):
+        if short // candidate >= target_size:
+            factor = candidate
+    return factor
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    """Normalise an OpenCV-decoded array (BGR/BGRA/gray, 8 or 16 bit, or float) to uint8 RGB."""
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageDecodeError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        alpha = img[:, :, 3:4].astype(np.uint16)
+        rgb = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB).astype(np.uint16)
+        return ((rgb * alpha + 127) // 255).astype(np.uint8)  # composite on black
+    raise ImageDecodeError(f"unsupported channel count {channels}")
+
+
+def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
+    """Decode encoded image bytes to uint8 RGB; ``reduce`` (2, 4, 8) uses JPEG DCT scaling.
+
+    JPEGs go through OpenCV's colour path, which applies EXIF orientation; other
+    formats are read unchanged (keeping 16-bit, gray and alpha) and normalised.
+    Raises ImageDecodeError for empty, undecodable or truncated JPEG data.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    buf = np.frombuffer(data, np.uint8)
+    if is_jpeg(data):
+        if JPEG_EOI not in data[-1024:]:
+            raise ImageDecodeError("truncated JPEG (no end-of-image marker); re-download or replace the file")
+        img = cv2.imdecode(buf, REDUCED_FLAGS[reduce])
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageDecodeError("not a decodable image (corrupt or unknown format)")
+    return to_rgb8(img)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The raw bytes of a file (works with non-ASCII paths, unlike cv2.imread on Windows)."""
+    return Path(path).read_bytes()
+
+
+def load_image(path: str | os.PathLike, target_size: int | None = None) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3).
+
+    With ``target_size``, a JPEG whose short side is at least twice that is
+    decoded at 1/2, 1/4 or 1/8 scale (the largest keeping the short side
+    >= ``target_size``), which is several times faster than a full decode.
+    """
+    data = read_bytes(path)
+    try:
+        factor = reduction_factor(*header_size(data), target_size) if is_jpeg(data) else 1
+        return decode_image(data, factor)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}") from None
+
+
+def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode uint8 RGB as PNG or JPEG bytes."""
+    fmt = fmt.lower().lstrip(".")
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    if fmt in ("jpg", "jpeg"):
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif fmt == "png":
+        ok, buf = cv2.imencode(".png", bgr)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; use 'png' or 'jpg'")
+    if not ok:
+        raise ImageDecodeError(f"OpenCV could not encode a {img.shape} image as {fmt}")
+    return buf.tobytes()
+
+
+def save_image(img: np.ndarray, path: str | os.PathLike, quality: int = 95) -> None:
+    """Encode ``img`` by the suffix of ``path`` (.png, .jpg) and write it atomically."""
+    atomic_write_bytes(path, encode_image(img, Path(path).suffix, quality))
