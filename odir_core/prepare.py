@@ -1,0 +1,225 @@
+"""Prepare an ODIR-5K download for training: `python -m odir_core.prepare --source PATH --out DIR --size 512`.
+
+PATH is a folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
+prepared folder). Every photograph goes through FOV crop -> circle crop -> FOV
+crop -> resize and is written to DIR/images/<ID>_left|right.<ext>; DIR also gets
+annotations.xlsx (patients whose two images were written) and prepare_report.csv
+(every image skipped or repaired, and why). Reruns skip finished images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import cv2
+import pandas as pd
+from tqdm import tqdm
+
+from odir_core.annotations import read_annotations, write_annotations
+from odir_core.atomic import atomic_write_text
+from odir_core.imageio import save_image
+from odir_core.layouts import LayoutError, detect_layout
+from odir_core.preprocess import PreprocessError, prepare_image
+
+REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
+SIDES = (("left", "Left-Fundus"), ("right", "Right-Fundus"))
+
+
+class Source:
+    """Read-only access to a dataset folder or zip by relative '/' paths."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"--source {self.path} does not exist; give an ODIR-5K folder or zip")
+        self.is_zip = self.path.is_file()
+        if self.is_zip and not zipfile.is_zipfile(self.path):
+            raise ValueError(f"--source {self.path} is a file but not a zip archive; give a folder or a .zip")
+        self._zip: zipfile.ZipFile | None = None
+
+    def names(self) -> list[str]:
+        """Relative paths of every file."""
+        if self.is_zip:
+            return [n for n in self._archive().namelist() if not n.endswith("/")]
+        root = self.path
+        return [
+            (Path(d) / f).relative_to(root).as_posix() for d, _, files in os.walk(root) for f in files
+        ]
+
+    def read(self, name: str) -> bytes:
+        """The bytes of one file (a zip member is read without extracting the archive)."""
+        if self.is_zip:
+            return self._archive().read(name)
+        return (self.path / name).read_bytes()
+
+    def _archive(self) -> zipfile.ZipFile:
+        if self._zip is None:  # opened lazily so each worker process gets its own handle
+            self._zip = zipfile.ZipFile(self.path)
+        return self._zip
+
+    def __getstate__(self):
+        return {**self.__dict__, "_zip": None}
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(source: Source, size: int, tol: int, quality: int) -> None:
+    cv2.setNumThreads(1)  # one image per process; avoid oversubscribing the cores
+    _WORKER.update(source=source, size=size, tol=tol, quality=quality)
+
+
+def _process(task: tuple[int, str, str, str]) -> tuple[int, str, str, str, str]:
+    """Prepare one image; returns a report row (status ok / repaired / error), never raises."""
+    pid, side, member, out_path = task
+    notes: list[str] = []
+    try:
+        img = prepare_image(_WORKER["source"].read(member), _WORKER["size"], _WORKER["tol"], notes)
+        save_image(img, out_path, _WORKER["quality"])
+    except PreprocessError as exc:
+        return pid, side, member, "error", str(exc)
+    except Exception as exc:  # a batch job reports a bad file and goes on
+        return pid, side, member, "error", f"{type(exc).__name__}: {exc}"
+    return pid, side, member, "repaired" if notes else "ok", "; ".join(notes)
+
+
+def _image_index(names: list[str], folder: str) -> dict[str, str]:
+    """Lower-case file name -> member path, for files directly inside ``folder``."""
+    folder = folder.lower()
+    index = {}
+    for name in names:
+        p = PurePosixPath(name)
+        if str(p.parent).lower() == folder:
+            index.setdefault(p.name.lower(), name)
+    return index
+
+
+def _read_source_annotations(source: Source, name: str, exclude_special: bool) -> pd.DataFrame:
+    if not source.is_zip:
+        return read_annotations(source.path / name, exclude_special=exclude_special)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / PurePosixPath(name).name
+        local.write_bytes(source.read(name))
+        return read_annotations(local, exclude_special=exclude_special)
+
+
+def _run(tasks: list, source: Source, args) -> list[tuple]:
+    rows = []
+    init = (source, args.size, args.tol, args.quality)
+    bar = tqdm(total=len(tasks), unit="img", desc="prepare", disable=not tasks)
+    if args.workers <= 1 or len(tasks) <= 1:
+        _init_worker(*init)
+        results = map(_process, tasks)
+        pool = None
+    else:
+        pool = multiprocessing.Pool(args.workers, _init_worker, init)
+        chunk = max(1, min(16, len(tasks) // (args.workers * 8)))
+        results = pool.imap_unordered(_process, tasks, chunksize=chunk)
+    try:
+        for row in results:
+            rows.append(row)
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return rows
+
+
+def prepare(args) -> int:
+    """Run the whole preparation; returns the process exit status."""
+    source = Source(args.source)
+    names = source.names()
+    found = detect_layout(names)
+    print(f"found the {found.layout.name} layout in {source.path}: {found.annotations} + {found.images}/")
+    df = _read_source_annotations(source, found.annotations, args.exclude_special)
+    index = _image_index(names, found.images)
+
+    out = Path(args.out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for stale in images.glob(".*"):  # temp files of an interrupted run
+        stale.unlink(missing_ok=True)
+    ext = "jpg" if args.format == "jpg" else "png"
+    report_path = out / "prepare_report.csv"
+    old = pd.read_csv(report_path) if report_path.exists() else pd.DataFrame(columns=REPORT_COLUMNS)
+
+    tasks, rows = [], []
+    for pid, *files in df[["ID", "Left-Fundus", "Right-Fundus"]].itertuples(index=False):
+        for (side, _), fname in zip(SIDES, files):
+            target = images / f"{pid}_{side}.{ext}"
+            if target.exists():
+                continue
+            member = index.get(str(fname).lower())
+            if member is None:
+                rows.append((pid, side, str(fname), "error", f"missing: no {fname} in {found.images}/"))
+            else:
+                tasks.append((int(pid), side, member, str(target)))
+    done = 2 * len(df) - len(tasks) - len(rows)
+    print(f"{len(df)} patients: {done} images already prepared, {len(tasks)} to prepare, {len(rows)} missing")
+    try:
+        rows += _run(tasks, source, args)
+    finally:
+        new = pd.DataFrame([r for r in rows if r[3] != "ok"], columns=REPORT_COLUMNS)
+        redone = set(zip(new["ID"], new["side"])) | {(t[0], t[1]) for t in tasks}
+        keep = old[[(i, s) not in redone for i, s in zip(old["ID"], old["side"])]]
+        report = pd.concat([keep, new], ignore_index=True).sort_values(["ID", "side"], kind="stable")
+        atomic_write_text(report_path, report.to_csv(index=False))
+
+    written = {(pid, side) for pid in df["ID"] for side, _ in SIDES if (images / f"{pid}_{side}.{ext}").exists()}
+    complete = [all((pid, side) in written for side, _ in SIDES) for pid in df["ID"]]
+    kept = df[complete].reset_index(drop=True)
+    for side, column in SIDES:
+        kept[column] = [f"{pid}_{side}.{ext}" for pid in kept["ID"]]
+    write_annotations(kept, out / "annotations.xlsx")
+    errors = int((report["status"] == "error").sum())
+    repaired = int((report["status"] == "repaired").sum())
+    print(
+        f"{len(kept)} of {len(df)} patients written to {out}; {errors} image(s) skipped and "
+        f"{repaired} repaired (see {report_path})"
+    )
+    return 0 if len(kept) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m odir_core.prepare",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--source", required=True, help="ODIR-5K folder or .zip (any known layout; detected)")
+    parser.add_argument("--out", required=True, help="output folder (created; an existing one is resumed)")
+    parser.add_argument("--size", type=int, default=512, help="side of the square output images, in pixels")
+    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="output image format")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (with --format jpg)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--tol", type=int, default=7, help="grayscale level above which a pixel is fundus, not background")
+    parser.add_argument(
+        "--exclude-special",
+        action="store_true",
+        help="leave out patients with one of the 16 hospital-preprocessed (white-surround) images",
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    args = build_parser().parse_args(argv)
+    if args.size < 8 or not 1 <= args.quality <= 100:
+        build_parser().error("--size must be >= 8 and --quality within 1..100")
+    try:
+        return prepare(args)
+    except (LayoutError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
