@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .keywords import (  # noqa: F401  (re-exported: part of this module's API)
+from .keywords import (
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
     KEYWORD_SEPARATOR,
@@ -25,6 +25,21 @@ from .keywords import (  # noqa: F401  (re-exported: part of this module's API)
     patient_labels,
 )
 from .labels import LABELS, SPECIAL_IMAGES
+
+__all__ = [
+    "COLUMNS",
+    "AnnotationError",
+    "read_annotations",
+    "write_annotations",
+    "label_matrix",
+    "is_special",
+    "eye_labels",
+    "patient_labels",
+    "KEYWORD_LABELS",
+    "NON_DECISIVE_KEYWORDS",
+    "IGNORED_KEYWORDS",
+    "KEYWORD_SEPARATOR",
+]
 
 COLUMNS = [
     "ID",
