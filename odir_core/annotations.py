@@ -156,8 +156,8 @@ def _to_int(path, body, rownums, column, *, fix, allowed=None) -> np.ndarray:
             except ValueError:
                 pass
         if number is None or (allowed is not None and number not in allowed):
-            shown = "empty" if _is_blank(value) else repr(value)
-            raise AnnotationError(f"{_where(path, rownums[i], column)}: value {shown} is not {fix}")
+            shown = "an empty cell" if _is_blank(value) else repr(value)
+            raise AnnotationError(f"{_where(path, rownums[i], column)}: got {shown}; {fix}")
         out[i] = number
     return out
 
@@ -203,7 +203,7 @@ def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFr
             f"add them: the file needs {', '.join(REQUIRED)}"
         )
     out = pd.DataFrame(index=pd.RangeIndex(len(body)))
-    out["ID"] = _to_int(path, body, rownums, "ID", fix="a whole-number patient ID; fill it in or delete the row")
+    out["ID"] = _to_int(path, body, rownums, "ID", fix="the ID must be a whole number: fill it in or delete the row")
     if "Patient Age" in body.columns:
         age = pd.to_numeric(body["Patient Age"].map(lambda v: None if _is_blank(v) else v), errors="coerce")
         out["Patient Age"] = age.astype("int64") if age.notna().all() and (age % 1 == 0).all() else age
@@ -223,7 +223,7 @@ def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFr
     for col in KEYWORD_COLUMNS:
         out[col] = [normalise_keywords(v) for v in body[col]] if col in body.columns else ""
     for label in LABELS:
-        out[label] = _to_int(path, body, rownums, label, fix="0 or 1; set it to 0 or 1", allowed=(0, 1))
+        out[label] = _to_int(path, body, rownums, label, fix="labels must be 0 or 1: set it to 0 or 1", allowed=(0, 1))
     _check_unique(path, out, rownums)
     return out[COLUMNS]
 
@@ -238,8 +238,9 @@ def _check_unique(path: Path, df: pd.DataFrame, rownums: np.ndarray) -> None:
             )
         first[pid] = rownums[i]
     names: dict = {}
-    for col in FUNDUS_COLUMNS:
-        for i, name in enumerate(df[col]):
+    for i in range(len(df)):
+        for col in FUNDUS_COLUMNS:
+            name = df[col].iat[i]
             if name in names:
                 row, other = names[name]
                 raise AnnotationError(

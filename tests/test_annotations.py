@@ -214,7 +214,7 @@ def test_missing_fundus_column(tmp_path):
     assert str(path) in msg and "'Right-Fundus'" in msg and "add them" in msg
 
 
-@pytest.mark.parametrize("value, shown", [(2, "'2'"), (None, "empty"), ("yes", "'yes'")])
+@pytest.mark.parametrize("value, shown", [(2, "got '2'"), (None, "got an empty cell"), ("yes", "got 'yes'")])
 def test_non_binary_label(tmp_path, value, shown):
     df = patients().astype({"D": object})
     df.loc[2, "D"] = value  # spreadsheet row 4 (header is row 1)
@@ -228,7 +228,7 @@ def test_non_binary_label_xlsx_nan(tmp_path):
     path = tmp_path / "a.xlsx"
     df.to_excel(path, index=False)
     msg = error_of(path)
-    assert str(path) in msg and "row 2, column 'H'" in msg and "empty" in msg
+    assert str(path) in msg and "row 2, column 'H': got an empty cell; labels must be 0 or 1" in msg
 
 
 def test_duplicate_id(tmp_path):
@@ -249,6 +249,10 @@ def test_duplicate_file_name(tmp_path):
     df.loc[2, "Right-Fundus"] = "0_left.jpg"
     msg = error_of(write_csv(tmp_path, df))
     assert "row 4, column 'Right-Fundus'" in msg and "'0_left.jpg'" in msg and "row 2, column 'Left-Fundus'" in msg
+    df = patients()
+    df.loc[3, "Left-Fundus"] = "1_right.jpg"  # the later row is the one reported
+    msg = error_of(write_csv(tmp_path, df))
+    assert "row 5, column 'Left-Fundus'" in msg and "already named on row 3, column 'Right-Fundus'" in msg
 
 
 def test_empty_file_name(tmp_path):
