@@ -352,7 +352,8 @@ def check_submission(submission, ground_truth) -> None:
     missing_ids = sorted(set(gt_ids) - set(sub_ids))
     if missing_ids:
         raise SubmissionError(f"{sub_name}: incomplete submission, {len(missing_ids)} ground-truth ID(s) missing: {_id_list(missing_ids)}")
-    extra_ids = [i for i in sub_ids if i not in set(gt_ids)]
+    known = set(gt_ids)
+    extra_ids = [i for i in sub_ids if i not in known]
     if extra_ids:
         raise SubmissionError(f"{sub_name}: {len(extra_ids)} ID(s) not in the ground truth: {_id_list(extra_ids)}")
     if sub_ids != gt_ids:
@@ -362,14 +363,20 @@ def check_submission(submission, ground_truth) -> None:
             " sort the rows in the ground truth's ID order"
         )
     try:
-        probs = _numeric_labels(sub, sub_name)[list(LABELS)].to_numpy()
+        _check_values(sub, sub_name, binary=False)
     except MetricsError as exc:
         raise SubmissionError(str(exc)) from None
-    bad = ~np.isfinite(probs) | (probs < 0.0) | (probs > 1.0)
+
+
+def _check_values(df: pd.DataFrame, where: str, *, binary: bool) -> None:
+    """Raise MetricsError naming spreadsheet cells that are not 0/1 labels (binary) or probabilities."""
+    values = _numeric_labels(df, where)[list(LABELS)].to_numpy()
+    if binary:
+        bad, wanted = ~np.isin(values, (0.0, 1.0)), "0/1 labels"
+    else:
+        bad, wanted = ~np.isfinite(values) | (values < 0.0) | (values > 1.0), "probabilities in [0, 1]"
     if bad.any():
-        raise SubmissionError(
-            f"{sub_name}: {int(bad.sum())} value(s) are not probabilities in [0, 1] at {_where(bad, first_row=2)} (spreadsheet rows)"
-        )
+        raise MetricsError(f"{where}: {int(bad.sum())} value(s) are not {wanted} at {_where(bad, first_row=2)} (spreadsheet rows)")
 
 
 def align_submission(submission: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
@@ -453,8 +460,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         gt = read_label_file(args.ground_truth)
+        _check_values(gt, args.ground_truth, binary=True)
         if args.align:
-            probs = align_submission(read_label_file(args.probs), gt)
+            probs = read_label_file(args.probs)
+            _check_values(probs, args.probs, binary=False)
+            probs = align_submission(probs, gt)
         else:
             check_submission(args.probs, gt)
             probs = read_label_file(args.probs)

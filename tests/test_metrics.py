@@ -360,3 +360,18 @@ def test_cli_help_explains_flags(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--threshold" in out and "--align" in out and "GROUND_TRUTH" in out.upper()
+
+
+def test_cli_names_bad_cells_of_either_file(tmp_path, capsys):
+    gt, sub = _frames()
+    gt.loc[3, "A"] = 2
+    gt.to_csv(tmp_path / "gt.csv", index=False)
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")]) == 2
+    assert "gt.csv: 1 value(s) are not 0/1 labels at row 5 column A" in capsys.readouterr().err
+    gt.loc[3, "A"] = 1
+    gt.to_csv(tmp_path / "gt.csv", index=False)
+    sub.loc[0, "M"] = -0.1
+    sub.iloc[::-1].to_csv(tmp_path / "sub.csv", index=False)
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv"), "--align"]) == 2
+    assert "sub.csv: 1 value(s) are not probabilities in [0, 1] at row 7 column M" in capsys.readouterr().err
