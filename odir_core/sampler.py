@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from odir_core.labels import LABELS
+
 CLASS_CHOICES = ("least_sampled", "random", "cycle")
 
 
@@ -25,11 +27,8 @@ class SamplerError(ValueError):
 
 
 def _label_matrix(labels) -> np.ndarray:
-    if hasattr(labels, "columns"):  # a DataFrame: its label columns, in label order when present
-        from odir_core.labels import LABELS
-
-        if set(LABELS) <= set(labels.columns):
-            labels = labels[list(LABELS)]
+    if hasattr(labels, "columns") and set(LABELS) <= set(labels.columns):  # a DataFrame: its N..O columns
+        labels = labels[list(LABELS)]
     try:
         arr = np.asarray(labels, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -39,7 +38,7 @@ def _label_matrix(labels) -> np.ndarray:
     bad = ~np.isin(arr, (0.0, 1.0))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise SamplerError(f"labels must hold only 0 and 1; row {row} column {col} is {arr[row, col]!r}")
+        raise SamplerError(f"labels must hold only 0 and 1; row {row} column {col} is {float(arr[row, col])!r}")
     return arr.astype(bool)
 
 
@@ -68,7 +67,8 @@ class MultilabelBalancedSampler:
         label of the drawn patient is counted), ``"random"`` uniformly, ``"cycle"`` in turn.
     seed : int, None or ``numpy.random.Generator``.
 
-    Counts, the cycle position and the generator persist across epochs, as in the original.
+    ``counts[c]`` is how many drawn patients had class ``c`` so far (kept in every mode). Counts,
+    the cycle position and the generator persist across epochs, as in the original.
     Classes with no positive patient among ``indices`` are never chosen (see ``empty_classes``);
     a patient with no positive label is never drawn.
     """
