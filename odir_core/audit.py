@@ -41,6 +41,9 @@ class Audit:
     ignored_eyes: list[tuple] = field(default_factory=list)  # (ID, eye, keywords)
     non_decisive_eyes: list[tuple] = field(default_factory=list)  # (ID, eye, keywords)
     unknown_keywords: dict[str, int] = field(default_factory=dict)  # keyword -> eyes (counted as O)
+    # N patients with an eye that has only non-decisive keywords (rule 2 read
+    # literally would not make them N; the rules here and the file do).
+    normal_not_both_normal: list[tuple] = field(default_factory=list)  # (ID, left, right keywords)
     disagreements: pd.DataFrame = None  # ID, file labels, rule labels, keywords
 
 
@@ -77,6 +80,10 @@ def audit(df: pd.DataFrame) -> Audit:
             for kw in split_keywords(keywords):
                 if kw not in known:
                     result.unknown_keywords[kw] = result.unknown_keywords.get(kw, 0) + 1
+        if values["N"] == 1 and any(is_non_decisive_eye(values[kw_col]) for _, _, kw_col in EYES):
+            result.normal_not_both_normal.append(
+                (values["ID"], values["Left-Diagnostic Keywords"], values["Right-Diagnostic Keywords"])
+            )
     rules = rule_labels(df)
     has_keywords = (df["Left-Diagnostic Keywords"] != "") | (df["Right-Diagnostic Keywords"] != "")
     bad = np.flatnonzero(((rules != y).any(axis=1)) & has_keywords.to_numpy())
@@ -119,6 +126,10 @@ def format_audit(result: Audit, source: str = "") -> str:
     section(
         "keywords not in the keyword table (counted as O)",
         [f"{kw!r} ({count} eyes)" for kw, count in sorted(result.unknown_keywords.items())],
+    )
+    section(
+        "patients labelled N without two 'normal fundus' eyes (rule 2 read literally would not say N)",
+        [f"ID {pid} | left: {left} | right: {right}" for pid, left, right in result.normal_not_both_normal],
     )
     d = result.disagreements
     section(

@@ -241,7 +241,7 @@ def test_duplicate_id(tmp_path):
 def test_bad_id(tmp_path):
     df = patients().astype({"ID": object})
     df.loc[1, "ID"] = "1a"
-    assert "row 3, column 'ID'" in error_of(write_csv(tmp_path, df))
+    assert "row 3, column 'ID': got '1a'; the ID must be a whole number" in error_of(write_csv(tmp_path, df))
 
 
 def test_duplicate_file_name(tmp_path):

@@ -45,6 +45,7 @@ def test_audit_small_file(tmp_path):
     assert result.non_decisive_eyes == [(13, "left", "lens dust")]
     assert result.unknown_keywords == {"strange new finding": 1}
     assert result.special == []
+    assert result.normal_not_both_normal == [(13, "lens dust", "normal fundus")]
     d = result.disagreements
     assert d["ID"].tolist() == [11]
     assert d.iloc[0][["file", "rules", "left", "right"]].tolist() == ["N", "G", "glaucoma", "normal fundus"]
@@ -109,6 +110,7 @@ def test_audit_real_file(real_sheet, capsys):
     assert "ID 4580 left: no fundus image" in out
     assert "keywords not in the keyword table (counted as O): 0" in out
     assert "patients whose labels disagree with the keyword rules: 0" in out
+    assert "patients labelled N without two 'normal fundus' eyes (rule 2 read literally would not say N): 4" in out
 
     result = audit(read_annotations(REAL_XLSX, exclude_special=False))
     y = real_sheet[list(LABELS)].astype(int)
@@ -123,6 +125,17 @@ def test_audit_real_file(real_sheet, capsys):
         for cell in real_sheet[col]
     )
     assert len(result.non_decisive_eyes) == expected == 27
+    # N patients with an eye whose decisive keywords are not just "normal fundus", on the raw cells
+    literal = [
+        int(r["ID"])
+        for _, r in real_sheet.iterrows()
+        if r["N"] == 1
+        and any(
+            {k.strip() for k in str(cell).replace(",", "，").split("，")} - non_decisive != {"normal fundus"}
+            for cell in (r["Left-Diagnostic Keywords"], r["Right-Diagnostic Keywords"])
+        )
+    ]
+    assert [pid for pid, _, _ in result.normal_not_both_normal] == literal == [3265, 3402, 4149, 4290]
 
     kept = audit(read_annotations(REAL_XLSX))
     assert kept.patients == 3490 and kept.special == []
