@@ -1,0 +1,131 @@
+"""Per-epoch training history: metrics from predictions, ``train_results.xlsx`` and ``history.csv``.
+
+``train_results.xlsx`` has exactly the study's layout (an unnamed 0-based epoch index, then
+``train_loss, train_kappa, train_f1, train_auc, train_final_score, val_loss, val_kappa, val_f1,
+val_auc, val_final_score``). ``history.csv`` has every logged value (also the challenge metrics,
+learning rate and momentum) with an ``epoch`` column.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from odir_core.atomic import atomic_path
+from odir_core.metrics import MetricsWarning, challenge_metrics, study_metrics
+
+STUDY_KEYS = ("loss", "kappa", "f1", "auc", "final_score")
+STUDY_COLUMNS = [f"{split}_{key}" for split in ("train", "val") for key in STUDY_KEYS]
+CHALLENGE_KEYS = ("challenge_kappa", "challenge_f1", "challenge_auc", "challenge_final")
+RESULTS_FILE = "train_results.xlsx"
+HISTORY_FILE = "history.csv"
+
+
+def sigmoid(logits) -> np.ndarray:
+    """Numerically stable logistic function, float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def bce_with_logits(logits, targets) -> float:
+    """Unweighted binary cross-entropy on logits, mean over samples and labels (torch's formula)."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    return float(np.mean(np.logaddexp(0.0, x) - y * x))
+
+
+def split_metrics(prefix: str, y_true, logits) -> dict[str, float]:
+    """The study's and the challenge's metrics of one split's logits, keys ``<prefix>_<metric>``.
+
+    Labels absent from a small split make some scores undefined; those are averaged out
+    (odir_core.metrics) without a warning per epoch.
+    """
+    prob = sigmoid(logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricsWarning)
+        study = study_metrics(y_true, prob)
+        challenge = challenge_metrics(y_true, prob)
+    out = {
+        f"{prefix}_kappa": study["kappa"],
+        f"{prefix}_f1": study["f1"],
+        f"{prefix}_auc": study["auc"],
+        f"{prefix}_final_score": study["final"],
+    }
+    out.update({f"{prefix}_challenge_{k}": challenge[k] for k in ("kappa", "f1", "auc", "final")})
+    return out
+
+
+class History:
+    """Epoch records of one run, written after every epoch (atomically) into the run folder."""
+
+    def __init__(self, run_dir, write_csv: bool = True):
+        self.run_dir = Path(run_dir)
+        self.write_csv = write_csv
+        self.records: list[dict[str, float]] = []
+
+    def load(self, epochs: int) -> list[dict[str, float]]:
+        """Resume: read the first ``epochs`` records back from ``train_results.xlsx`` (the study columns)
+        and, when present, ``history.csv`` (every column); later rows (an epoch that finished after
+        the last backup) are dropped."""
+        csv_path = self.run_dir / HISTORY_FILE
+        xlsx_path = self.run_dir / RESULTS_FILE
+        if csv_path.is_file():
+            frame = pd.read_csv(csv_path).drop(columns="epoch")
+        elif xlsx_path.is_file():
+            frame = pd.read_excel(xlsx_path, index_col=0)
+        else:
+            frame = pd.DataFrame(columns=STUDY_COLUMNS)
+        if len(frame) < epochs:
+            raise ValueError(
+                f"{self.run_dir}: history has {len(frame)} epochs but the backup is at epoch {epochs}; "
+                "the run folder is incomplete, start a new run"
+            )
+        self.records = [
+            {k: float(v) for k, v in row.items() if pd.notna(v)} for row in frame.iloc[:epochs].to_dict("records")
+        ]
+        return self.records
+
+    def append(self, record: dict[str, float]) -> None:
+        """Add one epoch's record and rewrite the files."""
+        self.records.append({k: float(v) for k, v in record.items() if v is not None})
+        self.write()
+
+    def frame(self) -> pd.DataFrame:
+        """Every record as a DataFrame (index = 0-based epoch)."""
+        return pd.DataFrame(self.records)
+
+    def write(self) -> None:
+        """Write ``train_results.xlsx`` (the study's columns) and, if enabled, ``history.csv``."""
+        frame = self.frame()
+        study = frame.reindex(columns=STUDY_COLUMNS)
+        with atomic_path(self.run_dir / RESULTS_FILE) as tmp:
+            study.to_excel(tmp)  # unnamed 0-based index column, as the study's file
+        if self.write_csv:
+            with atomic_path(self.run_dir / HISTORY_FILE) as tmp:
+                frame.rename_axis("epoch").to_csv(tmp)
+
+    def best_epoch(self, key: str = "val_loss") -> int | None:
+        """0-based epoch with the lowest finite ``key``, or None."""
+        values = [r.get(key, np.nan) for r in self.records]
+        finite = [(v, i) for i, v in enumerate(values) if np.isfinite(v)]
+        return min(finite)[1] if finite else None
+
+
+def early_stopping_state(val_losses, patience: int) -> tuple[float, int, int | None]:
+    """(best loss, epochs waited since it, best epoch) after ``val_losses``; Keras EarlyStopping rules
+    (strictly lower counts as an improvement)."""
+    best, wait, best_epoch = np.inf, 0, None
+    for epoch, loss in enumerate(val_losses):
+        if loss < best:
+            best, wait, best_epoch = float(loss), 0, epoch
+        else:
+            wait += 1
+    return best, wait, best_epoch
+
+
+def should_stop(wait: int, patience: int) -> bool:
+    """Early stopping decision after an epoch: ``patience`` epochs without improvement."""
+    return patience > 0 and wait >= patience

@@ -1,0 +1,142 @@
+"""Framework-free orchestration of a training run, shared by ``keras_odir.train`` and ``torch_odir.train``.
+
+``setup_run(config)`` resolves the data source, reads the annotations, splits them, computes
+``pos_weight``, creates (or reopens, for ``--resume``) the run folder and writes ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from odir_core import splits
+from odir_core.annotations import label_matrix, read_annotations
+from odir_core.class_weights import pos_weight_from_labels
+from odir_core.config import TrainConfig, save_config
+from odir_core.labels import LABELS
+from odir_core.layouts import PREPARED
+
+PREPARED_ODIR = Path("data") / "odir5k"  # where the main job looks for a prepared ODIR-5K
+CONFIG_FILE = "config.toml"
+
+
+class DataSourceError(ValueError):
+    """The data option names nothing usable (message says what to pass instead)."""
+
+
+@dataclass
+class RunSetup:
+    """Everything a trainer needs besides the network: resolved config, folders, split, weights."""
+
+    config: TrainConfig
+    run_dir: Path
+    data_dir: Path
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame
+    pos_weight: np.ndarray | None
+    resumed: bool
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return label_matrix(self.train_df)
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return label_matrix(self.val_df)
+
+
+def _is_prepared(path: Path) -> bool:
+    return (path / PREPARED.annotations).is_file() and (path / PREPARED.images).is_dir()
+
+
+def resolve_data(data: str, log: Callable[[str], None] = print) -> tuple[Path, str]:
+    """The prepared folder to train on and a one-line description of it.
+
+    ``data``: a prepared folder; ``"synthetic"``; or empty: ``data/odir5k`` when a prepared ODIR-5K
+    is there, else the synthetic demo set (generated once under ``data/synthetic/``).
+    """
+    if data == "":
+        if _is_prepared(PREPARED_ODIR):
+            return PREPARED_ODIR, f"prepared ODIR-5K in {PREPARED_ODIR}"
+        log(
+            f"No data given and no prepared ODIR-5K under {PREPARED_ODIR}/: training on the SYNTHETIC "
+            "demo set (ODIR-like generated images, not real fundus photographs). For ODIR-5K run "
+            f"`python -m odir_core.prepare --source PATH --out {PREPARED_ODIR}` or pass --data DIR."
+        )
+        data = "synthetic"
+    if data == "synthetic":
+        from odir_core.synthetic import demo_dataset
+
+        path = Path(demo_dataset())
+        return path, f"synthetic demo set in {path}"
+    path = Path(data)
+    if not _is_prepared(path):
+        raise DataSourceError(
+            f"--data {data}: not a prepared folder (needs {PREPARED.annotations} and {PREPARED.images}/); "
+            f"create one with `python -m odir_core.prepare --source RAW --out {data}`, or pass --data synthetic"
+        )
+    return path, f"prepared folder {path}"
+
+
+def split_frames(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows of ``df``: ``"study"`` (the study's split) or a split file of patient IDs."""
+    if split == "study":
+        return splits.study_split(df)
+    parts = splits.load_split(split)
+    by_id = df.set_index("ID", drop=False)
+    frames = []
+    for name in ("train", "val"):
+        missing = [i for i in parts[name] if i not in by_id.index]
+        if missing:
+            raise splits.SplitError(
+                f"{split}: {len(missing)} {name} patient ID(s) not in the annotations, e.g. {missing[:5]}; "
+                "the split file belongs to other data"
+            )
+        frames.append(by_id.loc[parts[name]].reset_index(drop=True))
+    return frames[0], frames[1]
+
+
+def new_run_dir(run_root: str | Path, experiment: str) -> Path:
+    """Create ``run_root/<experiment>-<YYYYmmdd-HHMMSS>`` (suffix -2, -3 ... if taken); never reuses one."""
+    root = Path(run_root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = root / (f"{experiment}-{stamp}" if n == 1 else f"{experiment}-{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{root}: could not create a new run folder for {experiment}-{stamp}")
+
+
+def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSetup:
+    """Resolve data and split, create the run folder and write the resolved ``config.toml``."""
+    data_dir, description = resolve_data(config.data, log)
+    log(f"Data: {description}")
+    df = read_annotations(data_dir / PREPARED.annotations)
+    train_df, val_df = split_frames(df, config.split)
+    log(f"Split {config.split}: {len(train_df)} training and {len(val_df)} validation patients")
+    if len(train_df) == 0 or len(val_df) == 0:
+        raise DataSourceError(f"{data_dir}: split {config.split} leaves an empty training or validation set")
+    pos_weight = None
+    if config.weighted_loss:
+        pos_weight = np.asarray(pos_weight_from_labels(label_matrix(train_df)), dtype=np.float32)
+        log("pos_weight (negatives/positives): " + ", ".join(f"{k} {w:.2f}" for k, w in zip(LABELS, pos_weight)))
+    if config.resume:
+        run_dir = Path(config.resume)
+        resumed = True
+        log(f"Resuming run {run_dir}")
+    else:
+        run_dir = new_run_dir(config.run_dir, config.experiment)
+        resumed = False
+        log(f"Run folder: {run_dir}")
+    resolved = config.replace(data=str(data_dir), resume="", run_dir=str(Path(config.run_dir)))
+    save_config(resolved, run_dir / CONFIG_FILE)
+    return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed)
