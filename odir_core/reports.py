@@ -178,11 +178,13 @@ def write_evaluation(
     tuned=None,
     load_pair: Callable | None = None,
     info: dict | None = None,
+    after: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the whole evaluation folder ``out_dir`` (must not exist yet) and return its path.
 
     ``tuned``: per-label thresholds reported beside 0.5; ``load_pair``: see pick_examples;
-    ``info``: what was evaluated (model, data, split, TTA, threshold source...), shown in the report.
+    ``info``: what was evaluated (model, data, split, TTA, threshold source...), shown in the report;
+    ``after(folder)``: writes extra files into the (still temporary) folder.
     Everything is written to a temporary folder renamed to ``out_dir`` at the end.
     """
     ids, y_true, y_prob = check_inputs(ids, y_true, y_prob)
@@ -207,4 +209,6 @@ def write_evaluation(
             figures.append("qualitative")
         html = render_report(summary, report_text, {name: tmp / FILES[name] for name in figures}, files=FILES)
         atomic_write_text(tmp / FILES["report"], html)
+        if after is not None:
+            after(tmp)
     return Path(out_dir)

@@ -1,0 +1,19 @@
+"""Evaluate a trained Keras model (or a probabilities file): ``python -m keras_odir.evaluate --help``."""
+
+from __future__ import annotations
+
+import sys
+
+from odir_core import evaluate
+from odir_core.inference import Backend
+
+BACKEND = Backend(name="keras_odir", model_suffix=".keras", loader="keras_odir.inference:load_predictor")
+
+
+def main(argv=None) -> int:
+    """Command-line entry point (see odir_core.evaluate)."""
+    return evaluate.main(BACKEND, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

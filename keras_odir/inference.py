@@ -1,0 +1,85 @@
+"""Loading a trained Keras model for evaluate/predict: probabilities for a batch and Grad-CAM on every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_odir.model  # noqa: F401  (registers the custom layers a saved model refers to)
+from odir_core.config import TrainConfig
+from odir_core.inference import InferenceError, gradcam_map
+
+BACKBONE = "backbone"  # the shared ResNet50 inside the dual model (keras_odir.model.build_dual_model)
+POOL = "avgpool"  # its global average pooling; its input is the last stage's (layer4) feature map
+FEATURES = "features"  # the [left, right] concatenation; the head's layers follow it
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def gradients(fn, *arrays: np.ndarray) -> list[np.ndarray]:
+    """d fn(*arrays) / d arrays for a scalar-valued fn of Keras ops, with the active backend's autodiff
+    (Keras 3 has no backend-agnostic gradient API)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        xs = [ops.convert_to_tensor(a).detach().requires_grad_(True) for a in arrays]
+        return [g.detach().cpu().numpy() for g in torch.autograd.grad(fn(*xs), xs)]
+    if backend == "jax":
+        import jax
+
+        grads = jax.grad(fn, argnums=tuple(range(len(arrays))))(*(jax.numpy.asarray(a) for a in arrays))
+        return [np.asarray(g) for g in grads]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            y = fn(*xs)
+        return [g.numpy() for g in tape.gradient(y, xs)]
+    raise InferenceError(f"Grad-CAM needs the torch, jax or tensorflow Keras backend, not {backend!r}")
+
+
+class KerasPredictor:
+    """A dual-eye keras.Model (inputs {"left", "right"}, 8 logits) as an odir_core.inference.Predictor."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
+        backbone = model.get_layer(BACKBONE)
+        self.pool = backbone.get_layer(POOL)
+        self.stage = keras.Model(backbone.inputs, self.pool.input, name="last_stage")
+        names = [layer.name for layer in model.layers]
+        self.head = model.layers[names.index(FEATURES) + 1 :]
+
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
+
+    def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        logits = self.model.predict_on_batch({"left": self._layout(left), "right": self._layout(right)})
+        return _sigmoid(ops.convert_to_numpy(logits))
+
+    def _logit(self, label: int):
+        def fn(a_left, a_right):
+            x = ops.concatenate([self.pool(a_left), self.pool(a_right)], axis=-1)
+            for layer in self.head:
+                x = layer(x, training=False)
+            return x[0, label]
+
+        return fn
+
+    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+        maps = [ops.convert_to_numpy(self.stage.predict_on_batch(self._layout(x))) for x in (left, right)]
+        grads = gradients(self._logit(label), *maps)
+        return tuple(gradcam_map(a[0], g[0], channels_last=not self.channels_first) for a, g in zip(maps, grads))
+
+
+def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
+    """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state."""
+    return KerasPredictor(keras.saving.load_model(path, compile=False))

@@ -1,0 +1,282 @@
+"""The evaluate CLI shared by keras_odir.evaluate and torch_odir.evaluate (framework-free).
+
+Two sources of probabilities: a trained model on a prepared folder's split (``--model``), or an
+existing probabilities file (``--probs``, e.g. the study's probs.xlsx) with its ground truth.
+Both end in the same evaluation folder (odir_core.reports.write_evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from odir_core import reports, splits
+from odir_core.annotations import label_matrix, read_annotations
+from odir_core.dataset import DualEyeDataset
+from odir_core.imageio import load_image
+from odir_core.inference import TTA_HELP, TTA_MODES, USER_ERRORS, Backend, InferenceError, load_model, predict_dataset
+from odir_core.labels import LABELS
+from odir_core.layouts import PREPARED
+from odir_core.metrics import check_submission, read_label_file
+from odir_core.preprocess import resize_square
+from odir_core.run import split_frames
+from odir_core.thresholds import (
+    THRESHOLD_METRICS,
+    THRESHOLDS_FILE,
+    load_thresholds,
+    save_thresholds,
+    tune_thresholds,
+)
+
+SPLITS = ("val", "test", "all")
+DISPLAY_SIZE = 256  # side of the eye images in the qualitative figure
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def build_parser(backend: Backend) -> argparse.ArgumentParser:
+    """The evaluate CLI's parser; --help explains every flag."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {backend.name}.evaluate",
+        description="Evaluate a trained model on a split of a prepared folder, or an existing probabilities file, "
+        "and write an evaluation folder: probs.xlsx, ground_truth.xlsx (the study's format), submission.csv "
+        "(ODIR-2019 format), metrics.json, classification_report.txt, confusion/ROC/PR/qualitative figures "
+        "and report.html. Exit code 2 with one error line on bad input.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
+                     help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation")
+    src.add_argument("--probs", metavar="FILE",
+                     help="evaluate this probabilities file (xlsx/csv, columns ID,N,D,G,C,A,H,M,O) instead of a model; "
+                     "it is checked like an ODIR-2019 submission against the ground truth (column order, row order, "
+                     "missing patients)")
+    p.add_argument("--truth", metavar="FILE",
+                   help="with --probs: ground-truth labels (xlsx/csv, ID,N..O); default ground_truth.xlsx beside the "
+                   "probabilities file, else the labels in --data's annotations")
+    p.add_argument("--data", metavar="DIR",
+                   help="prepared folder (annotations.xlsx + images/); default: the one the model was trained on. "
+                   "With --probs: labels (when no ground-truth file) and images for the qualitative figure")
+    p.add_argument("--images", metavar="DIR",
+                   help="with --probs: folder of <ID>_left.* / <ID>_right.* images for the qualitative figure")
+    p.add_argument("--split", choices=SPLITS, default="val",
+                   help="which patients of --data a model is evaluated on: the run's validation split, the test part "
+                   "of its split file, or all patients")
+    p.add_argument("--out", metavar="DIR",
+                   help="evaluation folder to create (must not exist); default RUN_DIR/eval-<split>[-tta-<mode>] "
+                   "(or eval-<name> beside --probs), numbered -2, -3... when taken")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
+    p.add_argument("--batch-size", type=int, default=16, help="patients per forward pass")
+    p.add_argument("--thresholds", metavar="FILE",
+                   help=f"per-label thresholds JSON reported beside 0.5; default {THRESHOLDS_FILE} beside the model when present")
+    p.add_argument("--tune-thresholds", action="store_true",
+                   help=f"tune each label's threshold on the validation split (with --probs: on the file's patients) "
+                   f"and save them as {THRESHOLDS_FILE} beside the model (with --probs: in the evaluation folder)")
+    p.add_argument("--threshold-metric", choices=THRESHOLD_METRICS, default="f1",
+                   help="what --tune-thresholds maximises per label: F1 or Cohen kappa")
+    return p
+
+
+def _free_dir(base: Path) -> Path:
+    """``base``, or base-2, base-3... : the first name not taken."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _writable_parent(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def _image_file(folder: Path, pid: int, side: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        path = folder / f"{pid}_{side}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    return resize_square(img, DISPLAY_SIZE) if max(img.shape[:2]) > DISPLAY_SIZE else img
+
+
+def folder_pairs(folder):
+    """load_pair for reports: <ID>_left.* / <ID>_right.* in ``folder``, None when absent or unreadable."""
+    folder = Path(folder)
+
+    def load_pair(pid: int):
+        paths = [_image_file(folder, pid, side) for side in ("left", "right")]
+        if None in paths:
+            return None
+        try:
+            return tuple(_display(load_image(path)) for path in paths)
+        except (OSError, ValueError):
+            return None
+
+    return load_pair
+
+
+def _prepared(data: str) -> Path:
+    path = Path(data)
+    if not (path / PREPARED.annotations).is_file() or not (path / PREPARED.images).is_dir():
+        raise InferenceError(
+            f"{path}: not a prepared folder (needs {PREPARED.annotations} and {PREPARED.images}/); "
+            "create one with `python -m odir_core.prepare --source RAW --out DIR`"
+        )
+    return path
+
+
+def _split_frame(df: pd.DataFrame, split: str, config_split: str) -> pd.DataFrame:
+    if split == "all":
+        return df
+    if split == "val":
+        return split_frames(df, config_split)[1]
+    if config_split == "study":
+        raise InferenceError("--split test: the study split has no test part; use --split val or all, or train with a split file that has one")
+    ids = splits.load_split(config_split).get("test")
+    if not ids:
+        raise InferenceError(f"--split test: the split file {config_split} has no test part")
+    by_id = df.set_index("ID", drop=False)
+    missing = [i for i in ids if i not in by_id.index]
+    if missing:
+        raise InferenceError(f"--split test: {len(missing)} test IDs of {config_split} are not in the data, e.g. {missing[:5]}")
+    return by_id.loc[ids].reset_index(drop=True)
+
+
+def _evaluate_probs(args, log) -> tuple:
+    probs_path = Path(args.probs)
+    probs = read_label_file(probs_path)
+    truth_path = Path(args.truth) if args.truth else probs_path.parent / "ground_truth.xlsx"
+    load_pair = folder_pairs(args.images) if args.images else None
+    if args.truth or truth_path.is_file():
+        check_submission(probs_path, truth_path)
+        y_true = read_label_file(truth_path)[list(LABELS)].to_numpy()
+        truth_desc = str(truth_path)
+    elif args.data:
+        data = _prepared(args.data)
+        df = read_annotations(data / PREPARED.annotations, exclude_special=False).set_index("ID", drop=False)
+        missing = [i for i in probs["ID"] if i not in df.index]
+        if missing:
+            raise InferenceError(f"{probs_path}: {len(missing)} patient(s) not in {data / PREPARED.annotations}, e.g. {missing[:5]}")
+        y_true = label_matrix(df.loc[probs["ID"]]).astype(np.int64)
+        truth_desc = str(data / PREPARED.annotations)
+    else:
+        raise InferenceError(f"{probs_path}: no ground truth: no ground_truth.xlsx beside it; pass --truth FILE or --data DIR")
+    if load_pair is None and args.data:
+        load_pair = folder_pairs(_prepared(args.data) / PREPARED.images)
+    if args.out:
+        out = Path(args.out)
+    elif _writable_parent(probs_path.parent):
+        out = _free_dir(probs_path.parent / f"eval-{probs_path.stem}")
+    else:
+        out = _free_dir(Path.cwd() / f"eval-{probs_path.parent.name}-{probs_path.stem}")
+    info = {"title": f"{probs_path.parent.name}/{probs_path.name}", "probabilities": str(probs_path), "ground truth": truth_desc}
+    y_prob = probs[list(LABELS)].to_numpy()
+    tuned, extra = None, {}
+    if args.thresholds:
+        tuned = load_thresholds(args.thresholds)
+        info["tuned thresholds"] = f"from {args.thresholds}"
+    if args.tune_thresholds:
+        tuned = tune_thresholds(y_true, y_prob, args.threshold_metric)
+        info["tuned thresholds"] = (f"per-label {args.threshold_metric} maximised on these same patients "
+                                    f"(optimistic), saved as {THRESHOLDS_FILE}")
+        extra[THRESHOLDS_FILE] = (tuned, f"tuned on {probs_path}", len(y_prob))
+    return out, probs["ID"].to_numpy(), y_true, y_prob, tuned, load_pair, info, extra
+
+
+def _evaluate_model(args, backend: Backend, log) -> tuple:
+    model = load_model(backend, args.model)
+    config = model.config
+    data = _prepared(args.data or config.data)
+    df = read_annotations(data / PREPARED.annotations)
+    frame = _split_frame(df, args.split, config.split)
+    log(f"{backend.name}: {model.path} on {len(frame)} patients ({args.split} split of {data}), TTA {args.tta}")
+
+    def dataset(rows):
+        return DualEyeDataset(data, rows, image_size=config.image_size, crop_size=config.crop_size,
+                              normalize=config.normalize, train=False)
+
+    ds = dataset(frame)
+    y_prob = predict_dataset(model.predictor, ds, args.batch_size, args.tta, desc=args.split)
+    y_true = label_matrix(frame).astype(np.int64)
+    index = {int(pid): i for i, pid in enumerate(ds.ids)}
+
+    def load_pair(pid: int):
+        i = index[pid]
+        return _display(ds.image(i, 0)), _display(ds.image(i, 1))
+
+    info = {"title": f"{model.run_dir.name} ({args.split})", "model": str(model.path), "framework": backend.name,
+            "data": str(data), "split": f"{args.split} ({config.split})", "TTA": args.tta,
+            "image size / crop": f"{config.image_size} / {config.crop_size or 'none'}"}
+    tuned = None
+    if args.thresholds or (model.thresholds_path.is_file() and not args.tune_thresholds):
+        source = Path(args.thresholds) if args.thresholds else model.thresholds_path
+        tuned = load_thresholds(source)
+        info["tuned thresholds"] = f"from {source}"
+    if args.tune_thresholds:
+        if args.split == "val":
+            val_true, val_prob = y_true, y_prob
+        else:
+            val_frame = split_frames(df, config.split)[1]
+            val_prob = predict_dataset(model.predictor, dataset(val_frame), args.batch_size, args.tta, desc="val (tuning)")
+            val_true = label_matrix(val_frame).astype(np.int64)
+        tuned = tune_thresholds(val_true, val_prob, args.threshold_metric)
+        replaced = model.thresholds_path.is_file()
+        save_thresholds(model.thresholds_path, tuned, metric=args.threshold_metric,
+                        source=f"val split ({config.split}) of {data}, TTA {args.tta}", n_patients=len(val_prob))
+        log(f"{'replaced' if replaced else 'wrote'} {model.thresholds_path}")
+        info["tuned thresholds"] = (f"per-label {args.threshold_metric} maximised on the validation split, saved to "
+                                    f"{model.thresholds_path}" + (" (optimistic: same patients)" if args.split == "val" else ""))
+    suffix = f"eval-{args.split}" + (f"-tta-{args.tta}" if args.tta != "none" else "")
+    out = Path(args.out) if args.out else _free_dir(model.run_dir / suffix)
+    return out, frame["ID"].to_numpy(), y_true, y_prob, tuned, load_pair, info, {}
+
+
+def _summary_lines(folder: Path) -> list[str]:
+    import json
+
+    summary = json.loads((folder / reports.FILES["metrics"]).read_text())
+    lines = []
+    for family in ("study", "challenge"):
+        for setting, values in summary[family].items():
+            text = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in values.items())
+            lines.append(f"{family:>9} {setting:>8}: {text}")
+    return lines
+
+
+def main(backend: Backend, argv=None) -> int:
+    """Run the evaluate CLI; returns the exit code (0 ok, 2 bad input with one error line)."""
+    args = build_parser(backend).parse_args(argv)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    try:
+        if args.batch_size < 1:
+            raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+        if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
+            raise FileExistsError(f"--out {args.out} already exists and is not empty; choose a new folder")
+        if args.probs:
+            out, ids, y_true, y_prob, tuned, load_pair, info, extra = _evaluate_probs(args, log)
+        else:
+            out, ids, y_true, y_prob, tuned, load_pair, info, extra = _evaluate_model(args, backend, log)
+        info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
+        folder = reports.write_evaluation(out, ids, y_true, y_prob, tuned=tuned, load_pair=load_pair, info=info,
+                                          after=lambda tmp: _write_extra(tmp, extra, args.threshold_metric))
+    except (*USER_ERRORS, reports.ReportError) as exc:
+        print(f"{backend.name}.evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(_summary_lines(folder)))
+    print(f"evaluation written to {folder} (open {folder / reports.FILES['report']})")
+    return 0
+
+
+def _write_extra(folder: Path, extra: dict, metric: str) -> None:
+    for name, (thresholds, source, n) in extra.items():
+        save_thresholds(folder / name, thresholds, metric=metric, source=source, n_patients=n)

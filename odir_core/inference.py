@@ -1,0 +1,188 @@
+"""Framework-free inference plumbing shared by the evaluate and predict CLIs of both packages.
+
+A framework package supplies a :class:`Backend`: how to load its model file into a
+:class:`Predictor` (probabilities for a batch of eye pairs, Grad-CAM maps). Everything else --
+the run's input settings, image preparation, test-time augmentation, batching -- lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from odir_core.annotations import AnnotationError
+from odir_core.augment import center_crop, normalize
+from odir_core.config import ConfigError, TrainConfig, load_config
+from odir_core.dataset import DataError
+from odir_core.imageio import ImageDecodeError
+from odir_core.metrics import MetricsError
+from odir_core.preprocess import PreprocessError, prepare_image
+from odir_core.run import CONFIG_FILE, DataSourceError
+from odir_core.splits import SplitError
+from odir_core.thresholds import THRESHOLDS_FILE, ThresholdError
+
+TTA_MODES = ("none", "hflip", "vflip", "both")
+TTA_HELP = (
+    "test-time augmentation, probabilities averaged over the views: none; hflip (+ both eyes mirrored "
+    "and swapped, as training's horizontal flip); vflip (+ both eyes upside down); both (original, hflip, "
+    "vflip and hflip+vflip)"
+)
+
+
+class InferenceError(ValueError):
+    """A model, run folder or input that cannot be used (one line saying which and what to do)."""
+
+
+# Bad input the CLIs report as one line with exit code 2 (anything else is a bug and keeps its traceback).
+USER_ERRORS = (
+    InferenceError, AnnotationError, ConfigError, DataError, DataSourceError, ImageDecodeError, MetricsError,
+    PreprocessError, SplitError, ThresholdError, FileExistsError, FileNotFoundError, PermissionError,
+    IsADirectoryError, NotADirectoryError,
+)
+
+
+class Predictor(Protocol):
+    """A loaded model. Inputs: float32 NHWC batches of left and right eyes, as odir_core prepares them."""
+
+    def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """(n, 8) sigmoid probabilities."""
+
+    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """Grad-CAM maps (h, w) in [0, 1] of the last backbone stage for one patient (batch of 1), per eye."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a framework package provides to the shared CLIs.
+
+    ``loader``: "module:function" of ``function(path, config) -> Predictor``, imported only when a
+    model is loaded, so that --help and --probs evaluation do not import the framework.
+    """
+
+    name: str  # e.g. "keras_odir"
+    model_suffix: str  # ".keras" or ".pth"
+    loader: str
+
+    def load(self, path: Path, config: TrainConfig) -> Predictor:
+        module, function = self.loader.split(":")
+        return getattr(importlib.import_module(module), function)(path, config)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model with its training run's settings."""
+
+    path: Path
+    config: TrainConfig
+    predictor: Predictor
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def thresholds_path(self) -> Path:
+        return self.path.parent / THRESHOLDS_FILE
+
+
+def run_config(model_path: Path) -> TrainConfig:
+    """The training config saved beside a model file (its run folder's config.toml)."""
+    path = Path(model_path).parent / CONFIG_FILE
+    if not path.is_file():
+        raise InferenceError(
+            f"{model_path}: no {CONFIG_FILE} beside it; pass a model from a training run folder "
+            "(the config tells image size, crop and normalisation)"
+        )
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise InferenceError(str(exc)) from None
+
+
+def load_model(backend: Backend, path) -> Model:
+    """Load a model file with its run config; clear errors for a missing or wrong file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InferenceError(f"{path}: model file not found; pass RUN_DIR/best{backend.model_suffix} of a training run")
+    if path.suffix != backend.model_suffix:
+        raise InferenceError(f"{path}: {backend.name} loads {backend.model_suffix} files; got {path.suffix or 'no suffix'}")
+    config = run_config(path)
+    try:
+        predictor = backend.load(path, config)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    return Model(path, config, predictor)
+
+
+def model_input(img: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """uint8 image at config.image_size -> float32 HWC model input (centre crop, normalisation as in validation)."""
+    if config.crop_size and config.crop_size != img.shape[0]:
+        img = center_crop(img, config.crop_size)
+    if config.normalize:
+        return normalize(img).astype(np.float32, copy=False)
+    return img.astype(np.float32) / np.float32(255.0)
+
+
+def prepare_photo(path, config: TrainConfig) -> np.ndarray:
+    """A raw (or already prepared) fundus photograph -> uint8 (image_size, image_size, 3), the training chain.
+
+    Raises odir_core.preprocess.PreprocessError for missing, unreadable or non-fundus images.
+    """
+    return prepare_image(path, config.image_size)
+
+
+def tta_views(left: np.ndarray, right: np.ndarray, mode: str = "none") -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (left, right) NHWC batches a TTA mode averages over. A horizontal flip mirrors both eyes and
+    swaps them (a mirrored right eye looks like a left eye), as the training augmentation does."""
+    if mode not in TTA_MODES:
+        raise InferenceError(f"unknown TTA mode {mode!r}; use one of {', '.join(TTA_MODES)}")
+
+    def hflip(l, r):
+        return r[:, :, ::-1], l[:, :, ::-1]
+
+    def vflip(l, r):
+        return l[:, ::-1], r[:, ::-1]
+
+    views = [(left, right)]
+    if mode in ("hflip", "both"):
+        views.append(hflip(left, right))
+    if mode in ("vflip", "both"):
+        views.append(vflip(left, right))
+    if mode == "both":
+        views.append(vflip(*hflip(left, right)))
+    return [(np.ascontiguousarray(l), np.ascontiguousarray(r)) for l, r in views]
+
+
+def predict_batch(predictor: Predictor, left: np.ndarray, right: np.ndarray, tta: str = "none") -> np.ndarray:
+    """(n, 8) probabilities of one batch, averaged over the TTA views."""
+    probs = [np.asarray(predictor.predict(l, r), dtype=np.float64) for l, r in tta_views(left, right, tta)]
+    return np.mean(probs, axis=0)
+
+
+def predict_dataset(predictor: Predictor, dataset, batch_size: int = 16, tta: str = "none", desc: str = "predict") -> np.ndarray:
+    """Probabilities for every patient of an odir_core.dataset.DualEyeDataset (validation mode), in its order."""
+    order = np.arange(len(dataset))
+    out = []
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        inputs, _ = dataset.batch(order[start : start + batch_size])
+        out.append(predict_batch(predictor, inputs["left"], inputs["right"], tta))
+    return np.concatenate(out) if out else np.zeros((0, 8))
+
+
+def gradcam_map(activations: np.ndarray, gradients: np.ndarray, channels_last: bool = True) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) of one image: ReLU(sum_k mean(dy/dA_k) * A_k), scaled to [0, 1].
+
+    ``activations`` and ``gradients``: (h, w, c) when ``channels_last`` else (c, h, w).
+    """
+    a = np.asarray(activations, dtype=np.float64)
+    g = np.asarray(gradients, dtype=np.float64)
+    if not channels_last:
+        a, g = np.moveaxis(a, 0, -1), np.moveaxis(g, 0, -1)
+    cam = np.maximum((a * g.mean(axis=(0, 1))).sum(axis=-1), 0.0)
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam).astype(np.float32)

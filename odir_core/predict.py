@@ -1,0 +1,234 @@
+"""The predict CLI shared by keras_odir.predict and torch_odir.predict (framework-free).
+
+Raw photographs in: the training chain (FOV crop, circle crop, FOV crop, resize, centre crop,
+normalisation) is applied from the model's run config. One patient (LEFT RIGHT) prints its
+labels and can draw a figure (optionally with Grad-CAM); ``--batch CSV`` does many patients,
+skipping and listing the ones whose images cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from odir_core import plots
+from odir_core.atomic import atomic_path
+from odir_core.augment import center_crop
+from odir_core.inference import (
+    TTA_HELP,
+    TTA_MODES,
+    USER_ERRORS,
+    Backend,
+    InferenceError,
+    Model,
+    load_model,
+    model_input,
+    predict_batch,
+    prepare_photo,
+)
+from odir_core.labels import LABEL_NAMES, LABELS
+from odir_core.thresholds import DEFAULT_THRESHOLD, THRESHOLDS_FILE, as_thresholds, load_thresholds
+
+BATCH_COLUMNS = ("left", "right")
+EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser(backend: Backend) -> argparse.ArgumentParser:
+    """The predict CLI's parser; --help explains every flag."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {backend.name}.predict",
+        description="Predict the eight ODIR-5K labels of a patient from raw left and right fundus photographs "
+        "(preprocessed as in training, from the model's config.toml). Exit codes: 0 ok; 1 some --batch rows "
+        "failed (listed); 2 bad input (missing/corrupt/non-fundus image, bad model or CSV), one error line.",
+    )
+    p.add_argument("--model", required=True, metavar=f"RUN_DIR/best{backend.model_suffix}",
+                   help="trained model; config.toml beside it gives image size, crop and normalisation")
+    p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
+    p.add_argument("--batch", metavar="CSV",
+                   help="many patients: a CSV with columns left,right (image paths, relative to the CSV's folder) and "
+                   "optionally id; writes a predictions CSV, skipping and listing unusable rows")
+    p.add_argument("--out", metavar="FILE",
+                   help="one patient: save a figure (eyes + probabilities) as this PNG; with --batch: the predictions "
+                   "CSV (default <CSV>_predictions.csv beside the input, numbered when taken). Never overwritten")
+    p.add_argument("--figures", metavar="DIR", help="with --batch: also save one figure per patient, <id>.png, in this folder")
+    p.add_argument("--gradcam", action="store_true",
+                   help="overlay a Grad-CAM heatmap of the last backbone stage on each eye in the figure(s)")
+    p.add_argument("--gradcam-label", choices=LABELS,
+                   help="label the Grad-CAM explains (default: the patient's most probable label)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
+    p.add_argument("--thresholds", metavar="FILE",
+                   help=f"per-label thresholds JSON; default {THRESHOLDS_FILE} beside the model when present, else 0.5")
+    p.add_argument("--batch-size", type=int, default=8, help="with --batch: patients per forward pass")
+    return p
+
+
+def _thresholds(args, model: Model) -> tuple[np.ndarray, str]:
+    if args.thresholds:
+        return load_thresholds(args.thresholds), args.thresholds
+    if model.thresholds_path.is_file():
+        return load_thresholds(model.thresholds_path), str(model.thresholds_path)
+    return as_thresholds(DEFAULT_THRESHOLD), "0.5"
+
+
+def _predicted(probs, thresholds) -> list[str]:
+    return [label for label, p, t in zip(LABELS, probs, thresholds) if p > t]
+
+
+def format_prediction(probs, thresholds) -> str:
+    """Label, name, probability, threshold and a mark for predicted labels, then the predicted list."""
+    width = max(len(name) for name in LABEL_NAMES.values())
+    lines = [f"{'':2}{'label':<{width + 2}}{'probability':>12}{'threshold':>11}"]
+    for label, p, t in zip(LABELS, probs, thresholds):
+        mark = "  <- predicted" if p > t else ""
+        lines.append(f"{label:<2}{LABEL_NAMES[label]:<{width + 2}}{p:>12.4f}{t:>11.2f}{mark}")
+    chosen = _predicted(probs, thresholds)
+    lines.append("predicted: " + (", ".join(f"{label} ({LABEL_NAMES[label]})" for label in chosen) or "none above threshold"))
+    return "\n".join(lines)
+
+
+def _new_file(path: Path) -> Path:
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose another name or remove it first")
+    return path
+
+
+def _figure(model: Model, left_img, right_img, left_x, right_x, probs, thresholds, args, title, path: Path) -> None:
+    heatmaps, label = None, ""
+    if args.gradcam:
+        label = args.gradcam_label or LABELS[int(np.argmax(probs))]
+        heatmaps = model.predictor.gradcam(left_x[None], right_x[None], LABELS.index(label))
+    shown = [img if not model.config.crop_size else _crop(img, model.config.crop_size) for img in (left_img, right_img)]
+    fig = plots.prediction_figure(shown[0], shown[1], probs, thresholds, title=title, heatmaps=heatmaps, gradcam_label=label)
+    plots.save_figure(fig, path)
+
+
+def _crop(img, size):
+    return center_crop(img, size) if img.shape[0] != size else img
+
+
+def predict_one(model: Model, args, thresholds, threshold_source: str) -> int:
+    """One patient: print the prediction, optionally save the figure."""
+    if len(args.images) != 2:
+        raise InferenceError(f"give exactly two photographs, LEFT RIGHT (got {len(args.images)}), or --batch CSV")
+    out = _new_file(Path(args.out)) if args.out else None
+    left_img, right_img = (prepare_photo(path, model.config) for path in args.images)
+    left_x, right_x = model_input(left_img, model.config), model_input(right_img, model.config)
+    probs = predict_batch(model.predictor, left_x[None], right_x[None], args.tta)[0]
+    print(f"left {args.images[0]}, right {args.images[1]} (model {model.path}, TTA {args.tta}, thresholds {threshold_source})")
+    print(format_prediction(probs, thresholds))
+    if out is not None:
+        _figure(model, left_img, right_img, left_x, right_x, probs, thresholds, args,
+                f"{Path(args.images[0]).name} + {Path(args.images[1]).name}", out)
+        print(f"figure written to {out}")
+    return EXIT_OK
+
+
+def read_batch_csv(path: Path) -> pd.DataFrame:
+    """The --batch CSV with columns id, left, right (absolute paths); id defaults to the row number."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise InferenceError(f"--batch {path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InferenceError(f"--batch {path}: not a readable CSV ({exc})") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in BATCH_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InferenceError(f"--batch {path}: missing column(s) {', '.join(missing)}; the header needs left,right (and optionally id)")
+    if frame.empty:
+        raise InferenceError(f"--batch {path}: no rows")
+    if "id" not in frame.columns:
+        frame.insert(0, "id", [str(i + 1) for i in range(len(frame))])
+    for col in BATCH_COLUMNS:
+        frame[col] = [str(p if Path(p).is_absolute() else path.parent / p) for p in frame[col]]
+    return frame[["id", *BATCH_COLUMNS]].reset_index(drop=True)
+
+
+def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
+    """--batch: predict every row, skip and list unusable ones, write the predictions CSV atomically."""
+    csv_path = Path(args.batch)
+    frame = read_batch_csv(csv_path)
+    if args.out:
+        out = _new_file(Path(args.out))
+    else:
+        out, n = csv_path.with_name(f"{csv_path.stem}_predictions.csv"), 1
+        while out.exists():
+            n += 1
+            out = csv_path.with_name(f"{csv_path.stem}_predictions-{n}.csv")
+    figures = Path(args.figures) if args.figures else None
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+    probs = np.full((len(frame), len(LABELS)), np.nan)
+    errors = [""] * len(frame)
+    bar = tqdm(total=len(frame), desc="predict", unit="patient")
+    for start in range(0, len(frame), args.batch_size):
+        rows, lefts, rights, images = [], [], [], []
+        for i in range(start, min(start + args.batch_size, len(frame))):
+            try:
+                pair = [prepare_photo(frame.at[i, side], model.config) for side in BATCH_COLUMNS]
+            except USER_ERRORS as exc:
+                errors[i] = str(exc)
+                continue
+            rows.append(i)
+            images.append(pair)
+            lefts.append(model_input(pair[0], model.config))
+            rights.append(model_input(pair[1], model.config))
+        if rows:
+            left_x, right_x = np.stack(lefts), np.stack(rights)
+            probs[rows] = predict_batch(model.predictor, left_x, right_x, args.tta)
+            if figures is not None:
+                for k, i in enumerate(rows):
+                    target = figures / f"{frame.at[i, 'id']}.png"
+                    if target.exists():
+                        errors[i] = f"figure {target} already exists; not overwritten"
+                        continue
+                    _figure(model, *images[k], left_x[k], right_x[k], probs[i], thresholds, args,
+                            f"patient {frame.at[i, 'id']}", target)
+        bar.update(min(args.batch_size, len(frame) - start))
+    bar.close()
+    result = frame.copy()
+    for j, label in enumerate(LABELS):
+        result[label] = probs[:, j]
+    result["predicted"] = [" ".join(_predicted(p, thresholds)) if not np.isnan(p).any() else "" for p in probs]
+    result["error"] = errors
+    with atomic_path(out) as tmp:
+        result.to_csv(tmp, index=False, float_format="%.6f")
+    failed = [i for i, e in enumerate(errors) if e]
+    ok = len(frame) - sum(1 for i in failed if np.isnan(probs[i]).any())
+    print(f"{ok} of {len(frame)} patients predicted (thresholds {threshold_source}); written to {out}")
+    for i in failed:
+        print(f"skipped/failed row {i + 2} (id {frame.at[i, 'id']}): {errors[i]}", file=sys.stderr)
+    if ok == 0:
+        return EXIT_BAD_INPUT
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def main(backend: Backend, argv=None) -> int:
+    """Run the predict CLI; returns the exit code (see build_parser's description)."""
+    parser = build_parser(backend)
+    args = parser.parse_args(argv)
+    try:
+        if args.batch and args.images:
+            raise InferenceError("give either LEFT RIGHT or --batch CSV, not both")
+        if args.figures and not args.batch:
+            raise InferenceError("--figures is for --batch; for one patient use --out fig.png")
+        if args.gradcam and not (args.out if not args.batch else args.figures):
+            raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
+        if args.batch_size < 1:
+            raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+        for path in ([] if args.batch else args.images):
+            if not Path(path).is_file():
+                raise InferenceError(f"{path}: image file not found")
+        model = load_model(backend, args.model)
+        thresholds, source = _thresholds(args, model)
+        if args.batch:
+            return predict_many(model, args, thresholds, source)
+        return predict_one(model, args, thresholds, source)
+    except USER_ERRORS as exc:
+        print(f"{backend.name}.predict: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,19 @@
+"""Evaluate a trained PyTorch model (or a probabilities file): ``python -m torch_odir.evaluate --help``."""
+
+from __future__ import annotations
+
+import sys
+
+from odir_core import evaluate
+from odir_core.inference import Backend
+
+BACKEND = Backend(name="torch_odir", model_suffix=".pth", loader="torch_odir.inference:load_predictor")
+
+
+def main(argv=None) -> int:
+    """Command-line entry point (see odir_core.evaluate)."""
+    return evaluate.main(BACKEND, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Predict a patient's labels from two raw photographs with a PyTorch model: ``python -m torch_odir.predict --help``."""
+
+from __future__ import annotations
+
+import sys
+
+from odir_core import predict
+from torch_odir.evaluate import BACKEND
+
+
+def main(argv=None) -> int:
+    """Command-line entry point (see odir_core.predict)."""
+    return predict.main(BACKEND, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
