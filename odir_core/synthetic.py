@@ -264,11 +264,12 @@ def render_patient(seed: int, pid: int, size: int, raw: bool, severity: float = 
     camera: Camera = random_camera(np.random.default_rng(cam_ss))
     images = []
     for side, kws, ss in ((-1, patient.left_keywords, left_ss), (1, patient.right_keywords, right_ss)):
-        rng = np.random.default_rng(ss)
-        signs = _eye_signs(rng, kws, severity)
+        signs_ss, draw_ss, frame_ss = ss.spawn(3)
+        signs = _eye_signs(np.random.default_rng(signs_ss), kws, severity)
         d = size if not raw else int(size / 1.5 * 1.12) + 2
-        fov = draw_eye(rng, d, side, signs, camera, lens_dust="lens dust" in kws)
+        fov = draw_eye(draw_ss, d, side, signs, camera, lens_dust="lens dust" in kws)
         if raw:
+            rng = np.random.default_rng(frame_ss)
             name = f"{pid}_{'left' if side < 0 else 'right'}.jpg"
             fov = _raw_frame(rng, fov, size, special=name in SPECIAL_IMAGES or rng.random() < SPECIAL_RATE)
         images.append(fov)

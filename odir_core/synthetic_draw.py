@@ -169,53 +169,56 @@ def _disc_position(rng, side):
     return (side * rng.uniform(0.36, 0.44), rng.uniform(-0.06, 0.06))
 
 
-def draw_eye(rng: np.random.Generator, d: int, side: int, signs: dict, camera: Camera,
+def draw_eye(seed: np.random.SeedSequence, d: int, side: int, signs: dict, camera: Camera,
              lens_dust: bool = False) -> np.ndarray:
     """Draw one eye's FOV square (d x d, uint8 RGB, black outside the circle).
 
     ``side`` is -1 for a left eye (optic disc on the left of the image) and +1 for a right eye.
+    Anatomy, vessels, disc, lesions and camera draw from separate streams of ``seed``, so the
+    same eye with other signs or severity keeps its anatomy.
     """
+    anat, vessel_rng, disc_rng, les, cam = (np.random.default_rng(s) for s in seed.spawn(5))
     cv = _Canvas(d)
     x, y, r2 = _grid(d)
     s = signs.get
     # --- background: orange-red fundus with choroidal mottling
-    base = np.array([rng.uniform(0.68, 0.92), 0.0, 0.0], np.float32)
-    base[1] = base[0] * rng.uniform(0.34, 0.55)
-    base[2] = base[1] * rng.uniform(0.2, 0.5)
+    base = np.array([anat.uniform(0.68, 0.92), 0.0, 0.0], np.float32)
+    base[1] = base[0] * anat.uniform(0.34, 0.55)
+    base[2] = base[1] * anat.uniform(0.2, 0.5)
     if s("myopic"):
         base[1] *= 1.0 + 0.12 * min(s("myopic"), 1.5)  # paler, more orange fundus
-    tex = 1.0 + 0.07 * _smooth_noise(rng, d, 7) + 0.035 * _smooth_noise(rng, d, max(8, d // 12))
+    tex = 1.0 + 0.07 * _smooth_noise(anat, d, 7) + 0.035 * _smooth_noise(anat, d, max(8, d // 12))
     cv.img[:] = base
     cv.img *= tex[..., None]
-    disc = _disc_position(rng, side)
-    fovea = (disc[0] - side * rng.uniform(0.42, 0.5), disc[1] + rng.uniform(0.0, 0.06))
+    disc = _disc_position(anat, side)
+    fovea = (disc[0] - side * anat.uniform(0.42, 0.5), disc[1] + anat.uniform(0.0, 0.06))
     fd2 = (x - fovea[0]) ** 2 + (y - fovea[1]) ** 2
     cv.darken(np.exp(-fd2 / (2 * 0.16**2)), (0.7, 0.62, 0.62))  # macular pigment
     if s("myopic"):
-        _tessellation(rng, cv, s("myopic"))
+        _tessellation(les, cv, s("myopic"))
     # --- choroid / RPE level findings
     if s("drusen"):
-        _drusen(rng, cv, fovea, s("drusen"), 1.0)
+        _drusen(les, cv, fovea, s("drusen"), 1.0)
     if s("atrophy"):
-        _atrophy(rng, cv, disc, fovea, s("atrophy"), 1 + int(rng.integers(0, 2)))
-    if s("myopic") and rng.random() < 0.5 * s("myopic"):
-        _atrophy(rng, cv, disc, fovea, 0.8 * s("myopic"), 1)
+        _atrophy(les, cv, disc, fovea, s("atrophy"), 1 + int(les.integers(0, 2)))
+    if s("myopic") and les.random() < 0.5 * s("myopic"):
+        _atrophy(les, cv, disc, fovea, 0.8 * s("myopic"), 1)
     if s("pigment"):
-        _bone_spicules(rng, cv, s("pigment"))
+        _bone_spicules(les, cv, s("pigment"))
     if s("laser"):
-        _laser_scars(rng, cv, s("laser"))
+        _laser_scars(les, cv, s("laser"))
     if s("wet_amd"):
-        _wet_amd(rng, cv, fovea, s("wet_amd"))
+        _wet_amd(les, cv, fovea, s("wet_amd"))
     # --- vessels
     h = s("hypertensive") or 0.0
-    tree = _vessels(rng, disc, side, artery_scale=1.0 / (1.0 + 0.8 * h), artery_wiggle=0.06 / (1.0 + 3.0 * h))
+    tree = _vessels(vessel_rng, disc, side, artery_scale=1.0 / (1.0 + 0.8 * h), artery_wiggle=0.06 / (1.0 + 3.0 * h))
     veins, arteries = cv.mask(), cv.mask()
     for pts, w, kind in tree:
         cv.line(veins if kind == "v" else arteries, pts, w * (1.25 if s("rvo") and kind == "v" else 1.0))
     vessel_blur = 0.004
     cv.darken(cv.soft(veins, vessel_blur), (0.5, 0.3, 0.35))
     cv.darken(cv.soft(arteries, vessel_blur), (0.7, 0.45, 0.5) if not h else (0.85, 0.62, 0.55))
-    _optic_disc(rng, cv, disc, side, s)  # over the vessel roots, which show faintly through it
+    _optic_disc(disc_rng, cv, disc, side, s)  # over the vessel roots, which show faintly through it
     if s("white_vessel"):
         m = cv.mask()
         for pts, w, _ in tree[: max(2, len(tree) // 4)]:
@@ -227,32 +230,32 @@ def draw_eye(rng: np.random.Generator, d: int, side: int, signs: dict, camera: C
         cv.paint(cv.soft(m, 0.006), (1.0, 0.9, 0.75), 0.5)  # foveal reflex
     # --- retinal lesions
     if s("dr"):
-        _diabetic(rng, cv, disc, fovea, s("dr"))
+        _diabetic(les, cv, disc, fovea, s("dr"))
     if h:
-        _hypertensive(rng, cv, disc, h)
+        _hypertensive(les, cv, disc, h)
     if s("rvo"):
-        _vein_occlusion(rng, cv, disc, side, s("rvo"))
+        _vein_occlusion(les, cv, disc, side, s("rvo"))
     if s("spots"):
         m = cv.mask()
         n = int(10 + 20 * s("spots"))
-        cv.dots(m, fovea + rng.normal(0, 0.22, (n, 2)), rng.uniform(0.008, 0.02, n))
+        cv.dots(m, fovea + les.normal(0, 0.22, (n, 2)), les.uniform(0.008, 0.02, n))
         cv.paint(cv.soft(m, 0.006), (0.95, 0.9, 0.8), 0.8)
     if s("mnf"):
-        _myelinated(rng, cv, disc, side, s("mnf"))
+        _myelinated(les, cv, disc, side, s("mnf"))
     if s("erm"):
-        _membrane(rng, cv, fovea, s("erm"))
+        _membrane(les, cv, fovea, s("erm"))
     # --- illumination
-    illum = 1.0 - camera.vignette * np.power(r2, 1.4) + 0.12 * (rng.normal() * x + rng.normal() * y)
+    illum = 1.0 - camera.vignette * np.power(r2, 1.4) + 0.12 * (cam.normal() * x + cam.normal() * y)
     cv.img *= np.clip(illum, 0.05, 1.3)[..., None]
     # --- media: cataract veil, partial opacity, floaters
     if s("haze"):
-        _cataract(rng, cv, s("haze"))
+        _cataract(les, cv, s("haze"))
     if s("media"):
-        _cataract(rng, cv, 0.45 * s("media"), partial=True)
+        _cataract(les, cv, 0.45 * s("media"), partial=True)
     if s("floaters"):
-        _floaters(rng, cv, s("floaters"))
+        _floaters(les, cv, s("floaters"))
     if lens_dust:
-        _lens_dust(rng, cv)
+        _lens_dust(cam, cv)
     # --- camera
     img = cv.img * np.asarray(camera.cast, np.float32) * camera.gain
     np.clip(img, 0.0, 1.0, out=img)
@@ -260,7 +263,7 @@ def draw_eye(rng: np.random.Generator, d: int, side: int, signs: dict, camera: C
     sigma = camera.blur * cv.R
     if sigma >= 0.4:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img += rng.standard_normal((d, d, 1), dtype=np.float32) * camera.noise
+    img += cam.standard_normal((d, d, 1), dtype=np.float32) * camera.noise
     edge = np.clip((1.0 - np.sqrt(r2)) * cv.R, 0.0, 1.0)  # anti-aliased FOV rim, black outside
     img *= edge[..., None] * np.clip(1.0 - 0.5 * np.power(r2, 8), 0.0, 1.0)[..., None]
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
