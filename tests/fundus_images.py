@@ -1,4 +1,4 @@
-"""Raw-like fundus photographs and ODIR layouts for the image-pipeline tests (drawn with OpenCV)."""
+"""Raw-like fundus photographs drawn with OpenCV, and where the reference photographs live, for the image tests."""
 
 from __future__ import annotations
 
@@ -6,21 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REAL_SAMPLES = REFERENCE / "real_samples"
-
-ANNOTATION_COLUMNS = [
-    "ID",
-    "Patient Age",
-    "Patient Sex",
-    "Left-Fundus",
-    "Right-Fundus",
-    "Left-Diagnostic Keywords",
-    "Right-Diagnostic Keywords",
-    "N", "D", "G", "C", "A", "H", "M", "O",
-]
 
 
 def draw_fundus(height: int, width: int, seed: int = 0, texture: bool = True) -> np.ndarray:
@@ -47,24 +35,3 @@ def write_jpeg(path: Path, img: np.ndarray, quality: int = 92) -> Path:
     assert ok
     path.write_bytes(buf.tobytes())
     return path
-
-
-def annotations(ids) -> pd.DataFrame:
-    rows = []
-    for i, pid in enumerate(ids):
-        normal = i % 2 == 0
-        kw = "normal fundus" if normal else "moderate non proliferative retinopathy"
-        rows.append([pid, 50 + i, "Female" if i % 2 else "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", kw, kw,
-                     int(normal), int(not normal), 0, 0, 0, 0, 0, 0])
-    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
-
-
-def write_layout(root: Path, annotation_path: str, image_dir: str, ids, size=(72, 96), seed=0) -> pd.DataFrame:
-    """Write an ODIR-like distribution: one xlsx and two JPEGs per patient."""
-    df = annotations(ids)
-    (root / annotation_path).parent.mkdir(parents=True, exist_ok=True)
-    df.to_excel(root / annotation_path, index=False)
-    for k, pid in enumerate(ids):
-        for side in ("left", "right"):
-            write_jpeg(root / image_dir / f"{pid}_{side}.jpg", draw_fundus(*size, seed=seed + 2 * k + (side == "right")))
-    return df

@@ -10,29 +10,28 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from fundus_images import draw_fundus, write_jpeg, write_layout
+from fundus_images import draw_fundus, write_jpeg
 
 from odir_core.annotations import read_annotations
 from odir_core.layouts import GRAND_CHALLENGE, KAGGLE, OIA, PREPARED, LayoutError, detect_layout
 from odir_core.prepare import main
+from odir_core.synthetic import generate
 
-IDS = [0, 1, 2, 3]
-LAYOUTS = {
-    "grand-challenge": (GRAND_CHALLENGE.annotations, GRAND_CHALLENGE.images),
-    "kaggle": (KAGGLE.annotations, KAGGLE.images),
-    "oia": (OIA.annotations, OIA.images),
-    "oia-underscores": (OIA.annotations.replace(" ", "_"), OIA.images.replace(" ", "_")),
-}
+LAYOUTS = {"grand-challenge": GRAND_CHALLENGE, "kaggle": KAGGLE, "oia": OIA, "oia-underscores": OIA}
 
 
 def make_source(root: Path, layout: str) -> Path:
-    """A distribution with patient 2's left JPEG truncated and patient 3's right image missing."""
-    ann, images = LAYOUTS[layout]
-    write_layout(root, ann, images, IDS)
-    bad = root / images / "2_left.jpg"
+    """A generated raw distribution of 4 patients, patient 2's left JPEG truncated, patient 3's right missing."""
+    generate(root, 4, size=96, seed=0, layout=layout.removesuffix("-underscores"), workers=1)
+    images = root / LAYOUTS[layout].images
+    if layout.endswith("-underscores"):  # a mirror that replaced spaces by underscores
+        for path in sorted(root.rglob("* *"), key=lambda p: -len(p.parts)):
+            path.rename(path.with_name(path.name.replace(" ", "_")))
+        images = root / LAYOUTS[layout].images.replace(" ", "_")
+    bad = images / "2_left.jpg"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    (root / images / "3_right.jpg").unlink()
+    (images / "3_right.jpg").unlink()
     return root
 
 
@@ -65,6 +64,7 @@ def test_prepare_each_layout_reports_bad_and_missing_images(tmp_path, layout, ca
 
 
 def test_prepare_zip_with_wrapping_folder_and_pool_then_rerun_is_a_noop(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
     src = make_source(tmp_path / "src" / "odir5k", "kaggle")
     archive = tmp_path / "odir.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -90,22 +90,30 @@ def test_prepare_zip_with_wrapping_folder_and_pool_then_rerun_is_a_noop(tmp_path
     check_output(out, "jpg")
 
 
+def test_prepare_reads_a_generated_zip_in_place(tmp_path):
+    archive = generate(tmp_path / "oia", 3, size=96, seed=1, layout="oia", zip=True, workers=1)
+    out = tmp_path / "out"
+    assert run(archive, out, "--size", "40") == 0
+    df = read_annotations(out / "annotations.xlsx", exclude_special=False)
+    assert df["ID"].tolist() == [0, 1, 2]
+    assert all(cv2.imread(str(out / "images" / n)).shape == (40, 40, 3) for n in df["Right-Fundus"])
+
+
 def test_prepare_reports_black_and_repaired_white_surround_images(tmp_path):
-    src = tmp_path / "src"
-    write_layout(src, GRAND_CHALLENGE.annotations, GRAND_CHALLENGE.images, [5, 6])
+    src = generate(tmp_path / "src", 2, size=96, seed=0, layout="grand-challenge", workers=1)
     folder = src / GRAND_CHALLENGE.images
-    write_jpeg(folder / "5_right.jpg", np.zeros((60, 80, 3), np.uint8))
+    write_jpeg(folder / "0_right.jpg", np.zeros((60, 80, 3), np.uint8))
     fundus = draw_fundus(72, 96, seed=9)
     fundus[fundus.max(axis=2) == 0] = 255
-    write_jpeg(folder / "6_left.jpg", fundus)
+    write_jpeg(folder / "1_left.jpg", fundus)
     out = tmp_path / "out"
     assert run(src, out) == 0
     report = pd.read_csv(out / "prepare_report.csv").set_index(["ID", "side"])
-    assert report.loc[(5, "right"), "status"] == "error" and "black" in report.loc[(5, "right"), "reason"]
-    assert report.loc[(6, "left"), "status"] == "repaired"
-    assert "white surround" in report.loc[(6, "left"), "reason"]
-    assert read_annotations(out / "annotations.xlsx")["ID"].tolist() == [6]
-    white_fixed = cv2.imread(str(out / "images" / "6_left.png"))
+    assert report.loc[(0, "right"), "status"] == "error" and "black" in report.loc[(0, "right"), "reason"]
+    assert report.loc[(1, "left"), "status"] == "repaired"
+    assert "white surround" in report.loc[(1, "left"), "reason"]
+    assert read_annotations(out / "annotations.xlsx")["ID"].tolist() == [1]
+    white_fixed = cv2.imread(str(out / "images" / "1_left.png"))
     assert white_fixed[0, 0].max() <= 7 and white_fixed[-1, -1].max() <= 7
 
 
