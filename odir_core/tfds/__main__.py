@@ -1,0 +1,95 @@
+"""Build the ``odir5k`` TensorFlow Datasets dataset: ``python -m odir_core.tfds build --manual-dir PATH``.
+
+PATH is an ODIR-5K folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
+folder from ``odir_core.prepare``), or a folder holding such a zip. The dataset is written to
+DATA_DIR/odir5k/CONFIG/1.0.0 as ArrayRecord files; building an existing one does nothing.
+Bad images are reported and their patients skipped (DATA_DIR/.../build_report.csv).
+Read it with ``tfds.data_source("odir5k/CONFIG", data_dir=DATA_DIR)`` or train on it with
+``--data tfds:odir5k/CONFIG`` (TFDS_DATA_DIR set to DATA_DIR when it is not the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from odir_core.atomic import atomic_write_text
+from odir_core.prepare import REPORT_COLUMNS
+from odir_core.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
+
+REPORT_NAME = "build_report.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m odir_core.tfds",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = commands.add_parser(
+        "build",
+        help="build the odir5k dataset from a manual download",
+        description="Build the odir5k dataset (one config) from a manual download of ODIR-5K.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    build.add_argument(
+        "--manual-dir", required=True,
+        help="ODIR-5K folder or zip in any known layout, or a folder holding such a zip",
+    )
+    build.add_argument(
+        "--config", default="prepared_512",
+        help=f"builder config: {', '.join(c.name for c in CONFIGS)} (original files), or prepared_<size>",
+    )
+    build.add_argument(
+        "--data-dir", default=None,
+        help="TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+    )
+    build.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image processes")
+    return parser
+
+
+def build(args) -> int:
+    """Build one config; returns the process exit status."""
+    config = config_by_name(args.config)
+    builder = Odir5k(config=config, data_dir=args.data_dir, workers=args.workers, source=args.manual_dir)
+    target = Path(builder.data_path)
+    if builder.is_prepared():
+        print(f"odir5k/{config.name} is already built in {target}; nothing to do")
+        return 0
+    find_source(args.manual_dir)  # fail early, with the download instructions, on a wrong folder
+    import tensorflow_datasets as tfds
+
+    manual_dir = Path(args.manual_dir)
+    manual_dir = manual_dir if manual_dir.is_dir() else manual_dir.parent  # TFDS wants a folder
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    for name, split in builder.info.splits.items():
+        print(f"{name}: {split.num_examples} patients")
+    report = builder.info.metadata.get("report", [])
+    if report:
+        table = pd.DataFrame(report, columns=["split", *REPORT_COLUMNS])
+        atomic_write_text(target / REPORT_NAME, table.to_csv(index=False))
+        errors = int((table["status"] == "error").sum())
+        print(f"{errors} image(s) skipped and {len(table) - errors} repaired (see {target / REPORT_NAME})")
+    print(f"odir5k/{config.name} written to {target}")
+    return 0 if builder.info.splits["train"].num_examples else 1
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        build_parser().error("--workers must be at least 1")
+    try:
+        return build(args)
+    except (FileNotFoundError, ValueError) as exc:  # LayoutError, AnnotationError and config errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
