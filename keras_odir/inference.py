@@ -54,7 +54,7 @@ class KerasPredictor:
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
         backbone = model.get_layer(BACKBONE)
         self.pool = backbone.get_layer(POOL)
-        self.stage = keras.Model(backbone.inputs, self.pool.input, name="last_stage")
+        self.stage = keras.Model(backbone.inputs[0], self.pool.input, name="last_stage")
         names = [layer.name for layer in model.layers]
         self.head = model.layers[names.index(FEATURES) + 1 :]
 

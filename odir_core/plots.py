@@ -161,7 +161,9 @@ def prediction_figure(left, right, probs, thresholds=0.5, title: str = "", heatm
     for yi, tj in zip(y, t):
         ax.plot([tj, tj], [yi - 0.4, yi + 0.4], color="k", lw=1)
     for yi, p in zip(y, probs):
-        ax.text(min(p + 0.02, 0.86), yi, f"{p:.3f}", va="center", fontsize=8)
+        inside = p > 0.85  # long bars carry their value inside, in white
+        ax.text(p - 0.02 if inside else p + 0.02, yi, f"{p:.3f}", va="center", ha="right" if inside else "left",
+                fontsize=8, color="white" if inside else "black")
     ax.set_yticks(y, [f"{label} {LABEL_NAMES[label]}" for label in LABELS], fontsize=8)
     ax.set(xlim=(0, 1), xlabel="probability (black tick: threshold; red: predicted)")
     ax.set_title("Predicted: " + _label_list(positive), fontsize=10)
