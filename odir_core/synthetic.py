@@ -135,6 +135,7 @@ LAYOUT_NAMES = tuple(LAYOUTS)
 JPEG_QUALITY = 92
 DEFAULT_PREPARED_SIZE = 512
 RAW_WIDTH = (1000, 2400)  # raw camera image width range in pixels
+RAW_DRAW_MAX = 1024  # raw frames: the FOV is drawn at most this size, then enlarged (real photos are soft)
 KAGGLE_FULL_DF = "full_df.csv"
 KAGGLE_FILEPATH_PREFIX = "../input/ocular-disease-recognition-odir5k/ODIR-5K/Training Images/"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -233,13 +234,13 @@ def _eye_signs(rng, keywords, severity: float) -> dict:
 def _raw_frame(rng, fov: np.ndarray, max_width: int, special: bool) -> np.ndarray:
     """Place a FOV square on a camera frame: 1:1..3:2, black (or, special, white) surround, top/bottom
     of the circle sometimes cut by the frame."""
-    d_max = fov.shape[0]
     width = int(rng.uniform(max_width * RAW_WIDTH[0] / RAW_WIDTH[1], max_width))
     aspect = rng.uniform(1.0, 1.5)
     height = int(round(width / aspect))
     notched = rng.random() < 0.35
     d = int(round(min(height * (rng.uniform(1.03, 1.12) if notched else rng.uniform(0.86, 0.98)), width * 0.98)))
-    fov = cv2.resize(fov, (d, d), interpolation=cv2.INTER_AREA) if d != d_max else fov
+    if d != fov.shape[0]:
+        fov = cv2.resize(fov, (d, d), interpolation=cv2.INTER_AREA if d < fov.shape[0] else cv2.INTER_CUBIC)
     frame = np.zeros((height, width, 3), np.uint8)
     cx = width // 2 + int(rng.uniform(-0.02, 0.02) * width) - d // 2
     cy = height // 2 - d // 2
@@ -266,7 +267,7 @@ def render_patient(seed: int, pid: int, size: int, raw: bool, severity: float = 
     for side, kws, ss in ((-1, patient.left_keywords, left_ss), (1, patient.right_keywords, right_ss)):
         signs_ss, draw_ss, frame_ss = ss.spawn(3)
         signs = _eye_signs(np.random.default_rng(signs_ss), kws, severity)
-        d = size if not raw else int(size / 1.5 * 1.12) + 2
+        d = size if not raw else min(int(size / 1.5 * 1.12) + 2, RAW_DRAW_MAX)
         fov = draw_eye(draw_ss, d, side, signs, camera, lens_dust="lens dust" in kws)
         if raw:
             rng = np.random.default_rng(frame_ss)

@@ -97,7 +97,7 @@ class _Canvas:
         """Polyline of the given width (units of R); thinner than a pixel it is drawn 1 px and dimmer."""
         wp = width * self.R
         v = int(value * min(1.0, max(wp, 0.15))) if wp < 1.0 else value
-        arr = np.array([self.px(p) for p in pts], np.int32).reshape(-1, 1, 2)
+        arr = np.round((np.asarray(pts, np.float64) + 1.0) * (self.R * _ONE)).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(mask, [arr], False, v, max(1, int(round(wp))), cv2.LINE_AA, _SHIFT)
 
     def soft(self, mask, blur: float) -> np.ndarray:
@@ -125,27 +125,27 @@ def _smooth_noise(rng, d: int, cells: int) -> np.ndarray:
     return cv2.resize(small, (d, d), interpolation=cv2.INTER_CUBIC)
 
 
-def _walk(rng, start, heading, step, curvature, decay, wiggle, width, shrink, branch_p, depth, out, kind):
-    """Random-walk vessel: appends (points, width, kind) segments to ``out``, branching recursively."""
-    pts = [start]
-    p = np.array(start, np.float64)
-    h, k, w = heading, curvature, width
-    for _ in range(80):
-        h += k + wiggle * rng.standard_normal()
-        k *= decay
-        p = p + step * np.array([np.cos(h), np.sin(h)])
-        pts.append(tuple(p))
-        w *= shrink
-        if p @ p > 1.0 or w < 0.0025:
-            break
-        if depth > 0 and rng.random() < branch_p:
-            out.append((pts, w, kind))
+def _walk(rng, start, heading, step, curvature, decay, wiggle, width, shrink, branch_p, depth, out, kind,
+          max_steps=80):
+    """Random-walk vessel: appends (points (n, 2), width, kind) segments to ``out``, branching recursively."""
+    noise, u = rng.standard_normal(max_steps), rng.random(max_steps)
+    turn = curvature * np.cumsum(decay ** np.arange(max_steps)) + wiggle * np.cumsum(noise)
+    h = heading + turn
+    pts = np.vstack([start, np.asarray(start) + step * np.cumsum(np.c_[np.cos(h), np.sin(h)], axis=0)])
+    w = width * shrink ** np.arange(1, max_steps + 1)
+    outside = ((pts[1:] ** 2).sum(axis=1) > 1.0) | (w < 0.0025)
+    n = int(np.argmax(outside)) + 1 if outside.any() else max_steps  # steps taken (the last one may leave)
+    branches = np.flatnonzero(u[: n - 1] < branch_p) + 1 if depth > 0 else np.array([], int)
+    cuts = [0, *branches.tolist(), n]
+    scale = 1.0
+    for i0, i1 in zip(cuts[:-1], cuts[1:]):
+        out.append((pts[i0: i1 + 1], float(w[i1 - 1]) * scale, kind))
+        if i1 < n:  # a branch leaves at point i1; the parent narrows
             side = 1 if rng.random() < 0.5 else -1
-            _walk(rng, tuple(p), h + side * rng.uniform(0.45, 1.0), step, -side * abs(k) * 0.5, decay, wiggle,
-                  w * rng.uniform(0.55, 0.75), shrink, branch_p * 0.8, depth - 1, out, kind)
-            w *= 0.85
-            pts = [tuple(p)]
-    out.append((pts, w, kind))
+            _walk(rng, pts[i1], h[i1 - 1] + side * rng.uniform(0.45, 1.0), step, -side * abs(curvature) * 0.5,
+                  decay, wiggle, w[i1 - 1] * rng.uniform(0.55, 0.75), shrink, branch_p * 0.8, depth - 1, out,
+                  kind, max_steps)
+            scale *= 0.85
 
 
 def _vessels(rng, disc, side, artery_scale, artery_wiggle):
@@ -391,9 +391,9 @@ def _diabetic(rng, cv, disc, fovea, grade):
         m = cv.mask()
         out = []
         for _ in range(6):
-            _walk(rng, disc, rng.uniform(0, 2 * np.pi), 0.015, 0.0, 1.0, 0.7, 0.006, 1.0, 0.0, 0, out, "n")
+            _walk(rng, disc, rng.uniform(0, 2 * np.pi), 0.015, 0.0, 1.0, 0.7, 0.006, 1.0, 0.0, 0, out, "n", 10)
         for pts, w, _ in out:
-            cv.line(m, pts[:10], w)
+            cv.line(m, pts, w)
         cv.darken(cv.soft(m, 0.003), (0.55, 0.2, 0.2))
 
 
@@ -472,9 +472,9 @@ def _floaters(rng, cv, strength):
     out = []
     for _ in range(int(1 + 2 * strength)):
         _walk(rng, tuple(rng.uniform(-0.6, 0.6, 2)), rng.uniform(0, 2 * np.pi), 0.04, 0.0, 1.0, 0.4,
-              0.04, 1.0, 0.0, 0, out, "f")
+              0.04, 1.0, 0.0, 0, out, "f", 12)
     for pts, w, _ in out:
-        cv.line(m, pts[:12], w)
+        cv.line(m, pts, w)
     cv.darken(cv.soft(m, 0.03), (0.55, 0.55, 0.6))
 
 
