@@ -37,20 +37,6 @@ def run_config(data: Path, head: str = "v0", image_size: int = 64, crop_size: in
     return TrainConfig(data=str(data), head=head, image_size=image_size, crop_size=crop_size, weights="none")
 
 
-def keras_run(run_dir: Path, config: TrainConfig, seed: int = 0) -> Path:
-    """run_dir/best.keras: a random-weight dual model, with config.toml beside it."""
-    import keras
-
-    from keras_odir.model import build_dual_model
-
-    keras.utils.set_random_seed(seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.toml")
-    path = run_dir / "best.keras"
-    build_dual_model(head=config.head).save(path)
-    return path
-
-
 def torch_run(run_dir: Path, config: TrainConfig, seed: int = 0) -> Path:
     """run_dir/best.pth: a random-weight DualResNet50 state_dict, with config.toml beside it."""
     import torch
@@ -63,3 +49,19 @@ def torch_run(run_dir: Path, config: TrainConfig, seed: int = 0) -> Path:
     path = run_dir / "best.pth"
     torch.save(DualResNet50(head=config.head).state_dict(), path)
     return path
+
+
+def paired_runs(root: Path, config: TrainConfig, seed: int = 0) -> tuple[Path, Path]:
+    """root/keras/best.keras and root/torch/best.pth holding the same random weights (converted), each with config.toml."""
+    import torch
+
+    from keras_odir.convert import torch_to_keras_state
+    from keras_odir.model import build_dual_model
+
+    torch_path = torch_run(root / "torch", config, seed)
+    keras_dir = root / "keras"
+    keras_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, keras_dir / "config.toml")
+    model = torch_to_keras_state(build_dual_model(head=config.head), torch.load(torch_path, weights_only=True))
+    model.save(keras_dir / "best.keras")
+    return keras_dir / "best.keras", torch_path

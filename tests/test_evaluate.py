@@ -1,0 +1,126 @@
+"""keras_odir.evaluate and torch_odir.evaluate on the real sample photographs with random-weight models
+saved as training saves them; probabilities checked against a direct torch forward pass."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.model_selection import train_test_split
+
+from keras_odir.evaluate import main as keras_evaluate
+from odir_core.labels import LABELS
+from odir_core.thresholds import load_thresholds
+from tiny_runs import REAL_SAMPLES, paired_runs, real_samples_prepared, run_config
+from torch_odir.evaluate import main as torch_evaluate
+from torch_odir.model import DualResNet50
+
+pytestmark = pytest.mark.skipif(not (REAL_SAMPLES / "samples.csv").is_file(),
+                                reason=f"real sample photographs not found at {REAL_SAMPLES} (present in CI only)")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    data = real_samples_prepared(root / "data")
+    config = run_config(data, head="v0", image_size=64, crop_size=56)
+    keras_model, torch_model = paired_runs(root, config)
+    return data, keras_model, torch_model
+
+
+def _reference_input(path: Path) -> np.ndarray:
+    """Validation input built here from the file: area resize 282 -> 64, centre crop 56, ImageNet normalisation."""
+    img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    img = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)[4:60, 4:60]
+    return ((img / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def _reference_probs(torch_model: Path, ids, tta_hflip: bool) -> np.ndarray:
+    model = DualResNet50(head="v0")
+    model.load_state_dict(torch.load(torch_model, weights_only=True))
+    model.eval()
+    left = np.stack([_reference_input(REAL_SAMPLES / f"{i}_left.png") for i in ids])
+    right = np.stack([_reference_input(REAL_SAMPLES / f"{i}_right.png") for i in ids])
+
+    def run(lft, rgt):
+        to = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
+        with torch.no_grad():
+            return torch.sigmoid(model(to(lft), to(rgt))).double().numpy()
+
+    probs = run(left, right)
+    if tta_hflip:  # mirrored right eye as the left eye and vice versa
+        probs = (probs + run(right[:, :, ::-1], left[:, :, ::-1])) / 2
+    return probs
+
+
+def test_val_split_with_tta_and_tuned_thresholds_both_frameworks(runs, tmp_path):
+    data, keras_model, torch_model = runs
+    for main, model, name in ((keras_evaluate, keras_model, "k"), (torch_evaluate, torch_model, "t")):
+        rc = main(["--model", str(model), "--split", "val", "--tta", "hflip", "--tune-thresholds",
+                   "--threshold-metric", "kappa", "--out", str(tmp_path / name), "--batch-size", "3"])
+        assert rc == 0
+        assert (model.parent / "thresholds.json").is_file()
+    # the study's split rule applied here directly: sklearn train_test_split(test_size=0.2, random_state=42)
+    samples = pd.read_csv(REAL_SAMPLES / "samples.csv")
+    _, val = train_test_split(samples, test_size=0.2, random_state=42)
+    expected = _reference_probs(torch_model, val["ID"].tolist(), tta_hflip=True)
+    for name in ("k", "t"):
+        probs = pd.read_excel(tmp_path / name / "probs.xlsx")
+        assert probs["ID"].tolist() == val["ID"].tolist()
+        np.testing.assert_allclose(probs[list(LABELS)].to_numpy(), expected, atol=2e-4)
+        truth = pd.read_excel(tmp_path / name / "ground_truth.xlsx")
+        np.testing.assert_array_equal(truth[list(LABELS)].to_numpy(), val[list(LABELS)].to_numpy())
+        summary = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert set(summary["study"]) == {"at_0.5", "at_tuned"}
+        assert summary["info"]["TTA"] == "hflip"
+        assert (tmp_path / name / "qualitative.png").is_file()
+    tuned = load_thresholds(torch_model.parent / "thresholds.json")
+    assert summary["thresholds"]["at_tuned"] == dict(zip(LABELS, tuned.tolist()))
+
+
+def test_all_patients_default_folder_never_overwritten(runs):
+    data, _, torch_model = runs
+    for _ in range(2):
+        assert torch_evaluate(["--model", str(torch_model), "--split", "all"]) == 0
+    first, second = torch_model.parent / "eval-all", torch_model.parent / "eval-all-2"
+    truth = pd.read_excel(first / "ground_truth.xlsx")
+    samples = pd.read_csv(REAL_SAMPLES / "samples.csv")
+    assert truth["ID"].tolist() == samples["ID"].tolist()
+    np.testing.assert_array_equal(truth[list(LABELS)].to_numpy(), samples[list(LABELS)].to_numpy())
+    pd.testing.assert_frame_equal(pd.read_excel(first / "probs.xlsx"), pd.read_excel(second / "probs.xlsx"))
+    shutil.rmtree(second)
+    shutil.rmtree(first)
+
+
+def test_missing_image_is_one_clear_error(runs, tmp_path, capsys):
+    data, keras_model, _ = runs
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    (broken / "images" / "2041_right.png").unlink()
+    rc = keras_evaluate(["--model", str(keras_model), "--data", str(broken), "--split", "all", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "2041_right.png" in err and "Traceback" not in err
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "no_config", "wrong_suffix"])
+def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
+    _, keras_model, torch_model = runs
+    if case == "missing":
+        model, expect = tmp_path / "best.keras", "model file not found"
+    elif case == "no_config":
+        model, expect = tmp_path / "best.keras", "config.toml"
+        model.write_bytes(b"not a model")
+    else:
+        model, expect = torch_model, "loads .keras files"
+    rc = keras_evaluate(["--model", str(model), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and expect in err and "Traceback" not in err
