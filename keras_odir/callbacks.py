@@ -1,0 +1,157 @@
+"""Keras callbacks of a training run: epoch evaluation (metrics, history, TensorBoard, NaN stop),
+checkpoints of the dual model, and early-stopping/checkpoint state restored on resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from odir_core.atomic import atomic_path
+from odir_core.history import STUDY_COLUMNS, History, bce_with_logits, early_stopping_state, split_metrics
+from odir_core.tensorboard import ScalarWriter
+
+LOGGED = frozenset(STUDY_COLUMNS) - {"train_loss"}  # Keras logs the training loss as "loss"
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """After each epoch: predict the training split (inference mode, no augmentation) and the
+    validation split, compute the unweighted validation loss and the study's and challenge's
+    metrics on both, put them in the epoch logs (``val_loss`` for early stopping and the best
+    checkpoint), append them to the run's history files and TensorBoard.
+
+    A non-finite training loss (``TerminateOnNaN`` stops mid-epoch) or validation logits stop the
+    run with a message; the best checkpoint of earlier epochs is kept.
+    ``predict_train``/``predict_val``: callables returning (n, 8) logits for the current weights.
+    """
+
+    def __init__(
+        self,
+        predict_train: Callable[[], np.ndarray],
+        predict_val: Callable[[], np.ndarray],
+        y_train: np.ndarray,
+        y_val: np.ndarray,
+        history: History,
+        writer: ScalarWriter,
+        log: Callable[[str], None] = print,
+    ):
+        super().__init__()
+        self.predict_train = predict_train
+        self.predict_val = predict_val
+        self.y_train = y_train
+        self.y_val = y_val
+        self.history = history
+        self.writer = writer
+        self.log = log
+        self.stopped_on_nan: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train_loss = float(logs.get("loss", math.nan))
+        record = {"train_loss": train_loss}
+        finite = math.isfinite(train_loss)
+        if finite:
+            train_logits = self.predict_train()
+            val_logits = self.predict_val()
+            finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
+        if finite:
+            record.update(split_metrics("train", self.y_train, train_logits))
+            record["val_loss"] = bce_with_logits(val_logits, self.y_val)
+            record.update(split_metrics("val", self.y_val, val_logits))
+        else:
+            record["val_loss"] = math.nan
+            self.stopped_on_nan = epoch
+            self.model.stop_training = True
+            best = self.history.best_epoch()
+            kept = f"best.keras (epoch {best + 1}) is kept" if best is not None else "no checkpoint was saved"
+            self.log(
+                f"\nEpoch {epoch + 1}: the loss became NaN or infinite; training stopped. {kept}. "
+                "Lower the learning rate (--lr) or check the data."
+            )
+        record["lr"] = logs.get("learning_rate")
+        record["momentum"] = logs.get("momentum")
+        # the progress bar shows the study's metrics; every value goes to the history files
+        logs.update({k: v for k, v in record.items() if k in LOGGED})
+        self.history.append(record)
+        self.writer.log_epoch(epoch, record)
+        if finite:
+            self.log(
+                f"Epoch {epoch + 1}: loss {train_loss:.4f} val_loss {record['val_loss']:.4f} | "
+                f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
+                f"final {record['val_final_score']:.4f} | challenge final {record['val_challenge_final']:.4f}"
+            )
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+class _AtomicSaver:
+    """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, then renames."""
+
+    def __init__(self, target: keras.Model):
+        self.target = target
+
+    def save(self, filepath, overwrite=True):
+        with atomic_path(filepath) as tmp:
+            self.target.save(tmp, overwrite=True)
+
+
+class DualModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves ``target`` (the whole dual model, also when only its head is
+    trained on cached features), atomically."""
+
+    def __init__(self, target: keras.Model, filepath, **kwargs):
+        super().__init__(str(filepath), **kwargs)
+        self.target = target
+
+    def set_model(self, model):
+        super().set_model(_AtomicSaver(self.target))
+
+
+class RestoreState(keras.callbacks.Callback):
+    """On resume, give EarlyStopping and the best checkpoint the state they had after the epochs
+    already done (from the run's history). Place it after them and after BackupAndRestore."""
+
+    def __init__(self, val_losses: list[float], early_stopping=None, best_checkpoint=None):
+        super().__init__()
+        self.val_losses = val_losses
+        self.early_stopping = early_stopping
+        self.best_checkpoint = best_checkpoint
+
+    def on_train_begin(self, logs=None):
+        if not self.val_losses:
+            return
+        best, wait, best_epoch = early_stopping_state(self.val_losses, 0)
+        if self.early_stopping is not None:
+            self.early_stopping.best = best
+            self.early_stopping.wait = wait
+            self.early_stopping.best_epoch = best_epoch or 0
+        if self.best_checkpoint is not None:
+            self.best_checkpoint.best = best
+
+
+def training_callbacks(
+    *,
+    run_dir: Path,
+    model: keras.Model,
+    evaluation: EpochEvaluation,
+    schedule_callback: keras.callbacks.Callback,
+    patience: int,
+    resumed_val_losses: list[float],
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of a run, in the order they must run (evaluation before the checkpoints
+    and early stopping that read its ``val_loss``; the backup for ``--resume`` last)."""
+    backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"))
+    best = DualModelCheckpoint(model, run_dir / "best.keras", monitor="val_loss", mode="min", save_best_only=True)
+    last = DualModelCheckpoint(model, run_dir / "last.keras", save_best_only=False)
+    callbacks = [schedule_callback, keras.callbacks.TerminateOnNaN(), evaluation, best, last]
+    early = None
+    if patience > 0:
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=1)
+        callbacks.append(early)
+    # the backup comes last: an epoch is in the history before the backup says it is done
+    callbacks += [RestoreState(resumed_val_losses, early, best), backup]
+    return callbacks

@@ -1,0 +1,204 @@
+"""Train the dual-eye ResNet50 in Keras: ``KERAS_BACKEND=torch python -m keras_odir.train [--config F] [flags]``.
+
+Every option is a field of ``odir_core.config.TrainConfig`` (``--help``). A run writes one folder
+``runs/<experiment>-<timestamp>/``: ``config.toml``, ``best.keras`` (lowest validation loss),
+``last.keras``, ``train_results.xlsx`` (the study's columns), ``history.csv``, ``tensorboard/``
+and, while it runs, ``backup/`` for ``--resume RUN_DIR``. With a frozen backbone and no
+augmentation the backbone features are computed once and only the head is trained on them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras  # keras_odir/__init__ has chosen the backend
+import numpy as np
+
+from keras_odir.callbacks import EpochEvaluation, training_callbacks
+from keras_odir.data import EpochBatches, FeatureBatch, image_batches
+from keras_odir.losses import WeightedBCEWithLogits
+from keras_odir.lr_schedule import EpochSchedule
+from keras_odir.model import build_dual_model
+from keras_odir.optimizers import TorchSGD
+from odir_core.config import TrainConfig, parse_args
+from odir_core.annotations import AnnotationError
+from odir_core.dataset import DataError, DualEyeDataset
+from odir_core.history import History
+from odir_core.run import DataSourceError, RunSetup, setup_run
+from odir_core.splits import SplitError
+from odir_core.schedules import make_schedule
+from odir_core.tensorboard import ScalarWriter
+
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The dual model of ``config`` with its starting weights.
+
+    ``weights``: ``none``; ``imagenet`` (torchvision checkpoint, backbone); a torchvision ``.pth``
+    (backbone) or a whole-model ``.pth`` of torch_odir / ``.keras`` / ``.weights.h5`` of keras_odir.
+    """
+    source = config.weights
+    model_file = None
+    backbone_weights = None
+    if source == "imagenet":
+        backbone_weights = "imagenet"
+    elif source != "none":
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights {source}: no such file (use imagenet, none or a model file)")
+        if path.suffix in TORCH_SUFFIXES and not _is_dual_state(path):
+            backbone_weights = str(path)
+        else:
+            model_file = path
+    model = build_dual_model(config.head, freeze_backbone=not config.fine_tune, image_size=config.input_size,
+                             weights=backbone_weights)
+    if model_file is not None:
+        _load_model_file(model, model_file)
+    return model
+
+
+def _is_dual_state(path: Path) -> bool:
+    from keras_odir.convert import _torch_state_from_file
+
+    return any(k.startswith("head.") for k in _torch_state_from_file(path))
+
+
+def _load_model_file(model: keras.Model, path: Path) -> None:
+    if path.suffix in TORCH_SUFFIXES:
+        from keras_odir.convert import _torch_state_from_file, torch_to_keras_state
+
+        torch_to_keras_state(model, _torch_state_from_file(path), source=str(path))
+    elif path.name.endswith(".weights.h5"):
+        model.load_weights(path)
+    elif path.suffix == ".keras":
+        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+    else:
+        raise ValueError(f"--weights {path}: unknown file type; use .keras, .weights.h5 or .pth")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The head of a dual model as a model on the concatenated features (its layers are shared)."""
+    features = model.get_layer("features").output
+    inputs = keras.Input(shape=features.shape[1:], name="features")
+    x = inputs
+    heads = sorted((layer for layer in model.layers if layer.name.startswith("head_")),
+                   key=lambda layer: int(layer.name.split("_")[1]))
+    for layer in heads:
+        x = layer(x)
+    return keras.Model({"features": inputs}, x, name="head")
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """The dual model up to the concatenated [left, right] backbone features."""
+    return keras.Model(model.inputs, model.get_layer("features").output, name="features")
+
+
+def _eval_batches(dataset: DualEyeDataset, config: TrainConfig) -> EpochBatches:
+    return image_batches(dataset, config.batch_size, workers=config.workers)
+
+
+def _backup_epoch(run_dir: Path) -> int:
+    meta = run_dir / "backup" / "training_metadata.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["epoch"])
+    return 0
+
+
+def train(config: TrainConfig, log=print) -> Path:
+    """Run one training; returns the run folder."""
+    started = time.perf_counter()
+    log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}")
+    setup: RunSetup = setup_run(config, log)
+    config, run_dir = setup.config, setup.run_dir
+    start_epoch = _backup_epoch(run_dir) if setup.resumed else 0
+    if setup.resumed and start_epoch == 0 and (run_dir / "best.keras").exists():
+        raise SystemExit(f"{run_dir}: the run has finished (no backup left); start a new run instead")
+    history = History(run_dir)
+    val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
+    if start_epoch:
+        log(f"Resuming after epoch {start_epoch}")
+    if start_epoch >= config.epochs:
+        raise SystemExit(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    y_train, y_val = setup.y_train, setup.y_val
+    common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
+                  seed=config.seed)
+    train_plain = DualEyeDataset(setup.data_dir, setup.train_df, augment="none", train=False, **common)
+    val_data = DualEyeDataset(setup.data_dir, setup.val_df, augment="none", train=False, **common)
+    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
+                 start_epoch=start_epoch, epochs=config.epochs)
+
+    if config.uses_feature_cache:
+        log("Frozen backbone and no augmentation: computing backbone features once per image")
+        extractor = feature_model(model)
+        train_features = extractor.predict(_eval_batches(train_plain, config), verbose=1)
+        val_features = extractor.predict(_eval_batches(val_data, config), verbose=1)
+        trainable = head_model(model)
+        train_batches = EpochBatches(FeatureBatch(train_features, y_train), y_train, config.batch_size, **order)
+
+        def predict_train():
+            return trainable.predict({"features": train_features}, batch_size=config.batch_size, verbose=0)
+
+        def predict_val():
+            return trainable.predict({"features": val_features}, batch_size=config.batch_size, verbose=0)
+    else:
+        trainable = model
+        train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)
+        train_batches = image_batches(train_aug, config.batch_size, workers=config.workers, **order)
+        train_eval, val_eval = _eval_batches(train_plain, config), _eval_batches(val_data, config)
+
+        def predict_train():
+            return model.predict(train_eval, verbose=0)
+
+        def predict_val():
+            return model.predict(val_eval, verbose=0)
+
+    trainable.compile(
+        optimizer=TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay),
+        loss=WeightedBCEWithLogits(setup.pos_weight),
+    )
+    # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
+    x0, y0 = train_batches[0]
+    trainable.compute_loss(x0, y0, trainable(x0, training=False))
+
+    schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
+    evaluation = EpochEvaluation(predict_train, predict_val, y_train, y_val, history,
+                                 ScalarWriter(run_dir / "tensorboard"), log)
+    callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
+                                   schedule_callback=EpochSchedule(schedule), patience=config.patience,
+                                   resumed_val_losses=val_losses)
+    trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
+
+    best = history.best_epoch()
+    minutes = (time.perf_counter() - started) / 60
+    log(f"Done in {minutes:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
+    if best is not None:
+        rec = history.records[best]
+        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
+            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / 'best.keras'}")
+    return run_dir
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    config = parse_args(argv, prog="python -m keras_odir.train", description=__doc__.split("\n\n")[0])
+    try:
+        train(config)
+    except (DataError, DataSourceError, AnnotationError, SplitError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Train the dual-eye ResNet50 in PyTorch: ``python -m torch_odir.train [--config F] [flags]``.
+
+The same options, configs and run folder as ``keras_odir.train`` (``--help``): ``config.toml``,
+``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
+``train_results.xlsx``, ``history.csv``, ``tensorboard/``, and ``backup/state.pth`` while it runs
+(``--resume RUN_DIR``). torch's SGD, ``BCEWithLogitsLoss(pos_weight)``, ``LinearLR``/``CyclicLR``
+stepped once per epoch, a DataLoader following the shared epoch order.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from odir_core.annotations import AnnotationError
+from odir_core.atomic import atomic_path
+from odir_core.config import TrainConfig, parse_args
+from odir_core.dataset import DataError, DualEyeDataset, EpochOrder
+from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
+from odir_core.run import DataSourceError, setup_run
+from odir_core.schedules import make_schedule
+from odir_core.splits import SplitError
+from odir_core.tensorboard import ScalarWriter
+from torch_odir.data import make_loader
+from torch_odir.model import DualResNet50
+
+BACKUP = Path("backup") / "state.pth"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig) -> DualResNet50:
+    """DualResNet50 of ``config`` with its starting weights (``none``, ``imagenet``, a torchvision
+    backbone checkpoint or a whole-model ``.pth`` written by this CLI)."""
+    weights = config.weights
+    if weights == "none":
+        return DualResNet50(config.head, freeze_backbone=not config.fine_tune)
+    if weights == "imagenet":
+        return DualResNet50(config.head, freeze_backbone=not config.fine_tune, weights="imagenet")
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file (use imagenet, none or a .pth file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    if any(k.startswith("head.") for k in state):
+        model = DualResNet50(config.head, freeze_backbone=not config.fine_tune)
+        model.load_state_dict(state)
+        return model
+    return DualResNet50(config.head, freeze_backbone=not config.fine_tune, weights=str(path))
+
+
+def make_scheduler(config: TrainConfig, optimizer):
+    """torch's LinearLR / CyclicLR of the config (stepped once per epoch), or None."""
+    schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
+    if schedule.torch_name is None:
+        return None
+    return getattr(torch.optim.lr_scheduler, schedule.torch_name)(optimizer, **schedule.torch_kwargs())
+
+
+@torch.no_grad()
+def predict_logits(forward, loader, device) -> np.ndarray:
+    """Logits of every batch of ``loader`` in order (inputs moved to ``device``)."""
+    out = []
+    for *inputs, _ in loader:
+        out.append(forward(*(x.to(device) for x in inputs)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _features(model: DualResNet50, loader, device) -> torch.Tensor:
+    return torch.from_numpy(predict_logits(
+        lambda left, right: torch.cat([model.backbone(left), model.backbone(right)], dim=1), loader, device))
+
+
+def _feature_loader(features: torch.Tensor, labels: np.ndarray, order: EpochOrder, batch_size: int):
+    """Batches (features, labels) in the shared epoch order; ``set_epoch`` like the image loader."""
+
+    class Loader:
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return -(-len(labels) // batch_size)
+
+        def __iter__(self):
+            rows = order(self.epoch)
+            for start in range(0, len(rows), batch_size):
+                part = torch.from_numpy(rows[start:start + batch_size])
+                yield features[part], torch.from_numpy(labels[part.numpy()])
+
+    return Loader()
+
+
+def _save(path: Path, model: nn.Module, config: TrainConfig, epoch: int) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch}, tmp)
+
+
+def train(config: TrainConfig, log=print) -> Path:
+    """Run one training; returns the run folder."""
+    started = time.perf_counter()
+    log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}")
+    setup = setup_run(config, log)
+    config, run_dir = setup.config, setup.run_dir
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    y_train, y_val = setup.y_train, setup.y_val
+    common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
+                  seed=config.seed)
+    train_plain = DualEyeDataset(setup.data_dir, setup.train_df, augment="none", train=False, **common)
+    val_data = DualEyeDataset(setup.data_dir, setup.val_df, augment="none", train=False, **common)
+    plain_loader = make_loader(train_plain, config.batch_size, workers=config.workers)
+    val_loader = make_loader(val_data, config.batch_size, workers=config.workers)
+
+    if config.uses_feature_cache:
+        log("Frozen backbone and no augmentation: computing backbone features once per image")
+        model.eval()
+        train_features = _features(model, tqdm(plain_loader, desc="features train"), device)
+        val_features = _features(model, tqdm(val_loader, desc="features val"), device)
+        order = EpochOrder(len(y_train), config.seed, labels=y_train if config.balanced_sampler else None)
+        train_loader = _feature_loader(train_features, y_train, order, config.batch_size)
+        forward = model.head
+        eval_train = _feature_loader(train_features, y_train, EpochOrder(len(y_train), shuffle=False),
+                                     config.batch_size)
+        eval_val = _feature_loader(val_features, y_val, EpochOrder(len(y_val), shuffle=False), config.batch_size)
+    else:
+        train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)
+        train_loader = make_loader(train_aug, config.batch_size, seed=config.seed, shuffle=True,
+                                   balanced=config.balanced_sampler, workers=config.workers)
+        forward = model
+        eval_train, eval_val = plain_loader, val_loader
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(config, optimizer)
+    pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    history = History(run_dir)
+    start_epoch = 0
+    backup = run_dir / BACKUP
+    if setup.resumed:
+        if not backup.is_file():
+            raise SystemExit(f"{run_dir}: no {BACKUP} to resume from (the run finished or never ended an epoch)")
+        state = torch.load(backup, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+        history.load(start_epoch)
+        log(f"Resuming after epoch {start_epoch}")
+    writer = ScalarWriter(run_dir / "tensorboard")
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        getattr(train_loader, "batch_sampler", train_loader).set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        momentum = optimizer.param_groups[0].get("momentum")
+        total, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"Epoch {epoch + 1}/{config.epochs}", leave=True)
+        for *inputs, y in bar:
+            inputs = [x.to(device) for x in inputs]
+            y = y.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(forward(*inputs), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+            if not math.isfinite(loss.item()):
+                break
+        record = {"train_loss": total / seen}
+        model.eval()
+        finite = math.isfinite(record["train_loss"])
+        if finite:
+            train_logits = predict_logits(forward, eval_train, device)
+            val_logits = predict_logits(forward, eval_val, device)
+            finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
+        if finite:
+            record.update(split_metrics("train", y_train, train_logits))
+            record["val_loss"] = bce_with_logits(val_logits, y_val)
+            record.update(split_metrics("val", y_val, val_logits))
+        else:
+            record["val_loss"] = math.nan
+        record.update(lr=lr, momentum=momentum)
+        history.append(record)
+        writer.log_epoch(epoch, record)
+        if not finite:
+            best = history.best_epoch()
+            kept = f"best.pth (epoch {best + 1}) is kept" if best is not None else "no checkpoint was saved"
+            log(f"Epoch {epoch + 1}: the loss became NaN or infinite; training stopped. {kept}. "
+                "Lower the learning rate (--lr) or check the data.")
+            break
+        log(f"Epoch {epoch + 1}: loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} | "
+            f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
+            f"final {record['val_final_score']:.4f} | challenge final {record['val_challenge_final']:.4f}")
+        if history.best_epoch() == epoch:
+            _save(run_dir / "best.pth", model, config, epoch)
+        _save(run_dir / "last.pth", model, config, epoch)
+        if scheduler is not None:
+            scheduler.step()
+        backup.parent.mkdir(exist_ok=True)
+        with atomic_path(backup) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
+        _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
+        if should_stop(wait, config.patience):
+            log(f"Epoch {epoch + 1}: early stopping ({config.patience} epochs without a lower validation loss)")
+            break
+    writer.close()
+    backup.unlink(missing_ok=True)
+    if backup.parent.is_dir() and not any(backup.parent.iterdir()):
+        backup.parent.rmdir()
+
+    best = history.best_epoch()
+    log(f"Done in {(time.perf_counter() - started) / 60:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
+    if best is not None:
+        rec = history.records[best]
+        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
+            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / 'best.pth'}")
+    return run_dir
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    config = parse_args(argv, prog="python -m torch_odir.train", description=__doc__.split("\n\n")[0])
+    try:
+        train(config)
+    except (DataError, DataSourceError, AnnotationError, SplitError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
