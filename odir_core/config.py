@@ -54,7 +54,8 @@ class TrainConfig:
     # data
     data: str = _opt(
         "",
-        "a prepared folder (annotations.xlsx + images/, from odir_core.prepare) or 'synthetic'; "
+        "a prepared folder (annotations.xlsx + images/, from odir_core.prepare), 'synthetic', or "
+        "tfds:odir5k/CONFIG (built by python -m odir_core.tfds; data dir $TFDS_DATA_DIR); "
         "empty: data/odir5k when prepared there, else the synthetic demo set",
         flag="--data",
     )

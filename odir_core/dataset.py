@@ -20,6 +20,7 @@ from odir_core.augment import augment_pair, center_crop, normalize
 from odir_core.layouts import PREPARED
 from odir_core.preprocess import load_image, resize_square
 from odir_core.sampler import MultilabelBalancedSampler
+from odir_core.tfds.source import is_tfds_source, open_images
 
 CACHE_LIMIT_BYTES = 1 << 30  # keep decoded images in memory when they take at most this much
 
@@ -54,6 +55,7 @@ class DualEyeDataset:
     ):
         self.root = Path(root)
         self.images = self.root / PREPARED.images
+        self._tfds = open_images(self.root) if is_tfds_source(self.root) else None  # a built odir5k
         self.frame = frame.reset_index(drop=True)
         self.ids = self.frame["ID"].to_numpy()
         self.labels = label_matrix(self.frame).astype(np.float32)
@@ -80,6 +82,8 @@ class DualEyeDataset:
         return self.images / str(self.frame.iloc[index][("Left-Fundus", "Right-Fundus")[side]])
 
     def _check_files(self) -> None:
+        if self._tfds is not None:  # every record holds both images
+            return
         missing = [
             f"patient {self.ids[i]}: {self._path(i, side).name}"
             for i in range(len(self))
@@ -100,7 +104,11 @@ class DualEyeDataset:
             return self._cache[key]
         path = self._path(index, side)
         try:
-            img = resize_square(load_image(path, target_size=self.image_size), self.image_size)
+            if self._tfds is not None:
+                img = self._tfds.image(self.ids[index], side, self.image_size)
+            else:
+                img = load_image(path, target_size=self.image_size)
+            img = resize_square(img, self.image_size)
         except Exception as exc:  # any decode failure becomes one line naming the patient and file
             raise DataError(f"patient {self.ids[index]}: {path}: cannot be read ({exc})") from None
         if self._cache is not None:

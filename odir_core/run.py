@@ -20,6 +20,7 @@ from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import TrainConfig, save_config
 from odir_core.labels import LABELS
 from odir_core.layouts import PREPARED
+from odir_core.tfds import source as tfds_source
 
 PREPARED_ODIR = Path("data") / "odir5k"  # where the main job looks for a prepared ODIR-5K
 CONFIG_FILE = "config.toml"
@@ -60,6 +61,12 @@ def resolve_data(data: str, log: Callable[[str], None] = print) -> tuple[Path, s
     ``data``: a prepared folder; ``"synthetic"``; or empty: ``data/odir5k`` when a prepared ODIR-5K
     is there, else the synthetic demo set (generated once under ``data/synthetic/``).
     """
+    if tfds_source.is_tfds_source(data):  # tfds:odir5k/CONFIG or a built TFDS dataset folder
+        try:
+            path = tfds_source.resolve(data)
+        except tfds_source.TfdsSourceError as exc:
+            raise DataSourceError(str(exc)) from None
+        return path, f"TFDS dataset {path}"
     if data == "":
         if _is_prepared(PREPARED_ODIR):
             return PREPARED_ODIR, f"prepared ODIR-5K in {PREPARED_ODIR}"
@@ -120,8 +127,11 @@ def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSet
     """Resolve data and split, create the run folder and write the resolved ``config.toml``."""
     data_dir, description = resolve_data(config.data, log)
     log(f"Data: {description}")
-    df = read_annotations(data_dir / PREPARED.annotations)
-    train_df, val_df = split_frames(df, config.split)
+    if tfds_source.is_tfds_source(data_dir):
+        train_df, val_df = tfds_source.split_frames(data_dir, config.split)
+    else:
+        df = read_annotations(data_dir / PREPARED.annotations)
+        train_df, val_df = split_frames(df, config.split)
     log(f"Split {config.split}: {len(train_df)} training and {len(val_df)} validation patients")
     if len(train_df) == 0 or len(val_df) == 0:
         raise DataSourceError(f"{data_dir}: split {config.split} leaves an empty training or validation set")

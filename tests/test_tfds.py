@@ -245,3 +245,67 @@ def test_real_annotations_give_the_study_validation_split(tmp_path):
     special = builder.as_data_source("special", decoders=SKIP)
     assert {int(r["id"]) for r in special} == {2174, 2175, 2176, 2177, 2178, 2179, 2180, 2181, 2182, 2957}
     assert all(r["special"] for r in special)
+
+
+def _built_and_prepared(tmp_path, patients=12):
+    """The same synthetic source built as odir5k/prepared_32 and prepared by odir_core.prepare at 32 px."""
+    from odir_core.prepare import main as prepare_main
+
+    src = generate(tmp_path / "src", patients, size=64, seed=11, layout="grand-challenge", workers=1)
+    data_dir = tmp_path / "tfds"
+    assert _build(src, data_dir) == 0
+    folder = tmp_path / "prepared"
+    assert prepare_main(["--source", str(src), "--out", str(folder), "--size", str(SIZE), "--workers", "1"]) == 0
+    return data_dir, folder
+
+
+def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatch):
+    from keras_odir.data import image_batches
+    from odir_core.dataset import DualEyeDataset
+    from odir_core.run import resolve_data, split_frames
+
+    data_dir, folder = _built_and_prepared(tmp_path)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    root, _ = resolve_data(f"tfds:odir5k/{CONFIG}")
+    assert root == data_dir / "odir5k" / CONFIG / "1.0.0"
+
+    from odir_core.tfds.source import split_frames as tfds_split_frames
+
+    same = ["ID", "Patient Age", "Patient Sex", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords", *LABELS]
+    folder_frames = split_frames(read_annotations(folder / "annotations.xlsx"), "study")
+    tfds_frames = tfds_split_frames(root, "study")
+    for ours, theirs in zip(tfds_frames, folder_frames):
+        pd.testing.assert_frame_equal(ours[same], theirs[same])
+
+    # a split file picks the same patients from both sources
+    from odir_core.splits import save_split
+
+    ids = folder_frames[0]["ID"].tolist() + folder_frames[1]["ID"].tolist()
+    split_file = save_split(tmp_path / "split.json", ids[3:], ids[:3])
+    for ours, theirs in zip(tfds_split_frames(root, str(split_file)),
+                            split_frames(read_annotations(folder / "annotations.xlsx"), str(split_file))):
+        pd.testing.assert_frame_equal(ours[same], theirs[same])
+
+    options = dict(image_size=28, crop_size=24, augment="dual", train=True, seed=5)
+    from_folder = DualEyeDataset(folder, folder_frames[0], **options)
+    from_tfds = DualEyeDataset(root, tfds_frames[0], **options)
+    order = dict(seed=5, balanced=True, epochs=2)
+    folder_batches = image_batches(from_folder, 4, **order)
+    tfds_batches = image_batches(from_tfds, 4, **order)
+    assert len(tfds_batches) == len(folder_batches) == 2 * -(-len(from_folder) // 4)
+    for i in range(len(folder_batches)):
+        (x_f, y_f), (x_t, y_t) = folder_batches[i], tfds_batches[i]
+        np.testing.assert_array_equal(y_t, y_f)
+        np.testing.assert_array_equal(x_t["left"], x_f["left"])
+        np.testing.assert_array_equal(x_t["right"], x_f["right"])
+    assert from_tfds.image(0, 1).shape == (28, 28, 3)
+
+
+def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
+    from odir_core.run import DataSourceError, resolve_data
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataSourceError, match="python -m odir_core.tfds build --manual-dir PATH --config prepared_224"):
+        resolve_data("tfds:odir5k/prepared_224")
+    with pytest.raises(DataSourceError, match="no built TFDS dataset"):
+        resolve_data("tfds:odir5k/prepared_77")

@@ -11,6 +11,7 @@ a TFDS build of the same images give the same arrays.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ def resolve(data) -> Path:
     text = str(data)
     if not text.startswith(PREFIX):
         return Path(text)
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise TfdsSourceError(f"--data {text}: needs tensorflow-datasets; pip install 'keras-odir[tfds]'") from None
 
     name = text[len(PREFIX):]
     config = name.split("/", 1)[1].split(":")[0] if "/" in name else "CONFIG"
@@ -52,7 +56,7 @@ def resolve(data) -> Path:
         "(and set TFDS_DATA_DIR when you build with --data-dir)"
     )
     try:
-        builder = tfds.builder(name)
+        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR"))  # read now, not at import
     except Exception as exc:  # DatasetNotFoundError and config errors: one line saying what to do
         raise TfdsSourceError(f"--data {text}: no built TFDS dataset {name!r} ({type(exc).__name__}); {how}") from None
     if not builder.is_prepared():
