@@ -356,7 +356,9 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
     size = int(size or (RAW_WIDTH[1] if raw else DEFAULT_PREPARED_SIZE))
     if size < 16:
         raise ValueError(f"size must be at least 16 px (got {size})")
-    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+    if workers is None:  # all cores, but no process start-up cost for small sets
+        workers = min(os.cpu_count() or 1, max(1, (patients + test_patients) // 100))
+    workers = max(1, int(workers))
     out = Path(out)
     if zip:
         out = out if out.suffix.lower() == ".zip" else out.with_name(out.name + ".zip")
@@ -439,7 +441,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--severity", type=float, default=1.0, help="scale of the visible disease signs (0 = none)")
     p.add_argument("--test-patients", type=int, default=0,
                    help="oia layout only: patients in each of the off-site and on-site test sets")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPU cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: all CPU cores, one per 100 patients at most)")
     p.add_argument("--preview", help="also write a contact sheet PNG here (one patient per label)")
     return p
 

@@ -154,11 +154,11 @@ def _vessels(rng, disc, side, artery_scale, artery_wiggle):
     t = -side  # temporal direction (towards the fovea)
     for up in (-1.0, 1.0):  # superior, inferior
         for kind, w, off in (("v", 0.024, 0.12), ("a", 0.017 * artery_scale, -0.12)):
-            wig = 0.05 if kind == "v" else artery_wiggle
+            wig = 0.04 if kind == "v" else artery_wiggle
             # temporal arcade: leaves the disc vertically and bends round the macula
             h = np.arctan2(up, t * 0.35) + off * up * t
             _walk(rng, disc, h, 0.03, -up * t * rng.uniform(0.075, 0.1), 0.95, wig,
-                  w, 0.985, 0.09, 2, out, kind)
+                  w, 0.985, 0.07, 2, out, kind)
             # nasal branch
             h = np.arctan2(up * 0.8, -t) + rng.normal(0, 0.15)
             _walk(rng, disc, h, 0.03, 0.0, 0.95, wig, w * 0.7, 0.98, 0.08, 1, out, kind)
@@ -211,7 +211,7 @@ def draw_eye(seed: np.random.SeedSequence, d: int, side: int, signs: dict, camer
         _wet_amd(les, cv, fovea, s("wet_amd"))
     # --- vessels
     h = s("hypertensive") or 0.0
-    tree = _vessels(vessel_rng, disc, side, artery_scale=1.0 / (1.0 + 0.8 * h), artery_wiggle=0.06 / (1.0 + 3.0 * h))
+    tree = _vessels(vessel_rng, disc, side, artery_scale=1.0 / (1.0 + 0.8 * h), artery_wiggle=0.045 / (1.0 + 3.0 * h))
     veins, arteries = cv.mask(), cv.mask()
     for pts, w, kind in tree:
         cv.line(veins if kind == "v" else arteries, pts, w * (1.25 if s("rvo") and kind == "v" else 1.0))
@@ -445,7 +445,7 @@ def _membrane(rng, cv, fovea, strength):
     for _ in range(8):
         a = rng.uniform(0, 2 * np.pi)
         cv.line(w, [fovea, (fovea[0] + 0.18 * np.cos(a), fovea[1] + 0.18 * np.sin(a))], 0.006)
-    cv.paint(cv.soft(w, 0.004), (1.0, 0.97, 0.9), 0.5)
+    cv.paint(cv.soft(w, 0.004), (1.0, 0.97, 0.9), 0.25 + 0.1 * strength)
 
 
 def _cataract(rng, cv, strength, partial=False):
