@@ -349,13 +349,15 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
         raise ValueError(f"patients must be at least 1 (got {patients})")
     if test_patients and layout != "oia":
         raise ValueError("test_patients needs layout='oia' (the only release with annotated test sets)")
+    if test_patients < 0:
+        raise ValueError(f"test_patients must be >= 0 (got {test_patients})")
     if severity < 0:
         raise ValueError(f"severity must be >= 0 (got {severity})")
     spec: Layout = LAYOUTS[layout]
     raw = spec is not PREPARED
     size = int(size or (RAW_WIDTH[1] if raw else DEFAULT_PREPARED_SIZE))
-    if size < 16:
-        raise ValueError(f"size must be at least 16 px (got {size})")
+    if size < (64 if raw else 16):
+        raise ValueError(f"size must be at least {64 if raw else 16} px for layout {layout!r} (got {size})")
     if workers is None:  # all cores, but no process start-up cost for small sets
         workers = min(os.cpu_count() or 1, max(1, (patients + test_patients) // 100))
     workers = max(1, int(workers))
@@ -391,8 +393,8 @@ def demo_dataset(path=None, patients: int = 600, size: int = 128, seed: int = 0)
         return target
     try:
         generate(target, patients, size=size, seed=seed, layout="prepared")
-    except FileExistsError:
-        if not (target / PREPARED.annotations).is_file():  # another process finished it meanwhile otherwise
+    except OSError:  # another process may have finished the same set meanwhile
+        if not (target / PREPARED.annotations).is_file():
             raise
     return target
 

@@ -47,6 +47,15 @@ def test_cooccurrence_and_laterality_match_real_annotations(table):
     real = pd.read_excel(REFERENCE / "odir5k_annotations.xlsx")
     for lab, count in PUBLISHED_COUNTS.items():
         assert real[lab].sum() == count
+    # the baked-in statistics are the real file's
+    combos = real[list(LABELS)].astype(str).agg("".join, axis=1).value_counts().to_dict()
+    assert combos == synthetic.LABEL_COMBINATIONS
+    cells = pd.concat([real["Left-Diagnostic Keywords"], real["Right-Diagnostic Keywords"]])
+    counts = cells.str.split(KEYWORD_SEPARATOR).explode().str.strip().value_counts()
+    for lab, table_ in synthetic.KEYWORDS.items():
+        assert {k: counts[k] for k in table_} == table_, lab
+    for lab in ("C", "A", "G"):
+        assert abs(real.loc[real[lab] == 1, "Patient Age"].mean() - table.loc[table[lab] == 1, "Patient Age"].mean()) < 3
     y_real, y_syn = real[list(LABELS)].to_numpy(), table[list(LABELS)].to_numpy()
     co_real, co_syn = (y_real.T @ y_real) / len(real), (y_syn.T @ y_syn) / len(table)
     assert np.abs(co_real - co_syn).max() < 0.025
@@ -130,6 +139,11 @@ def test_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="layout"):
         synthetic.generate(tmp_path / "y", 2, layout="nope")
+    with pytest.raises(ValueError, match="oia"):
+        synthetic.generate(tmp_path / "y", 2, layout="kaggle", test_patients=1)
+    with pytest.raises(ValueError, match="at least 64"):
+        synthetic.generate(tmp_path / "y", 2, size=32, layout="kaggle")
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize("layout", [GRAND_CHALLENGE, KAGGLE, OIA])
