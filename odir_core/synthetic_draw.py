@@ -366,10 +366,10 @@ def _laser_scars(rng, cv, strength):
     radii = rng.uniform(0.018, 0.03, n)
     rim = cv.mask()
     cv.dots(rim, pts, radii * 1.3)
-    cv.darken(cv.soft(rim, 0.004), (0.45, 0.4, 0.4))
+    cv.darken(cv.soft(rim, 0.008), (0.45, 0.4, 0.4))
     core = cv.mask()
     cv.dots(core, pts, radii * 0.85)
-    cv.paint(cv.soft(core, 0.004), (0.95, 0.85, 0.6), 0.8)
+    cv.paint(cv.soft(core, 0.008), (0.95, 0.85, 0.6), 0.8)
 
 
 def _diabetic(rng, cv, disc, fovea, grade):
@@ -380,13 +380,13 @@ def _diabetic(rng, cv, disc, fovea, grade):
     cv.dots(m, f + rng.normal(0, 0.3, (n, 2)), rng.uniform(0.01, 0.016, n))
     n = int(rng.uniform(4, 9) * grade)
     cv.dots(m, f + rng.normal(0, 0.35, (n, 2)), rng.uniform(0.022, 0.045, n))
-    cv.darken(cv.soft(m, 0.006), (0.45, 0.12, 0.12))
+    cv.darken(cv.soft(m, 0.011), (0.4, 0.1, 0.1))
     m = cv.mask()
     for _ in range(int(rng.integers(1, 3) + grade)):
         c = f + rng.normal(0, 0.22, 2)
         k = int(rng.uniform(6, 14) * grade)
         cv.dots(m, c + rng.normal(0, 0.06, (k, 2)), rng.uniform(0.012, 0.028, k))
-    cv.paint(cv.soft(m, 0.005), (1.0, 0.93, 0.45), 0.9)
+    cv.paint(cv.soft(m, 0.009), (0.98, 0.88, 0.45), 0.85)
     if grade >= 1.8:  # neovascularisation at the disc
         m = cv.mask()
         out = []
