@@ -104,14 +104,20 @@ def run_config(model_path: Path) -> TrainConfig:
         raise InferenceError(str(exc)) from None
 
 
-def load_model(backend: Backend, path) -> Model:
-    """Load a model file with its run config; clear errors for a missing or wrong file."""
+def model_config(backend: Backend, path) -> TrainConfig:
+    """Check a model file's name and read its run config (cheap: the model itself is not loaded)."""
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"{path}: model file not found; pass RUN_DIR/best{backend.model_suffix} of a training run")
     if path.suffix != backend.model_suffix:
         raise InferenceError(f"{path}: {backend.name} loads {backend.model_suffix} files; got {path.suffix or 'no suffix'}")
-    config = run_config(path)
+    return run_config(path)
+
+
+def load_model(backend: Backend, path, config: TrainConfig | None = None) -> Model:
+    """Load a model file with its run config; clear errors for a missing or wrong file."""
+    path = Path(path)
+    config = config or model_config(backend, path)
     try:
         predictor = backend.load(path, config)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

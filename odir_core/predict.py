@@ -27,6 +27,7 @@ from odir_core.inference import (
     InferenceError,
     Model,
     load_model,
+    model_config,
     model_input,
     predict_batch,
     prepare_photo,
@@ -111,13 +112,16 @@ def _crop(img, size):
     return center_crop(img, size) if img.shape[0] != size else img
 
 
-def predict_one(model: Model, args, thresholds, threshold_source: str) -> int:
-    """One patient: print the prediction, optionally save the figure."""
+def predict_one(backend: Backend, args) -> int:
+    """One patient: print the prediction, optionally save the figure. Images are checked before the model loads."""
     if len(args.images) != 2:
         raise InferenceError(f"give exactly two photographs, LEFT RIGHT (got {len(args.images)}), or --batch CSV")
     out = _new_file(Path(args.out)) if args.out else None
-    left_img, right_img = (prepare_photo(path, model.config) for path in args.images)
-    left_x, right_x = model_input(left_img, model.config), model_input(right_img, model.config)
+    config = model_config(backend, args.model)
+    left_img, right_img = (prepare_photo(path, config) for path in args.images)
+    left_x, right_x = model_input(left_img, config), model_input(right_img, config)
+    model = load_model(backend, args.model, config)
+    thresholds, threshold_source = _thresholds(args, model)
     probs = predict_batch(model.predictor, left_x[None], right_x[None], args.tta)[0]
     print(f"left {args.images[0]}, right {args.images[1]} (model {model.path}, TTA {args.tta}, thresholds {threshold_source})")
     print(format_prediction(probs, thresholds))
@@ -224,11 +228,11 @@ def main(backend: Backend, argv=None) -> int:
         for path in ([] if args.batch else args.images):
             if not Path(path).is_file():
                 raise InferenceError(f"{path}: image file not found")
+        if not args.batch:
+            return predict_one(backend, args)
         model = load_model(backend, args.model)
         thresholds, source = _thresholds(args, model)
-        if args.batch:
-            return predict_many(model, args, thresholds, source)
-        return predict_one(model, args, thresholds, source)
+        return predict_many(model, args, thresholds, source)
     except USER_ERRORS as exc:
         print(f"{backend.name}.predict: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
