@@ -24,27 +24,34 @@ EXPANSION = 4
 
 @keras.saving.register_keras_serializable(package="keras_odir")
 class TorchBatchNormalization(layers.BatchNormalization):
-    """BatchNormalization whose moving variance is updated with the unbiased batch variance, as torch does.
+    """BatchNormalization computing training-mode statistics as torch does.
 
-    The batch itself is normalised with the biased variance in both frameworks; only the
-    moving-statistics update differs (torch scales by n / (n - 1), n = values per channel).
+    Two differences from Keras' own layer, both in training mode only: the batch variance is
+    computed in two passes, mean((x - mean)^2), where Keras uses E[x^2] - E[x]^2, which loses
+    precision to cancellation on small batches; and the moving variance is updated with the
+    unbiased variance (times n / (n - 1), n = values per channel), as torch's running_var is.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None or self.renorm:
+        if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized:
             return super().call(inputs, training=training, mask=mask)
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        mean, variance = ops.moments(x, axes=self._reduction_axes, synchronized=self.synchronized)
-        n = _count(x, self._reduction_axes)
-        unbiased = variance * (n / max(n - 1, 1) if isinstance(n, int) else _bessel(n, x.dtype))
-        self.moving_mean.assign(
-            ops.cast(self.moving_mean, x.dtype) * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            ops.cast(self.moving_variance, x.dtype) * self.momentum + unbiased * (1.0 - self.momentum))
-        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
-        beta = ops.cast(self.beta, x.dtype) if self.center else None
-        outputs = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
-                                          epsilon=self.epsilon)
+        axes = self._reduction_axes
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        n = _count(x, axes)
+        bessel = n / max(n - 1, 1) if isinstance(n, int) else _bessel(n, x.dtype)
+        self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * self.momentum
+                                + ops.reshape(mean, (-1,)) * (1.0 - self.momentum))
+        self.moving_variance.assign(ops.cast(self.moving_variance, x.dtype) * self.momentum
+                                    + ops.reshape(variance, (-1,)) * (bessel * (1.0 - self.momentum)))
+        scale = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * ops.reshape(ops.cast(self.gamma, x.dtype), ops.shape(scale))
+        outputs = centered * scale
+        if self.center:
+            outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), ops.shape(scale))
         return ops.cast(outputs, self.compute_dtype)
 
 
