@@ -34,6 +34,7 @@ from .imageio import encode_image
 from .keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
 from .labels import LABELS, SPECIAL_IMAGES
 from .layouts import LAYOUTS, PREPARED, Layout
+from .prepare import REPORT_COLUMNS
 from .synthetic_draw import Camera, draw_eye, random_camera
 
 # ----------------------------------------------------------------------------- statistics of the real set
@@ -137,6 +138,7 @@ DEFAULT_PREPARED_SIZE = 512
 RAW_WIDTH = (1000, 2400)  # raw camera image width range in pixels
 RAW_DRAW_MAX = 1024  # raw frames: the FOV is drawn at most this size, then enlarged (real photos are soft)
 KAGGLE_FULL_DF = "full_df.csv"
+PREPARE_REPORT = "prepare_report.csv"
 KAGGLE_FILEPATH_PREFIX = "../input/ocular-disease-recognition-odir5k/ODIR-5K/Training Images/"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,6 +383,8 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
                 start += test_patients
         if layout == "kaggle":
             _kaggle_full_df(train).to_csv(root / KAGGLE_FULL_DF, index=False)
+        if spec is PREPARED:  # as `prepare` writes it when no image was skipped or repaired
+            pd.DataFrame(columns=REPORT_COLUMNS).to_csv(root / PREPARE_REPORT, index=False)
     return out
 
 

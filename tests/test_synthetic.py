@@ -116,6 +116,8 @@ def test_prepared_folder_is_deterministic_and_valid(tmp_path):
     df = read_annotations(a / PREPARED.annotations)
     assert list(df.columns) == COLUMNS and df["ID"].tolist() == [0, 1, 2]
     pd.testing.assert_frame_equal(df, read_annotations(c / PREPARED.annotations).iloc[:3])
+    report = pd.read_csv(a / "prepare_report.csv")
+    assert list(report.columns) == ["ID", "side", "source", "status", "reason"] and report.empty
     img = _read_rgb(a / PREPARED.images / "0_left.jpg")
     assert img.shape == (48, 48, 3)
     assert img[:2, :2].max() < 20 and img[-2:, -2:].max() < 20  # black corners
@@ -239,3 +241,15 @@ def test_cli(tmp_path, capsys):
     assert sheet.shape[0] > 4 * 160 and sheet.shape[1] > 4 * 160
     assert synthetic.main(["--out", str(out), "--patients", "2"]) == 2  # exists: clear error, no overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "oia"])
+def test_prepare_reads_generated_zip(tmp_path, layout):
+    from odir_core import prepare
+
+    src = synthetic.generate(tmp_path / "src", 2, size=200, seed=7, layout=layout, zip=True, workers=1)
+    assert prepare.main(["--source", str(src), "--out", str(tmp_path / "prep"), "--size", "32",
+                         "--workers", "1"]) in (0, None)
+    df = read_annotations(tmp_path / "prep" / "annotations.xlsx")
+    assert df["ID"].tolist() == [0, 1]
+    assert _read_rgb(tmp_path / "prep" / "images" / df["Left-Fundus"][0]).shape == (32, 32, 3)
