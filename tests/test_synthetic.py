@@ -198,6 +198,7 @@ def test_special_images_have_white_corners():
     special, other = (right, left) if "right" in name else (left, right)
     assert special[0, 0].min() == 255 and special[-1, -1].min() == 255
     assert other[0, 0].max() < 20
+    assert preprocess_fundus(special, 48)[0, 0].max() < 20  # the preparation chain blackens the white surround
 
 
 def test_signs_scale_with_severity():
