@@ -25,7 +25,8 @@ from odir_core.labels import LABELS
 from odir_core.layouts import PREPARED
 from odir_core.metrics import check_submission, read_label_file
 from odir_core.preprocess import resize_square
-from odir_core.run import split_frames
+from odir_core.run import resolve_data, split_frames
+from odir_core.tfds import source as tfds_source
 from odir_core.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,
@@ -59,7 +60,8 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                    help="with --probs: ground-truth labels (xlsx/csv, ID,N..O); default ground_truth.xlsx beside the "
                    "probabilities file, else the labels in --data's annotations")
     p.add_argument("--data", metavar="DIR",
-                   help="prepared folder (annotations.xlsx + images/); default: the one the model was trained on. "
+                   help="prepared folder (annotations.xlsx + images/) or built TFDS dataset; default: the one the model "
+                   "was trained on. "
                    "With --probs: labels (when no ground-truth file) and images for the qualitative figure")
     p.add_argument("--images", metavar="DIR",
                    help="with --probs: folder of <ID>_left.* / <ID>_right.* images for the qualitative figure")
@@ -132,7 +134,14 @@ def _prepared(data: str) -> Path:
     return path
 
 
-def _split_frame(df: pd.DataFrame, split: str, config_split: str) -> pd.DataFrame:
+def _split_frame(data: Path, split: str, config_split: str) -> pd.DataFrame:
+    """The patients of ``split`` ("val", "test" or "all") of a prepared folder or built TFDS dataset."""
+    if tfds_source.is_tfds_source(data):
+        if split == "test":
+            raise InferenceError(f"--split test: a TFDS dataset ({data}) is split into train/val only; use --split val or all")
+        train, val = tfds_source.split_frames(data, config_split)
+        return val if split == "val" else pd.concat([train, val], ignore_index=True)
+    df = read_annotations(data / PREPARED.annotations)
     if split == "all":
         return df
     if split == "val":
@@ -193,9 +202,8 @@ def _evaluate_probs(args, log) -> tuple:
 def _evaluate_model(args, backend: Backend, log) -> tuple:
     model = load_model(backend, args.model)
     config = model.config
-    data = _prepared(args.data or config.data)
-    df = read_annotations(data / PREPARED.annotations)
-    frame = _split_frame(df, args.split, config.split)
+    data, _ = resolve_data(args.data or config.data, log)
+    frame = _split_frame(data, args.split, config.split)
     log(f"{backend.name}: {model.path} on {len(frame)} patients ({args.split} split of {data}), TTA {args.tta}")
 
     def dataset(rows):
@@ -223,7 +231,7 @@ def _evaluate_model(args, backend: Backend, log) -> tuple:
         if args.split == "val":
             val_true, val_prob = y_true, y_prob
         else:
-            val_frame = split_frames(df, config.split)[1]
+            val_frame = _split_frame(data, "val", config.split)
             val_prob = predict_dataset(model.predictor, dataset(val_frame), args.batch_size, args.tta, desc="val (tuning)")
             val_true = label_matrix(val_frame).astype(np.int64)
         tuned = tune_thresholds(val_true, val_prob, args.threshold_metric)
@@ -269,7 +277,7 @@ def main(backend: Backend, argv=None) -> int:
         info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
         folder = reports.write_evaluation(out, ids, y_true, y_prob, tuned=tuned, load_pair=load_pair, info=info,
                                           after=lambda tmp: _write_extra(tmp, extra, args.threshold_metric))
-    except (*USER_ERRORS, reports.ReportError) as exc:
+    except (*USER_ERRORS, reports.ReportError, tfds_source.TfdsSourceError) as exc:
         print(f"{backend.name}.evaluate: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(_summary_lines(folder)))
