@@ -112,7 +112,7 @@ def _prob_line(probs) -> str:
     return "  ".join(f"{label} {p:.2f}" for label, p in zip(LABELS, probs))
 
 
-def qualitative_figure(examples, thresholds=0.5):
+def qualitative_figure(examples, thresholds=0.5, title: str = ""):
     """One row per example: left eye, right eye, and the patient's truth / predictions / probabilities.
 
     ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,).
@@ -140,6 +140,8 @@ def qualitative_figure(examples, thresholds=0.5):
         ax.text(0.0, 0.55, f"predicted:       {_label_list(pred)}", fontsize=10, va="top", transform=ax.transAxes)
         ax.text(0.0, 0.36, "probabilities:\n" + _prob_line(ex["prob"]), fontsize=9, va="top", family="monospace",
                 transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -205,7 +205,8 @@ def write_evaluation(
         plots.save_figure(plots.pr_curves_figure(y_true, y_prob), tmp / FILES["pr_curves"])
         figures = ["confusion_matrices", "roc_curves", "pr_curves"]
         if examples:
-            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds), tmp / FILES["qualitative"])
+            title = "Predicted at the " + ("tuned per-label thresholds" if tuned is not None else "threshold 0.5")
+            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title), tmp / FILES["qualitative"])
             figures.append("qualitative")
         html = render_report(summary, report_text, {name: tmp / FILES[name] for name in figures}, files=FILES)
         atomic_write_text(tmp / FILES["report"], html)

@@ -16,6 +16,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 from odir_core import reports
+from odir_core.evaluate import folder_pairs
 from odir_core.evaluate import main as evaluate_main
 from odir_core.inference import Backend, gradcam_map, tta_views
 from odir_core.labels import LABELS
@@ -54,7 +55,8 @@ def _arrays(k):
 def eval15(tmp_path_factory):
     """`--probs` evaluation of experiment 15 through the CLI, with thresholds tuned on the same file."""
     out = tmp_path_factory.mktemp("eval") / "exp15"
-    rc = evaluate_main(NO_MODEL, ["--probs", str(_files(15)[0]), "--out", str(out), "--tune-thresholds"])
+    rc = evaluate_main(NO_MODEL, ["--probs", str(_files(15)[0]), "--out", str(out), "--tune-thresholds",
+                                  "--images", str(REFERENCE / "real_samples")])
     assert rc == 0
     return out
 
@@ -98,7 +100,8 @@ def test_experiment_15_classification_report_matches_the_study(eval15):
 def test_evaluation_folder_files(eval15):
     names = {p.name for p in eval15.iterdir()}
     assert names == {"probs.xlsx", "ground_truth.xlsx", "submission.csv", "metrics.json", "classification_report.txt",
-                     "confusion_matrices.png", "roc_curves.png", "pr_curves.png", "report.html", "thresholds.json"}
+                     "confusion_matrices.png", "roc_curves.png", "pr_curves.png", "qualitative.png", "report.html",
+                     "thresholds.json"}
     # the study's format: same columns, IDs and values as its own files
     for ours, theirs in zip(("probs.xlsx", "ground_truth.xlsx"), _files(15)):
         a, b = pd.read_excel(eval15 / ours), pd.read_excel(theirs)
@@ -107,13 +110,25 @@ def test_evaluation_folder_files(eval15):
     check_submission(eval15 / "submission.csv", _files(15)[1])  # the challenge's checks pass
     sub = pd.read_csv(eval15 / "submission.csv")
     np.testing.assert_allclose(sub[list(LABELS)], pd.read_excel(_files(15)[0])[list(LABELS)], atol=1e-8)
-    for png in ("confusion_matrices.png", "roc_curves.png", "pr_curves.png"):
+    for png in ("confusion_matrices.png", "roc_curves.png", "pr_curves.png", "qualitative.png"):
         img = cv2.imread(str(eval15 / png))
         assert img is not None and img.shape[0] > 300 and img.std() > 10
     html = (eval15 / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert "0.8079" in html and "threshold tuned" in html  # challenge final at 0.5; tuned columns side by side
-    assert "qualitative figure" in html  # says why there is none
+
+
+@needs_reference
+def test_qualitative_examples_are_patients_with_the_label():
+    ids, y_true, y_prob = _arrays(15)
+    available = {int(p.name.split("_")[0]) for p in (REFERENCE / "real_samples").glob("*_left.png")}
+    examples = reports.pick_examples(ids, y_true, y_prob, folder_pairs(REFERENCE / "real_samples"))
+    assert [e["label"] for e in examples] == list(LABELS)  # the 23 sample patients cover every label
+    assert len({e["id"] for e in examples}) == len(examples)
+    for e in examples:
+        row = list(ids).index(e["id"])
+        assert e["id"] in available and y_true[row, LABELS.index(e["label"])] == 1
+        assert e["left"].ndim == 3 and max(e["left"].shape[:2]) <= 256  # shrunk for display
 
 
 @needs_reference
@@ -201,6 +216,7 @@ def test_default_output_folder_is_numbered(tmp_path):
     assert evaluate_main(NO_MODEL, ["--probs", str(tmp_path / "probs.xlsx")]) == 0
     assert evaluate_main(NO_MODEL, ["--probs", str(tmp_path / "probs.xlsx")]) == 0
     assert (tmp_path / "eval-probs" / "metrics.json").is_file()
+    assert "No qualitative figure" in (tmp_path / "eval-probs" / "report.html").read_text()  # says why there is none
     assert (tmp_path / "eval-probs-2" / "metrics.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
