@@ -15,7 +15,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from keras_odir.evaluate import main as keras_evaluate
+from odir_core.config import save_config
 from odir_core.labels import LABELS
+from odir_core.splits import save_split
 from odir_core.thresholds import load_thresholds
 from tiny_runs import REAL_SAMPLES, paired_runs, real_samples_prepared, run_config
 from torch_odir.evaluate import main as torch_evaluate
@@ -124,3 +126,32 @@ def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
     rc = keras_evaluate(["--model", str(model), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and "Traceback" not in err
+
+
+def test_test_split_with_thresholds_tuned_on_val(runs, tmp_path):
+    data, _, torch_model = runs
+    ids = pd.read_csv(REAL_SAMPLES / "samples.csv")["ID"].tolist()
+    save_split(tmp_path / "split.json", ids[:13], ids[13:18], ids[18:])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pth").symlink_to(torch_model)
+    save_config(run_config(data).replace(split=str(tmp_path / "split.json")), run / "config.toml")
+    assert torch_evaluate(["--model", str(run / "best.pth"), "--split", "test", "--tune-thresholds", "--out", str(tmp_path / "ev")]) == 0
+    probs = pd.read_excel(tmp_path / "ev" / "probs.xlsx")
+    assert probs["ID"].tolist() == ids[18:]
+    np.testing.assert_allclose(probs[list(LABELS)].to_numpy(), _reference_probs(torch_model, ids[18:], tta_hflip=False), atol=1e-4)
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert saved["n_patients"] == 5 and "val split" in saved["source"]  # tuned on the 5 validation patients
+
+
+def test_probs_file_with_labels_and_images_from_a_prepared_folder(runs, tmp_path):
+    data, _, _ = runs
+    samples = pd.read_csv(REAL_SAMPLES / "samples.csv")
+    rng = np.random.default_rng(1)
+    probs = samples[["ID", *LABELS]].copy()
+    probs[list(LABELS)] = rng.random((len(samples), len(LABELS)))
+    probs.to_csv(tmp_path / "mine.csv", index=False)
+    assert keras_evaluate(["--probs", str(tmp_path / "mine.csv"), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    truth = pd.read_excel(tmp_path / "ev" / "ground_truth.xlsx")
+    np.testing.assert_array_equal(truth[list(LABELS)].to_numpy(), samples[list(LABELS)].to_numpy())
+    assert (tmp_path / "ev" / "qualitative.png").is_file()
