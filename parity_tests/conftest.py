@@ -1,0 +1,36 @@
+"""Fixtures and the end-of-run diff table of the keras_odir <-> torch parity suite.
+
+The suite runs on the Keras backend of this process (``KERAS_BACKEND``, torch by default);
+``test_parity_backends.py`` re-runs it in a subprocess for every other installed backend.
+Every comparison is recorded and the worst |diff| per case is printed at the end of the run
+(and as it happens with ``-s``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from parity_helpers import CHILD_REPORTS, RESULTS, SUMMARY_TITLE, Recorder, calibrated_resnet50
+
+
+@pytest.fixture
+def record() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture(scope="session")
+def backbone_state() -> dict:
+    """One calibrated torchvision backbone state, shared by all heads."""
+    return copy.deepcopy(calibrated_resnet50(seed=0).state_dict())
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS and not CHILD_REPORTS:
+        return
+    terminalreporter.section(SUMMARY_TITLE)
+    for case, worst, scale, tol, note in RESULTS:
+        terminalreporter.write_line(f"{case:58s} {worst:.3e}  (max|ref| {scale:.3g}, tol {tol:.3g}{note})")
+    for report in CHILD_REPORTS:
+        terminalreporter.write_line(report)

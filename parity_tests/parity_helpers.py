@@ -1,0 +1,105 @@
+"""Helpers of the keras_odir <-> torch parity suite: recording diffs, calibrated torch models, inputs."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+
+import keras_odir  # noqa: F401  (sets KERAS_BACKEND=torch when unset, before keras loads)
+import keras
+import torch
+import torchvision
+
+TOLERANCE = 1e-4
+RESULTS: list[tuple[str, float, float, float, str]] = []  # (case, max |diff|, max |ref|, tolerance, note)
+CHILD_REPORTS: list[str] = []  # parity tables of the other backends, from test_parity_backends.py
+SUMMARY_TITLE = "parity: worst |keras - torch| per case"
+
+
+class Recorder:
+    """Compares arrays, records the worst |diff| for the summary, prints it and asserts the tolerance.
+
+    ``floor``: optional callable giving torch's own float32 error on the same case (its float32
+    output against float64); when the diff exceeds ``tol`` it is allowed up to twice that
+    floor, since no float32 implementation can be closer to torch than torch is to exact.
+    """
+
+    def __call__(self, case: str, got, want, tol: float = TOLERANCE, *, relative: bool = False,
+                 floor=None) -> float:
+        got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+        assert got.shape == want.shape, f"{case}: shape {got.shape} != {want.shape}"
+        diff = np.abs(got - want)
+        if relative:  # per tensor, relative to the tensor's largest magnitude
+            diff = diff / max(float(np.abs(want).max()), 1e-12)
+        worst, scale = float(diff.max()), float(np.abs(want).max())
+        note = ""
+        if worst > tol and floor is not None:
+            torch_error = float(floor())
+            tol = max(tol, 2 * torch_error)
+            note = f", torch f32 vs f64 {torch_error:.3e}"
+        RESULTS.append((f"[{keras.backend.backend()}] {case}", worst, scale, tol, note))
+        print(f"parity {keras.backend.backend():10s} {case}: max|diff| {worst:.3e} (max|ref| {scale:.3g}{note})")
+        assert worst <= tol, f"{case}: max |diff| {worst:.3e} > {tol:g}{note}"
+        return worst
+
+
+def float64_error(torch_model, inputs, reference, training: bool):
+    """A callable giving max |torch float32 output - torch float64 output| for ``inputs`` (NCHW tensors)."""
+
+    def error() -> float:
+        exact = copy.deepcopy(torch_model).double().train(training)
+        with torch.no_grad():
+            out = exact(*(t.double() for t in inputs)).numpy()
+        return float(np.abs(np.asarray(reference, dtype=np.float64) - out).max())
+
+    return error
+
+
+def calibrated_resnet50(seed: int) -> torch.nn.Module:
+    """torchvision resnet50 (fc = Identity) with trained-looking BatchNorm: random affine, running stats
+    set from one batch, so inference-mode activations stay O(1) like a trained network's."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = torch.nn.Identity()
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in batchnorms:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.1)
+            bn.momentum = None  # cumulative average: one batch sets the running stats to its own
+            bn.reset_running_stats()
+        model.train()
+        model(torch.randn(8, 3, 96, 96))
+    for bn in batchnorms:
+        bn.momentum = 0.1
+        bn.num_batches_tracked.zero_()
+    return model.eval()
+
+
+def images(batch: int, size: int, seed: int, channels_first: bool = False) -> np.ndarray:
+    """ImageNet-normalised-looking float32 images, NHWC (or NCHW)."""
+    shape = (batch, 3, size, size) if channels_first else (batch, size, size, 3)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def dropout_off(keras_model, torch_model) -> None:
+    """Make dropout the identity in both models, so training mode is deterministic."""
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    for module in torch_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def other_backends() -> list[str]:
+    return [b for b in ("torch", "jax", "tensorflow") if b != keras.backend.backend()]
+
+
+IS_CHILD = os.environ.get("KERAS_ODIR_PARITY_CHILD") == "1"

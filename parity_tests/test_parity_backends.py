@@ -1,0 +1,35 @@
+"""Re-run the parity suite under every other Keras backend (the backend is fixed per process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parity_helpers import CHILD_REPORTS, IS_CHILD, SUMMARY_TITLE, other_backends
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+
+
+@pytest.mark.skipif(IS_CHILD, reason="already inside a per-backend re-run")
+@pytest.mark.parametrize("backend", other_backends())
+def test_parity_suite_on_backend(backend):
+    if importlib.util.find_spec(MODULES[backend]) is None:
+        pytest.skip(f"{backend} is not installed; install it to check parity on the {backend} backend")
+    env = dict(os.environ, KERAS_BACKEND=backend, KERAS_ODIR_PARITY_CHILD="1")
+    command = [sys.executable, "-m", "pytest", str(ROOT / "parity_tests"), "-q", "-p", "no:cacheprovider",
+               "-o", "addopts=", "-m", "not slow"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    output = run.stdout + run.stderr
+    lines = output.splitlines()
+    if SUMMARY_TITLE in output:
+        start = next(i for i, line in enumerate(lines) if SUMMARY_TITLE in line) + 1
+        table = [line for line in lines[start:] if line.startswith(f"[{backend}]")]
+        CHILD_REPORTS.extend(table)
+        print("\n".join(table))
+    assert run.returncode == 0, f"parity suite failed on the {backend} backend:\n" + "\n".join(lines[-60:])

@@ -1,0 +1,133 @@
+"""keras_odir vs torch: same weights (made in torch, converted), same inputs, float32, CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import keras
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from keras_odir.convert import keras_to_numpy_state, keras_to_torch_state, torch_to_keras_state, weight_table
+from keras_odir.model import build_dual_model
+from keras_odir.resnet import build_resnet50
+from parity_helpers import dropout_off, float64_error, images, nchw
+from torch_odir.model import DualResNet50
+
+HEADS = ("v0", "v1", "v2")
+SHAPES = ((2, 64), (1, 224))  # (batch, size)
+
+
+def _torch_dual(head: str, backbone_state: dict, seed: int) -> DualResNet50:
+    torch.manual_seed(seed)
+    model = DualResNet50(head)
+    model.backbone.load_state_dict(backbone_state)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_pairs(backbone_state):
+    """head -> (torch model, keras model, torch state to restore after training-mode calls)."""
+    pairs = {}
+    for seed, head in enumerate(HEADS, start=1):
+        torch_model = _torch_dual(head, backbone_state, seed)
+        keras_model = torch_to_keras_state(build_dual_model(head), torch_model.state_dict())
+        dropout_off(keras_model, torch_model)
+        pairs[head] = (torch_model, keras_model, copy.deepcopy(torch_model.state_dict()))
+    return pairs
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])
+@pytest.mark.parametrize("batch,size", SHAPES, ids=[f"b{b}x{s}px" for b, s in SHAPES])
+@pytest.mark.parametrize("head", HEADS)
+def test_dual_model_logits(model_pairs, record, head, batch, size, training):
+    torch_model, keras_model, state = model_pairs[head]
+    left, right = images(batch, size, seed=size), images(batch, size, seed=size + 1)
+    torch_model.train(training)
+    with torch.no_grad():
+        want = torch_model(nchw(left), nchw(right)).numpy()
+    got = keras.ops.convert_to_numpy(keras_model({"left": left, "right": right}, training=training))
+    if training:  # put the moving statistics back for the next case
+        torch_model.load_state_dict(state)
+        torch_to_keras_state(keras_model, state)
+    torch_model.eval()
+    record(f"{head} logits {batch}x{size}px {'train-BN' if training else 'inference'}", got, want,
+           floor=float64_error(torch_model, (nchw(left), nchw(right)), want, training))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])
+def test_backbone_matches_torchvision(backbone_state, record, training):
+    """The Keras ResNet50 against torchvision's own resnet50 with fc = Identity."""
+    reference = torchvision.models.resnet50(weights=None)
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(backbone_state)
+    reference.train(training)
+    keras_backbone = torch_to_keras_state(build_resnet50(), backbone_state)
+    x = images(2, 64, seed=7)
+    with torch.no_grad():
+        want = reference(nchw(x)).numpy()
+    got = keras.ops.convert_to_numpy(keras_backbone(x, training=training))
+    assert got.shape == (2, 2048)
+    # pooled features (not logits), up to ~10 in size: compared relative to their largest value
+    record(f"backbone vs torchvision 2x64px {'train-BN' if training else 'inference'} (relative)", got, want,
+           relative=True, floor=lambda: float64_error(reference, (nchw(x),), want, training)()
+           / float(np.abs(want).max()))
+
+
+def test_moving_statistics_after_one_training_forward(backbone_state, record):
+    """BatchNorm running mean/var after one training-mode forward (torch's unbiased variance)."""
+    torch_model = _torch_dual("v0", backbone_state, seed=11)
+    keras_model = torch_to_keras_state(build_dual_model("v0"), torch_model.state_dict())
+    left, right = images(2, 64, seed=3), images(2, 64, seed=4)
+    torch_model.train()
+    with torch.no_grad():
+        torch_model(nchw(left), nchw(right))
+    keras_model({"left": left, "right": right}, training=True)
+    want = torch_model.state_dict()
+    got = keras_to_numpy_state(keras_model)
+    keys = [k for k in want if k.endswith(("running_mean", "running_var"))]
+    before = _torch_dual("v0", backbone_state, seed=11).state_dict()
+    assert all(not torch.equal(want[k], before[k]) for k in keys), "the training forward left stats unchanged"
+    worst = max(keys, key=lambda k: np.abs(got[k] - want[k].numpy()).max() / np.abs(want[k].numpy()).max())
+    record(f"BN running stats after 1 train step (worst: {worst}, relative)", got[worst], want[worst].numpy(),
+           tol=1e-3, relative=True)
+
+
+def test_keras_torch_keras_round_trip_is_exact():
+    """Keras weights -> torch DualResNet50 (strict load) -> Keras: every variable bit-identical."""
+    keras.utils.set_random_seed(5)
+    source = build_dual_model("v2")
+    rng = np.random.default_rng(5)
+    for layer in source.get_layer("backbone").layers:  # non-trivial BatchNorm statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape).astype("float32"))
+    torch_model = DualResNet50("v2")
+    torch_model.load_state_dict(keras_to_torch_state(source), strict=True)
+    back = torch_to_keras_state(build_dual_model("v2"), torch_model.state_dict())
+    table_a, table_b = weight_table(source), weight_table(back)
+    assert list(table_a) == list(table_b)
+    assert len(table_a) == len(torch_model.state_dict()) - sum(
+        k.endswith("num_batches_tracked") for k in torch_model.state_dict())
+    for key, (variable, _) in table_a.items():
+        a = keras.ops.convert_to_numpy(variable)
+        b = keras.ops.convert_to_numpy(table_b[key][0])
+        assert np.array_equal(a, b), key
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="channels_first is checked on the torch backend")
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])
+def test_channels_first_logits(backbone_state, record, training):
+    torch_model = _torch_dual("v0", backbone_state, seed=13)
+    keras_model = torch_to_keras_state(build_dual_model("v0", data_format="channels_first"),
+                                       torch_model.state_dict())
+    left = images(2, 64, seed=8, channels_first=True)
+    right = images(2, 64, seed=9, channels_first=True)
+    torch_model.train(training)
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(left), torch.from_numpy(right)).numpy()
+    got = keras.ops.convert_to_numpy(keras_model({"left": left, "right": right}, training=training))
+    record(f"v0 logits channels_first 2x64px {'train-BN' if training else 'inference'}", got, want,
+           floor=float64_error(torch_model, (torch.from_numpy(left), torch.from_numpy(right)), want, training))
