@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -38,6 +41,20 @@ from odir_core.thresholds import (
 SPLITS = ("val", "test", "all")
 DISPLAY_SIZE = 256  # side of the eye images in the qualitative figure
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Evaluation:
+    """What goes into an evaluation folder (see odir_core.reports.write_evaluation)."""
+
+    out: Path
+    ids: np.ndarray
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    info: dict
+    tuned: np.ndarray | None = None
+    load_pair: Callable | None = None
+    saved_thresholds: dict = field(default_factory=dict)  # file name in the folder -> (thresholds, source, n)
 
 
 def build_parser(backend: Backend) -> argparse.ArgumentParser:
@@ -158,7 +175,7 @@ def _split_frame(data: Path, split: str, config_split: str) -> pd.DataFrame:
     return by_id.loc[ids].reset_index(drop=True)
 
 
-def _evaluate_probs(args, log) -> tuple:
+def _evaluate_probs(args) -> Evaluation:
     probs_path = Path(args.probs)
     probs = read_label_file(probs_path)
     truth_path = Path(args.truth) if args.truth else probs_path.parent / "ground_truth.xlsx"
@@ -187,19 +204,19 @@ def _evaluate_probs(args, log) -> tuple:
         out = _free_dir(Path.cwd() / f"eval-{probs_path.parent.name}-{probs_path.stem}")
     info = {"title": f"{probs_path.parent.name}/{probs_path.name}", "probabilities": str(probs_path), "ground truth": truth_desc}
     y_prob = probs[list(LABELS)].to_numpy()
-    tuned, extra = None, {}
+    result = Evaluation(out, probs["ID"].to_numpy(), y_true, y_prob, info, load_pair=load_pair)
     if args.thresholds:
-        tuned = load_thresholds(args.thresholds)
+        result.tuned = load_thresholds(args.thresholds)
         info["tuned thresholds"] = f"from {args.thresholds}"
     if args.tune_thresholds:
-        tuned = tune_thresholds(y_true, y_prob, args.threshold_metric)
+        result.tuned = tune_thresholds(y_true, y_prob, args.threshold_metric)
         info["tuned thresholds"] = (f"per-label {args.threshold_metric} maximised on these same patients "
                                     f"(optimistic), saved as {THRESHOLDS_FILE}")
-        extra[THRESHOLDS_FILE] = (tuned, f"tuned on {probs_path}", len(y_prob))
-    return out, probs["ID"].to_numpy(), y_true, y_prob, tuned, load_pair, info, extra
+        result.saved_thresholds[THRESHOLDS_FILE] = (result.tuned, f"tuned on {probs_path}", len(y_prob))
+    return result
 
 
-def _evaluate_model(args, backend: Backend, log) -> tuple:
+def _evaluate_model(args, backend: Backend, log) -> Evaluation:
     model = load_model(backend, args.model)
     config = model.config
     data, _ = resolve_data(args.data or config.data, log)
@@ -243,12 +260,10 @@ def _evaluate_model(args, backend: Backend, log) -> tuple:
                                     f"{model.thresholds_path}" + (" (optimistic: same patients)" if args.split == "val" else ""))
     suffix = f"eval-{args.split}" + (f"-tta-{args.tta}" if args.tta != "none" else "")
     out = Path(args.out) if args.out else _free_dir(model.run_dir / suffix)
-    return out, frame["ID"].to_numpy(), y_true, y_prob, tuned, load_pair, info, {}
+    return Evaluation(out, frame["ID"].to_numpy(), y_true, y_prob, info, tuned=tuned, load_pair=load_pair)
 
 
 def _summary_lines(folder: Path) -> list[str]:
-    import json
-
     summary = json.loads((folder / reports.FILES["metrics"]).read_text())
     lines = []
     for family in ("study", "challenge"):
@@ -268,15 +283,17 @@ def main(backend: Backend, argv=None) -> int:
     try:
         if args.batch_size < 1:
             raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
-        if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
-            raise FileExistsError(f"--out {args.out} already exists and is not empty; choose a new folder")
-        if args.probs:
-            out, ids, y_true, y_prob, tuned, load_pair, info, extra = _evaluate_probs(args, log)
-        else:
-            out, ids, y_true, y_prob, tuned, load_pair, info, extra = _evaluate_model(args, backend, log)
-        info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
-        folder = reports.write_evaluation(out, ids, y_true, y_prob, tuned=tuned, load_pair=load_pair, info=info,
-                                          after=lambda tmp: _write_extra(tmp, extra, args.threshold_metric))
+        if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or any(Path(args.out).iterdir())):
+            raise FileExistsError(f"--out {args.out} already exists and is not an empty folder; choose a new folder")
+        ev = _evaluate_probs(args) if args.probs else _evaluate_model(args, backend, log)
+        ev.info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
+
+        def save_thresholds_into(folder: Path) -> None:
+            for name, (thresholds, source, n) in ev.saved_thresholds.items():
+                save_thresholds(folder / name, thresholds, metric=args.threshold_metric, source=source, n_patients=n)
+
+        folder = reports.write_evaluation(ev.out, ev.ids, ev.y_true, ev.y_prob, tuned=ev.tuned, load_pair=ev.load_pair,
+                                          info=ev.info, after=save_thresholds_into)
     except (*USER_ERRORS, reports.ReportError, tfds_source.TfdsSourceError) as exc:
         print(f"{backend.name}.evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +301,3 @@ def main(backend: Backend, argv=None) -> int:
     print(f"evaluation written to {folder} (open {folder / reports.FILES['report']})")
     return 0
 
-
-def _write_extra(folder: Path, extra: dict, metric: str) -> None:
-    for name, (thresholds, source, n) in extra.items():
-        save_thresholds(folder / name, thresholds, metric=metric, source=source, n_patients=n)

@@ -118,13 +118,11 @@ def qualitative_figure(examples, thresholds=0.5, title: str = ""):
     ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,).
     """
     t = as_thresholds(thresholds)
-    n = max(len(examples), 1)
+    if not examples:
+        raise ValueError("qualitative_figure needs at least one example")
+    n = len(examples)
     fig, axes = plt.subplots(n, 3, figsize=(12, 3.1 * n), gridspec_kw={"width_ratios": [1, 1, 1.6]},
                              squeeze=False, constrained_layout=True)
-    if not examples:
-        for ax in axes.flat:
-            ax.axis("off")
-        axes[0, 2].text(0, 0.5, "no patient images available", fontsize=12)
     for row, ex in zip(axes, examples):
         pred = binarize(np.asarray(ex["prob"])[None], t)[0]
         for ax, side in zip(row[:2], ("left", "right")):
