@@ -130,7 +130,7 @@ def test_build_each_layout_reads_back_the_annotations(tmp_path, layout_name, for
 
 
 def test_raw_config_keeps_the_original_files(tmp_path):
-    folder = generate(tmp_path / "src", 6, size=48, seed=5, layout="grand-challenge", workers=1)
+    folder = generate(tmp_path / "src", 6, size=64, seed=5, layout="grand-challenge", workers=1)
     layout = LAYOUTS["grand-challenge"]
     df = read_annotations(folder / layout.annotations)
     gray_file = folder / layout.images / df.loc[0, "Left-Fundus"]
@@ -159,7 +159,7 @@ def test_raw_config_keeps_the_original_files(tmp_path):
 
 
 def test_bad_images_are_reported_and_skipped(tmp_path, capsys):
-    folder = generate(tmp_path / "src", 8, size=48, seed=7, layout="grand-challenge", workers=1)
+    folder = generate(tmp_path / "src", 8, size=64, seed=7, layout="grand-challenge", workers=1)
     layout = LAYOUTS["grand-challenge"]
     df = read_annotations(folder / layout.annotations)
     truncated = folder / layout.images / df.loc[1, "Right-Fundus"]
@@ -180,7 +180,7 @@ def test_bad_images_are_reported_and_skipped(tmp_path, capsys):
 
 
 def test_building_twice_is_a_no_op(tmp_path, capsys):
-    folder = generate(tmp_path / "src", 4, size=48, seed=9, layout="prepared", workers=1)
+    folder = generate(tmp_path / "src", 4, size=64, seed=9, layout="prepared", workers=1)
     data_dir = tmp_path / "tfds"
     assert _build(folder, data_dir) == 0
     files = {p: p.stat().st_mtime_ns for p in (data_dir / "odir5k" / CONFIG).rglob("*") if p.is_file()}
@@ -309,3 +309,42 @@ def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
         resolve_data("tfds:odir5k/prepared_224")
     with pytest.raises(DataSourceError, match="no built TFDS dataset"):
         resolve_data("tfds:odir5k/prepared_77")
+
+
+def _train(package: str, data: str, run_dir: Path, *extra: str) -> Path:
+    """One epoch of the demo config (built image size, no weighted loss for a tiny split); the run folder."""
+    import importlib
+
+    argv = ["--data", data, "--epochs", "1", "--image-size", str(SIZE), "--batch-size", "4", "--no-weighted-loss",
+            "--run-dir", str(run_dir), *extra]
+    assert importlib.import_module(f"{package}.train").main(argv) == 0
+    (run,) = run_dir.iterdir()
+    return run
+
+
+def _history(run: Path) -> pd.DataFrame:
+    from odir_core.history import HISTORY_FILE
+
+    history = pd.read_csv(run / HISTORY_FILE)
+    return history.drop(columns=[c for c in history if "time" in c])
+
+
+def test_one_training_epoch_from_the_tfds_source(tmp_path, monkeypatch):
+    data_dir, _ = _built_and_prepared(tmp_path, patients=10)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    run = _train("keras_odir", f"tfds:odir5k/{CONFIG}", tmp_path / "runs")
+    history = _history(run)
+    assert len(history) == 1 and np.isfinite(history.filter(like="loss").to_numpy(dtype=float)).all()
+    assert str(data_dir / "odir5k" / CONFIG / "1.0.0") in (run / "config.toml").read_text()
+    assert (run / "best.keras").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["keras_odir", "torch_odir"])
+def test_training_from_the_tfds_source_equals_training_from_the_folder(tmp_path, monkeypatch, package):
+    data_dir, folder = _built_and_prepared(tmp_path, patients=10)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    augmented = ("--augment", "dual", "--crop-size", "28", "--balanced-sampler")
+    from_tfds = _history(_train(package, f"tfds:odir5k/{CONFIG}", tmp_path / "tfds_run", *augmented))
+    from_folder = _history(_train(package, str(folder), tmp_path / "folder_run", *augmented))
+    pd.testing.assert_frame_equal(from_tfds, from_folder)
