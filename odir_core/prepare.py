@@ -118,7 +118,8 @@ def _run(tasks: list, source: Source, args) -> list[tuple]:
         results = map(_process, tasks)
         pool = None
     else:
-        pool = multiprocessing.Pool(args.workers, _init_worker, init)
+        # spawn, not fork: a forked child can inherit OpenCV's thread-pool locks held and hang
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, _init_worker, init)
         chunk = max(1, min(16, len(tasks) // (args.workers * 8)))
         results = pool.imap_unordered(_process, tasks, chunksize=chunk)
     try:
