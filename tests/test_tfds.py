@@ -7,8 +7,9 @@ study's published validation IDs.
 
 from __future__ import annotations
 
-import os
+import pickle
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -209,7 +210,6 @@ def test_unknown_config_is_rejected(tmp_path, capsys):
 
 def test_cli_help_explains_every_flag():
     import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-m", "odir_core.tfds", "build", "--help"], cwd=root,
@@ -298,7 +298,18 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
         np.testing.assert_array_equal(y_t, y_f)
         np.testing.assert_array_equal(x_t["left"], x_f["left"])
         np.testing.assert_array_equal(x_t["right"], x_f["right"])
-    assert from_tfds.image(0, 1).shape == (28, 28, 3)
+    worker_copy = pickle.loads(pickle.dumps(from_tfds))  # as sent to data-loading worker processes
+    np.testing.assert_array_equal(worker_copy.pair(2, epoch=1, position=3)[1], from_folder.pair(2, epoch=1, position=3)[1])
+
+
+def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypatch):
+    from odir_core.run import DataSourceError, resolve_data
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails as if not installed
+    folder = generate(tmp_path / "prepared", 3, size=32, seed=1, layout="prepared", workers=1)
+    assert resolve_data(str(folder))[0] == folder  # the folder path needs no TFDS
+    with pytest.raises(DataSourceError, match=r"needs tensorflow-datasets; pip install 'keras-odir\[tfds\]'"):
+        resolve_data("tfds:odir5k/prepared_512")
 
 
 def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
