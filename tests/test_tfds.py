@@ -299,7 +299,8 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
         np.testing.assert_array_equal(x_t["left"], x_f["left"])
         np.testing.assert_array_equal(x_t["right"], x_f["right"])
     worker_copy = pickle.loads(pickle.dumps(from_tfds))  # as sent to data-loading worker processes
-    np.testing.assert_array_equal(worker_copy.pair(2, epoch=1, position=3)[1], from_folder.pair(2, epoch=1, position=3)[1])
+    np.testing.assert_array_equal(worker_copy.pair(2, epoch=1, position=3)[1],
+                                  from_folder.pair(2, epoch=1, position=3)[1])
 
 
 def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypatch):
