@@ -31,6 +31,16 @@ def is_jpeg(data: bytes) -> bool:
     return data[:2] == JPEG_MAGIC
 
 
+def has_jpeg_end(data: bytes) -> bool:
+    """True when an end-of-image marker follows the last start-of-scan in the last 64 KiB.
+
+    Entropy-coded data never holds 0xFFD9, so a JPEG cut inside its scan lacks it
+    (OpenCV would decode it anyway, greying out the missing rows).
+    """
+    tail = data[-65536:]
+    return JPEG_EOI in tail[max(tail.rfind(b"\xff\xda"), 0) :]
+
+
 def header_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels."""
     try:
@@ -85,7 +95,7 @@ def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
         raise ImageDecodeError("empty file")
     buf = np.frombuffer(data, np.uint8)
     if is_jpeg(data):
-        if JPEG_EOI not in data[-1024:]:
+        if not has_jpeg_end(data):
             raise ImageDecodeError("truncated JPEG (no end-of-image marker); re-download or replace the file")
         img = cv2.imdecode(buf, REDUCED_FLAGS[reduce])
     else:

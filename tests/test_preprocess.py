@@ -155,12 +155,25 @@ def test_load_image_normalises_gray_rgba_16bit_and_exif(tmp_path):
     assert np.abs(loaded.astype(int) - reference).mean() < 1.0
 
 
+def test_reduced_decoding_honours_exif_orientation(tmp_path):
+    rgb = draw_fundus(1200, 1600, seed=2, texture=False)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise for display
+    Image.fromarray(rgb).save(tmp_path / "rot.jpg", quality=90, exif=exif.tobytes())
+    loaded = load_image(tmp_path / "rot.jpg", target_size=300)  # decoded at 1/4 scale
+    reference = cv2.resize(np.rot90(rgb), (300, 400), interpolation=cv2.INTER_AREA)
+    assert loaded.shape == (400, 300, 3)
+    assert np.abs(loaded.astype(int) - reference).mean() < 2.0
+
+
 def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):
     good = write_jpeg(tmp_path / "good.jpg", draw_fundus(60, 80))
     data = good.read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(PreprocessError, match=r"cut\.jpg: truncated JPEG"):
         prepare_image(tmp_path / "cut.jpg", 32)
+    (tmp_path / "tail.jpg").write_bytes(data + b"camera trailer" * 100)  # data after the end marker is fine
+    assert prepare_image(tmp_path / "tail.jpg", 32).shape == (32, 32, 3)
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(PreprocessError, match=r"junk\.jpg"):
         prepare_image(tmp_path / "junk.jpg", 32)
