@@ -9,6 +9,7 @@ skipping and listing the ones whose images cannot be used.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from odir_core.inference import (
     prepare_photo,
 )
 from odir_core.labels import LABEL_NAMES, LABELS
+from odir_core.metrics import binarize
 from odir_core.thresholds import DEFAULT_THRESHOLD, THRESHOLDS_FILE, as_thresholds, load_thresholds
 
 BATCH_COLUMNS = ("left", "right")
@@ -56,7 +58,8 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="one patient: save a figure (eyes + probabilities) as this PNG; with --batch: the predictions "
                    "CSV (default <CSV>_predictions.csv beside the input, numbered when taken). Never overwritten")
-    p.add_argument("--figures", metavar="DIR", help="with --batch: also save one figure per patient, <id>.png, in this folder")
+    p.add_argument("--figures", metavar="DIR",
+                   help="with --batch: also save one figure per patient, <id>.png, in this folder (existing ones are kept)")
     p.add_argument("--gradcam", action="store_true",
                    help="overlay a Grad-CAM heatmap of the last backbone stage on each eye in the figure(s)")
     p.add_argument("--gradcam-label", choices=LABELS,
@@ -77,17 +80,17 @@ def _thresholds(args, model: Model) -> tuple[np.ndarray, str]:
 
 
 def _predicted(probs, thresholds) -> list[str]:
-    return [label for label, p, t in zip(LABELS, probs, thresholds) if p > t]
+    return [label for label, flag in zip(LABELS, binarize(np.asarray(probs)[None], thresholds)[0]) if flag]
 
 
 def format_prediction(probs, thresholds) -> str:
     """Label, name, probability, threshold and a mark for predicted labels, then the predicted list."""
     width = max(len(name) for name in LABEL_NAMES.values())
+    chosen = _predicted(probs, thresholds)
     lines = [f"{'':2}{'label':<{width + 2}}{'probability':>12}{'threshold':>11}"]
     for label, p, t in zip(LABELS, probs, thresholds):
-        mark = "  <- predicted" if p > t else ""
+        mark = "  <- predicted" if label in chosen else ""
         lines.append(f"{label:<2}{LABEL_NAMES[label]:<{width + 2}}{p:>12.4f}{t:>11.2f}{mark}")
-    chosen = _predicted(probs, thresholds)
     lines.append("predicted: " + (", ".join(f"{label} ({LABEL_NAMES[label]})" for label in chosen) or "none above threshold"))
     return "\n".join(lines)
 
@@ -187,7 +190,7 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
             probs[rows] = predict_batch(model.predictor, left_x, right_x, args.tta)
             if figures is not None:
                 for k, i in enumerate(rows):
-                    target = figures / f"{frame.at[i, 'id']}.png"
+                    target = figures / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', frame.at[i, 'id'])}.png"
                     if target.exists():
                         errors[i] = f"figure {target} already exists; not overwritten"
                         continue
