@@ -84,9 +84,10 @@ class TfdsImages:
         self._sources: dict | None = None
         self._index: dict[int, tuple[str, int]] | None = None
         self._frames: dict[str, pd.DataFrame] | None = None
+        self._last: tuple | None = None  # ((split, index), record) of the latest record read
 
     def __getstate__(self):  # data sources are reopened in each worker process
-        return {"path": self.path, "_sources": None, "_index": self._index, "_frames": self._frames}
+        return {"path": self.path, "_sources": None, "_index": self._index, "_frames": self._frames, "_last": None}
 
     @property
     def sources(self) -> dict:
@@ -141,9 +142,14 @@ class TfdsImages:
             except KeyError:
                 raise TfdsSourceError(f"{self.path}: patient {pid} is in none of {TRAINING_SPLITS}") from None
         else:
-            ids = self.frames()[split]["ID"].to_numpy()
-            i = int(np.flatnonzero(ids == int(pid))[0])
-        return self.sources[split][i][SIDES[side]]
+            hits = np.flatnonzero(self.frames()[split]["ID"].to_numpy() == int(pid))
+            if not len(hits):
+                raise TfdsSourceError(f"{self.path}: patient {pid} is not in the {split} split")
+            i = int(hits[0])
+        last = self._last  # one record holds both eyes: the second eye of a patient is not read again
+        if last is None or last[0] != (split, i):
+            last = self._last = ((split, i), self.sources[split][i])
+        return last[1][SIDES[side]]
 
     def image(self, pid: int, side: int, target_size: int | None = None) -> np.ndarray:
         """uint8 RGB of one eye, decoded as ``load_image`` decodes a prepared folder's file."""
