@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from odir_core.annotations import read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text
-from odir_core.imageio import save_image
+from odir_core.imageio import header_size, save_image
 from odir_core.layouts import LayoutError, detect_layout
 from odir_core.preprocess import PreprocessError, prepare_image
 
@@ -134,6 +134,16 @@ def _run(tasks: list, source: Source, args) -> list[tuple]:
     return rows
 
 
+def _check_size(existing: Path, size: int) -> None:
+    """Refuse to resume into a folder prepared at another size."""
+    found = header_size(existing.read_bytes())
+    if found != (size, size):
+        raise ValueError(
+            f"{existing.parent.parent} holds {found[0]}x{found[1]} images (e.g. {existing.name}), not {size}x{size}; "
+            "use another --out or the same --size"
+        )
+
+
 def prepare(args) -> int:
     """Run the whole preparation; returns the process exit status."""
     source = Source(args.source)
@@ -152,11 +162,14 @@ def prepare(args) -> int:
     report_path = out / "prepare_report.csv"
     old = pd.read_csv(report_path) if report_path.exists() else pd.DataFrame(columns=REPORT_COLUMNS)
 
-    tasks, rows = [], []
+    tasks, rows, checked = [], [], False
     for pid, *files in df[["ID", "Left-Fundus", "Right-Fundus"]].itertuples(index=False):
         for (side, _), fname in zip(SIDES, files):
             target = images / f"{pid}_{side}.{ext}"
             if target.exists():
+                if not checked:
+                    _check_size(target, args.size)
+                    checked = True
                 continue
             member = index.get(str(fname).lower())
             if member is None:
@@ -195,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--source", required=True, help="ODIR-5K folder or .zip (any known layout; detected)")
-    parser.add_argument("--out", required=True, help="output folder (created; an existing one is resumed)")
+    parser.add_argument("--source", required=True, metavar="PATH", help="ODIR-5K folder or .zip (any known layout; detected)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an existing one is resumed)")
     parser.add_argument("--size", type=int, default=512, help="side of the square output images, in pixels")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="output image format")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (with --format jpg)")

@@ -88,6 +88,8 @@ def test_prepare_zip_with_wrapping_folder_and_pool_then_rerun_is_a_noop(tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in sorted((out / "images").iterdir())} == mtimes
     assert (out / "prepare_report.csv").read_text() == report
     check_output(out, "jpg")
+    assert main(["--source", str(archive), "--out", str(out), "--size", "48", "--format", "jpg"]) == 2
+    assert "holds 32x32 images" in capsys.readouterr().err
 
 
 def test_prepare_reads_a_generated_zip_in_place(tmp_path):
