@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from odir_core.imageio import (  # load_image is part of this module's public API
+from odir_core.imageio import (  # load_image is re-exported (see __all__)
     ImageDecodeError,
     decode_image,
     header_size,
@@ -21,6 +21,19 @@ from odir_core.imageio import (  # load_image is part of this module's public AP
     read_bytes,
     reduction_factor,
 )
+
+__all__ = [
+    "PreprocessError",
+    "blacken_background",
+    "circle_crop",
+    "fov_bounds",
+    "fov_extract",
+    "has_white_background",
+    "load_image",
+    "prepare_image",
+    "preprocess_fundus",
+    "resize_square",
+]
 
 WHITE_LEVEL = 200  # a background pixel of a white-surround image has every channel above this
 MIN_FOV_FRACTION = 0.1  # a fundus narrower than this share of the photo's short side is not a fundus
