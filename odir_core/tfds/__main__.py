@@ -1,11 +1,11 @@
-"""Build the ``odir5k`` TensorFlow Datasets dataset: ``python -m odir_core.tfds build --manual-dir PATH``.
+"""Build the odir5k TensorFlow Datasets dataset: python -m odir_core.tfds build --manual-dir PATH.
 
 PATH is an ODIR-5K folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
-folder from ``odir_core.prepare``), or a folder holding such a zip. The dataset is written to
+folder from odir_core.prepare), or a folder holding such a zip. The dataset is written to
 DATA_DIR/odir5k/CONFIG/1.0.0 as ArrayRecord files; building an existing one does nothing.
-Bad images are reported and their patients skipped (DATA_DIR/.../build_report.csv).
-Read it with ``tfds.data_source("odir5k/CONFIG", data_dir=DATA_DIR)`` or train on it with
-``--data tfds:odir5k/CONFIG`` (TFDS_DATA_DIR set to DATA_DIR when it is not the default).
+Bad images are reported and their patients skipped (DATA_DIR/odir5k/CONFIG/1.0.0/build_report.csv).
+Read it with tfds.data_source("odir5k/CONFIG", data_dir=DATA_DIR), or train on it with
+--data tfds:odir5k/CONFIG (set TFDS_DATA_DIR=DATA_DIR when DATA_DIR is not the default).
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ REPORT_NAME = "build_report.csv"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m odir_core.tfds",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m odir_core.tfds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = commands.add_parser(
         "build",
         help="build the odir5k dataset from a manual download",
         description="Build the odir5k dataset (one config) from a manual download of ODIR-5K.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     build.add_argument(
         "--manual-dir", required=True,
@@ -43,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--config", default="prepared_512",
-        help=f"builder config: {', '.join(c.name for c in CONFIGS)} (original files), or prepared_<size>",
+        help=f"builder config: {', '.join(c.name for c in CONFIGS)} (original files), or prepared_<size> "
+        "(default: prepared_512)",
     )
     build.add_argument(
         "--data-dir", default=None,
         help="TFDS data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
     )
-    build.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image processes")
+    build.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image processes (default: the number of CPU cores)")
     return parser
 
 
