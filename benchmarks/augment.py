@@ -51,6 +51,16 @@ def _work(args):
     return run_ours(_PAIRS, count, seed, True)
 
 
+def pool_rate(workers: int, pairs, total: int) -> float:
+    """Pairs/s of ``workers`` single-threaded processes sharing ``total`` pairs (start-up excluded)."""
+    per_worker = max(1, total // workers)
+    with SPAWN.Pool(workers, _init, (pairs,)) as pool:
+        pool.map(_work, [(2, s) for s in range(workers)], chunksize=1)  # warm-up
+        start = time.perf_counter()
+        done = sum(pool.map(_work, [(per_worker, 100 + s) for s in range(workers)], chunksize=1))
+        return done / (time.perf_counter() - start)
+
+
 def run_torchvision_pil(pairs, count: int, seed: int) -> int:
     """The study's per-sample path: torchvision functionals on PIL images, then tensors, normalised."""
     import torchvision.transforms.functional as F
@@ -98,14 +108,10 @@ def main(argv=None) -> None:
     one_norm = rate(run_ours, pairs, args.pairs, 2, True)
     print(f"dual 512 -> {CROP}, one core: {one:7.1f} pairs/s augment, {one_norm:7.1f} pairs/s augment + normalize")
 
-    per_worker = max(1, args.pairs // args.workers)
-    with SPAWN.Pool(args.workers, _init, (pairs,)) as pool:
-        pool.map(_work, [(2, s) for s in range(args.workers)])  # warm-up
-        start = time.perf_counter()
-        done = sum(pool.map(_work, [(per_worker, 100 + s) for s in range(args.workers)]))
-        all_cores = done / (time.perf_counter() - start)
-    print(f"dual 512 -> {CROP}, {args.workers} cores: {all_cores:7.1f} pairs/s augment + normalize "
-          f"({all_cores / one_norm:.2f}x one core)")
+    single = pool_rate(1, pairs, args.pairs)
+    many = pool_rate(args.workers, pairs, args.pairs)
+    print(f"dual 512 -> {CROP}, worker processes, augment + normalize: 1 core {single:7.1f} pairs/s, "
+          f"{args.workers} cores {many:7.1f} pairs/s ({many / single:.2f}x)")
 
     try:
         import torchvision  # noqa: F401
