@@ -15,11 +15,10 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from keras_odir.evaluate import main as keras_evaluate
-from odir_core.config import save_config
 from odir_core.labels import LABELS
 from odir_core.splits import save_split
 from odir_core.thresholds import load_thresholds
-from tiny_runs import REAL_SAMPLES, paired_runs, real_samples_prepared, run_config
+from tiny_runs import CROP_SIZE, HEAD, IMAGE_SIZE, REAL_SAMPLES, new_run, run_config, shared_models
 from torch_odir.evaluate import main as torch_evaluate
 from torch_odir.model import DualResNet50
 
@@ -29,25 +28,26 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    data = real_samples_prepared(root / "data")
-    config = run_config(data, head="v0", image_size=64, crop_size=56)
-    keras_model, torch_model = paired_runs(root, config)
-    return data, keras_model, torch_model
+@pytest.fixture
+def runs(tmp_path_factory, tmp_path):
+    """(prepared folder, keras run's best.keras, torch run's best.pth): same weights, fresh run folders per test."""
+    data, keras_model, torch_model = shared_models(tmp_path_factory)
+    config = run_config(data)
+    return data, new_run(tmp_path / "krun", keras_model, config), new_run(tmp_path / "trun", torch_model, config)
 
 
 def _reference_input(path: Path) -> np.ndarray:
-    """Validation input built here from the file: area resize 282 -> 64, centre crop 56, ImageNet normalisation."""
+    """Validation input built here from the file: area resize 282 -> IMAGE_SIZE, centre crop, ImageNet normalisation."""
     img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)[4:60, 4:60]
+    img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+    top = (IMAGE_SIZE - CROP_SIZE) // 2
+    img = img[top : top + CROP_SIZE, top : top + CROP_SIZE]
     return ((img / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
 
 
 def _reference_probs(torch_model: Path, ids, tta_hflip: bool) -> np.ndarray:
-    model = DualResNet50(head="v0")
-    model.load_state_dict(torch.load(torch_model, weights_only=True))
+    model = DualResNet50(head=HEAD)
+    model.load_state_dict(torch.load(torch_model, weights_only=True)["state_dict"])
     model.eval()
     left = np.stack([_reference_input(REAL_SAMPLES / f"{i}_left.png") for i in ids])
     right = np.stack([_reference_input(REAL_SAMPLES / f"{i}_right.png") for i in ids])
@@ -98,8 +98,6 @@ def test_all_patients_default_folder_never_overwritten(runs):
     assert truth["ID"].tolist() == samples["ID"].tolist()
     np.testing.assert_array_equal(truth[list(LABELS)].to_numpy(), samples[list(LABELS)].to_numpy())
     pd.testing.assert_frame_equal(pd.read_excel(first / "probs.xlsx"), pd.read_excel(second / "probs.xlsx"))
-    shutil.rmtree(second)
-    shutil.rmtree(first)
 
 
 def test_missing_image_is_one_clear_error(runs, tmp_path, capsys):
@@ -132,15 +130,12 @@ def test_test_split_with_thresholds_tuned_on_val(runs, tmp_path):
     data, _, torch_model = runs
     ids = pd.read_csv(REAL_SAMPLES / "samples.csv")["ID"].tolist()
     save_split(tmp_path / "split.json", ids[:13], ids[13:18], ids[18:])
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "best.pth").symlink_to(torch_model)
-    save_config(run_config(data).replace(split=str(tmp_path / "split.json")), run / "config.toml")
-    assert torch_evaluate(["--model", str(run / "best.pth"), "--split", "test", "--tune-thresholds", "--out", str(tmp_path / "ev")]) == 0
+    model = new_run(tmp_path / "run", torch_model, run_config(data).replace(split=str(tmp_path / "split.json")))
+    assert torch_evaluate(["--model", str(model), "--split", "test", "--tune-thresholds", "--out", str(tmp_path / "ev")]) == 0
     probs = pd.read_excel(tmp_path / "ev" / "probs.xlsx")
     assert probs["ID"].tolist() == ids[18:]
     np.testing.assert_allclose(probs[list(LABELS)].to_numpy(), _reference_probs(torch_model, ids[18:], tta_hflip=False), atol=1e-4)
-    saved = json.loads((run / "thresholds.json").read_text())
+    saved = json.loads((model.parent / "thresholds.json").read_text())
     assert saved["n_patients"] == 5 and "val split" in saved["source"]  # tuned on the 5 validation patients
 
 

@@ -33,35 +33,44 @@ def real_samples_prepared(root: Path) -> Path:
     return root
 
 
-def run_config(data: Path, head: str = "v0", image_size: int = 64, crop_size: int = 56) -> TrainConfig:
-    return TrainConfig(data=str(data), head=head, image_size=image_size, crop_size=crop_size, weights="none")
+HEAD, IMAGE_SIZE, CROP_SIZE = "v2", 64, 56  # v2: Dense/ReLU/Dropout after the features; 2 x 2 last-stage map
 
 
-def torch_run(run_dir: Path, config: TrainConfig, seed: int = 0) -> Path:
-    """run_dir/best.pth: a random-weight DualResNet50 state_dict, with config.toml beside it."""
-    import torch
-
-    from torch_odir.model import DualResNet50
-
-    torch.manual_seed(seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.toml")
-    path = run_dir / "best.pth"
-    torch.save(DualResNet50(head=config.head).state_dict(), path)
-    return path
+def run_config(data: Path) -> TrainConfig:
+    """The training config of the tiny models (what training writes as config.toml)."""
+    return TrainConfig(data=str(data), head=HEAD, image_size=IMAGE_SIZE, crop_size=CROP_SIZE, weights="none")
 
 
-def paired_runs(root: Path, config: TrainConfig, seed: int = 0) -> tuple[Path, Path]:
-    """root/keras/best.keras and root/torch/best.pth holding the same random weights (converted), each with config.toml."""
+def _build_models(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """best.pth (saved as torch_odir.train saves it) and best.keras with the same random weights."""
     import torch
 
     from keras_odir.convert import torch_to_keras_state
     from keras_odir.model import build_dual_model
+    from torch_odir.model import DualResNet50
 
-    torch_path = torch_run(root / "torch", config, seed)
-    keras_dir = root / "keras"
-    keras_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, keras_dir / "config.toml")
-    model = torch_to_keras_state(build_dual_model(head=config.head), torch.load(torch_path, weights_only=True))
-    model.save(keras_dir / "best.keras")
-    return keras_dir / "best.keras", torch_path
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    state = DualResNet50(head=HEAD).state_dict()
+    torch.save({"state_dict": state, "config": {"head": HEAD}, "epoch": 0}, folder / "best.pth")
+    torch_to_keras_state(build_dual_model(head=HEAD), state).save(folder / "best.keras")
+    return folder / "best.keras", folder / "best.pth"
+
+
+def shared_models(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(prepared folder of the real samples, best.keras, best.pth), built once per test session."""
+    root = tmp_path_factory.getbasetemp() / "tiny_models"
+    if not (root / "ready").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        real_samples_prepared(root / "data")
+        _build_models(root / "models")
+        (root / "ready").touch()
+    return root / "data", root / "models" / "best.keras", root / "models" / "best.pth"
+
+
+def new_run(run_dir: Path, model: Path, config: TrainConfig) -> Path:
+    """A run folder of its own for ``model`` (linked, not copied) with ``config`` as its config.toml."""
+    run_dir.mkdir(parents=True)
+    save_config(config, run_dir / "config.toml")
+    (run_dir / model.name).symlink_to(model)
+    return run_dir / model.name
