@@ -21,6 +21,7 @@ import pandas as pd
 
 from odir_core import reports, splits
 from odir_core.annotations import label_matrix, read_annotations
+from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.dataset import DualEyeDataset
 from odir_core.imageio import load_image
 from odir_core.inference import TTA_HELP, TTA_MODES, USER_ERRORS, Backend, InferenceError, load_model, predict_dataset
@@ -66,7 +67,8 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
         "(ODIR-2019 format), metrics.json, classification_report.txt, confusion/ROC/PR/qualitative figures "
         "and report.html. Exit code 2 with one error line on bad input.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    add_config_option(p)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
                      help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation")
     src.add_argument("--probs", metavar="FILE",
@@ -275,7 +277,10 @@ def _summary_lines(folder: Path) -> list[str]:
 
 def main(backend: Backend, argv=None) -> int:
     """Run the evaluate CLI; returns the exit code (0 ok, 2 bad input with one error line)."""
-    args = build_parser(backend).parse_args(argv)
+    parser = build_parser(backend)
+    args = parse_with_config(parser, argv)
+    if bool(args.model) == bool(args.probs):
+        parser.error("give one of --model or --probs")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from odir_core import plots
 from odir_core.atomic import atomic_path
 from odir_core.augment import center_crop
+from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.inference import (
     TTA_HELP,
     TTA_MODES,
@@ -49,8 +50,9 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
         "(preprocessed as in training, from the model's config.toml). Exit codes: 0 ok; 1 some --batch rows "
         "failed (listed); 2 bad input (missing/corrupt/non-fundus image, bad model or CSV), one error line.",
     )
-    p.add_argument("--model", required=True, metavar=f"RUN_DIR/best{backend.model_suffix}",
-                   help="trained model; config.toml beside it gives image size, crop and normalisation")
+    add_config_option(p)
+    p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
+                   help="trained model (required); config.toml beside it gives image size, crop and normalisation")
     p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
     p.add_argument("--batch", metavar="CSV",
                    help="many patients: a CSV with columns left,right (image paths, relative to the CSV's folder) and "
@@ -218,7 +220,9 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
 def main(backend: Backend, argv=None) -> int:
     """Run the predict CLI; returns the exit code (see build_parser's description)."""
     parser = build_parser(backend)
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
+    if not args.model:
+        parser.error("--model is required")
     try:
         if args.batch and args.images:
             raise InferenceError("give either LEFT RIGHT or --batch CSV, not both")

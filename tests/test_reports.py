@@ -264,3 +264,18 @@ def test_report_html_renders_in_chromium(eval15, tmp_path):
     # a rendered page: mostly white background with dark text and coloured figures, not a blank or error page
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     assert 0.5 < (gray > 240).mean() < 0.98 and (gray < 100).mean() > 0.005
+
+
+@needs_reference
+def test_config_file_gives_options_and_flags_override(tmp_path, capsys):
+    for name in ("probs.xlsx", "ground_truth.xlsx"):  # the first 40 patients of experiment 14
+        frame = read_label_file(EXPERIMENTS / "experiment_14" / name).head(40)
+        reports.write_label_xlsx(tmp_path / name, frame["ID"], frame[list(LABELS)])
+    config = tmp_path / "eval.toml"
+    config.write_text(f'probs = "{tmp_path / "probs.xlsx"}"\ntune_thresholds = true\nthreshold_metric = "kappa"\n')
+    assert evaluate_main(NO_MODEL, ["--config", str(config), "--threshold-metric", "f1", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "thresholds.json").read_text())["metric"] == "f1"
+    config.write_text('tta = "sideways"\n')
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(NO_MODEL, ["--config", str(config)])
+    assert exc.value.code == 2 and "sideways" in capsys.readouterr().err
