@@ -272,7 +272,7 @@ def _summary_lines(folder: Path) -> list[str]:
         for setting, values in summary[family].items():
             text = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in values.items())
             lines.append(f"{family:>9} {setting:>8}: {text}")
-    return lines
+    return lines + [f"note: {w}" for w in summary["warnings"]]
 
 
 def main(backend: Backend, argv=None) -> int:

@@ -81,6 +81,7 @@ def render_report(summary: dict, report_text: str, figures: dict, files: dict) -
         "<p class='note'>study: mean per-label Cohen kappa, weighted F1, weighted ROC AUC, final = their mean. "
         "challenge (ODIR-2019): kappa, micro F1 and ROC AUC on the flattened label matrix, final = their mean.</p>",
         _table(metrics_frame(summary)),
+        "".join(f"<p class='note'>Note: {html.escape(w)}.</p>" for w in summary.get("warnings", [])),
         "<h2>Per label</h2>",
         "<p class='note'>precision, recall and F1 at threshold 0.5"
         + (" and at the tuned per-label thresholds" if "at_tuned" in summary["per_label"] else "")
