@@ -64,8 +64,9 @@ def per_label_frame(summary: dict) -> pd.DataFrame:
     return out
 
 
-def render_report(summary: dict, report_text: str, figures: dict, files: dict) -> str:
-    """The HTML page: what was evaluated, metrics, per-label table, figures, classification report."""
+def render_report(summary: dict, report_text: str, figures: dict, files: list[str]) -> str:
+    """The HTML page: what was evaluated, metrics, per-label table, figures (name -> PNG path, embedded),
+    classification report, and links to ``files`` (names in the same folder)."""
     info = summary.get("info", {})
     meta_rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in info.items()
@@ -94,7 +95,6 @@ def render_report(summary: dict, report_text: str, figures: dict, files: dict) -
     if "qualitative" not in figures:
         parts.append("<p class='note'>No qualitative figure: no patient images were available (pass --images or --data).</p>")
     parts.append(f"<h2>Classification report</h2><pre>{html.escape(report_text)}</pre>")
-    links = " ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for key, f in files.items()
-                     if not f.endswith((".png", ".html")))
+    links = " ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in files)
     parts.append(f"<h2>Files</h2><p>{links}</p></body></html>\n")
     return "\n".join(parts)

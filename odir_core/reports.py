@@ -208,8 +208,9 @@ def write_evaluation(
             title = "Predicted at the " + ("tuned per-label thresholds" if tuned is not None else "threshold 0.5")
             plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title), tmp / FILES["qualitative"])
             figures.append("qualitative")
-        html = render_report(summary, report_text, {name: tmp / FILES[name] for name in figures}, files=FILES)
-        atomic_write_text(tmp / FILES["report"], html)
         if after is not None:
             after(tmp)
+        data_files = sorted(p.name for p in tmp.iterdir() if p.suffix not in (".png", ".html") and not p.name.startswith("."))
+        html = render_report(summary, report_text, {name: tmp / FILES[name] for name in figures}, files=data_files)
+        atomic_write_text(tmp / FILES["report"], html)
     return Path(out_dir)

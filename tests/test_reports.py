@@ -279,3 +279,11 @@ def test_config_file_gives_options_and_flags_override(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         evaluate_main(NO_MODEL, ["--config", str(config)])
     assert exc.value.code == 2 and "sideways" in capsys.readouterr().err
+
+
+@needs_reference
+def test_report_links_every_data_file(eval15):
+    html = (eval15 / "report.html").read_text()
+    for name in ("probs.xlsx", "ground_truth.xlsx", "submission.csv", "metrics.json", "classification_report.txt",
+                 "thresholds.json"):
+        assert f"href='{name}'" in html
