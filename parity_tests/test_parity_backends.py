@@ -24,7 +24,7 @@ def test_parity_suite_on_backend(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, KERAS_ODIR_PARITY_CHILD="1")
     command = [sys.executable, "-m", "pytest", str(ROOT / "parity_tests"), "-q", "-p", "no:cacheprovider",
                "-o", "addopts=", "-m", "not slow"]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     output = run.stdout + run.stderr
     lines = output.splitlines()
     if SUMMARY_TITLE in output:
