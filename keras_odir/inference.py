@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
@@ -82,4 +83,7 @@ class KerasPredictor:
 
 def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
     """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state."""
+    if not zipfile.is_zipfile(path):
+        raise InferenceError(f"{path}: not a .keras file (a .keras model is a zip archive); pass best.keras of a "
+                             "keras_odir training run")
     return KerasPredictor(keras.saving.load_model(path, compile=False))

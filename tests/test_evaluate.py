@@ -111,17 +111,24 @@ def test_missing_image_is_one_clear_error(runs, tmp_path, capsys):
     assert not (tmp_path / "ev").exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "no_config", "wrong_suffix"])
+@pytest.mark.parametrize("case", ["missing", "no_config", "wrong_suffix", "damaged_keras", "damaged_pth"])
 def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
     _, keras_model, torch_model = runs
+    evaluate = keras_evaluate
     if case == "missing":
         model, expect = tmp_path / "best.keras", "model file not found"
     elif case == "no_config":
         model, expect = tmp_path / "best.keras", "config.toml"
         model.write_bytes(b"not a model")
-    else:
+    elif case == "wrong_suffix":
         model, expect = torch_model, "loads .keras files"
-    rc = keras_evaluate(["--model", str(model), "--out", str(tmp_path / "ev")])
+    else:  # a damaged file in a run folder
+        suffix = ".keras" if case == "damaged_keras" else ".pth"
+        model = keras_model.parent / f"damaged{suffix}"  # beside the run's config.toml
+        model.write_bytes(np.random.default_rng(0).bytes(5000))
+        evaluate = keras_evaluate if suffix == ".keras" else torch_evaluate
+        expect = "not a .keras file" if suffix == ".keras" else "not a readable PyTorch checkpoint"
+    rc = evaluate(["--model", str(model), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and "Traceback" not in err
 

@@ -66,7 +66,11 @@ class TorchPredictor:
 
 def load_predictor(path: Path, config: TrainConfig) -> TorchPredictor:
     """Load RUN_DIR/best.pth (saved by torch_odir.train) into a DualResNet50 with the run's head."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
+        raise InferenceError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}); "
+                             "pass best.pth of a torch_odir training run") from None
     model = DualResNet50(head=config.head)
     model.load_state_dict(state_dict_of(checkpoint))
     return TorchPredictor(model, _device(config))
