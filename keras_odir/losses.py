@@ -60,10 +60,3 @@ class WeightedBCEWithLogits(keras.losses.Loss):
         config["pos_weight"] = self.pos_weight
         return config
 
-
-def bce_metric(name="bce"):
-    """Unweighted BCE-with-logits as a Keras metric (mean over samples across batches).
-
-    Reports the unweighted loss next to a weighted training loss, e.g. as ``val_bce``.
-    """
-    return keras.metrics.MeanMetricWrapper(WeightedBCEWithLogits().call, name=name)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from keras_odir.losses import WeightedBCEWithLogits, bce_metric
+from keras_odir.losses import WeightedBCEWithLogits
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.labels import LABELS
 
@@ -103,16 +103,6 @@ def test_rejects_bad_pos_weight():
         WeightedBCEWithLogits(pos_weight=[1.0, -2.0])
     with pytest.raises(ValueError, match="finite and >= 0"):
         WeightedBCEWithLogits(pos_weight=[1.0, np.inf])
-
-
-def test_bce_metric_averages_over_samples():
-    logits, targets = random_batch(7, n=5)
-    metric = bce_metric()
-    metric.update_state(targets[:3], logits[:3])
-    metric.update_state(targets[3:], logits[3:])
-    assert float(ops.convert_to_numpy(metric.result())) == pytest.approx(
-        torch_bce(logits, targets), rel=1e-6
-    )
 
 
 def test_pos_weight_by_hand():
