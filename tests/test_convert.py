@@ -120,7 +120,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
         load_imagenet_state_dict(path)
 
 
-def test_cli_torch_to_keras_and_back(tmp_path, capsys):
+def test_cli_torch_to_keras_and_back(tmp_path):
     torch.manual_seed(2)
     torch_model = DualResNet50("v1").eval()
     src = tmp_path / "model.pth"
