@@ -99,6 +99,33 @@ class TorchSGD(keras.optimizers.Optimizer):
             step = ops.add(g, ops.multiply(mu, new_buf))
         self.assign_sub(variable, ops.multiply(lr, step))
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if (keras.backend.backend() != "torch" or self.dampening
+                or (self.weight_decay and not all(map(self._use_weight_decay, trainable_variables)))):
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        return self._torch_foreach_step(grads, trainable_variables, learning_rate)
+
+    def _torch_foreach_step(self, grads, variables, learning_rate):
+        """The same update as ``update_step``, batched over all weights with torch's _foreach ops
+        (torch backend only; one kernel per op for the whole model, no host sync)."""
+        import torch
+
+        with torch.no_grad():
+            params = [v.value for v in variables]
+            bufs = [self.momentum_buffers[self._get_variable_index(v)].value for v in variables]
+            grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+            if self.weight_decay:
+                grads = torch._foreach_add(grads, params, alpha=float(self.weight_decay))
+            mu = self._momentum.value
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, grads)
+            step = bufs
+            if self.nesterov:
+                step = torch._foreach_mul(bufs, mu)
+                torch._foreach_add_(step, grads)
+            lr = keras.ops.convert_to_tensor(learning_rate)
+            torch._foreach_sub_(params, torch._foreach_mul(step, lr))
+
     def get_config(self):
         """Constructor arguments, with the current learning rate and momentum."""
         config = super().get_config()
