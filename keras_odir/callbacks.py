@@ -111,6 +111,32 @@ class DualModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(_AtomicSaver(self.target))
 
 
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seed the random generators (dropout) from (seed, epoch) before each epoch's first step, so a
+    resumed run draws the same dropout masks as an uninterrupted one (Keras does not save
+    generator states with the weights)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # After the epoch's first batch is fetched: starting the data iterator draws from torch's
+        # global generator in a fresh fit() only, which would shift a resumed run's dropout masks.
+        if batch != 0:
+            return
+        epoch = self.epoch
+        # unseeded Dropout draws from the backend's global generator (torch), seeded ones from their state
+        keras.utils.set_random_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0] % (2**31 - 1)))
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for k, state in enumerate(states):
+            value = np.random.SeedSequence([self.seed, epoch, k]).generate_state(1)[0] % (2**31 - 1)
+            state.assign(np.array([value, 0], dtype=state.dtype))
+
+
 class RestoreState(keras.callbacks.Callback):
     """On resume, give EarlyStopping and the best checkpoint the state they had after the epochs
     already done (from the run's history). Place it after them and after BackupAndRestore."""
@@ -140,6 +166,7 @@ def training_callbacks(
     evaluation: EpochEvaluation,
     schedule_callback: keras.callbacks.Callback,
     patience: int,
+    seed: int,
     resumed_val_losses: list[float],
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run, in the order they must run (evaluation before the checkpoints
@@ -147,7 +174,7 @@ def training_callbacks(
     backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"))
     best = DualModelCheckpoint(model, run_dir / "best.keras", monitor="val_loss", mode="min", save_best_only=True)
     last = DualModelCheckpoint(model, run_dir / "last.keras", save_best_only=False)
-    callbacks = [schedule_callback, keras.callbacks.TerminateOnNaN(), evaluation, best, last]
+    callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), evaluation, best, last]
     early = None
     if patience > 0:
         early = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=1)

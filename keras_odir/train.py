@@ -172,7 +172,7 @@ def train(config: TrainConfig, log=print) -> Path:
                                  ScalarWriter(run_dir / "tensorboard"), log)
     callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
-                                   resumed_val_losses=val_losses)
+                                   seed=config.seed, resumed_val_losses=val_losses)
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
 

@@ -1,0 +1,172 @@
+"""keras_odir.train end to end on a tiny synthetic set: outputs, feature cache, resume, NaN stop, errors."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import keras_odir.train as ktrain
+from odir_core.config import TrainConfig, load_config
+from odir_core.history import STUDY_COLUMNS
+from odir_core.synthetic import generate
+
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "set", patients=20, size=40, seed=3)
+
+
+def _args(data, run_dir, *extra):
+    return ["--data", str(data), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "8",
+            "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
+
+
+def _only_run(run_root):
+    runs = sorted(p for p in run_root.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_cli_writes_every_output(data, tmp_path, capsys):
+    assert ktrain.main(_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v1", "--crop-size", "28",
+                             "--augment", "dual", "--scheduler", "cyclic", "--lr", "0.001")) == 0
+    run = _only_run(tmp_path)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.toml", "best.keras", "last.keras", "train_results.xlsx", "history.csv", "tensorboard"} <= names
+    assert "backup" not in names  # removed once the run has finished
+    conf = load_config(run / "config.toml")
+    assert (conf.head, conf.image_size, conf.crop_size, conf.normalize) == ("v1", 32, 28, True)
+    assert conf.data == str(data)
+    model = keras.saving.load_model(run / "best.keras", compile=False)
+    assert model.input["left"].shape[1:] == (28, 28, 3) and model.output.shape[-1] == 8
+
+    results = pd.read_excel(run / "train_results.xlsx")
+    study_file = os.path.join(REFERENCE, "seed_experiments", "experiment_15", "train_results.xlsx")
+    expected = list(pd.read_excel(study_file).columns) if os.path.exists(study_file) else ["Unnamed: 0", *STUDY_COLUMNS]
+    assert list(results.columns) == expected and len(results) == 2
+    assert results["Unnamed: 0"].tolist() == [0, 1]
+    history = pd.read_csv(run / "history.csv")
+    assert np.allclose(history["train_loss"], results["train_loss"])
+    assert {"val_challenge_final", "lr", "momentum"} <= set(history.columns)
+    # CyclicLR from base_lr 0.001 to max_lr 0.1 over 10 epochs, momentum cycling 0.9 -> 0.8
+    np.testing.assert_allclose(history["lr"], [0.001, 0.001 + 0.099 / 10], rtol=1e-6)
+    np.testing.assert_allclose(history["momentum"], [0.9, 0.9 - 0.1 / 10], rtol=1e-6)
+
+    acc = EventAccumulator(str(run / "tensorboard" / "Loss_val"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("Loss")] == pytest.approx(results["val_loss"].tolist(), rel=1e-6)
+    for tag in ("Loss", "Kappa", "F1", "AUC", "FINAL"):
+        for split in ("train", "val"):
+            assert (run / "tensorboard" / f"{tag}_{split}").is_dir()
+    out = capsys.readouterr().out
+    assert "Run folder" in out and "Best epoch" in out
+
+
+def test_validation_loss_is_unweighted_bce(data, tmp_path):
+    """With the weighted training loss, val_loss is still torch's unweighted BCEWithLogitsLoss
+    of the best model's validation logits."""
+    import torch
+
+    from odir_core.annotations import label_matrix, read_annotations, write_annotations
+    from odir_core.dataset import DualEyeDataset
+    from odir_core.labels import LABELS
+    from odir_core.splits import save_split
+
+    df = read_annotations(data / "annotations.xlsx")
+    for i, label in enumerate(LABELS):  # every label positive in the training part
+        df.loc[i, label] = 1
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "images").symlink_to(data / "images")
+    write_annotations(df, folder / "annotations.xlsx")
+    split = save_split(tmp_path / "split.json", df["ID"][:16].tolist(), df["ID"][16:].tolist())
+    val_df = df.iloc[16:].reset_index(drop=True)
+
+    assert ktrain.main(_args(folder, tmp_path / "runs", "--epochs", "1", "--weighted-loss", "--fine-tune",
+                             "--split", str(split))) == 0
+    run = _only_run(tmp_path / "runs")
+    model = keras.saving.load_model(run / "best.keras", compile=False)
+    x, y = DualEyeDataset(folder, val_df, image_size=32, train=False).batch(range(len(val_df)))
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    want = torch.nn.BCEWithLogitsLoss()(torch.from_numpy(logits), torch.from_numpy(label_matrix(val_df))).item()
+    got = pd.read_excel(run / "train_results.xlsx")["val_loss"][0]
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def _head_weights(path):
+    model = keras.saving.load_model(path, compile=False)
+    return [w for layer in model.layers if layer.name.startswith("head_") for w in layer.get_weights()]
+
+
+def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
+    base = TrainConfig(data=str(data), image_size=32, batch_size=8, weights="none", epochs=2, head="v0",
+                       lr=1e-4, scheduler="linear", linear_total_iters=2, experiment="c", patience=0)
+    cached = ktrain.train(base.replace(run_dir=str(tmp_path / "cached")), log=lambda *_: None)
+    full = ktrain.train(base.replace(run_dir=str(tmp_path / "full"), feature_cache=False), log=lambda *_: None)
+    a, b = _head_weights(cached / "last.keras"), _head_weights(full / "last.keras")
+    assert len(a) == 2
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+    assert not np.allclose(a[0], _head_weights_at_init(base), atol=1e-5)  # the head did train
+
+
+def _head_weights_at_init(config):
+    keras.utils.set_random_seed(config.seed)
+    model = ktrain.build_model(config)
+    return model.get_layer("head_0").get_weights()[0]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
+    extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
+             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "3",
+             "--patience", "0", "--lr", "0.002"]
+    assert ktrain.main(_args(data, tmp_path / "straight", *extra)) == 0
+    straight = _only_run(tmp_path / "straight")
+
+    original = ktrain.training_callbacks
+    monkeypatch.setattr(ktrain, "training_callbacks", lambda **kw: original(**kw) + [_Interrupt(1)])
+    assert ktrain.main(_args(data, tmp_path / "cut", *extra)) == 130
+    cut = _only_run(tmp_path / "cut")
+    assert (cut / "backup").is_dir() and len(pd.read_excel(cut / "train_results.xlsx")) == 2
+    monkeypatch.setattr(ktrain, "training_callbacks", original)
+    assert ktrain.main(["--resume", str(cut)]) == 0
+
+    a = keras.saving.load_model(straight / "last.keras", compile=False).get_weights()
+    b = keras.saving.load_model(cut / "last.keras", compile=False).get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(pd.read_csv(straight / "history.csv"), pd.read_csv(cut / "history.csv"),
+                                  rtol=1e-5)
+    assert ktrain.main(["--resume", str(cut)]) != 0  # a finished run has nothing to resume
+
+
+def test_nan_loss_stops_and_keeps_the_best_checkpoint(data, tmp_path, capsys):
+    assert ktrain.main(_args(data, tmp_path, "--epochs", "4", "--lr", "1e30", "--no-feature-cache")) == 0
+    run = _only_run(tmp_path)
+    out = capsys.readouterr().out
+    assert "NaN or infinite" in out
+    results = pd.read_excel(run / "train_results.xlsx")
+    assert len(results) < 4 and not np.isfinite(results["val_loss"].iloc[-1])
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
+    assert ktrain.main(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a prepared folder" in err and "odir_core.prepare" in err

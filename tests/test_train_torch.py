@@ -1,0 +1,89 @@
+"""torch_odir.train end to end on a tiny synthetic set: outputs, schedules, feature cache, resume."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import torch_odir.train as ttrain
+from odir_core.config import TrainConfig, load_config
+from odir_core.history import STUDY_COLUMNS
+from odir_core.synthetic import generate
+from torch_odir.model import DualResNet50
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "set", patients=20, size=40, seed=3)
+
+
+def _args(data, run_dir, *extra):
+    return ["--data", str(data), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "8",
+            "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
+
+
+def _only_run(run_root):
+    runs = sorted(p for p in run_root.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_cli_writes_every_output_and_steps_linear_lr(data, tmp_path):
+    assert ttrain.main(_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v2", "--crop-size", "28",
+                             "--augment", "independent", "--scheduler", "linear", "--lr", "0.01",
+                             "--linear-total-iters", "4")) == 0
+    run = _only_run(tmp_path)
+    assert {"config.toml", "best.pth", "last.pth", "train_results.xlsx", "history.csv", "tensorboard"} <= {
+        p.name for p in run.iterdir()}
+    assert not (run / "backup").exists()
+    conf = load_config(run / "config.toml")
+    assert (conf.head, conf.image_size, conf.crop_size) == ("v2", 32, 28)
+    saved = torch.load(run / "last.pth", weights_only=False)
+    assert saved["config"]["head"] == "v2" and saved["epoch"] == 1
+    DualResNet50("v2").load_state_dict(saved["state_dict"])
+    results = pd.read_excel(run / "train_results.xlsx", index_col=0)
+    assert list(results.columns) == STUDY_COLUMNS and len(results) == 2
+    # LinearLR(start 1, end 0.1, total 4) stepped once per epoch: factors 1, 0.775
+    np.testing.assert_allclose(pd.read_csv(run / "history.csv")["lr"], [0.01, 0.01 * 0.775], rtol=1e-12)
+
+
+def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
+    base = TrainConfig(data=str(data), image_size=32, batch_size=8, weights="none", epochs=2, head="v0",
+                       lr=1e-4, experiment="c", patience=0)
+    quiet = lambda *_: None  # noqa: E731
+    cached = ttrain.train(base.replace(run_dir=str(tmp_path / "cached")), log=quiet)
+    full = ttrain.train(base.replace(run_dir=str(tmp_path / "full"), feature_cache=False), log=quiet)
+    a = torch.load(cached / "last.pth", weights_only=False)["state_dict"]
+    b = torch.load(full / "last.pth", weights_only=False)["state_dict"]
+    for key in ("head.0.weight", "head.0.bias"):
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+    torch.manual_seed(base.seed)
+    assert not torch.allclose(a["head.0.weight"], DualResNet50("v0").head[0].weight, atol=1e-5)
+
+
+def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
+    extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
+             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "3",
+             "--patience", "0", "--lr", "0.002"]
+    assert ttrain.main(_args(data, tmp_path / "straight", *extra)) == 0
+    straight = _only_run(tmp_path / "straight")
+
+    original = ttrain.early_stopping_state  # called after the epoch's backup is written
+
+    def interrupt_after_second_epoch(losses, patience):
+        if len(losses) == 2:
+            raise KeyboardInterrupt
+        return original(losses, patience)
+
+    monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_second_epoch)
+    assert ttrain.main(_args(data, tmp_path / "cut", *extra)) == 130
+    monkeypatch.setattr(ttrain, "early_stopping_state", original)
+    cut = _only_run(tmp_path / "cut")
+    assert ttrain.main(["--resume", str(cut)]) == 0
+
+    a = torch.load(straight / "last.pth", weights_only=False)["state_dict"]
+    b = torch.load(cut / "last.pth", weights_only=False)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    pd.testing.assert_frame_equal(pd.read_csv(straight / "history.csv"), pd.read_csv(cut / "history.csv"),
+                                  rtol=1e-5)
