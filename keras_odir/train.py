@@ -27,7 +27,7 @@ from odir_core.config import TrainConfig, parse_args
 from odir_core.annotations import AnnotationError
 from odir_core.dataset import DataError, DualEyeDataset
 from odir_core.history import History
-from odir_core.run import DataSourceError, RunSetup, setup_run
+from odir_core.run import DataSourceError, ResumeError, RunSetup, setup_run
 from odir_core.splits import SplitError
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
@@ -116,13 +116,13 @@ def train(config: TrainConfig, log=print) -> Path:
     config, run_dir = setup.config, setup.run_dir
     start_epoch = _backup_epoch(run_dir) if setup.resumed else 0
     if setup.resumed and start_epoch == 0 and (run_dir / "best.keras").exists():
-        raise SystemExit(f"{run_dir}: the run has finished (no backup left); start a new run instead")
+        raise ResumeError(f"{run_dir}: the run has finished (no backup left); start a new run instead")
     history = History(run_dir)
     val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
     if start_epoch:
         log(f"Resuming after epoch {start_epoch}")
     if start_epoch >= config.epochs:
-        raise SystemExit(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
+        raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)

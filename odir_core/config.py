@@ -59,6 +59,7 @@ class TrainConfig:
         "empty: data/odir5k when prepared there, else the synthetic demo set",
         flag="--data",
     )
+    demo_patients: int = _opt(600, "patients in the synthetic demo set (data 'synthetic' or the empty default)")
     split: str = _opt(
         "study",
         "'study' (drop the 16 special-image patients, sklearn train_test_split 20%% with seed 42) "
@@ -125,7 +126,7 @@ class TrainConfig:
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        for name in ("image_size", "batch_size", "epochs"):
+        for name in ("image_size", "batch_size", "epochs", "demo_patients"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)}: must be at least 1")
         if self.crop_size < 0 or self.crop_size > self.image_size:

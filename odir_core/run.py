@@ -30,6 +30,10 @@ class DataSourceError(ValueError):
     """The data option names nothing usable (message says what to pass instead)."""
 
 
+class ResumeError(ValueError):
+    """``--resume`` names a run that cannot be continued (finished, or no epoch completed)."""
+
+
 @dataclass
 class RunSetup:
     """Everything a trainer needs besides the network: resolved config, folders, split, weights."""
@@ -55,7 +59,7 @@ def _is_prepared(path: Path) -> bool:
     return (path / PREPARED.annotations).is_file() and (path / PREPARED.images).is_dir()
 
 
-def resolve_data(data: str, log: Callable[[str], None] = print) -> tuple[Path, str]:
+def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: int = 600) -> tuple[Path, str]:
     """The prepared folder to train on and a one-line description of it.
 
     ``data``: a prepared folder; ``"synthetic"``; or empty: ``data/odir5k`` when a prepared ODIR-5K
@@ -79,7 +83,7 @@ def resolve_data(data: str, log: Callable[[str], None] = print) -> tuple[Path, s
     if data == "synthetic":
         from odir_core.synthetic import demo_dataset
 
-        path = Path(demo_dataset())
+        path = Path(demo_dataset(patients=demo_patients))
         return path, f"synthetic demo set in {path}"
     path = Path(data)
     if not _is_prepared(path):
@@ -125,7 +129,7 @@ def new_run_dir(run_root: str | Path, experiment: str) -> Path:
 
 def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSetup:
     """Resolve data and split, create the run folder and write the resolved ``config.toml``."""
-    data_dir, description = resolve_data(config.data, log)
+    data_dir, description = resolve_data(config.data, log, config.demo_patients)
     log(f"Data: {description}")
     if tfds_source.is_tfds_source(data_dir):
         train_df, val_df = tfds_source.split_frames(data_dir, config.split)

@@ -24,7 +24,7 @@ from odir_core.atomic import atomic_path
 from odir_core.config import TrainConfig, parse_args
 from odir_core.dataset import DataError, DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
-from odir_core.run import DataSourceError, setup_run
+from odir_core.run import DataSourceError, ResumeError, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.splits import SplitError
 from odir_core.tensorboard import ScalarWriter
@@ -155,7 +155,7 @@ def train(config: TrainConfig, log=print) -> Path:
     backup = run_dir / BACKUP
     if setup.resumed:
         if not backup.is_file():
-            raise SystemExit(f"{run_dir}: no {BACKUP} to resume from (the run finished or never ended an epoch)")
+            raise ResumeError(f"{run_dir}: no {BACKUP} to resume from (the run finished or never ended an epoch)")
         state = torch.load(backup, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
