@@ -77,12 +77,6 @@ class EpochEvaluation(keras.callbacks.Callback):
         logs.update({k: v for k, v in record.items() if k in LOGGED})
         self.history.append(record)
         self.writer.log_epoch(epoch, record)
-        if finite:
-            self.log(
-                f"Epoch {epoch + 1}: loss {train_loss:.4f} val_loss {record['val_loss']:.4f} | "
-                f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
-                f"final {record['val_final_score']:.4f} | challenge final {record['val_challenge_final']:.4f}"
-            )
 
     def on_train_end(self, logs=None):
         self.writer.close()
