@@ -135,16 +135,16 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
     extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
-             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "3",
+             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
     assert ktrain.main(_args(data, tmp_path / "straight", *extra)) == 0
     straight = _only_run(tmp_path / "straight")
 
     original = ktrain.training_callbacks
-    monkeypatch.setattr(ktrain, "training_callbacks", lambda **kw: original(**kw) + [_Interrupt(1)])
+    monkeypatch.setattr(ktrain, "training_callbacks", lambda **kw: original(**kw) + [_Interrupt(0)])
     assert ktrain.main(_args(data, tmp_path / "cut", *extra)) == 130
     cut = _only_run(tmp_path / "cut")
-    assert (cut / "backup").is_dir() and len(pd.read_excel(cut / "train_results.xlsx")) == 2
+    assert (cut / "backup").is_dir() and len(pd.read_excel(cut / "train_results.xlsx")) == 1
     monkeypatch.setattr(ktrain, "training_callbacks", original)
     assert ktrain.main(["--resume", str(cut)]) == 0
 
@@ -170,3 +170,21 @@ def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     assert ktrain.main(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a prepared folder" in err and "odir_core.prepare" in err
+
+
+def test_resume_on_the_jax_backend():
+    """The resume test again, in a subprocess on the jax backend."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    if keras.backend.backend() == "jax":
+        pytest.skip("this process already runs the tests on jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "-k", "resume_after_interruption"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout

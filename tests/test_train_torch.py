@@ -63,19 +63,19 @@ def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
 
 def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
     extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
-             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "3",
+             "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
     assert ttrain.main(_args(data, tmp_path / "straight", *extra)) == 0
     straight = _only_run(tmp_path / "straight")
 
     original = ttrain.early_stopping_state  # called after the epoch's backup is written
 
-    def interrupt_after_second_epoch(losses, patience):
-        if len(losses) == 2:
+    def interrupt_after_first_epoch(losses, patience):
+        if len(losses) == 1:
             raise KeyboardInterrupt
         return original(losses, patience)
 
-    monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_second_epoch)
+    monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_first_epoch)
     assert ttrain.main(_args(data, tmp_path / "cut", *extra)) == 130
     monkeypatch.setattr(ttrain, "early_stopping_state", original)
     cut = _only_run(tmp_path / "cut")
