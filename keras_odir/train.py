@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import keras  # keras_odir/__init__ has chosen the backend
-import numpy as np
 
 from keras_odir.callbacks import EpochEvaluation, training_callbacks
 from keras_odir.data import EpochBatches, FeatureBatch, image_batches
@@ -23,12 +22,10 @@ from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
-from odir_core.config import TrainConfig, parse_args
-from odir_core.annotations import AnnotationError
-from odir_core.dataset import DataError, DualEyeDataset
+from odir_core.config import TrainConfig
+from odir_core.dataset import DualEyeDataset
 from odir_core.history import History
-from odir_core.run import DataSourceError, ResumeError, RunSetup, setup_run
-from odir_core.splits import SplitError
+from odir_core.run import ResumeError, RunSetup, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 
@@ -176,28 +173,13 @@ def train(config: TrainConfig, log=print) -> Path:
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
 
-    best = history.best_epoch()
-    minutes = (time.perf_counter() - started) / 60
-    log(f"Done in {minutes:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
-    if best is not None:
-        rec = history.records[best]
-        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
-            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / 'best.keras'}")
+    log_summary(history, run_dir, "best.keras", started, log)
     return run_dir
 
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    config = parse_args(argv, prog="python -m keras_odir.train", description=__doc__.split("\n\n")[0])
-    try:
-        train(config)
-    except (DataError, DataSourceError, AnnotationError, SplitError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
-        return 130
-    return 0
+    return run_training_cli(train, argv, prog="python -m keras_odir.train", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from odir_core import splits
 from odir_core.annotations import label_matrix, read_annotations
 from odir_core.class_weights import pos_weight_from_labels
-from odir_core.config import TrainConfig, save_config
+from odir_core.config import TrainConfig, parse_args, save_config
 from odir_core.labels import LABELS
 from odir_core.layouts import PREPARED
 from odir_core.tfds import source as tfds_source
@@ -154,3 +155,27 @@ def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSet
     resolved = config.replace(data=str(data_dir), resume="", run_dir=str(Path(config.run_dir)))
     save_config(resolved, run_dir / CONFIG_FILE)
     return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed)
+
+
+def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:
+    """Last lines of a run: duration, run folder, and the best epoch's validation scores."""
+    log(f"Done in {(time.perf_counter() - started) / 60:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
+    best = history.best_epoch()
+    if best is not None:
+        rec = history.records[best]
+        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
+            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / model_file}")
+
+
+def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
+    """Parse flags, train, and turn user errors into one line and exit code 2 (Ctrl-C: 130)."""
+    config = parse_args(argv, prog=prog, description=description)
+    try:
+        train(config)
+    except (FileNotFoundError, ValueError) as exc:  # data, annotation, split, resume and config errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
+        return 130
+    return 0

@@ -19,14 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from odir_core.annotations import AnnotationError
 from odir_core.atomic import atomic_path
-from odir_core.config import TrainConfig, parse_args
-from odir_core.dataset import DataError, DualEyeDataset, EpochOrder
+from odir_core.config import TrainConfig
+from odir_core.dataset import DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
-from odir_core.run import DataSourceError, ResumeError, setup_run
+from odir_core.run import ResumeError, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
-from odir_core.splits import SplitError
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
 from torch_odir.model import DualResNet50
@@ -230,27 +228,13 @@ def train(config: TrainConfig, log=print) -> Path:
     if backup.parent.is_dir() and not any(backup.parent.iterdir()):
         backup.parent.rmdir()
 
-    best = history.best_epoch()
-    log(f"Done in {(time.perf_counter() - started) / 60:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
-    if best is not None:
-        rec = history.records[best]
-        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
-            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / 'best.pth'}")
+    log_summary(history, run_dir, "best.pth", started, log)
     return run_dir
 
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    config = parse_args(argv, prog="python -m torch_odir.train", description=__doc__.split("\n\n")[0])
-    try:
-        train(config)
-    except (DataError, DataSourceError, AnnotationError, SplitError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
-        return 130
-    return 0
+    return run_training_cli(train, argv, prog="python -m torch_odir.train", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
