@@ -14,6 +14,7 @@ import keras_odir.train as ktrain
 from odir_core.config import TrainConfig, load_config
 from odir_core.history import STUDY_COLUMNS
 from odir_core.synthetic import generate
+from training_runs import only_run, tiny_train_args
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference")
 
@@ -23,21 +24,10 @@ def data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("syn") / "set", patients=20, size=40, seed=3)
 
 
-def _args(data, run_dir, *extra):
-    return ["--data", str(data), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "8",
-            "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
-
-
-def _only_run(run_root):
-    runs = sorted(p for p in run_root.iterdir() if p.is_dir())
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 def test_cli_writes_every_output(data, tmp_path, capsys):
-    assert ktrain.main(_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v1", "--crop-size", "28",
-                             "--augment", "dual", "--scheduler", "cyclic", "--lr", "0.001")) == 0
-    run = _only_run(tmp_path)
+    assert ktrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v1", "--crop-size", "28",
+                                       "--augment", "dual", "--scheduler", "cyclic", "--lr", "0.001")) == 0
+    run = only_run(tmp_path)
     names = {p.name for p in run.iterdir()}
     assert {"config.toml", "best.keras", "last.keras", "train_results.xlsx", "history.csv", "tensorboard"} <= names
     assert "backup" not in names  # removed once the run has finished
@@ -89,9 +79,9 @@ def test_validation_loss_is_unweighted_bce(data, tmp_path):
     split = save_split(tmp_path / "split.json", df["ID"][:16].tolist(), df["ID"][16:].tolist())
     val_df = df.iloc[16:].reset_index(drop=True)
 
-    assert ktrain.main(_args(folder, tmp_path / "runs", "--epochs", "1", "--weighted-loss", "--fine-tune",
-                             "--split", str(split))) == 0
-    run = _only_run(tmp_path / "runs")
+    assert ktrain.main(tiny_train_args(folder, tmp_path / "runs", "--epochs", "1", "--weighted-loss", "--fine-tune",
+                                       "--split", str(split))) == 0
+    run = only_run(tmp_path / "runs")
     model = keras.saving.load_model(run / "best.keras", compile=False)
     x, y = DualEyeDataset(folder, val_df, image_size=32, train=False).batch(range(len(val_df)))
     logits = keras.ops.convert_to_numpy(model(x, training=False))
@@ -137,13 +127,13 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
     extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
              "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
-    assert ktrain.main(_args(data, tmp_path / "straight", *extra)) == 0
-    straight = _only_run(tmp_path / "straight")
+    assert ktrain.main(tiny_train_args(data, tmp_path / "straight", *extra)) == 0
+    straight = only_run(tmp_path / "straight")
 
     original = ktrain.training_callbacks
     monkeypatch.setattr(ktrain, "training_callbacks", lambda **kw: original(**kw) + [_Interrupt(0)])
-    assert ktrain.main(_args(data, tmp_path / "cut", *extra)) == 130
-    cut = _only_run(tmp_path / "cut")
+    assert ktrain.main(tiny_train_args(data, tmp_path / "cut", *extra)) == 130
+    cut = only_run(tmp_path / "cut")
     assert (cut / "backup").is_dir() and len(pd.read_excel(cut / "train_results.xlsx")) == 1
     monkeypatch.setattr(ktrain, "training_callbacks", original)
     assert ktrain.main(["--resume", str(cut)]) == 0
@@ -158,8 +148,8 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
 
 
 def test_nan_loss_stops_and_keeps_the_best_checkpoint(data, tmp_path, capsys):
-    assert ktrain.main(_args(data, tmp_path, "--epochs", "4", "--lr", "1e30", "--no-feature-cache")) == 0
-    run = _only_run(tmp_path)
+    assert ktrain.main(tiny_train_args(data, tmp_path, "--epochs", "4", "--lr", "1e30", "--no-feature-cache")) == 0
+    run = only_run(tmp_path)
     out = capsys.readouterr().out
     assert "NaN or infinite" in out
     results = pd.read_excel(run / "train_results.xlsx")

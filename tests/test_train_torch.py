@@ -9,6 +9,7 @@ import torch_odir.train as ttrain
 from odir_core.config import TrainConfig, load_config
 from odir_core.history import STUDY_COLUMNS
 from odir_core.synthetic import generate
+from training_runs import only_run, tiny_train_args
 from torch_odir.model import DualResNet50
 
 
@@ -17,22 +18,11 @@ def data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("syn") / "set", patients=20, size=40, seed=3)
 
 
-def _args(data, run_dir, *extra):
-    return ["--data", str(data), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "8",
-            "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
-
-
-def _only_run(run_root):
-    runs = sorted(p for p in run_root.iterdir() if p.is_dir())
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 def test_cli_writes_every_output_and_steps_linear_lr(data, tmp_path):
-    assert ttrain.main(_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v2", "--crop-size", "28",
-                             "--augment", "independent", "--scheduler", "linear", "--lr", "0.01",
-                             "--linear-total-iters", "4")) == 0
-    run = _only_run(tmp_path)
+    assert ttrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "2", "--head", "v2", "--crop-size", "28",
+                                       "--augment", "independent", "--scheduler", "linear", "--lr", "0.01",
+                                       "--linear-total-iters", "4")) == 0
+    run = only_run(tmp_path)
     assert {"config.toml", "best.pth", "last.pth", "train_results.xlsx", "history.csv", "tensorboard"} <= {
         p.name for p in run.iterdir()}
     assert not (run / "backup").exists()
@@ -65,8 +55,8 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
     extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
              "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
-    assert ttrain.main(_args(data, tmp_path / "straight", *extra)) == 0
-    straight = _only_run(tmp_path / "straight")
+    assert ttrain.main(tiny_train_args(data, tmp_path / "straight", *extra)) == 0
+    straight = only_run(tmp_path / "straight")
 
     original = ttrain.early_stopping_state  # called after the epoch's backup is written
 
@@ -76,9 +66,9 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
         return original(losses, patience)
 
     monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_first_epoch)
-    assert ttrain.main(_args(data, tmp_path / "cut", *extra)) == 130
+    assert ttrain.main(tiny_train_args(data, tmp_path / "cut", *extra)) == 130
     monkeypatch.setattr(ttrain, "early_stopping_state", original)
-    cut = _only_run(tmp_path / "cut")
+    cut = only_run(tmp_path / "cut")
     assert ttrain.main(["--resume", str(cut)]) == 0
 
     a = torch.load(straight / "last.pth", weights_only=False)["state_dict"]

@@ -1,0 +1,16 @@
+"""Shared pieces of the keras_odir.train and torch_odir.train end-to-end tests."""
+
+from pathlib import Path
+
+
+def tiny_train_args(data, run_dir, *extra) -> list[str]:
+    """Flags for a fast run on a tiny set: 32 px, batch 8, random weights, unweighted loss, no workers."""
+    return ["--data", str(data), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "8",
+            "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
+
+
+def only_run(run_root: Path) -> Path:
+    """The single run folder under ``run_root`` (fails when there are none or several)."""
+    runs = sorted(p for p in run_root.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
