@@ -16,7 +16,7 @@ from pathlib import Path
 from odir_core.annotations import read_annotations
 from odir_core.dataset import DualEyeDataset
 from odir_core.prepare import main as prepare_main
-from odir_core.run import split_frames
+from odir_core.splits import split_frames
 from odir_core.synthetic import generate
 from odir_core.tfds import source as tfds_source
 from odir_core.tfds.__main__ import main as tfds_main

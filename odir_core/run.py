@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from odir_core import splits
+from odir_core.splits import split_frames
 from odir_core.annotations import label_matrix, read_annotations
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import TrainConfig, parse_args, save_config
@@ -93,24 +93,6 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
             f"create one with `python -m odir_core.prepare --source RAW --out {data}`, or pass --data synthetic"
         )
     return path, f"prepared folder {path}"
-
-
-def split_frames(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, val) rows of ``df``: ``"study"`` (the study's split) or a split file of patient IDs."""
-    if split == "study":
-        return splits.study_split(df)
-    parts = splits.load_split(split)
-    by_id = df.set_index("ID", drop=False)
-    frames = []
-    for name in ("train", "val"):
-        missing = [i for i in parts[name] if i not in by_id.index]
-        if missing:
-            raise splits.SplitError(
-                f"{split}: {len(missing)} {name} patient ID(s) not in the annotations, e.g. {missing[:5]}; "
-                "the split file belongs to other data"
-            )
-        frames.append(by_id.loc[parts[name]].reset_index(drop=True))
-    return frames[0], frames[1]
 
 
 def new_run_dir(run_root: str | Path, experiment: str) -> Path:

@@ -164,3 +164,21 @@ def _check_disjoint(parts: dict, path) -> None:
                 where = "twice in" if seen[pid] == name else f"in both {seen[pid]!r} and"
                 raise SplitError(f"{path}: patient ID {pid} is {where} {name!r}; each patient belongs to one part")
             seen[pid] = name
+
+
+def split_frames(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows of ``df``: ``"study"`` (the study's split) or a split file of patient IDs."""
+    if split == "study":
+        return study_split(df)
+    parts = load_split(split)
+    by_id = df.set_index("ID", drop=False)
+    frames = []
+    for name in ("train", "val"):
+        missing = [i for i in parts[name] if i not in by_id.index]
+        if missing:
+            raise SplitError(
+                f"{split}: {len(missing)} {name} patient ID(s) not in the annotations, e.g. {missing[:5]}; "
+                "the split file belongs to other data"
+            )
+        frames.append(by_id.loc[parts[name]].reset_index(drop=True))
+    return frames[0], frames[1]

@@ -262,7 +262,8 @@ def _built_and_prepared(tmp_path, patients=12):
 def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatch):
     from keras_odir.data import image_batches
     from odir_core.dataset import DualEyeDataset
-    from odir_core.run import resolve_data, split_frames
+    from odir_core.run import resolve_data
+    from odir_core.splits import split_frames
 
     data_dir, folder = _built_and_prepared(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))

@@ -20,6 +20,7 @@ import pandas as pd
 from odir_core.annotations import COLUMNS
 from odir_core.imageio import decode_image, header_size, is_jpeg, reduction_factor
 from odir_core.labels import LABELS
+from odir_core.splits import split_frames as by_split_file
 
 PREFIX = "tfds:"
 INFO_FILE = "dataset_info.json"
@@ -169,7 +170,5 @@ def split_frames(path, split: str = "study") -> tuple[pd.DataFrame, pd.DataFrame
     frames = open_images(path).frames()
     if split == "study":
         return frames["train"], frames["validation"]
-    from odir_core.run import split_frames as by_split_file
-
     pool = pd.concat([frames[name] for name in TRAINING_SPLITS if name in frames], ignore_index=True)
     return by_split_file(pool, split)
