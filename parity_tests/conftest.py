@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import copy
 
+# torchvision before anything loads TensorFlow (the tensorflow backend's child run): the other order
+# crashes the process (torchvision's triton dependency).
+import torchvision  # noqa: F401  isort: skip
+
 import pytest
 
 from parity_helpers import CHILD_REPORTS, RESULTS, SUMMARY_TITLE, Recorder, calibrated_resnet50

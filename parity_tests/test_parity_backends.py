@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,4 +33,8 @@ def test_parity_suite_on_backend(backend):
         table = [line for line in lines[start:] if line.startswith(f"[{backend}]")]
         CHILD_REPORTS.extend(table)
         print("\n".join(table))
+    if run.returncode < 0:  # killed by a signal: no pytest summary, so show what it printed and how it died
+        name = signal.Signals(-run.returncode).name
+        pytest.fail(f"parity suite on the {backend} backend died with {name} (exit {128 - run.returncode}):\n"
+                    + "\n".join(lines[-60:]), pytrace=False)
     assert run.returncode == 0, f"parity suite failed on the {backend} backend:\n" + "\n".join(lines[-60:])

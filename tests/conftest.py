@@ -1,0 +1,9 @@
+"""Test-session setup shared by every test module.
+
+torchvision is imported first: once TensorFlow is loaded (``torch.utils.tensorboard`` and the
+tensorflow Keras backend load it when it is installed), importing torchvision crashes the process
+(its triton dependency), while the other order is fine. The product itself never imports torchvision
+from ``keras_odir``; the tests use it as the reference.
+"""
+
+import torchvision  # noqa: F401
