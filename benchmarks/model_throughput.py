@@ -87,7 +87,7 @@ def bench_keras(size: int, batch: int, warmup: int, iters: int, precision: str, 
     if precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     left, right, labels = _batch(batch, size, channels_first=False)
-    model = build_dual_model("v0", image_size=size)
+    model = build_dual_model(head="v0", image_size=size)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)
     x = {"left": left, "right": right}

@@ -70,7 +70,7 @@ def image_batches(dataset: DualEyeDataset, batch_size: int, *, seed: int = 0, sh
 
 
 class FeatureBatch:
-    """Batch builder over precomputed backbone features: ``({"features": (b, 4096)}, labels)``."""
+    """Batch builder over precomputed backbone features: ``(features (b, 2 x backbone width), labels)``."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray):
         self.features = features
@@ -78,7 +78,7 @@ class FeatureBatch:
 
     def __call__(self, indices, epoch: int = 0, start: int = 0):
         indices = np.asarray(indices, dtype=np.int64)
-        return {"features": self.features[indices]}, self.labels[indices]
+        return self.features[indices], self.labels[indices]
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0,

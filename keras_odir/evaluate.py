@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from odir_core import evaluate
+from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES
 from odir_core.inference import Backend
 
-BACKEND = Backend(name="keras_odir", model_suffix=".keras", loader="keras_odir.inference:load_predictor")
+BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIXES), loader="keras_odir.inference:load_predictor")
 
 
 def main(argv=None) -> int:

@@ -9,13 +9,11 @@ import keras
 import numpy as np
 from keras import ops
 
-import keras_odir.model  # noqa: F401  (registers the custom layers a saved model refers to)
+from keras_odir.model import load_dual_checkpoint
+from keras_odir.parts import dual_parts
+from odir_core.checkpoints import TORCH_SUFFIXES
 from odir_core.config import TrainConfig
 from odir_core.inference import InferenceError, gradcam_map
-
-BACKBONE = "backbone"  # the shared ResNet50 inside the dual model (keras_odir.model.build_dual_model)
-POOL = "avgpool"  # its global average pooling; its input is the last stage's (layer4) feature map
-FEATURES = "features"  # the [left, right] concatenation; the head's layers follow it
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -53,11 +51,10 @@ class KerasPredictor:
     def __init__(self, model: keras.Model):
         self.model = model
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
-        backbone = model.get_layer(BACKBONE)
-        self.pool = backbone.get_layer(POOL)
-        self.stage = keras.Model(backbone.inputs[0], self.pool.input, name="last_stage")
-        names = [layer.name for layer in model.layers]
-        self.head = model.layers[names.index(FEATURES) + 1 :]
+        parts = dual_parts(model)
+        self.pool = parts.pool
+        self.head = parts.head
+        self.stage = parts.feature_map_model()
 
     def _layout(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
@@ -69,9 +66,7 @@ class KerasPredictor:
     def _logit(self, label: int):
         def fn(a_left, a_right):
             x = ops.concatenate([self.pool(a_left), self.pool(a_right)], axis=-1)
-            for layer in self.head:
-                x = layer(x, training=False)
-            return x[0, label]
+            return self.head(x, training=False)[0, label]
 
         return fn
 
@@ -82,7 +77,10 @@ class KerasPredictor:
 
 
 def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
-    """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state."""
+    """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state, or a torch
+    checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly."""
+    if path.suffix in TORCH_SUFFIXES:
+        return KerasPredictor(load_dual_checkpoint(path))
     if not zipfile.is_zipfile(path):
         raise InferenceError(f"{path}: not a .keras file (a .keras model is a zip archive); pass best.keras of a "
                              "keras_odir training run")

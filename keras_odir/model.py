@@ -1,17 +1,22 @@
-"""The dual-eye model: one shared ResNet50 for both eyes, features [left, right] -> head -> 8 logits."""
+"""The dual-eye model in Keras, built from ``odir_core.model_spec``: one backbone shared by both eyes,
+features [left, right] -> head -> 8 logits. Its parts: ``keras_odir.parts.dual_parts(model)``."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+from collections.abc import Mapping
 
 import keras
 from keras import layers
 
-from keras_odir.resnet import FEATURES, build_resnet50
-from odir_core.labels import NUM_LABELS
-
-HEADS = ("v0", "v1", "v2")
+import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
+from keras_odir.parts import BACKBONE, FEATURES, HEAD
+from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
+from odir_core.checkpoints import dual_state_dict
+from odir_core.model_spec import DEFAULT_BACKBONE, Dropout, Linear, ReLU, backbone_spec, head_layers, \
+    infer_architecture
 
 
 def _dense(units, fan_in, name):
@@ -22,45 +27,75 @@ def _dense(units, fan_in, name):
                         bias_initializer=keras.initializers.RandomUniform(-bound, bound))
 
 
-def head_layers(head: str, in_features: int = 2 * FEATURES) -> list[keras.layers.Layer]:
-    """The head's layers, named ``head_<i>`` after the index of the matching layer in torch_odir's head."""
-    if head == "v0":
-        return [_dense(NUM_LABELS, in_features, "head_0")]
-    if head == "v1":
-        return [layers.Dropout(0.2, name="head_0"), _dense(NUM_LABELS, in_features, "head_1")]
-    if head == "v2":
-        return [
-            _dense(128, in_features, "head_0"), layers.ReLU(name="head_1"), layers.Dropout(0.5, name="head_2"),
-            _dense(64, 128, "head_3"), layers.ReLU(name="head_4"), layers.Dropout(0.5, name="head_5"),
-            _dense(NUM_LABELS, 64, "head_6"),
-        ]
-    raise ValueError(f"Unknown head {head!r}; choose one of {', '.join(HEADS)}.")
+def build_head(head: str, in_features: int) -> keras.Model:
+    """The head ``head`` of ``odir_core.model_spec.HEADS`` as a model on the features (input ``features``).
+
+    Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``.
+    """
+    inputs = keras.Input(shape=(in_features,), name=FEATURES)
+    x, width = inputs, in_features
+    for i, layer in enumerate(head_layers(head)):
+        name = f"head_{i}"
+        if isinstance(layer, Linear):
+            x, width = _dense(layer.units, width, name)(x), layer.units
+        elif isinstance(layer, ReLU):
+            x = layers.ReLU(name=name)(x)
+        elif isinstance(layer, Dropout):
+            x = layers.Dropout(layer.rate, name=name)(x)
+    return keras.Model(inputs, x, name=HEAD)
 
 
-def build_dual_model(head: str = "v0", freeze_backbone: bool = False, image_size: int | None = None,
-                     weights: str | os.PathLike | None = None, *, data_format: str | None = None) -> keras.Model:
-    """Dual-eye ResNet50: inputs ``{"left", "right"}`` (ImageNet-normalised float32) -> 8 logits.
+def build_backbone(backbone: str = DEFAULT_BACKBONE, input_shape=None, *, data_format: str | None = None,
+                   weights: str | os.PathLike | None = None, name: str = BACKBONE) -> keras.Model:
+    """A registered backbone: images (normalised float32) -> pooled features.
 
-    ``image_size``: fixed square input size, or None for any size. ``weights``: backbone
-    weights, None / ``"imagenet"`` / a torchvision checkpoint path. ``freeze_backbone``: the
-    backbone gets ``trainable = False``, so it also runs in inference mode (BatchNorm uses
-    its moving statistics) whatever ``training`` the model is called with.
+    ``weights``: None (random, torchvision's initialisation), ``"imagenet"`` (torchvision's checkpoint
+    from the torch hub folder) or the path of a torchvision checkpoint file (or a folder holding one).
+    """
+    spec = backbone_spec(backbone)
+    family = importlib.import_module(f"keras_odir.{spec.family}")
+    model = family.build_backbone(spec, input_shape, data_format=data_format, name=name)
+    if weights is not None:
+        load_imagenet_weights(model, spec, None if weights == "imagenet" else weights)
+    return model
+
+
+def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, freeze_backbone: bool = False,
+                     image_size: int | None = None, weights: str | os.PathLike | None = None,
+                     data_format: str | None = None) -> keras.Model:
+    """Dual-eye model: inputs ``{"left", "right"}`` (normalised float32) -> 8 logits.
+
+    ``backbone``/``head``: names from ``odir_core.model_spec``. ``image_size``: fixed square input
+    size, or None for any size. ``weights``: backbone weights, None / ``"imagenet"`` / a torchvision
+    checkpoint path. ``freeze_backbone``: the backbone gets ``trainable = False``, so it also runs in
+    inference mode (BatchNorm uses its moving statistics) whatever ``training`` the model is called with.
     ``data_format``: ``channels_last`` (NHWC, default) or ``channels_first`` (NCHW).
     """
+    spec = backbone_spec(backbone)
+    head_model = build_head(head, 2 * spec.features)
     data_format = data_format or keras.config.image_data_format()
     shape = (image_size, image_size, 3) if data_format == "channels_last" else (3, image_size, image_size)
-    layer_list = head_layers(head)
     left = keras.Input(shape=shape, name="left")
     right = keras.Input(shape=shape, name="right")
-    backbone = build_resnet50(shape, data_format=data_format, name="backbone", weights=weights)
+    shared = build_backbone(spec.name, shape, data_format=data_format, weights=weights)
     if freeze_backbone:
-        backbone.trainable = False
-    x = layers.Concatenate(name="features")([backbone(left), backbone(right)])
-    for layer in layer_list:
-        x = layer(x)
-    return keras.Model({"left": left, "right": right}, x, name=f"dual_resnet50_{head}")
+        shared.trainable = False
+    features = layers.Concatenate(name=FEATURES)([shared(left), shared(right)])
+    return keras.Model({"left": left, "right": right}, head_model(features), name=f"dual_{spec.name}_{head}")
 
 
-def backbone_of(model: keras.Model) -> keras.Model:
-    """The shared ResNet50 inside a dual model."""
-    return model.get_layer("backbone")
+def dual_model_from_state(state: Mapping, *, source: str = "state_dict", **build_kwargs) -> keras.Model:
+    """A dual model built for a torch state_dict (backbone and head read from its keys) holding its weights.
+
+    ``state``: torch_odir's layout or the study's (``classifier.*``); ``build_kwargs`` go to
+    :func:`build_dual_model` (``freeze_backbone``, ``image_size``, ``data_format``).
+    """
+    state = dual_state_dict(state)
+    spec, head = infer_architecture(state)
+    model = build_dual_model(spec.name, head, **build_kwargs)
+    return torch_to_keras_state(model, state, source=source)
+
+
+def load_dual_checkpoint(path: str | os.PathLike, **build_kwargs) -> keras.Model:
+    """A dual model from a torch checkpoint file (torch_odir's best.pth, the study's .pth)."""
+    return dual_model_from_state(read_torch_state(path), source=str(path), **build_kwargs)

@@ -17,81 +17,51 @@ from pathlib import Path
 import keras  # keras_odir/__init__ has chosen the backend
 
 from keras_odir.callbacks import EpochEvaluation, training_callbacks
-from keras_odir.data import EpochBatches, FeatureBatch, image_batches
+from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
+from keras_odir.parts import dual_parts
+from keras_odir.weights import read_torch_state, torch_to_keras_state
 from keras_odir.optimizers import TorchSGD
+from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset
 from odir_core.history import History
+from odir_core.model_spec import backbone_spec, check_architecture
 from odir_core.run import ResumeError, RunSetup, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
-
-TORCH_SUFFIXES = (".pth", ".pt")
-
 
 def build_model(config: TrainConfig) -> keras.Model:
     """The dual model of ``config`` with its starting weights.
 
     ``weights``: ``none``; ``imagenet`` (torchvision checkpoint, backbone); a torchvision ``.pth``
-    (backbone) or a whole-model ``.pth`` of torch_odir / ``.keras`` / ``.weights.h5`` of keras_odir.
+    (backbone); a whole-model ``.pth`` (torch_odir's or the study's own), ``.keras`` or ``.weights.h5``.
     """
-    source = config.weights
-    model_file = None
-    backbone_weights = None
-    if source == "imagenet":
-        backbone_weights = "imagenet"
-    elif source != "none":
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {source}: no such file (use imagenet, none or a model file)")
-        if path.suffix in TORCH_SUFFIXES and not _is_dual_state(path):
-            backbone_weights = str(path)
-        else:
-            model_file = path
-    model = build_dual_model(config.head, freeze_backbone=not config.fine_tune, image_size=config.input_size,
-                             weights=backbone_weights)
-    if model_file is not None:
-        _load_model_file(model, model_file)
-    return model
-
-
-def _is_dual_state(path: Path) -> bool:
-    from keras_odir.convert import _torch_state_from_file
-
-    return any(k.startswith("head.") for k in _torch_state_from_file(path))
-
-
-def _load_model_file(model: keras.Model, path: Path) -> None:
+    build = dict(freeze_backbone=not config.fine_tune, image_size=config.input_size)
+    if config.weights in ("none", "imagenet"):
+        weights = None if config.weights == "none" else "imagenet"
+        return build_dual_model(config.backbone, config.head, weights=weights, **build)
+    path = Path(config.weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file (use imagenet, none or a model file)")
+    model = build_dual_model(config.backbone, config.head, **build)
     if path.suffix in TORCH_SUFFIXES:
-        from keras_odir.convert import _torch_state_from_file, torch_to_keras_state
-
-        torch_to_keras_state(model, _torch_state_from_file(path), source=str(path))
+        state = dual_state_dict(read_torch_state(path))
+        if not is_dual_state(state):  # a torchvision checkpoint of the backbone alone
+            spec = backbone_spec(config.backbone)
+            torch_to_keras_state(dual_parts(model).backbone, backbone_state_dict(state, spec), source=str(path))
+            return model
+        check_architecture(state, config.backbone, config.head, f"--weights {path}")
+        torch_to_keras_state(model, state, source=str(path))
     elif path.name.endswith(".weights.h5"):
         model.load_weights(path)
-    elif path.suffix == ".keras":
+    elif path.suffix == KERAS_SUFFIX:
         model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
     else:
         raise ValueError(f"--weights {path}: unknown file type; use .keras, .weights.h5 or .pth")
-
-
-def head_model(model: keras.Model) -> keras.Model:
-    """The head of a dual model as a model on the concatenated features (its layers are shared)."""
-    features = model.get_layer("features").output
-    inputs = keras.Input(shape=features.shape[1:], name="features")
-    x = inputs
-    heads = sorted((layer for layer in model.layers if layer.name.startswith("head_")),
-                   key=lambda layer: int(layer.name.split("_")[1]))
-    for layer in heads:
-        x = layer(x)
-    return keras.Model({"features": inputs}, x, name="head")
-
-
-def feature_model(model: keras.Model) -> keras.Model:
-    """The dual model up to the concatenated [left, right] backbone features."""
-    return keras.Model(model.inputs, model.get_layer("features").output, name="features")
+    return model
 
 
 def _eval_batches(dataset: DualEyeDataset, config: TrainConfig) -> EpochBatches:
@@ -133,17 +103,18 @@ def train(config: TrainConfig, log=print) -> Path:
 
     if config.uses_feature_cache:
         log("Frozen backbone and no augmentation: computing backbone features once per image")
-        extractor = feature_model(model)
+        parts = dual_parts(model)
+        extractor = parts.feature_model(model)
         train_features = extractor.predict(_eval_batches(train_plain, config), verbose=1)
         val_features = extractor.predict(_eval_batches(val_data, config), verbose=1)
-        trainable = head_model(model)
-        train_batches = EpochBatches(FeatureBatch(train_features, y_train), y_train, config.batch_size, **order)
+        trainable = parts.head
+        train_batches = feature_batches(train_features, y_train, config.batch_size, **order)
 
         def predict_train():
-            return trainable.predict({"features": train_features}, batch_size=config.batch_size, verbose=0)
+            return trainable.predict(train_features, batch_size=config.batch_size, verbose=0)
 
         def predict_val():
-            return trainable.predict({"features": val_features}, batch_size=config.batch_size, verbose=0)
+            return trainable.predict(val_features, batch_size=config.batch_size, verbose=0)
     else:
         trainable = model
         train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)

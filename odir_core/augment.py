@@ -32,7 +32,7 @@ import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-MODES = ("dual", "independent", "none")
+MODES = ("none", "dual", "independent")
 MAX_ROTATION = 30
 BRIGHTNESS = CONTRAST = SATURATION = 0.2
 HUE = 0.1

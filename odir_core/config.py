@@ -23,14 +23,17 @@ else:  # pragma: no cover - Python 3.10
 import tomli_w
 
 from odir_core.atomic import atomic_write_text
+from odir_core.augment import MODES as AUGMENT_MODES
+from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
+from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP
+from odir_core.model_spec import HEADS as HEAD_SPECS
+from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
 
 # The embedded default of the training CLIs (used when no --config is given).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
 
-HEADS = ("v0", "v1", "v2")
-AUGMENT_MODES = ("none", "dual", "independent")
-SCHEDULERS = ("none", "linear", "cyclic")
-CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+HEADS = tuple(HEAD_SPECS)
+BACKBONES = tuple(BACKBONE_SPECS)
 
 
 class ConfigError(ValueError):
@@ -77,7 +80,9 @@ class TrainConfig:
     )
     normalize: bool = _opt(True, "normalise images with the ImageNet mean/std (--no-normalize: x/255)")
     # model
-    head: str = _opt("v0", "classifier head: v0 Dense(8); v1 Dropout+Dense; v2 MLP 128-64-8", choices=HEADS)
+    backbone: str = _opt(DEFAULT_BACKBONE, "backbone shared by both eyes (torchvision's, without its classifier)",
+                         choices=BACKBONES)
+    head: str = _opt("v0", HEAD_HELP, choices=HEADS)
     fine_tune: bool = _opt(False, "train the backbone too (else frozen, BatchNorm in inference mode)")
     weights: str = _opt(
         "imagenet",
@@ -122,7 +127,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for name, allowed in (("head", HEADS), ("augment", AUGMENT_MODES), ("scheduler", SCHEDULERS),
+        for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES), ("scheduler", SCHEDULERS),
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")

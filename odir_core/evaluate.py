@@ -24,12 +24,22 @@ from odir_core.annotations import label_matrix, read_annotations
 from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.dataset import DualEyeDataset
 from odir_core.imageio import load_image
-from odir_core.inference import TTA_HELP, TTA_MODES, USER_ERRORS, Backend, InferenceError, load_model, predict_dataset
+from odir_core.inference import (
+    TRAIN_CONFIG_HELP,
+    TTA_HELP,
+    TTA_MODES,
+    USER_ERRORS,
+    Backend,
+    InferenceError,
+    load_model,
+    predict_dataset,
+)
 from odir_core.labels import LABELS
 from odir_core.layouts import PREPARED
 from odir_core.metrics import check_submission, read_label_file
 from odir_core.preprocess import resize_square
-from odir_core.run import resolve_data, split_frames
+from odir_core.run import resolve_data
+from odir_core.splits import split_frames
 from odir_core.tfds import source as tfds_source
 from odir_core.thresholds import (
     THRESHOLD_METRICS,
@@ -78,6 +88,7 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     p.add_argument("--truth", metavar="FILE",
                    help="with --probs: ground-truth labels (xlsx/csv, ID,N..O); default ground_truth.xlsx beside the "
                    "probabilities file, else the labels in --data's annotations")
+    p.add_argument("--train-config", metavar="FILE.toml", help=TRAIN_CONFIG_HELP)
     p.add_argument("--data", metavar="DIR",
                    help="prepared folder (annotations.xlsx + images/) or built TFDS dataset; default: the one the model "
                    "was trained on. "
@@ -219,7 +230,7 @@ def _evaluate_probs(args) -> Evaluation:
 
 
 def _evaluate_model(args, backend: Backend, log) -> Evaluation:
-    model = load_model(backend, args.model)
+    model = load_model(backend, args.model, train_config=args.train_config)
     config = model.config
     data, _ = resolve_data(args.data or config.data, log)
     frame = _split_frame(data, args.split, config.split)

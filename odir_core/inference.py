@@ -65,8 +65,13 @@ class Backend:
     """
 
     name: str  # e.g. "keras_odir"
-    model_suffix: str  # ".keras" or ".pth"
+    model_suffixes: tuple[str, ...]  # model files it loads, its own first: (".keras", ".pth", ".pt")
     loader: str
+
+    @property
+    def model_suffix(self) -> str:
+        """The suffix of the models its own training writes."""
+        return self.model_suffixes[0]
 
     def load(self, path: Path, config: TrainConfig) -> Predictor:
         module, function = self.loader.split(":")
@@ -90,12 +95,19 @@ class Model:
         return self.path.parent / THRESHOLDS_FILE
 
 
-def run_config(model_path: Path) -> TrainConfig:
-    """The training config saved beside a model file (its run folder's config.toml)."""
-    path = Path(model_path).parent / CONFIG_FILE
+TRAIN_CONFIG_HELP = (f"training config of a model with no {CONFIG_FILE} beside it (e.g. the study's own .pth): "
+                     "the experiments/experiment_NN.toml it was trained with (image size, crop, normalisation, data)")
+
+
+def run_config(model_path: Path, train_config=None) -> TrainConfig:
+    """The training config of a model file: ``train_config`` when given, else its run folder's config.toml."""
+    path = Path(train_config) if train_config else Path(model_path).parent / CONFIG_FILE
+    if train_config and not path.is_file():
+        raise InferenceError(f"--train-config {path}: no such file")
     if not path.is_file():
         raise InferenceError(
-            f"{model_path}: no {CONFIG_FILE} beside it; pass a model from a training run folder "
+            f"{model_path}: no {CONFIG_FILE} beside it; pass a model from a training run folder, or give the "
+            "settings it was trained with as --train-config experiments/experiment_NN.toml "
             "(the config tells image size, crop and normalisation)"
         )
     try:
@@ -104,20 +116,21 @@ def run_config(model_path: Path) -> TrainConfig:
         raise InferenceError(str(exc)) from None
 
 
-def model_config(backend: Backend, path) -> TrainConfig:
+def model_config(backend: Backend, path, train_config=None) -> TrainConfig:
     """Check a model file's name and read its run config (cheap: the model itself is not loaded)."""
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"{path}: model file not found; pass RUN_DIR/best{backend.model_suffix} of a training run")
-    if path.suffix != backend.model_suffix:
-        raise InferenceError(f"{path}: {backend.name} loads {backend.model_suffix} files; got {path.suffix or 'no suffix'}")
-    return run_config(path)
+    if path.suffix not in backend.model_suffixes:
+        raise InferenceError(f"{path}: {backend.name} loads {'/'.join(backend.model_suffixes)} files; "
+                             f"got {path.suffix or 'no suffix'}")
+    return run_config(path, train_config)
 
 
-def load_model(backend: Backend, path, config: TrainConfig | None = None) -> Model:
+def load_model(backend: Backend, path, config: TrainConfig | None = None, train_config=None) -> Model:
     """Load a model file with its run config; clear errors for a missing or wrong file."""
     path = Path(path)
-    config = config or model_config(backend, path)
+    config = config or model_config(backend, path, train_config)
     try:
         predictor = backend.load(path, config)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -28,6 +28,7 @@ from odir_core.inference import (
     Backend,
     InferenceError,
     Model,
+    TRAIN_CONFIG_HELP,
     load_model,
     model_config,
     model_input,
@@ -53,6 +54,7 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     add_config_option(p)
     p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
                    help="trained model (required); config.toml beside it gives image size, crop and normalisation")
+    p.add_argument("--train-config", metavar="FILE.toml", help=TRAIN_CONFIG_HELP)
     p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
     p.add_argument("--batch", metavar="CSV",
                    help="many patients: a CSV with columns left,right (image paths, relative to the CSV's folder) and "
@@ -122,7 +124,7 @@ def predict_one(backend: Backend, args) -> int:
     if len(args.images) != 2:
         raise InferenceError(f"give exactly two photographs, LEFT RIGHT (got {len(args.images)}), or --batch CSV")
     out = _new_file(Path(args.out)) if args.out else None
-    config = model_config(backend, args.model)
+    config = model_config(backend, args.model, args.train_config)
     left_img, right_img = (prepare_photo(path, config) for path in args.images)
     left_x, right_x = model_input(left_img, config), model_input(right_img, config)
     model = load_model(backend, args.model, config)
@@ -237,7 +239,7 @@ def main(backend: Backend, argv=None) -> int:
                 raise InferenceError(f"{path}: image file not found")
         if not args.batch:
             return predict_one(backend, args)
-        model = load_model(backend, args.model)
+        model = load_model(backend, args.model, train_config=args.train_config)
         thresholds, source = _thresholds(args, model)
         return predict_many(model, args, thresholds, source)
     except USER_ERRORS as exc:

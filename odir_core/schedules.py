@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 SCHEDULERS = ("none", "linear", "cyclic")
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,8 @@ class CyclicSchedule:
     torch_name = "CyclicLR"
 
     def __post_init__(self):
-        if self.mode not in ("triangular", "triangular2", "exp_range"):
-            raise ValueError(
-                f"cyclic schedule: mode must be triangular, triangular2 or exp_range, got {self.mode!r}"
-            )
+        if self.mode not in CYCLIC_MODES:
+            raise ValueError(f"cyclic schedule: mode must be one of {', '.join(CYCLIC_MODES)}, got {self.mode!r}")
         if self.step_size_up <= 0 or (
             self.step_size_down is not None and self.step_size_down < 0
         ):

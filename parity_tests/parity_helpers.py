@@ -88,9 +88,16 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def _nested_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _nested_layers(layer)
+
+
 def dropout_off(keras_model, torch_model) -> None:
     """Make dropout the identity in both models, so training mode is deterministic."""
-    for layer in keras_model.layers:
+    for layer in _nested_layers(keras_model):  # the head is a sub-model
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
     for module in torch_model.modules():

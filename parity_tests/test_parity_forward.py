@@ -10,13 +10,13 @@ import pytest
 import torch
 import torchvision
 
-from keras_odir.convert import keras_to_numpy_state, keras_to_torch_state, torch_to_keras_state, weight_table
-from keras_odir.model import build_dual_model
-from keras_odir.resnet import build_resnet50
+from keras_odir.model import build_backbone, build_dual_model
+from keras_odir.weights import keras_to_numpy_state, keras_to_torch_state, torch_to_keras_state, weight_table
+from odir_core.model_spec import HEADS as HEAD_SPECS
 from parity_helpers import dropout_off, float64_error, images, nchw
 from torch_odir.model import DualResNet50
 
-HEADS = ("v0", "v1", "v2")
+HEADS = tuple(HEAD_SPECS)  # every head of the model specification
 SHAPES = ((2, 64), (1, 224))  # (batch, size)
 
 
@@ -33,7 +33,7 @@ def model_pairs(backbone_state):
     pairs = {}
     for seed, head in enumerate(HEADS, start=1):
         torch_model = _torch_dual(head, backbone_state, seed)
-        keras_model = torch_to_keras_state(build_dual_model(head), torch_model.state_dict())
+        keras_model = torch_to_keras_state(build_dual_model(head=head), torch_model.state_dict())
         dropout_off(keras_model, torch_model)
         pairs[head] = (torch_model, keras_model, copy.deepcopy(torch_model.state_dict()))
     return pairs
@@ -64,7 +64,7 @@ def test_backbone_matches_torchvision(backbone_state, record, training):
     reference.fc = torch.nn.Identity()
     reference.load_state_dict(backbone_state)
     reference.train(training)
-    keras_backbone = torch_to_keras_state(build_resnet50(), backbone_state)
+    keras_backbone = torch_to_keras_state(build_backbone(), backbone_state)
     x = images(2, 64, seed=7)
     with torch.no_grad():
         want = reference(nchw(x)).numpy()
@@ -79,7 +79,7 @@ def test_backbone_matches_torchvision(backbone_state, record, training):
 def test_moving_statistics_after_one_training_forward(backbone_state, record):
     """BatchNorm running mean/var after one training-mode forward (torch's unbiased variance)."""
     torch_model = _torch_dual("v0", backbone_state, seed=11)
-    keras_model = torch_to_keras_state(build_dual_model("v0"), torch_model.state_dict())
+    keras_model = torch_to_keras_state(build_dual_model(head="v0"), torch_model.state_dict())
     left, right = images(2, 64, seed=3), images(2, 64, seed=4)
     torch_model.train()
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_moving_statistics_after_one_training_forward(backbone_state, record):
 def test_keras_torch_keras_round_trip_is_exact():
     """Keras weights -> torch DualResNet50 (strict load) -> Keras: every variable bit-identical."""
     keras.utils.set_random_seed(5)
-    source = build_dual_model("v2")
+    source = build_dual_model(head="v2")
     rng = np.random.default_rng(5)
     for layer in source.get_layer("backbone").layers:  # non-trivial BatchNorm statistics
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -106,7 +106,7 @@ def test_keras_torch_keras_round_trip_is_exact():
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape).astype("float32"))
     torch_model = DualResNet50("v2")
     torch_model.load_state_dict(keras_to_torch_state(source), strict=True)
-    back = torch_to_keras_state(build_dual_model("v2"), torch_model.state_dict())
+    back = torch_to_keras_state(build_dual_model(head="v2"), torch_model.state_dict())
     table_a, table_b = weight_table(source), weight_table(back)
     assert list(table_a) == list(table_b)
     assert len(table_a) == len(torch_model.state_dict()) - sum(
@@ -121,7 +121,7 @@ def test_keras_torch_keras_round_trip_is_exact():
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])
 def test_channels_first_logits(backbone_state, record, training):
     torch_model = _torch_dual("v0", backbone_state, seed=13)
-    keras_model = torch_to_keras_state(build_dual_model("v0", data_format="channels_first"),
+    keras_model = torch_to_keras_state(build_dual_model(head="v0", data_format="channels_first"),
                                        torch_model.state_dict())
     left = images(2, 64, seed=8, channels_first=True)
     right = images(2, 64, seed=9, channels_first=True)

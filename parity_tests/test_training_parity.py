@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from keras_odir.convert import keras_to_numpy_state, torch_to_keras_state
+from keras_odir.layers import TorchBatchNormalization
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
-from keras_odir.resnet import TorchBatchNormalization
+from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.schedules import make_schedule
 from parity_helpers import dropout_off, images, nchw
@@ -297,7 +297,7 @@ def dual_pair(head, frozen, backbone_state, seed):
     torch.manual_seed(seed)
     torch_model = DualResNet50(head, freeze_backbone=frozen)
     torch_model.backbone.load_state_dict(backbone_state)
-    keras_model = torch_to_keras_state(build_dual_model(head, freeze_backbone=frozen, image_size=size),
+    keras_model = torch_to_keras_state(build_dual_model(head=head, freeze_backbone=frozen, image_size=size),
                                        torch_model.state_dict())
     dropout_off(keras_model, torch_model)
     return keras_model, torch_model, size

@@ -9,16 +9,21 @@ import pytest
 import torch
 import torchvision
 
-from keras_odir.convert import (
-    WeightConversionError,
-    keras_to_numpy_state,
-    main,
-    torch_to_keras_state,
+from keras_odir.convert import main
+from keras_odir.model import build_backbone, build_dual_model
+from keras_odir.parts import dual_parts
+from keras_odir.weights import WeightConversionError, keras_to_numpy_state, torch_to_keras_state
+from odir_core.checkpoints import (
+    CheckpointNotFoundError,
+    find_imagenet_checkpoint,
+    load_imagenet_backbone_state,
+    torch_hub_checkpoint_dir,
 )
-from keras_odir.model import build_dual_model
-from keras_odir.resnet import build_resnet50
-from odir_core.checkpoints import CheckpointNotFoundError, find_imagenet_checkpoint, torch_hub_checkpoint_dir
-from torch_odir.model import DualResNet50, load_imagenet_state_dict
+from torch_odir.model import DualResNet50, torch_load
+
+
+def load_imagenet_state_dict(path=None, download=True):
+    return load_imagenet_backbone_state(path, "resnet50", torch_load, download=download)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def torchvision_state():
 
 @pytest.fixture(scope="module")
 def keras_backbone():
-    return build_resnet50()
+    return build_backbone()
 
 
 def _assert_backbone_equals(keras_model, state):
@@ -67,8 +72,8 @@ def test_conv_and_dense_layouts_are_transposed(torchvision_state, keras_backbone
     assert hwio[2, 0, 5, 7] == oihw[7, 5, 2, 0]
     torch.manual_seed(1)
     torch_model = DualResNet50("v0")
-    dual = torch_to_keras_state(build_dual_model("v0", image_size=32), torch_model.state_dict())
-    kernel = keras.ops.convert_to_numpy(dual.get_layer("head_0").kernel)
+    dual = torch_to_keras_state(build_dual_model(head="v0", image_size=32), torch_model.state_dict())
+    kernel = keras.ops.convert_to_numpy(dual_parts(dual).head.get_layer("head_0").kernel)
     np.testing.assert_array_equal(kernel, torch_model.head[0].weight.detach().numpy().T)
 
 
@@ -87,7 +92,7 @@ def test_imagenet_weights_from_torch_home(tmp_path, monkeypatch, torchvision_sta
     torch.save(torchvision_state, folder / name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert find_imagenet_checkpoint() == folder / name
-    _assert_backbone_equals(build_resnet50(weights="imagenet"), torchvision_state)
+    _assert_backbone_equals(build_backbone(weights="imagenet"), torchvision_state)
     torch_model = DualResNet50("v0", weights="imagenet")
     for key, value in torch_model.backbone.state_dict().items():
         assert torch.equal(value, torchvision_state[key]), key
@@ -96,7 +101,7 @@ def test_imagenet_weights_from_torch_home(tmp_path, monkeypatch, torchvision_sta
 def test_imagenet_weights_from_explicit_path(tmp_path, torchvision_state):
     path = tmp_path / "my_resnet50.pth"
     torch.save(torchvision_state, path)
-    model = build_dual_model("v1", weights=path, image_size=32)
+    model = build_dual_model(head="v1", weights=path, image_size=32)
     _assert_backbone_equals(model.get_layer("backbone"), torchvision_state)
 
 
@@ -116,7 +121,7 @@ def test_missing_imagenet_checkpoint_names_file_and_folder(tmp_path, monkeypatch
 def test_corrupt_checkpoint_is_reported(tmp_path):
     path = tmp_path / "resnet50-11ad3fa6.pth"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointNotFoundError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointNotFoundError, match="not a readable PyTorch checkpoint"):
         load_imagenet_state_dict(path)
 
 

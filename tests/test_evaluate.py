@@ -121,7 +121,8 @@ def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
         model, expect = tmp_path / "best.keras", "config.toml"
         model.write_bytes(b"not a model")
     elif case == "wrong_suffix":
-        model, expect = torch_model, "loads .keras files"
+        model, expect = keras_model.parent / "model.h5", "loads .keras/.pth/.pt files"
+        model.write_bytes(b"not a model")
     else:  # a damaged file in a run folder
         suffix = ".keras" if case == "damaged_keras" else ".pth"
         model = keras_model.parent / f"damaged{suffix}"  # beside the run's config.toml

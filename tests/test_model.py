@@ -9,10 +9,11 @@ import pytest
 import torch
 import torchvision
 
-from keras_odir.convert import torch_to_keras_state, weight_table
-from keras_odir.model import backbone_of, build_dual_model
-from keras_odir.resnet import build_resnet50
-from torch_odir.model import DualResNet50, infer_head
+from keras_odir.weights import torch_to_keras_state, weight_table
+from keras_odir.model import build_backbone, build_dual_model
+from keras_odir.parts import dual_parts
+from odir_core.model_spec import HEADS, infer_head
+from torch_odir.model import DualResNet50
 
 
 def _torchvision_backbone_keys() -> list[str]:
@@ -22,7 +23,7 @@ def _torchvision_backbone_keys() -> list[str]:
 
 @pytest.fixture(scope="module")
 def backbone():
-    return build_resnet50()
+    return build_backbone()
 
 
 def test_backbone_layers_map_one_to_one_to_torchvision_keys(backbone):
@@ -48,9 +49,9 @@ def test_backbone_output_and_spatial_sizes_match_torchvision(backbone, size):
     assert tuple(backbone(np.zeros((1, size, size, 3), "float32")).shape) == (1, 2048)
 
 
-@pytest.mark.parametrize("head", ["v0", "v1", "v2"])
+@pytest.mark.parametrize("head", list(HEADS))
 def test_dual_model_keys_match_torch_model(head):
-    model = build_dual_model(head, image_size=32)
+    model = build_dual_model(head=head, image_size=32)
     torch_keys = [k for k in DualResNet50(head).state_dict() if not k.endswith("num_batches_tracked")]
     assert sorted(weight_table(model)) == sorted(torch_keys)
     assert infer_head(DualResNet50(head).state_dict()) == head
@@ -62,10 +63,10 @@ def test_dual_model_keys_match_torch_model(head):
 def test_head_initialisation_follows_torch_linear():
     torch.manual_seed(0)
     keras.utils.set_random_seed(0)
-    model = build_dual_model("v2", image_size=32)
+    model = build_dual_model(head="v2", image_size=32)
     reference = DualResNet50("v2").head
     for index in (0, 3, 6):
-        kernel = keras.ops.convert_to_numpy(model.get_layer(f"head_{index}").kernel)
+        kernel = keras.ops.convert_to_numpy(dual_parts(model).head.get_layer(f"head_{index}").kernel)
         weight = reference[index].weight.detach().numpy()
         bound = 1 / np.sqrt(weight.shape[1])
         assert np.abs(kernel).max() <= bound
@@ -74,17 +75,17 @@ def test_head_initialisation_follows_torch_linear():
 
 def test_unknown_head_is_rejected():
     with pytest.raises(ValueError, match="v3"):
-        build_dual_model("v3")
+        build_dual_model(head="v3")
     with pytest.raises(ValueError, match="v3"):
         DualResNet50("v3")
 
 
 def test_frozen_keras_backbone_runs_in_inference_mode():
-    model = build_dual_model("v0", freeze_backbone=True, image_size=32)
+    model = build_dual_model(head="v0", freeze_backbone=True, image_size=32)
     assert [v.path for v in model.trainable_weights] == ["head_0/kernel", "head_0/bias"]
     batch = {"left": np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32"),
              "right": np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")}
-    bn = backbone_of(model).get_layer("layer1_0_bn1")
+    bn = dual_parts(model).backbone.get_layer("layer1_0_bn1")
     before = keras.ops.convert_to_numpy(bn.moving_mean).copy()
     trained = keras.ops.convert_to_numpy(model(batch, training=True))
     inferred = keras.ops.convert_to_numpy(model(batch, training=False))
@@ -93,7 +94,7 @@ def test_frozen_keras_backbone_runs_in_inference_mode():
 
 
 def test_unfrozen_keras_backbone_uses_batch_statistics_in_training():
-    model = build_dual_model("v0", image_size=32)
+    model = build_dual_model(head="v0", image_size=32)
     batch = {"left": np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32"),
              "right": np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")}
     trained = keras.ops.convert_to_numpy(model(batch, training=True))
@@ -116,14 +117,14 @@ def test_frozen_torch_backbone_stays_in_eval_mode():
 
 def test_keras_save_and_load_round_trip(tmp_path):
     torch.manual_seed(3)
-    model = torch_to_keras_state(build_dual_model("v2", freeze_backbone=True), DualResNet50("v2").state_dict())
+    model = torch_to_keras_state(build_dual_model(head="v2", freeze_backbone=True), DualResNet50("v2").state_dict())
     batch = {"left": np.random.default_rng(0).standard_normal((1, 48, 48, 3)).astype("float32"),
              "right": np.random.default_rng(1).standard_normal((1, 48, 48, 3)).astype("float32")}
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(batch)), keras.ops.convert_to_numpy(model(batch)))
-    assert not backbone_of(loaded).trainable
+    assert not dual_parts(loaded).backbone.trainable
     assert len(loaded.trainable_weights) == 6
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

@@ -30,7 +30,7 @@ needs_reference = pytest.mark.skipif(
     reason=f"study reference data not found at {REFERENCE} (present beside the project checkout in CI only)",
 )
 # No model is loaded in these tests: a loader that fails loudly if one were.
-NO_MODEL = Backend(name="test_odir", model_suffix=".keras", loader="no_such_module:load")
+NO_MODEL = Backend(name="test_odir", model_suffixes=(".keras",), loader="no_such_module:load")
 
 # The study's printed classification report of experiment 15 (reference README): precision, recall, F1, support.
 PRINTED_15 = {

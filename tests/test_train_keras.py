@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_odir.train as ktrain
+from keras_odir.parts import dual_parts
 from odir_core.config import TrainConfig, load_config
 from odir_core.history import STUDY_COLUMNS
 from odir_core.synthetic import generate
@@ -92,7 +93,7 @@ def test_validation_loss_is_unweighted_bce(data, tmp_path):
 
 def _head_weights(path):
     model = keras.saving.load_model(path, compile=False)
-    return [w for layer in model.layers if layer.name.startswith("head_") for w in layer.get_weights()]
+    return [w for layer in dual_parts(model).head.layers for w in layer.get_weights()]
 
 
 def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
@@ -110,7 +111,7 @@ def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
 def _head_weights_at_init(config):
     keras.utils.set_random_seed(config.seed)
     model = ktrain.build_model(config)
-    return model.get_layer("head_0").get_weights()[0]
+    return dual_parts(model).head.get_layer("head_0").get_weights()[0]
 
 
 class _Interrupt(keras.callbacks.Callback):

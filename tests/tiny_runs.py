@@ -45,7 +45,7 @@ def _build_models(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """best.pth (saved as torch_odir.train saves it) and best.keras with the same random weights."""
     import torch
 
-    from keras_odir.convert import torch_to_keras_state
+    from keras_odir.weights import torch_to_keras_state
     from keras_odir.model import build_dual_model
     from torch_odir.model import DualResNet50
 

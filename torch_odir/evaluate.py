@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from odir_core import evaluate
+from odir_core.checkpoints import TORCH_SUFFIXES
 from odir_core.inference import Backend
 
-BACKEND = Backend(name="torch_odir", model_suffix=".pth", loader="torch_odir.inference:load_predictor")
+BACKEND = Backend(name="torch_odir", model_suffixes=TORCH_SUFFIXES, loader="torch_odir.inference:load_predictor")
 
 
 def main(argv=None) -> int:

@@ -20,14 +20,16 @@ from torch import nn
 from tqdm import tqdm
 
 from odir_core.atomic import atomic_path
+from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
+from odir_core.model_spec import check_architecture
 from odir_core.run import ResumeError, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
-from torch_odir.model import DualResNet50
+from torch_odir.model import DualNet, read_torch_state
 
 BACKUP = Path("backup") / "state.pth"
 
@@ -39,24 +41,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig) -> DualResNet50:
-    """DualResNet50 of ``config`` with its starting weights (``none``, ``imagenet``, a torchvision
-    backbone checkpoint or a whole-model ``.pth`` written by this CLI)."""
-    weights = config.weights
-    if weights == "none":
-        return DualResNet50(config.head, freeze_backbone=not config.fine_tune)
-    if weights == "imagenet":
-        return DualResNet50(config.head, freeze_backbone=not config.fine_tune, weights="imagenet")
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file (use imagenet, none or a .pth file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    if any(k.startswith("head.") for k in state):
-        model = DualResNet50(config.head, freeze_backbone=not config.fine_tune)
+def build_model(config: TrainConfig) -> DualNet:
+    """The DualNet of ``config`` with its starting weights: ``none``, ``imagenet``, a torchvision
+    backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own)."""
+    freeze = not config.fine_tune
+    if config.weights in ("none", "imagenet"):
+        weights = None if config.weights == "none" else "imagenet"
+        return DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
+    path = Path(config.weights)
+    state = dual_state_dict(read_torch_state(path))
+    model = DualNet(config.backbone, config.head, freeze_backbone=freeze)
+    if is_dual_state(state):
+        check_architecture(state, config.backbone, config.head, f"--weights {path}")
         model.load_state_dict(state)
-        return model
-    return DualResNet50(config.head, freeze_backbone=not config.fine_tune, weights=str(path))
+    else:  # a torchvision checkpoint of the backbone alone
+        model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
+    return model
 
 
 def make_scheduler(config: TrainConfig, optimizer):
@@ -76,9 +76,8 @@ def predict_logits(forward, loader, device) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _features(model: DualResNet50, loader, device) -> torch.Tensor:
-    return torch.from_numpy(predict_logits(
-        lambda left, right: torch.cat([model.backbone(left), model.backbone(right)], dim=1), loader, device))
+def _features(model: DualNet, loader, device) -> torch.Tensor:
+    return torch.from_numpy(predict_logits(model.features, loader, device))
 
 
 def _feature_loader(features: torch.Tensor, labels: np.ndarray, order: EpochOrder, batch_size: int):

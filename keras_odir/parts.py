@@ -1,0 +1,51 @@
+"""The named parts of a keras_odir dual model, and the one accessor that returns them.
+
+A dual model (``keras_odir.model.build_dual_model``) is ``{"left", "right"}`` -> ``backbone``
+(one sub-model shared by both eyes, ending in the global pooling layer ``avgpool``) ->
+``features`` (the [left, right] concatenation) -> ``head`` (a sub-model on the features) -> logits.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+
+BACKBONE = "backbone"  # the shared backbone sub-model
+FEATURES = "features"  # the Concatenate layer of [left, right] pooled features
+HEAD = "head"  # the head sub-model, input named "features"
+POOL = "avgpool"  # the backbone's global average pooling; its input is the last feature map (Grad-CAM)
+
+
+class DualParts(NamedTuple):
+    """The parts of a dual model, each a layer of it (weights shared with the model)."""
+
+    backbone: keras.Model
+    features: keras.layers.Layer
+    head: keras.Model
+
+    @property
+    def pool(self) -> keras.layers.Layer:
+        """The backbone's global pooling layer."""
+        return self.backbone.get_layer(POOL)
+
+    def feature_model(self, model: keras.Model) -> keras.Model:
+        """``model`` up to the concatenated [left, right] features."""
+        return keras.Model(model.inputs, self.features.output, name=FEATURES)
+
+    def feature_map_model(self) -> keras.Model:
+        """The backbone up to its last feature map (the input of the global pooling)."""
+        return keras.Model(self.backbone.inputs[0], self.pool.input, name="feature_map")
+
+
+def is_dual_model(model: keras.Model) -> bool:
+    """Whether ``model`` has the parts of a dual model."""
+    names = {layer.name for layer in model.layers}
+    return {BACKBONE, FEATURES, HEAD} <= names
+
+
+def dual_parts(model: keras.Model) -> DualParts:
+    """The backbone, feature concatenation and head of a dual model."""
+    if not is_dual_model(model):
+        raise ValueError(f"{model.name!r} is not a keras_odir dual model (no {BACKBONE}/{FEATURES}/{HEAD} parts)")
+    return DualParts(model.get_layer(BACKBONE), model.get_layer(FEATURES), model.get_layer(HEAD))

@@ -1,0 +1,143 @@
+"""Weights between torch state_dicts (torchvision, torch_odir, the study's files) and keras_odir models.
+
+Keras layer names are torch module names with ``.`` -> ``_``, so the mapping is a table:
+conv kernels OIHW <-> HWIO, dense kernels transposed, BatchNorm weight/bias/running stats
+<-> gamma/beta/moving stats; ``num_batches_tracked`` is ignored (written as 0 towards torch).
+A dual model's table is ``backbone.`` + its backbone's keys, plus the head's ``head.<i>`` keys.
+Files are read with ``torch.load`` alone (never torchvision, which must not be imported into a
+process that holds TensorFlow).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from keras_odir.parts import dual_parts, is_dual_model
+from odir_core.checkpoints import load_imagenet_backbone_state, read_checkpoint
+from odir_core.model_spec import BackboneSpec
+
+# keras variable attribute per torch BatchNorm parameter
+_BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+class WeightConversionError(ValueError):
+    """A state_dict does not fit the model: unknown, missing or mis-shaped keys (all listed)."""
+
+
+def _layer_table(model: keras.Model, prefix: str) -> dict[str, tuple[keras.Variable, str]]:
+    table: dict[str, tuple[keras.Variable, str]] = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        key = prefix + layer.name.replace("_", ".")
+        if isinstance(layer, keras.layers.Conv2D) and not layer.use_bias:
+            table[f"{key}.weight"] = (layer.kernel, "conv")
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            for torch_name, keras_name in _BN_VARIABLES.items():
+                table[f"{key}.{torch_name}"] = (getattr(layer, keras_name), "same")
+        elif isinstance(layer, keras.layers.Dense):
+            table[f"{key}.weight"] = (layer.kernel, "dense")
+            table[f"{key}.bias"] = (layer.bias, "same")
+        else:
+            raise WeightConversionError(f"Layer {layer.name!r} ({type(layer).__name__}) has no torch counterpart.")
+    return table
+
+
+def weight_table(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
+    """torch state_dict key -> (Keras variable, transform kind ``conv``/``dense``/``same``), in model order.
+
+    ``model``: a dual model (keys ``backbone.*`` and ``head.*``) or a bare backbone (torchvision keys).
+    """
+    if is_dual_model(model):
+        parts = dual_parts(model)
+        return {**_layer_table(parts.backbone, "backbone."), **_layer_table(parts.head, "")}
+    return _layer_table(model, "")
+
+
+def _to_keras(value: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "conv":
+        return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    return value.T if kind == "dense" else value
+
+
+def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "conv":
+        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    return value.T if kind == "dense" else value
+
+
+def _numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def torch_to_keras_state(model: keras.Model, state_dict: Mapping, *, source: str = "state_dict") -> keras.Model:
+    """Load a torch state_dict (torch tensors or arrays) into ``model`` and return it.
+
+    ``model`` is a keras_odir backbone (torchvision keys without the classifier) or a dual model
+    (torch_odir keys). Nothing is assigned unless every key fits; otherwise one
+    ``WeightConversionError`` lists the unknown, missing and mis-shaped keys.
+    """
+    table = weight_table(model)
+    given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    unknown = [k for k in given if k not in table]
+    missing = [k for k in table if k not in given]
+    values, misshaped = {}, []
+    for key, (variable, kind) in table.items():
+        if key in given:
+            value = _to_keras(_numpy(given[key]), kind)
+            if tuple(value.shape) != tuple(variable.shape):
+                misshaped.append(f"{key}: {tuple(_numpy(given[key]).shape)} does not fit "
+                                 f"{variable.path} {tuple(variable.shape)}")
+            values[key] = value
+    problems = [f"{label} ({len(keys)}): {', '.join(keys)}"
+                for label, keys in (("unknown keys", unknown), ("missing keys", missing),
+                                    ("mis-shaped keys", misshaped)) if keys]
+    if problems:
+        raise WeightConversionError(f"{source} does not fit Keras model {model.name!r}: " + "; ".join(problems))
+    for key, (variable, _) in table.items():
+        variable.assign(values[key].astype(variable.dtype))
+    return model
+
+
+def keras_to_numpy_state(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights as a torch-layout state_dict of numpy arrays (``num_batches_tracked`` = 0)."""
+    state = {}
+    for key, (variable, kind) in weight_table(model).items():
+        state[key] = np.ascontiguousarray(_to_torch(keras.ops.convert_to_numpy(variable), kind))
+        if key.endswith(".running_var"):
+            state[key[: -len("running_var")] + "num_batches_tracked"] = np.array(0, dtype=np.int64)
+    return state
+
+
+def keras_to_torch_state(model: keras.Model) -> dict:
+    """The model's weights as a torch state_dict (torch tensors) for torchvision / torch_odir."""
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in keras_to_numpy_state(model).items()}
+
+
+def _torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_torch_state(path: str | os.PathLike) -> dict:
+    """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.checkpoints``)."""
+    return read_checkpoint(path, _torch_load)
+
+
+def load_imagenet_weights(backbone: keras.Model, spec: BackboneSpec, path: str | os.PathLike | None = None, *,
+                          download: bool = True) -> keras.Model:
+    """Load torchvision's ImageNet weights of ``spec`` (classifier dropped) into a keras_odir backbone.
+
+    ``path``: the checkpoint file or a folder holding it; None: the torch hub folder.
+    """
+    state = load_imagenet_backbone_state(path, spec, _torch_load, download=download)
+    return torch_to_keras_state(backbone, state, source=f"ImageNet {spec.name} checkpoint")

@@ -1,0 +1,176 @@
+"""The dual-eye model as data (framework-free): heads as layer lists and a backbone registry.
+
+``keras_odir.model`` and ``torch_odir.model`` both build from these declarations, and both
+read a checkpoint's architecture from its keys alone (:func:`infer_architecture`). A dual
+model is one backbone shared by both eyes, its pooled features concatenated [left, right],
+then a head ending in ``NUM_LABELS`` logits. A torch state_dict of it holds
+``backbone.`` + the torchvision model's own keys (only its classifier removed) and
+``head.<i>.weight|bias`` for the i-th layer of the head.
+
+Adding a backbone: one :class:`BackboneSpec` entry in ``BACKBONES`` (plus, for a new family, its
+Keras file ``keras_odir/<family>.py``). Adding a head: one entry in ``HEADS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from odir_core.augment import IMAGENET_MEAN, IMAGENET_STD
+from odir_core.labels import NUM_LABELS
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A fully connected layer with bias (torch ``nn.Linear`` init); the last one of a head gives the logits."""
+
+    units: int = NUM_LABELS
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """max(x, 0)."""
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Dropout with drop probability ``rate`` (training only)."""
+
+    rate: float
+
+
+HEADS: dict[str, tuple[Linear | ReLU | Dropout, ...]] = {
+    "v0": (Linear(),),
+    "v1": (Dropout(0.2), Linear()),
+    "v2": (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear()),
+}
+HEAD_HELP = "classifier head: v0 Linear(8); v1 Dropout(0.2)+Linear(8); v2 MLP 128-64-8 (ReLU, Dropout 0.5)"
+
+
+def head_layers(name: str) -> tuple[Linear | ReLU | Dropout, ...]:
+    """The layer list of head ``name``; index i is torch's ``head.<i>`` and Keras' ``head_<i>``."""
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise ValueError(f"Unknown head {name!r}; choose one of {', '.join(HEADS)}.") from None
+
+
+def head_keys(name: str) -> set[str]:
+    """The torch state_dict keys of head ``name`` (``head.<i>.weight|bias`` of each Linear)."""
+    return {f"head.{i}.{p}" for i, layer in enumerate(head_layers(name)) if isinstance(layer, Linear)
+            for p in ("weight", "bias")}
+
+
+def _resnet_keys(blocks: tuple[int, ...], bottleneck: bool) -> frozenset[str]:
+    """torchvision ResNet state_dict keys without ``fc`` and ``num_batches_tracked``."""
+    def bn(prefix):
+        return [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+
+    keys = ["conv1.weight", *bn("bn1")]
+    convs = 3 if bottleneck else 2
+    for stage, count in enumerate(blocks, start=1):
+        for block in range(count):
+            prefix = f"layer{stage}.{block}"
+            for i in range(1, convs + 1):
+                keys += [f"{prefix}.conv{i}.weight", *bn(f"{prefix}.bn{i}")]
+            if block == 0 and (stage > 1 or bottleneck):
+                keys += [f"{prefix}.downsample.0.weight", *bn(f"{prefix}.downsample.1")]
+    return frozenset(keys)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone: how each framework builds it, what it outputs, which weights it takes.
+
+    ``family``: the Keras module ``keras_odir.<family>`` whose ``build_backbone(spec, ...)`` builds it;
+    ``torchvision``: the constructor in ``torchvision.models``; ``classifier``: the torchvision module
+    replaced by ``Identity`` (its keys are not part of the backbone); ``imagenet_checkpoints``:
+    torchvision's file names and URLs, preferred first; ``gradcam_stage``: the torchvision module whose
+    output (the last feature map, the input of the global pooling) Grad-CAM explains; ``mean``/``std``:
+    the input normalisation its weights expect; ``blocks``/``bottleneck``: the family's depth settings.
+    """
+
+    name: str
+    family: str
+    features: int
+    torchvision: str
+    classifier: str
+    imagenet_checkpoints: dict[str, str]
+    gradcam_stage: str
+    blocks: tuple[int, ...] = ()
+    bottleneck: bool = False
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
+    std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
+    state_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool, checkpoints: dict[str, str]) -> BackboneSpec:
+    return BackboneSpec(
+        name=name, family="resnet", features=512 * (4 if bottleneck else 1), torchvision=name, classifier="fc",
+        imagenet_checkpoints=checkpoints, gradcam_stage="layer4", blocks=blocks, bottleneck=bottleneck,
+        state_keys=_resnet_keys(blocks, bottleneck),
+    )
+
+
+_TORCHVISION_URL = "https://download.pytorch.org/models/"
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": _resnet("resnet50", (3, 4, 6, 3), True, {
+        "resnet50-11ad3fa6.pth": _TORCHVISION_URL + "resnet50-11ad3fa6.pth",  # IMAGENET1K_V2
+        "resnet50-0676ba61.pth": _TORCHVISION_URL + "resnet50-0676ba61.pth",  # IMAGENET1K_V1
+    }),
+}
+DEFAULT_BACKBONE = "resnet50"
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of backbone ``name``."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.") from None
+
+
+class ArchitectureError(ValueError):
+    """State-dict keys that match no registered backbone or head (the message says what was found)."""
+
+
+def infer_backbone(keys: Iterable[str]) -> BackboneSpec:
+    """The backbone whose torchvision keys (classifier and ``num_batches_tracked`` aside) are exactly ``keys``."""
+    found = frozenset(k for k in keys if not k.endswith("num_batches_tracked"))
+    for spec in BACKBONES.values():
+        if found == spec.state_keys:
+            return spec
+    best = min(BACKBONES.values(), key=lambda spec: len(found ^ spec.state_keys))
+    extra, missing = sorted(found - best.state_keys), sorted(best.state_keys - found)
+    raise ArchitectureError(
+        f"backbone keys match no backbone of {', '.join(BACKBONES)}; closest {best.name}: "
+        f"{len(extra)} unknown (e.g. {', '.join(extra[:3]) or '-'}), {len(missing)} missing "
+        f"(e.g. {', '.join(missing[:3]) or '-'})")
+
+
+def infer_head(keys: Iterable[str]) -> str:
+    """The head whose ``head.*`` keys are exactly the ``head.*`` keys among ``keys``."""
+    found = {k for k in keys if k.startswith("head.")}
+    for name in HEADS:
+        if found == head_keys(name):
+            return name
+    layers = sorted({int(k.split(".")[1]) for k in found if k.split(".")[1].isdigit()})
+    raise ArchitectureError(f"head layers {layers} match no head of {', '.join(HEADS)}")
+
+
+def infer_architecture(keys: Iterable[str]) -> tuple[BackboneSpec, str]:
+    """(backbone, head) of a dual-model state_dict (keys ``backbone.*`` and ``head.*``)."""
+    keys = list(keys)
+    others = [k for k in keys if not k.startswith(("backbone.", "head."))]
+    if others:
+        raise ArchitectureError(f"not a dual-model state_dict: keys outside backbone.* and head.*, e.g. {others[:3]}")
+    backbone = infer_backbone(k[len("backbone."):] for k in keys if k.startswith("backbone."))
+    return backbone, infer_head(keys)
+
+
+def check_architecture(keys: Iterable[str], backbone: str, head: str, source: str = "checkpoint") -> None:
+    """Raise ``ArchitectureError`` unless a dual-model state_dict's keys hold ``backbone`` and ``head``."""
+    spec, found = infer_architecture(keys)
+    if (spec.name, found) != (backbone, head):
+        raise ArchitectureError(f"{source} holds backbone {spec.name} with head {found}, not {backbone} with "
+                                f"{head}: pass --backbone {spec.name} --head {found}")

@@ -1,0 +1,124 @@
+"""The package import graph: odir_core imports no framework, keras_odir never imports torch_odir or
+torchvision, and no module imports itself back through a cycle (imports inside functions included)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("odir_core", "keras_odir", "torch_odir")
+FORBIDDEN = {
+    "odir_core": {"keras", "torch", "torchvision", "tensorflow", "jax", "keras_odir", "torch_odir"},
+    "keras_odir": {"torch_odir", "torchvision"},
+    "torch_odir": {"keras", "keras_odir"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module an import statement anywhere in the file names (relative imports resolved)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                package = package[: len(package) - node.level + 1]
+                base = ".".join([*package, base] if base else package)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: {m for m in _imports(path, name) if m in modules and m != name} for name, path in modules.items()}
+
+
+def test_no_package_imports_what_it_must_not():
+    offences = []
+    for name, path in _modules().items():
+        package = name.split(".")[0]
+        for imported in _imports(path, name):
+            if imported.split(".")[0] in FORBIDDEN[package]:
+                offences.append(f"{name} imports {imported}")
+    assert not offences
+
+
+def test_package_graph_has_no_cycles_and_both_build_on_odir_core():
+    edges = {(a.split(".")[0], b.split(".")[0]) for a, targets in _graph().items() for b in targets}
+    edges = {(a, b) for a, b in edges if a != b}
+    assert edges == {("keras_odir", "odir_core"), ("torch_odir", "odir_core")}
+
+
+def test_module_graph_has_no_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, path):
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles
+
+
+def test_the_scan_sees_a_cycle_and_a_forbidden_import(tmp_path):
+    """The scanner itself: an import inside a function is seen, a relative import is resolved."""
+    path = tmp_path / "mod.py"
+    path.write_text("from .model import x\ndef f():\n    from torch_odir.model import DualNet\n")
+    assert {"keras_odir.model", "torch_odir.model"} <= _imports(path, "keras_odir.weights")
+
+
+def test_keras_odir_works_without_torch_odir_and_torchvision(tmp_path):
+    """jax backend, torch_odir and torchvision unimportable: build, convert both ways, predict."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch_odir"] = None  # any import of it raises ImportError
+        sys.modules["torchvision"] = None
+        import pkgutil, importlib
+        import keras_odir, keras
+        assert keras.backend.backend() == "jax"
+        for module in pkgutil.iter_modules(keras_odir.__path__):
+            importlib.import_module(f"keras_odir.{{module.name}}")
+        import numpy as np, torch
+        from keras_odir.convert import main
+        from keras_odir.model import build_dual_model
+        from keras_odir.weights import keras_to_torch_state
+        model = build_dual_model(head="v1", image_size=32)
+        torch.save({{"model": keras_to_torch_state(model)}}, r"{tmp_path}/m.pth")
+        assert main([r"{tmp_path}/m.pth", r"{tmp_path}/m.keras"]) == 0
+        assert main([r"{tmp_path}/m.keras", r"{tmp_path}/back.pth"]) == 0
+        x = {{"left": np.ones((1, 32, 32, 3), "float32"), "right": np.zeros((1, 32, 32, 3), "float32")}}
+        loaded = keras.saving.load_model(r"{tmp_path}/m.keras")
+        np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+        assert "torch_odir" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+        print("ok")
+    """)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-3000:] + run.stderr[-3000:]

@@ -1,0 +1,152 @@
+"""The framework-free model specification and checkpoint unwrapping, against torchvision's own models."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from odir_core import config as config_module
+from odir_core.augment import MODES
+from odir_core.checkpoints import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    download_checkpoint,
+    dual_state_dict,
+    unwrap_state_dict,
+)
+from odir_core.model_spec import (
+    BACKBONES,
+    HEADS,
+    ArchitectureError,
+    Dropout,
+    Linear,
+    ReLU,
+    check_architecture,
+    head_keys,
+    infer_architecture,
+    infer_backbone,
+)
+from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
+from torch_odir.model import DualNet, build_head
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_registry_matches_torchvision(name):
+    spec = BACKBONES[name]
+    model = getattr(torchvision.models, spec.torchvision)(weights=None).eval()
+    keys = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    classifier = {k for k in keys if k.startswith(spec.classifier + ".")}
+    assert classifier  # the named classifier exists in torchvision's model
+    assert spec.state_keys == keys - classifier
+    assert model.get_submodule(spec.classifier).in_features == spec.features
+    assert isinstance(model.get_submodule(spec.gradcam_stage), nn.Module)
+    assert all(file.startswith(spec.torchvision + "-") and url.endswith("/" + file)
+               for file, url in spec.imagenet_checkpoints.items())
+    weights = torchvision.models.get_model_weights(spec.torchvision)
+    assert {w.url.rsplit("/", 1)[-1] for w in weights} == set(spec.imagenet_checkpoints)
+    np.testing.assert_allclose(spec.mean, weights.DEFAULT.transforms().mean)
+    np.testing.assert_allclose(spec.std, weights.DEFAULT.transforms().std)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_torch_head_follows_the_spec(head):
+    modules = list(build_head(head, 4096))
+    assert len(modules) == len(HEADS[head])
+    for module, layer in zip(modules, HEADS[head]):
+        if isinstance(layer, Linear):
+            assert isinstance(module, nn.Linear) and module.out_features == layer.units
+        elif isinstance(layer, Dropout):
+            assert isinstance(module, nn.Dropout) and module.p == layer.rate
+        else:
+            assert isinstance(layer, ReLU) and isinstance(module, nn.ReLU)
+    assert modules[-1].out_features == 8
+    assert {f"head.{k}" for k in build_head(head, 4096).state_dict()} == head_keys(head)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_architecture_is_read_from_keys(head):
+    spec, found = infer_architecture(DualNet("resnet50", head).state_dict())
+    assert (spec.name, found) == ("resnet50", head)
+
+
+def test_keys_of_another_network_are_refused():
+    resnet101 = torchvision.models.resnet101(weights=None).state_dict()
+    with pytest.raises(ArchitectureError, match=r"closest resnet50: 0 unknown .* 357 missing|closest resnet50: \d+ unknown"):
+        infer_backbone(k for k in resnet101 if not k.startswith("fc."))
+    state = {f"backbone.{k}": v for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
+             if not k.startswith("fc.")}
+    with pytest.raises(ArchitectureError, match=r"head layers \[\] match no head"):
+        infer_architecture(state)
+    with pytest.raises(ArchitectureError, match="keys outside backbone"):
+        infer_architecture({**state, "fc.weight": 0})
+    with pytest.raises(ArchitectureError, match="pass --backbone resnet50 --head v2"):
+        check_architecture(DualNet("resnet50", "v2").state_dict(), "resnet50", "v0", "study.pth")
+
+
+def test_every_list_of_choices_is_declared_once():
+    fields = {f.name: f.metadata.get("choices") for f in config_module.dataclasses.fields(config_module.TrainConfig)}
+    assert fields["backbone"] == tuple(BACKBONES)
+    assert fields["head"] == tuple(HEADS)
+    assert fields["augment"] is MODES
+    assert fields["scheduler"] is SCHEDULERS
+    assert fields["cyclic_mode"] is CYCLIC_MODES
+
+
+def _study_model(head: str) -> nn.Module:
+    """The study's dual model layout: ``backbone`` (resnet50, fc = Identity) and ``classifier``."""
+    model = nn.Module()
+    model.backbone = torchvision.models.resnet50(weights=None)
+    model.backbone.fc = nn.Identity()
+    model.classifier = nn.Linear(4096, 8) if head == "v0" else build_head(head, 4096)
+    return model
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_study_state_dict_becomes_torch_odirs(head):
+    torch.manual_seed(0)
+    study = _study_model(head).state_dict()
+    state = dual_state_dict(study)
+    assert infer_architecture(state)[1] == head
+    reference = DualNet("resnet50", head)
+    reference.load_state_dict(state)  # strict: every key known, none missing
+    suffix = "weight" if head == "v0" else f"{len(HEADS[head]) - 1}.weight"
+    assert torch.equal(reference.head[-1].weight, study[f"classifier.{suffix}"])
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "model_state_dict", "ddp"])
+def test_checkpoint_wrappers_are_unwrapped(wrap):
+    state = {"backbone.conv1.weight": 1, "head.0.weight": 2}
+    checkpoint = {
+        "plain": state,
+        "model": {"model": state, "epoch": 3},
+        "state_dict": {"state_dict": state, "config": {"head": "v0"}},
+        "model_state_dict": {"model_state_dict": state, "optimizer": {"state": {}}},
+        "ddp": {"model": {f"module.{k}": v for k, v in state.items()}},
+    }[wrap]
+    assert unwrap_state_dict(checkpoint) == state
+
+
+@pytest.mark.parametrize("bad", [[1, 2], {}, torch.zeros(3), {1: 2}])
+def test_a_file_without_state_dict_is_one_error(bad):
+    with pytest.raises(CheckpointError, match="holds no state_dict"):
+        unwrap_state_dict(bad, source="x.pth")
+
+
+def test_download_checks_the_hash_in_the_file_name_and_writes_atomically(tmp_path):
+    data = b"checkpoint bytes"
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    good = tmp_path / "src" / f"resnet50-{digest}.pth"
+    bad = tmp_path / "src" / "resnet50-00000000.pth"
+    good.parent.mkdir()
+    good.write_bytes(data)
+    bad.write_bytes(data)
+    folder = tmp_path / "hub"
+    assert download_checkpoint(good.as_uri(), folder).read_bytes() == data
+    with pytest.raises(CheckpointNotFoundError, match="sha256"):
+        download_checkpoint(bad.as_uri(), folder)
+    assert sorted(p.name for p in folder.iterdir()) == [good.name]
