@@ -1,11 +1,15 @@
-"""Dual ResNet50 throughput, side by side: torch_odir vs keras_odir on the torch and jax backends.
+"""Dual-model throughput, side by side: torch_odir against keras_odir on the torch and jax backends.
 
-Each configuration runs in its own process (the Keras backend is fixed per process), one after
-the other on the same machine; the table gives pairs/s for a training step (forward, backward,
-SGD update) and for inference, and the ratio to torch_odir (higher is faster).
+The configurations of one Keras backend run in one process, interleaved in rounds (A, B, C, A, B,
+C, ...) so that a busy machine slows them alike; each round times every configuration on the same
+batch. The Keras backend is fixed per process, so the jax configuration runs in a second process
+that times torch_odir again beside it. Printed: pairs/s (median over rounds) for a training step
+(forward, backward, SGD update) and for inference, and the median ratio to torch_odir in the same
+rounds with its range (> 1 is faster than torch_odir).
 
-    python benchmarks/model_throughput.py                 # 224 px and 64 px, batch 8
-    python benchmarks/model_throughput.py --sizes 448 --batch 16 --precision bf16
+    python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
+    python benchmarks/model_throughput.py --precision bf16 --sizes 224 --rounds 7
+    python benchmarks/model_throughput.py --device cuda --sizes 224 448 --batch 32
 """
 
 from __future__ import annotations
@@ -13,52 +17,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-CONFIGS = {
-    "torch_odir": ("torch", False),
-    "keras/torch": ("torch", False),
-    "keras/torch jit": ("torch", True),
-    "keras/jax": ("jax", True),
-}
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "torch_odir"
+CONFIGS_BY_BACKEND = {
+    "torch": ("torch_odir", "torch_odir NCHW", "keras/torch"),
+    "jax": ("torch_odir", "keras/jax"),
+}
 
 
-def _batch(batch: int, size: int, channels_first: bool):
+def _batch(batch: int, size: int, seed: int = 0):
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    shape = (batch, 3, size, size) if channels_first else (batch, size, size, 3)
-    left = rng.standard_normal(shape).astype("float32")
-    right = rng.standard_normal(shape).astype("float32")
+    rng = np.random.default_rng(seed)
+    left = rng.standard_normal((batch, size, size, 3)).astype("float32")
+    right = rng.standard_normal((batch, size, size, 3)).astype("float32")
     labels = (rng.random((batch, 8)) < 0.3).astype("float32")
     return left, right, labels
 
 
-def _timed(step, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return (time.perf_counter() - start) / iters
-
-
-def bench_torch(size: int, batch: int, warmup: int, iters: int, precision: str, device: str) -> dict:
-    """torch_odir's DualResNet50, eager, SGD + BCEWithLogits."""
+def torch_steps(batch, size, precision: str, device: str, backbone: str, channels_last: bool):
+    """(train step, inference) closures of torch_odir's DualNet: eager, SGD + BCEWithLogits."""
     import torch
 
-    from torch_odir.model import DualResNet50
+    from torch_odir.model import DualNet
 
-    left, right, labels = (torch.from_numpy(a).to(device) for a in _batch(batch, size, channels_first=True))
-    model = DualResNet50("v0").to(device)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    left, right, labels = (torch.from_numpy(a).to(device) for a in _batch(batch, size))
+    left, right = (x.permute(0, 3, 1, 2).contiguous(memory_format=memory) for x in (left, right))
+    model = DualNet(backbone, "v0").to(device, memory_format=memory)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def train():
         model.train()
@@ -71,46 +68,68 @@ def bench_torch(size: int, batch: int, warmup: int, iters: int, precision: str, 
 
     def infer():
         model.eval()
-        with torch.no_grad(), autocast:
+        with torch.inference_mode(), autocast:
             model(left, right)
         sync()
 
-    return {"train": batch / _timed(train, warmup, iters), "infer": batch / _timed(infer, warmup, iters)}
+    return train, infer
 
 
-def bench_keras(size: int, batch: int, warmup: int, iters: int, precision: str, jit: bool) -> dict:
-    """keras_odir's dual model through Keras' own train_on_batch / predict_on_batch."""
+def keras_steps(batch, size, precision: str, backbone: str):
+    """(train step, inference) closures of keras_odir's dual model: ``train_on_batch`` with the trainer's
+    optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch)."""
     import keras
 
+    from keras_odir.losses import WeightedBCEWithLogits
     from keras_odir.model import build_dual_model
+    from keras_odir.optimizers import TorchSGD
+    from keras_odir.parts import dual_parts
 
-    if precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    left, right, labels = _batch(batch, size, channels_first=False)
-    model = build_dual_model(head="v0", image_size=size)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)
+    if precision != "float32":
+        keras.mixed_precision.set_global_policy({"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision])
+    left, right, labels = _batch(batch, size)
+    model = build_dual_model(backbone, "v0", image_size=size)
+    model.compile(optimizer=TorchSGD(learning_rate=0.01, momentum=0.9), loss=WeightedBCEWithLogits())
+    inference = dual_parts(model).inference_model(model)
     x = {"left": left, "right": right}
-    return {"train": batch / _timed(lambda: model.train_on_batch(x, labels), warmup, iters),
-            "infer": batch / _timed(lambda: model.predict_on_batch(x), warmup, iters)}
+    keras.mixed_precision.set_global_policy("float32")
+    return (lambda: model.train_on_batch(x, labels)), (lambda: inference.predict_on_batch(x))
 
 
 def worker(args) -> None:
-    if args.config == "torch_odir":
-        import torch
+    """Time this process's configurations in interleaved rounds; print one JSON line of seconds per step."""
+    import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = bench_torch(args.size, args.batch, args.warmup, args.iters, args.precision, device)
-    else:
-        result = bench_keras(args.size, args.batch, args.warmup, args.iters, args.precision, CONFIGS[args.config][1])
-    print("RESULT " + json.dumps(result))
+    torch.set_num_threads(args.threads)
+    backend = os.environ["KERAS_BACKEND"]
+    steps = {}
+    for config in CONFIGS_BY_BACKEND[backend]:
+        if config.startswith("torch_odir"):
+            steps[config] = torch_steps(args.batch, args.size, args.precision, args.device, args.backbone,
+                                        channels_last=config == REFERENCE)
+        else:
+            steps[config] = keras_steps(args.batch, args.size, args.precision, args.backbone)
+    times = {config: {"train": [], "infer": []} for config in steps}
+    for kind, index in (("train", 0), ("infer", 1)):
+        for config, pair in steps.items():
+            for _ in range(args.warmup):
+                pair[index]()
+        for _ in range(args.rounds):
+            for config, pair in steps.items():
+                start = time.perf_counter()
+                for _ in range(args.iters):
+                    pair[index]()
+                times[config][kind].append((time.perf_counter() - start) / args.iters)
+    print("RESULT " + json.dumps(times))
 
 
-def run_config(config: str, size: int, args) -> dict | str:
-    """One configuration in a fresh process; its result, or why there is none."""
-    env = dict(os.environ, KERAS_BACKEND=CONFIGS[config][0], PYTHONPATH=str(ROOT))
-    command = [sys.executable, __file__, "--worker", config, "--sizes", str(size), "--batch", str(args.batch),
-               "--iters", str(args.iters), "--warmup", str(args.warmup), "--precision", args.precision]
+def run_backend(backend: str, size: int, args) -> dict | str:
+    """One Keras backend's configurations in a fresh process; seconds per step per round, or why none."""
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+    command = [sys.executable, __file__, "--worker", "--sizes", str(size), "--batch", str(args.batch),
+               "--iters", str(args.iters), "--warmup", str(args.warmup), "--rounds", str(args.rounds),
+               "--precision", args.precision, "--threads", str(args.threads), "--device", args.device,
+               "--backbone", args.backbone]
     try:
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -119,48 +138,72 @@ def run_config(config: str, size: int, args) -> dict | str:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     error_lines = [line for line in (run.stderr or "").splitlines() if line.strip()]
-    return "failed: " + (error_lines[-1][:100] if error_lines else f"exit {run.returncode}")
+    return "failed: " + (error_lines[-1][:160] if error_lines else f"exit {run.returncode}")
+
+
+def summarize(times: dict) -> dict:
+    """Per configuration and kind: pairs/s is computed by the caller; here median seconds and the median,
+    min and max of the per-round ratio torch_odir time / configuration time."""
+    out = {}
+    for config, kinds in times.items():
+        out[config] = {}
+        for kind, seconds in kinds.items():
+            ratios = [ref / t for ref, t in zip(times[REFERENCE][kind], seconds)]
+            out[config][kind] = {"seconds": statistics.median(seconds), "ratio": statistics.median(ratios),
+                                 "low": min(ratios), "high": max(ratios)}
+    return out
+
+
+def table(results: dict, args) -> str:
+    """The results as a plain-text table (also Markdown-readable)."""
+    lines = [f"{args.backbone}, batch {args.batch} pairs, {args.precision}, {args.device}, {args.threads} threads, "
+             f"{args.rounds} interleaved rounds of {args.iters} steps after {args.warmup} warm-up; "
+             "pairs/s and ratio to torch_odir (median, range over rounds)",
+             f"| size | configuration | train step | inference |", "|---|---|---|---|"]
+    for (size, backend), result in results.items():
+        if isinstance(result, str):
+            lines.append(f"| {size} | {backend} backend | {result} | |")
+            continue
+        for config, kinds in summarize(result).items():
+            if config == REFERENCE and backend != "torch":
+                continue
+            cells = [f"{args.batch / k['seconds']:.2f} ({k['ratio']:.2f}x, {k['low']:.2f}-{k['high']:.2f})"
+                     for k in (kinds["train"], kinds["infer"])]
+            lines.append(f"| {size} | {config} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64], help="square image sizes to run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="square image sizes to run")
     parser.add_argument("--batch", type=int, default=8, help="pairs (left + right images) per step")
-    parser.add_argument("--iters", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--iters", type=int, default=2, help="timed steps per configuration and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, caches)")
-    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                        help="bf16: Keras mixed_bfloat16 policy vs torch autocast bfloat16")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                        help="configurations to compare (torch_odir is the ratio's reference)")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per configuration and size")
-    parser.add_argument("--worker", choices=list(CONFIGS), dest="config", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (OMP too)")
+    parser.add_argument("--precision", choices=("float32", "bf16", "fp16"), default="float32",
+                        help="bf16/fp16: Keras mixed_bfloat16/mixed_float16 policy vs torch autocast")
+    parser.add_argument("--device", default="cpu", help="torch_odir's device: cpu or cuda")
+    parser.add_argument("--backbone", default="resnet50", help="backbone of odir_core.model_spec")
+    parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(CONFIGS_BY_BACKEND),
+                        help="Keras backends to compare with torch_odir")
+    parser.add_argument("--json", type=Path, help="also write the raw per-round times here")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per backend and size")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.config:
+    if args.worker:
         args.size = args.sizes[0]
         worker(args)
         return 0
-    from tqdm import tqdm
-
     results = {}
-    jobs = [(size, config) for size in args.sizes for config in args.configs]
-    for size, config in tqdm(jobs, desc="configurations", unit="run"):
-        results[size, config] = run_config(config, size, args)
-    print(f"\nbatch {args.batch} pairs, {args.precision}, {args.iters} timed steps after {args.warmup} warm-up; "
-          "pairs/s (ratio to torch_odir)")
-    print(f"{'size':>5}  {'configuration':16s} {'train step':>22s} {'inference':>22s}")
     for size in args.sizes:
-        reference = results.get((size, "torch_odir"))
-        for config in args.configs:
-            result = results[size, config]
-            if isinstance(result, str):
-                print(f"{size:5d}  {config:16s} {result}")
-                continue
-            cells = []
-            for kind in ("train", "infer"):
-                ratio = f"({result[kind] / reference[kind]:.2f}x)" if isinstance(reference, dict) else ""
-                cells.append(f"{result[kind]:10.2f} {ratio:>9s}")
-            print(f"{size:5d}  {config:16s} {cells[0]:>22s} {cells[1]:>22s}")
+        for backend in args.backends:
+            print(f"{size} px, {backend} backend ...", file=sys.stderr, flush=True)
+            results[size, backend] = run_backend(backend, size, args)
+    print(table(results, args))
+    if args.json:
+        args.json.write_text(json.dumps({f"{s} {b}": r for (s, b), r in results.items()}, indent=1))
     return 0
 
 

@@ -52,6 +52,7 @@ class KerasPredictor:
         self.model = model
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
         parts = dual_parts(model)
+        self.inference = parts.inference_model(model)  # both eyes in one backbone batch
         self.pool = parts.pool
         self.head = parts.head
         self.stage = parts.feature_map_model()
@@ -60,7 +61,7 @@ class KerasPredictor:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        logits = self.model.predict_on_batch({"left": self._layout(left), "right": self._layout(right)})
+        logits = self.inference.predict_on_batch({"left": self._layout(left), "right": self._layout(right)})
         return _sigmoid(ops.convert_to_numpy(logits))
 
     def _logit(self, label: int):

@@ -1,4 +1,8 @@
-"""Layers shared by the Keras backbones."""
+"""Layers shared by the Keras backbones.
+
+On the torch backend, with channels_last data, both layers run one torch kernel without Keras'
+layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,31 @@ import math
 
 import keras
 from keras import layers, ops
+
+TORCH = keras.backend.backend() == "torch"
+if TORCH:
+    from keras_odir import torch_kernels
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class ChannelsLastConv2D(layers.Conv2D):
+    """Keras' Conv2D (kernel HWIO, saved and converted as usual) with a copy-free torch path.
+
+    Torch backend, channels_last, no groups or dilation, ``valid`` or stride-1 ``same`` padding:
+    ``torch_kernels.conv2d_nhwc`` (the input as a channels_last view, the kernel transposed once per
+    weight version while no gradient is needed). Otherwise Keras' conv.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        height, width = self.kernel_size
+        fast = (TORCH and self.data_format == "channels_last" and self.groups == 1
+                and tuple(self.dilation_rate) == (1, 1)
+                and (self.padding == "valid" or (tuple(self.strides) == (1, 1) and height == width and height % 2)))
+        if not fast:
+            return super().convolution_op(inputs, kernel)
+        padding = 0 if self.padding == "valid" else height // 2
+        return torch_kernels.conv2d_nhwc(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel),
+                                         self.strides, padding)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
@@ -16,9 +45,30 @@ class TorchBatchNormalization(layers.BatchNormalization):
     computed in two passes, mean((x - mean)^2), where Keras uses E[x^2] - E[x]^2, which loses
     precision to cancellation on small batches; and the moving variance is updated with the
     unbiased variance (times n / (n - 1), n = values per channel), as torch's running_var is.
+    On the torch backend it is torch's own fused batch_norm, with the same semantics.
+    ``activation="relu"``: a ReLU follows, in the same layer (on torch, in place on the fresh output).
     """
 
+    def __init__(self, *args, activation: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', not {activation!r}")
+        self.activation = activation
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
     def call(self, inputs, training=None, mask=None):
+        if TORCH and mask is None and self.scale and self.center:
+            return torch_kernels.batch_norm(
+                ops.convert_to_tensor(inputs), self.axis, self.moving_mean.value, self.moving_variance.value,
+                ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta),
+                training=bool(training and self.trainable), momentum=self.momentum, epsilon=self.epsilon,
+                relu=self.activation == "relu")
+        outputs = self._normalize(inputs, training, mask)
+        return ops.relu(outputs) if self.activation == "relu" else outputs
+
+    def _normalize(self, inputs, training, mask):
         if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized:
             return super().call(inputs, training=training, mask=mask)
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
@@ -53,3 +103,17 @@ def _count(x, axes):
 def _bessel(n, dtype):
     n = ops.cast(n, dtype)
     return n / ops.maximum(n - 1.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class ResidualReLU(layers.Layer):
+    """relu(x + shortcut), the join of a residual block (on torch, the ReLU in place on the fresh sum)."""
+
+    def call(self, inputs):
+        x, shortcut = inputs
+        if TORCH:
+            return torch_kernels.add_relu(ops.convert_to_tensor(x), ops.convert_to_tensor(shortcut))
+        return ops.relu(ops.add(x, shortcut))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

@@ -30,8 +30,18 @@ class DualParts(NamedTuple):
         return self.backbone.get_layer(POOL)
 
     def feature_model(self, model: keras.Model) -> keras.Model:
-        """``model`` up to the concatenated [left, right] features."""
-        return keras.Model(model.inputs, self.features.output, name=FEATURES)
+        """``model`` up to the concatenated [left, right] features, for inference: both eyes go through the
+        backbone as one batch (exact in inference mode, where each image is normalised on its own)."""
+        inputs = {name: keras.Input(shape=tensor.shape[1:], name=name) for name, tensor in model.input.items()}
+        both = self.backbone(keras.ops.concatenate([inputs["left"], inputs["right"]], axis=0))
+        left, right = keras.ops.split(both, 2, axis=0)
+        return keras.Model(inputs, keras.ops.concatenate([left, right], axis=-1), name=FEATURES)
+
+    def inference_model(self, model: keras.Model) -> keras.Model:
+        """``model`` for inference only (``predict``), both eyes through the backbone as one batch; shares
+        every layer and weight with ``model``. Not for training: BatchNorm would pool both eyes' statistics."""
+        features = self.feature_model(model)
+        return keras.Model(features.input, self.head(features.output), name=f"{model.name}_inference")
 
     def feature_map_model(self) -> keras.Model:
         """The backbone up to its last feature map (the input of the global pooling)."""

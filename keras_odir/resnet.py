@@ -7,6 +7,9 @@ an explicit symmetric ``ZeroPadding2D`` + ``valid`` (Keras ``same`` pads asymmet
 stride 2); stride-1 3x3 convolutions use ``same``, which is torch's padding=1 exactly.
 The max-pool pads with zeros where torch pads with -inf: its input follows a ReLU (>= 0)
 and every 3x3/2 window holds at least one real pixel, so the result is identical.
+Each torchvision BatchNorm that a ReLU follows is one ``TorchBatchNormalization(activation="relu")``,
+and a block's ``out += identity; relu(out)`` is one ``ResidualReLU`` (named ``<block>_relu3``):
+fewer Keras layer calls and, on torch, fewer new tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_odir.layers import TorchBatchNormalization
+from keras_odir.layers import ChannelsLastConv2D, ResidualReLU, TorchBatchNormalization
 from keras_odir.parts import POOL
 from odir_core.model_spec import BackboneSpec
 
@@ -24,36 +27,34 @@ EXPANSION = 4
 
 def _conv(filters, kernel, stride, name, data_format, padding="valid"):
     # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu")
-    return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name,
-                         data_format=data_format,
+    return ChannelsLastConv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name,
+                              data_format=data_format,
                          kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"))
 
 
-def _bn(name, data_format):
+def _bn(name, data_format, relu=False):
     axis = 1 if data_format == "channels_first" else -1
-    return TorchBatchNormalization(axis=axis, momentum=0.9, epsilon=1e-5, name=name)
+    return TorchBatchNormalization(axis=axis, momentum=0.9, epsilon=1e-5, name=name,
+                                   activation="relu" if relu else None)
 
 
 def _bottleneck(x, prefix, width, stride, downsample, data_format):
     """torchvision's Bottleneck: 1x1 -> 3x3 (stride here, v1.5) -> 1x1 x4, plus identity or downsample."""
     identity = x
     out = _conv(width, 1, 1, f"{prefix}_conv1", data_format)(x)
-    out = _bn(f"{prefix}_bn1", data_format)(out)
-    out = layers.ReLU(name=f"{prefix}_relu1")(out)
+    out = _bn(f"{prefix}_bn1", data_format, relu=True)(out)
     if stride == 1:
         out = _conv(width, 3, 1, f"{prefix}_conv2", data_format, padding="same")(out)
     else:
         out = layers.ZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad2")(out)
         out = _conv(width, 3, stride, f"{prefix}_conv2", data_format)(out)
-    out = _bn(f"{prefix}_bn2", data_format)(out)
-    out = layers.ReLU(name=f"{prefix}_relu2")(out)
+    out = _bn(f"{prefix}_bn2", data_format, relu=True)(out)
     out = _conv(width * EXPANSION, 1, 1, f"{prefix}_conv3", data_format)(out)
     out = _bn(f"{prefix}_bn3", data_format)(out)
     if downsample:
         identity = _conv(width * EXPANSION, 1, stride, f"{prefix}_downsample_0", data_format)(x)
         identity = _bn(f"{prefix}_downsample_1", data_format)(identity)
-    out = layers.Add(name=f"{prefix}_add")([out, identity])
-    return layers.ReLU(name=f"{prefix}_relu3")(out)
+    return ResidualReLU(name=f"{prefix}_relu3")([out, identity])
 
 
 def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | None = None,
@@ -73,8 +74,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(inputs)
     x = _conv(64, 7, 2, "conv1", data_format)(x)
-    x = _bn("bn1", data_format)(x)
-    x = layers.ReLU(name="relu")(x)
+    x = _bn("bn1", data_format, relu=True)(x)
     x = layers.ZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="maxpool")(x)
     for stage, (width, blocks) in enumerate(zip(WIDTHS, spec.blocks), start=1):

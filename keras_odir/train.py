@@ -117,15 +117,16 @@ def train(config: TrainConfig, log=print) -> Path:
             return trainable.predict(val_features, batch_size=config.batch_size, verbose=0)
     else:
         trainable = model
+        inference = dual_parts(model).inference_model(model)
         train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)
         train_batches = image_batches(train_aug, config.batch_size, workers=config.workers, **order)
         train_eval, val_eval = _eval_batches(train_plain, config), _eval_batches(val_data, config)
 
         def predict_train():
-            return model.predict(train_eval, verbose=0)
+            return inference.predict(train_eval, verbose=0)
 
         def predict_val():
-            return model.predict(val_eval, verbose=0)
+            return inference.predict(val_eval, verbose=0)
 
     trainable.compile(
         optimizer=TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay),

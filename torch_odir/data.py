@@ -1,5 +1,6 @@
-"""PyTorch input pipeline over ``odir_core.dataset``: a Dataset of (left, right, labels), NCHW float32,
-and a DataLoader whose batches follow the shared epoch order (seeded shuffle or balanced sampler)."""
+"""PyTorch input pipeline over ``odir_core.dataset``: a Dataset of (left, right, labels) and a DataLoader
+whose batches follow the shared epoch order (seeded shuffle or balanced sampler). Batches are NCHW float32
+in channels_last memory format (the NHWC arrays of odir_core, stacked once, seen as NCHW)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ class PairDataset(Dataset):
     def __getitem__(self, key):
         index, epoch, position = key
         left, right = self.data.pair(index, epoch, position)
-        return (
-            torch.from_numpy(np.ascontiguousarray(left.transpose(2, 0, 1))),
-            torch.from_numpy(np.ascontiguousarray(right.transpose(2, 0, 1))),
-            torch.from_numpy(self.data.labels[index]),
-        )
+        return torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(self.data.labels[index])
+
+
+def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack (left HWC, right HWC, labels) items into NCHW channels_last batches with one copy each."""
+    left, right, labels = zip(*items)
+    return (torch.stack(left).permute(0, 3, 1, 2), torch.stack(right).permute(0, 3, 1, 2), torch.stack(labels))
 
 
 class EpochBatchSampler(Sampler):
@@ -53,5 +56,5 @@ def make_loader(data: DualEyeDataset, batch_size: int, *, seed: int = 0, shuffle
                 balanced: bool = False, workers: int = 0) -> DataLoader:
     """DataLoader over ``data``; its ``batch_sampler.set_epoch(e)`` selects the epoch's order and draws."""
     order = EpochOrder(len(data), seed, shuffle=shuffle, labels=data.labels if balanced else None)
-    return DataLoader(PairDataset(data), batch_sampler=EpochBatchSampler(order, batch_size),
+    return DataLoader(PairDataset(data), batch_sampler=EpochBatchSampler(order, batch_size), collate_fn=collate_pairs,
                       num_workers=workers, persistent_workers=workers > 0)

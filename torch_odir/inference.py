@@ -29,27 +29,28 @@ class TorchPredictor:
         self.device = device
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(self.device)  # channels_last
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return torch.sigmoid(self.model(self._tensor(left), self._tensor(right))).double().cpu().numpy()
 
     def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
-        stage_outputs: list[torch.Tensor] = []  # last feature map of the left, then the right eye
+        stage_outputs: list[torch.Tensor] = []  # last feature maps: both eyes stacked (eval mode)
         stage = self.model.backbone.get_submodule(self.model.spec.gradcam_stage)
         hook = stage.register_forward_hook(lambda module, inputs, output: stage_outputs.append(output))
         try:
             with torch.enable_grad():
                 # inputs require grad so the graph exists even when the backbone's weights are frozen
-                inputs = [self._tensor(x).requires_grad_(True) for x in (left, right)]
+                inputs = [self._tensor(x).detach().requires_grad_(True) for x in (left, right)]
                 logits = self.model(*inputs)
                 grads = torch.autograd.grad(logits[0, label], stage_outputs)
         finally:
             hook.remove()
+        maps, grads = torch.cat(stage_outputs).chunk(2), torch.cat(grads).chunk(2)  # left, right
         return tuple(
             gradcam_map(a[0].detach().cpu().numpy(), g[0].cpu().numpy(), channels_last=False)
-            for a, g in zip(stage_outputs, grads)
+            for a, g in zip(maps, grads)
         )
 
 

@@ -61,7 +61,8 @@ class DualNet(nn.Module):
     ``backbone``/``head``: names from ``odir_core.model_spec``. ``weights``: backbone weights, None
     (random), ``"imagenet"`` or a torchvision checkpoint path. ``freeze_backbone``: backbone parameters
     get no gradient and the backbone stays in eval mode (BatchNorm uses its running statistics) even
-    after ``model.train()``.
+    after ``model.train()``. Weights are in channels_last memory format (NHWC in memory, the layout
+    oneDNN and cuDNN convolve fastest); inputs in either format give the same result.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, head: str = "v0", freeze_backbone: bool = False,
@@ -75,6 +76,7 @@ class DualNet(nn.Module):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> DualNet:
         super().train(mode)
@@ -83,8 +85,14 @@ class DualNet(nn.Module):
         return self
 
     def features(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """The concatenated [left, right] pooled backbone features."""
-        return torch.cat([self.backbone(left), self.backbone(right)], dim=1)
+        """The concatenated [left, right] pooled backbone features.
+
+        A backbone in training mode sees each eye as its own batch (BatchNorm statistics per eye, as in
+        the study); in eval mode, where every image is normalised on its own, both go through as one batch.
+        """
+        if self.backbone.training:
+            return torch.cat([self.backbone(left), self.backbone(right)], dim=1)
+        return torch.cat(self.backbone(torch.cat([left, right])).chunk(2), dim=1)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(left, right))

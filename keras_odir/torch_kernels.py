@@ -1,0 +1,55 @@
+"""Torch-backend kernels for ``keras_odir.layers``: convolution and BatchNorm on NHWC data without
+layout copies. Imported only when the Keras backend is torch.
+
+Keras' torch convolution makes every NHWC input NCHW-contiguous, transposes the HWIO kernel to
+OIHW on every call, and makes the NCHW output NHWC-contiguous again: three copies per layer.
+A permuted view of an NHWC tensor is already an NCHW tensor in torch's channels_last memory
+format, which oneDNN convolves natively and returns in the same format, so the view back to
+NHWC is contiguous without a copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+# OIHW channels_last copies of kernels, reused while no gradient is needed and the kernel is unchanged:
+# kernel tensor (held weakly) -> (its version, the copy)
+_KERNELS = WeakIdKeyDictionary()
+
+
+def _oihw(kernel: torch.Tensor) -> torch.Tensor:
+    """HWIO kernel -> OIHW in channels_last memory (O, H, W, I), cached per weight version without grad."""
+    if torch.is_grad_enabled() and kernel.requires_grad:
+        return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+    cached = _KERNELS.get(kernel)
+    if cached is None or cached[0] != kernel._version:
+        with torch.no_grad():
+            cached = _KERNELS[kernel] = (kernel._version,
+                                         kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last))
+    return cached[1]
+
+
+def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int) -> torch.Tensor:
+    """Convolution of NHWC ``inputs`` with an HWIO ``kernel`` (no bias), symmetric zero ``padding``."""
+    out = F.conv2d(inputs.permute(0, 3, 1, 2), _oihw(kernel), stride=tuple(strides), padding=padding)
+    return out.permute(0, 2, 3, 1)
+
+
+def batch_norm(inputs, axis: int, moving_mean, moving_variance, gamma, beta, *, training: bool, momentum: float,
+               epsilon: float, relu: bool = False) -> torch.Tensor:
+    """torch's batch_norm over channel ``axis`` of ``inputs`` (a view, no copy, when it is the last); in training
+    it updates the moving statistics in place with torch's semantics (unbiased variance; ``momentum`` is
+    Keras', the weight of the old value). ``relu``: then ReLU in place (batch_norm's backward does not need
+    its output, as in torchvision's ``ReLU(inplace=True)``)."""
+    out = F.batch_norm(inputs.movedim(axis, 1), moving_mean, moving_variance, gamma, beta, training=training,
+                       momentum=1.0 - momentum, eps=epsilon)
+    if relu:
+        out = out.relu_()
+    return out.movedim(1, axis)
+
+
+def add_relu(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """relu(x + shortcut) with one new tensor: the ReLU in place on the sum (add's backward needs no output)."""
+    return torch.add(x, shortcut).relu_()
