@@ -24,7 +24,7 @@ class EpochSchedule(keras.callbacks.LearningRateScheduler):
         super().on_epoch_begin(epoch, logs)
         momentum = self.epoch_schedule.momentum_at(epoch)
         if momentum is not None:
-            optimizer = self.model.optimizer
+            optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # loss scaling
             if not hasattr(optimizer, "momentum"):
                 raise ValueError(
                     f"the schedule cycles the momentum but {type(optimizer).__name__} has none; "
@@ -35,4 +35,5 @@ class EpochSchedule(keras.callbacks.LearningRateScheduler):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if logs is not None and self.epoch_schedule.momentum_at(epoch) is not None:
-            logs["momentum"] = float(keras.ops.convert_to_numpy(self.model.optimizer.momentum))
+            optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+            logs["momentum"] = float(keras.ops.convert_to_numpy(optimizer.momentum))

@@ -19,10 +19,10 @@ from odir_core.model_spec import DEFAULT_BACKBONE, Dropout, Linear, ReLU, backbo
     infer_architecture
 
 
-def _dense(units, fan_in, name):
+def _dense(units, fan_in, name, dtype=None):
     # torch.nn.Linear's init: weight and bias uniform in +-1/sqrt(fan_in)
     bound = 1.0 / math.sqrt(fan_in)
-    return layers.Dense(units, name=name,
+    return layers.Dense(units, name=name, dtype=dtype,
                         kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
                         bias_initializer=keras.initializers.RandomUniform(-bound, bound))
 
@@ -30,14 +30,17 @@ def _dense(units, fan_in, name):
 def build_head(head: str, in_features: int) -> keras.Model:
     """The head ``head`` of ``odir_core.model_spec.HEADS`` as a model on the features (input ``features``).
 
-    Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``.
+    Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in float32
+    under a mixed-precision policy too, so logits (and the loss) are float32.
     """
     inputs = keras.Input(shape=(in_features,), name=FEATURES)
     x, width = inputs, in_features
-    for i, layer in enumerate(head_layers(head)):
+    spec = head_layers(head)
+    for i, layer in enumerate(spec):
         name = f"head_{i}"
         if isinstance(layer, Linear):
-            x, width = _dense(layer.units, width, name)(x), layer.units
+            dtype = "float32" if i == len(spec) - 1 else None
+            x, width = _dense(layer.units, width, name, dtype)(x), layer.units
         elif isinstance(layer, ReLU):
             x = layers.ReLU(name=name)(x)
         elif isinstance(layer, Dropout):

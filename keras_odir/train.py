@@ -24,6 +24,7 @@ from keras_odir.model import build_dual_model
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_torch_state, torch_to_keras_state
 from keras_odir.optimizers import TorchSGD
+from keras_odir.precision import dtype_policy
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset
@@ -92,7 +93,8 @@ def train(config: TrainConfig, log=print) -> Path:
         raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
+    with dtype_policy(config.precision):
+        model = build_model(config)
     y_train, y_val = setup.y_train, setup.y_val
     common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
                   seed=config.seed)

@@ -34,6 +34,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "demo.tom
 
 HEADS = tuple(HEAD_SPECS)
 BACKBONES = tuple(BACKBONE_SPECS)
+PRECISIONS = ("float32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -121,13 +122,20 @@ class TrainConfig:
         "head on them (--no-feature-cache: run the backbone every step)",
     )
     device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
+    precision: str = _opt(
+        "float32",
+        "compute precision: float32, or bf16 / fp16 mixed precision (Keras dtype policy, torch autocast; "
+        "weights, logits and checkpoints stay float32; fp16 with dynamic loss scaling)",
+        choices=PRECISIONS,
+    )
     run_dir: str = _opt("runs", "folder under which the run folder is created")
     resume: str = _opt(
         "", "resume the interrupted run in this run folder (its config.toml is the base config)"
     )
 
     def __post_init__(self) -> None:
-        for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES), ("scheduler", SCHEDULERS),
+        for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES),
+                              ("precision", PRECISIONS), ("scheduler", SCHEDULERS),
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")

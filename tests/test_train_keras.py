@@ -179,3 +179,18 @@ def test_resume_on_the_jax_backend():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout
+
+
+@pytest.mark.parametrize("precision,scheduler", [("bf16", "linear"), ("fp16", "cyclic")])
+def test_mixed_precision_trains_and_keeps_float32_checkpoints(data, tmp_path, precision, scheduler):
+    # fp16 wraps TorchSGD in Keras' LossScaleOptimizer; the cyclic schedule still sets its momentum
+    assert ktrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "1", "--precision", precision,
+                                       "--scheduler", scheduler)) == 0
+    run = only_run(tmp_path)
+    assert load_config(run / "config.toml").precision == precision
+    model = keras.saving.load_model(run / "best.keras", compile=False)
+    assert {str(w.dtype) for w in model.weights} == {"float32"}
+    x = {"left": np.zeros((1, 32, 32, 3), "float32"), "right": np.zeros((1, 32, 32, 3), "float32")}
+    logits = model.predict_on_batch(x)
+    assert str(logits.dtype) == "float32" and np.isfinite(logits).all()
+    assert np.isfinite(pd.read_csv(run / "history.csv")["train_loss"]).all()

@@ -77,3 +77,13 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
     pd.testing.assert_frame_equal(pd.read_csv(straight / "history.csv"), pd.read_csv(cut / "history.csv"),
                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_keeps_float32_checkpoints(data, tmp_path, precision):
+    assert ttrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "1", "--precision", precision,
+                                       "--lr", "0.01")) == 0
+    run = only_run(tmp_path)
+    state = torch.load(run / "best.pth", weights_only=False)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    assert np.isfinite(pd.read_csv(run / "history.csv")["train_loss"]).all()

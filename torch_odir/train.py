@@ -4,7 +4,8 @@ The same options, configs and run folder as ``keras_odir.train`` (``--help``): `
 ``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
 ``train_results.xlsx``, ``history.csv``, ``tensorboard/``, and ``backup/state.pth`` while it runs
 (``--resume RUN_DIR``). torch's SGD, ``BCEWithLogitsLoss(pos_weight)``, ``LinearLR``/``CyclicLR``
-stepped once per epoch, a DataLoader following the shared epoch order.
+stepped once per epoch, a DataLoader following the shared epoch order; ``--precision bf16|fp16``
+runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch_odir.data import make_loader
 from torch_odir.model import DualNet, read_torch_state
 
 BACKUP = Path("backup") / "state.pth"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,17 +69,23 @@ def make_scheduler(config: TrainConfig, optimizer):
     return getattr(torch.optim.lr_scheduler, schedule.torch_name)(optimizer, **schedule.torch_kwargs())
 
 
+def autocast(device: torch.device, precision: str):
+    """torch.autocast for ``--precision`` (bf16 / fp16 compute, float32 weights); a no-op for float32."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision in AUTOCAST_DTYPES)
+
+
 @torch.no_grad()
-def predict_logits(forward, loader, device) -> np.ndarray:
-    """Logits of every batch of ``loader`` in order (inputs moved to ``device``)."""
+def predict_logits(forward, loader, device, precision: str = "float32") -> np.ndarray:
+    """Logits of every batch of ``loader`` in order (inputs moved to ``device``), as float32."""
     out = []
     for *inputs, _ in loader:
-        out.append(forward(*(x.to(device) for x in inputs)).float().cpu().numpy())
+        with autocast(device, precision):
+            out.append(forward(*(x.to(device) for x in inputs)).float().cpu().numpy())
     return np.concatenate(out)
 
 
-def _features(model: DualNet, loader, device) -> torch.Tensor:
-    return torch.from_numpy(predict_logits(model.features, loader, device))
+def _features(model: DualNet, loader, device, precision: str) -> torch.Tensor:
+    return torch.from_numpy(predict_logits(model.features, loader, device, precision))
 
 
 def _feature_loader(features: torch.Tensor, labels: np.ndarray, order: EpochOrder, batch_size: int):
@@ -126,8 +134,8 @@ def train(config: TrainConfig, log=print) -> Path:
     if config.uses_feature_cache:
         log("Frozen backbone and no augmentation: computing backbone features once per image")
         model.eval()
-        train_features = _features(model, tqdm(plain_loader, desc="features train"), device)
-        val_features = _features(model, tqdm(val_loader, desc="features val"), device)
+        train_features = _features(model, tqdm(plain_loader, desc="features train"), device, config.precision)
+        val_features = _features(model, tqdm(val_loader, desc="features val"), device, config.precision)
         order = EpochOrder(len(y_train), config.seed, labels=y_train if config.balanced_sampler else None)
         train_loader = _feature_loader(train_features, y_train, order, config.batch_size)
         forward = model.head
@@ -146,6 +154,7 @@ def train(config: TrainConfig, log=print) -> Path:
     scheduler = make_scheduler(config, optimizer)
     pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     history = History(run_dir)
     start_epoch = 0
@@ -156,6 +165,7 @@ def train(config: TrainConfig, log=print) -> Path:
         state = torch.load(backup, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -175,9 +185,12 @@ def train(config: TrainConfig, log=print) -> Path:
             inputs = [x.to(device) for x in inputs]
             y = y.to(device)
             optimizer.zero_grad()
-            loss = loss_fn(forward(*inputs), y)
-            loss.backward()
-            optimizer.step()
+            with autocast(device, config.precision):
+                logits = forward(*inputs)
+            loss = loss_fn(logits.float(), y)
+            scaler.scale(loss).backward()  # loss scaling for fp16; plain backward otherwise
+            scaler.step(optimizer)
+            scaler.update()
             total += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
@@ -187,8 +200,8 @@ def train(config: TrainConfig, log=print) -> Path:
         model.eval()
         finite = math.isfinite(record["train_loss"])
         if finite:
-            train_logits = predict_logits(forward, eval_train, device)
-            val_logits = predict_logits(forward, eval_val, device)
+            train_logits = predict_logits(forward, eval_train, device, config.precision)
+            val_logits = predict_logits(forward, eval_val, device, config.precision)
             finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
         if finite:
             record.update(split_metrics("train", y_train, train_logits))
@@ -216,6 +229,7 @@ def train(config: TrainConfig, log=print) -> Path:
         backup.parent.mkdir(exist_ok=True)
         with atomic_path(backup) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
                         "scheduler": None if scheduler is None else scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
         _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
