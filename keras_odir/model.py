@@ -15,8 +15,15 @@ import keras_odir.layers  # noqa: F401  (registers the custom layers a saved mod
 from keras_odir.parts import BACKBONE, FEATURES, HEAD
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import dual_state_dict
-from odir_core.model_spec import DEFAULT_BACKBONE, Dropout, Linear, ReLU, backbone_spec, head_layers, \
-    infer_architecture
+from odir_core.model_spec import (
+    DEFAULT_BACKBONE,
+    Dropout,
+    Linear,
+    ReLU,
+    backbone_spec,
+    head_layers,
+    infer_architecture,
+)
 
 
 def _dense(units, fan_in, name, dtype=None):

@@ -21,10 +21,10 @@ from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
-from keras_odir.parts import dual_parts
-from keras_odir.weights import read_torch_state, torch_to_keras_state
 from keras_odir.optimizers import TorchSGD
+from keras_odir.parts import dual_parts
 from keras_odir.precision import dtype_policy
+from keras_odir.weights import read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset
@@ -33,6 +33,7 @@ from odir_core.model_spec import backbone_spec, check_architecture
 from odir_core.run import ResumeError, RunSetup, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
+
 
 def build_model(config: TrainConfig) -> keras.Model:
     """The dual model of ``config`` with its starting weights.

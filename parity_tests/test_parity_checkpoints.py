@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-import keras
 from keras_odir.convert import main as convert
 from keras_odir.evaluate import BACKEND
 from keras_odir.evaluate import main as keras_evaluate

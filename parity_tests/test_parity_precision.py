@@ -7,11 +7,11 @@ logits stay float32 under both policies.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import torch
 
-import keras
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD

@@ -4,7 +4,6 @@ in channels_last memory format (the NHWC arrays of odir_core, stacked once, seen
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
