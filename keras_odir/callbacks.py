@@ -24,7 +24,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     checkpoint), append them to the run's history files and TensorBoard.
 
     A non-finite training loss (``TerminateOnNaN`` stops mid-epoch) or validation logits stop the
-    run with a message; the best checkpoint of earlier epochs is kept.
+    run (``stopped_on_nan``); the checkpoints skip non-finite weights, so earlier ones are kept.
     ``predict_train``/``predict_val``: callables returning (n, 8) logits for the current weights.
     """
 
@@ -63,14 +63,8 @@ class EpochEvaluation(keras.callbacks.Callback):
             record.update(split_metrics("val", self.y_val, val_logits))
         else:
             record["val_loss"] = math.nan
-            self.stopped_on_nan = epoch
+            self.stopped_on_nan = epoch  # keras_odir.train raises TrainingDiverged after fit
             self.model.stop_training = True
-            best = self.history.best_epoch()
-            kept = f"best.keras (epoch {best + 1}) is kept" if best is not None else "no checkpoint was saved"
-            self.log(
-                f"\nEpoch {epoch + 1}: the loss became NaN or infinite; training stopped. {kept}. "
-                "Lower the learning rate (--lr) or check the data."
-            )
         record["lr"] = logs.get("learning_rate")
         record["momentum"] = logs.get("momentum")
         # the progress bar shows the study's metrics; every value goes to the history files
@@ -89,6 +83,8 @@ class _AtomicSaver:
         self.target = target
 
     def save(self, filepath, overwrite=True):
+        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.target.weights):
+            return  # a diverged epoch's weights are never written
         with atomic_path(filepath) as tmp:
             self.target.save(tmp, overwrite=True)
 

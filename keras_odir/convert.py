@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 
 from keras_odir.model import dual_model_from_state
-from keras_odir.weights import WeightConversionError, keras_to_torch_state, read_torch_state
-from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, dual_state_dict
+from keras_odir.weights import WeightConversionError, keras_to_torch_state, read_torch_state, to_numpy
+from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
 from odir_core.model_spec import HEADS, infer_architecture
 
 
@@ -42,6 +42,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | 
     try:
         if dst.suffix == KERAS_SUFFIX:
             state = dual_state_dict(read_torch_state(src))
+            check_finite(((k, to_numpy(v)) for k, v in state.items()), str(src))
             _, found = infer_architecture(state)
             if head is not None and head != found:
                 raise WeightConversionError(f"{src} holds head {found}, not the requested {head}.")
@@ -51,7 +52,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | 
             import torch
 
             model = keras.saving.load_model(src)
-            torch.save(keras_to_torch_state(model), tmp_path)
+            state = keras_to_torch_state(model)
+            check_finite(((k, v.numpy()) for k, v in state.items()), str(src))
+            torch.save(state, tmp_path)
         os.replace(tmp_path, dst)
     finally:
         tmp_path.unlink(missing_ok=True)

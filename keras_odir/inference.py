@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
-from odir_core.checkpoints import TORCH_SUFFIXES
+from odir_core.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.config import TrainConfig
 from odir_core.inference import InferenceError, gradcam_map
 
@@ -81,8 +81,11 @@ def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
     """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state, or a torch
     checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly."""
     if path.suffix in TORCH_SUFFIXES:
-        return KerasPredictor(load_dual_checkpoint(path))
-    if not zipfile.is_zipfile(path):
+        model = load_dual_checkpoint(path)
+    elif not zipfile.is_zipfile(path):
         raise InferenceError(f"{path}: not a .keras file (a .keras model is a zip archive); pass best.keras of a "
                              "keras_odir training run")
-    return KerasPredictor(keras.saving.load_model(path, compile=False))
+    else:
+        model = keras.saving.load_model(path, compile=False)
+    check_finite(((w.path, ops.convert_to_numpy(w)) for w in model.weights), str(path))
+    return KerasPredictor(model)

@@ -30,7 +30,15 @@ from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset
 from odir_core.history import History
 from odir_core.model_spec import backbone_spec, check_architecture
-from odir_core.run import ResumeError, RunSetup, log_summary, run_training_cli, setup_run
+from odir_core.run import (
+    ResumeError,
+    RunSetup,
+    TrainingDiverged,
+    diverged_message,
+    log_summary,
+    run_training_cli,
+    setup_run,
+)
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 
@@ -147,6 +155,8 @@ def train(config: TrainConfig, log=print) -> Path:
                                    seed=config.seed, resumed_val_losses=val_losses)
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
+    if evaluation.stopped_on_nan is not None:
+        raise TrainingDiverged(diverged_message(evaluation.stopped_on_nan, history.best_epoch(), "best.keras"))
 
     log_summary(history, run_dir, "best.keras", started, log)
     return run_dir

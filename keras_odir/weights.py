@@ -70,7 +70,8 @@ def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
     return value.T if kind == "dense" else value
 
 
-def _numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
+    """A torch tensor or array-like as a numpy array."""
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)
@@ -90,9 +91,9 @@ def torch_to_keras_state(model: keras.Model, state_dict: Mapping, *, source: str
     values, misshaped = {}, []
     for key, (variable, kind) in table.items():
         if key in given:
-            value = _to_keras(_numpy(given[key]), kind)
+            value = _to_keras(to_numpy(given[key]), kind)
             if tuple(value.shape) != tuple(variable.shape):
-                misshaped.append(f"{key}: {tuple(_numpy(given[key]).shape)} does not fit "
+                misshaped.append(f"{key}: {tuple(to_numpy(given[key]).shape)} does not fit "
                                  f"{variable.path} {tuple(variable.shape)}")
             values[key] = value
     problems = [f"{label} ({len(keys)}): {', '.join(keys)}"

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from odir_core.atomic import atomic_path
 from odir_core.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
 
@@ -159,6 +161,14 @@ def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec =
     """A torchvision model's state_dict without its ImageNet classifier (``fc.*`` for ResNet)."""
     prefix = _spec(backbone).classifier + "."
     return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def check_finite(named_arrays, source: str) -> None:
+    """Raise ``CheckpointError`` when any of ``(name, array)`` holds NaN or infinity (a diverged run's weights)."""
+    bad = [name for name, array in named_arrays if not np.isfinite(np.asarray(array, dtype=np.float64)).all()]
+    if bad:
+        raise CheckpointError(f"{source} has non-finite weights (NaN or infinity) in {len(bad)} tensors, e.g. "
+                              f"{', '.join(bad[:3])}: it comes from a diverged run; train again with a lower --lr")
 
 
 def read_checkpoint(path: str | os.PathLike, load: Callable[[Path], Any]) -> dict[str, Any]:

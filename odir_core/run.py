@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from odir_core.splits import split_frames
 from odir_core.annotations import label_matrix, read_annotations
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import TrainConfig, parse_args, save_config
 from odir_core.labels import LABELS
 from odir_core.layouts import PREPARED
+from odir_core.splits import split_frames
 from odir_core.tfds import source as tfds_source
 
 PREPARED_ODIR = Path("data") / "odir5k"  # where the main job looks for a prepared ODIR-5K
@@ -29,6 +29,17 @@ CONFIG_FILE = "config.toml"
 
 class DataSourceError(ValueError):
     """The data option names nothing usable (message says what to pass instead)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stopped, and no checkpoint holds the diverged weights."""
+
+
+def diverged_message(epoch: int, best_epoch: int | None, best_file: str) -> str:
+    """One line for a run whose loss became NaN or infinite in ``epoch`` (0-based)."""
+    kept = f"{best_file} (epoch {best_epoch + 1}) is kept" if best_epoch is not None else "no checkpoint was saved"
+    return (f"epoch {epoch + 1}: the loss became NaN or infinite; training stopped and {kept}. "
+            "Lower the learning rate (--lr) or check the data, and start a new run.")
 
 
 class ResumeError(ValueError):
@@ -150,13 +161,17 @@ def log_summary(history, run_dir: Path, model_file: str, started: float, log: Ca
 
 
 def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
-    """Parse flags, train, and turn user errors into one line and exit code 2 (Ctrl-C: 130)."""
+    """Parse flags, train, and turn user errors into one line and exit code 2, a diverged run into exit code 1
+    (Ctrl-C: 130)."""
     config = parse_args(argv, prog=prog, description=description)
     try:
         train(config)
     except (FileNotFoundError, ValueError) as exc:  # data, annotation, split, resume and config errors
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:  # a failed run: it must not look like a success
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from odir_core.checkpoints import check_finite
 from odir_core.config import TrainConfig
 from odir_core.inference import gradcam_map
 from torch_odir.model import DualNet, dual_model_from_state, read_torch_state
@@ -56,4 +57,6 @@ class TorchPredictor:
 
 def load_predictor(path: Path, config: TrainConfig) -> TorchPredictor:
     """Load a dual model's .pth (torch_odir's best.pth, the study's own); backbone and head from its keys."""
-    return TorchPredictor(dual_model_from_state(read_torch_state(path)), _device(config))
+    state = read_torch_state(path)
+    check_finite(((k, v.float()) for k, v in state.items() if v.is_floating_point()), str(path))
+    return TorchPredictor(dual_model_from_state(state), _device(config))

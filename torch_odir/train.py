@@ -26,7 +26,7 @@ from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
 from odir_core.model_spec import check_architecture
-from odir_core.run import ResumeError, log_summary, run_training_cli, setup_run
+from odir_core.run import ResumeError, TrainingDiverged, diverged_message, log_summary, run_training_cli, setup_run
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
@@ -173,6 +173,7 @@ def train(config: TrainConfig, log=print) -> Path:
         history.load(start_epoch)
         log(f"Resuming after epoch {start_epoch}")
     writer = ScalarWriter(run_dir / "tensorboard")
+    diverged = None
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -212,11 +213,8 @@ def train(config: TrainConfig, log=print) -> Path:
         record.update(lr=lr, momentum=momentum)
         history.append(record)
         writer.log_epoch(epoch, record)
-        if not finite:
-            best = history.best_epoch()
-            kept = f"best.pth (epoch {best + 1}) is kept" if best is not None else "no checkpoint was saved"
-            log(f"Epoch {epoch + 1}: the loss became NaN or infinite; training stopped. {kept}. "
-                "Lower the learning rate (--lr) or check the data.")
+        if not finite:  # nothing of this epoch is saved
+            diverged = epoch
             break
         log(f"Epoch {epoch + 1}: loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} | "
             f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
@@ -237,6 +235,8 @@ def train(config: TrainConfig, log=print) -> Path:
             log(f"Epoch {epoch + 1}: early stopping ({config.patience} epochs without a lower validation loss)")
             break
     writer.close()
+    if diverged is not None:
+        raise TrainingDiverged(diverged_message(diverged, history.best_epoch(), "best.pth"))
     backup.unlink(missing_ok=True)
     if backup.parent.is_dir() and not any(backup.parent.iterdir()):
         backup.parent.rmdir()
