@@ -18,30 +18,30 @@ LOGGED = frozenset(STUDY_COLUMNS) - {"train_loss"}  # Keras logs the training lo
 
 
 class EpochEvaluation(keras.callbacks.Callback):
-    """After each epoch: predict the training split (inference mode, no augmentation) and the
-    validation split, compute the unweighted validation loss and the study's and challenge's
-    metrics on both, put them in the epoch logs (``val_loss`` for early stopping and the best
-    checkpoint), append them to the run's history files and TensorBoard.
+    """After each epoch: take the epoch's training outputs, predict the validation split, compute
+    the unweighted validation loss and the study's and challenge's metrics on both, put them in
+    the epoch logs (``val_loss`` for early stopping and the best checkpoint), append them to the
+    run's history files and TensorBoard.
 
     A non-finite training loss (``TerminateOnNaN`` stops mid-epoch) or validation logits stop the
     run (``stopped_on_nan``); the checkpoints skip non-finite weights, so earlier ones are kept.
-    ``predict_train``/``predict_val``: callables returning (n, 8) logits for the current weights.
+    ``train_outputs``: returns ``(labels, logits)`` of the training split for this epoch (the
+    epoch's training-mode outputs, or a clean inference pass); ``predict_val``: the validation
+    logits (n, 8) for the current weights.
     """
 
     def __init__(
         self,
-        predict_train: Callable[[], np.ndarray],
+        train_outputs: Callable[[], tuple[np.ndarray, np.ndarray]],
         predict_val: Callable[[], np.ndarray],
-        y_train: np.ndarray,
         y_val: np.ndarray,
         history: History,
         writer: ScalarWriter,
         log: Callable[[str], None] = print,
     ):
         super().__init__()
-        self.predict_train = predict_train
+        self.train_outputs = train_outputs
         self.predict_val = predict_val
-        self.y_train = y_train
         self.y_val = y_val
         self.history = history
         self.writer = writer
@@ -54,11 +54,11 @@ class EpochEvaluation(keras.callbacks.Callback):
         record = {"train_loss": train_loss}
         finite = math.isfinite(train_loss)
         if finite:
-            train_logits = self.predict_train()
+            y_train, train_logits = self.train_outputs()
             val_logits = self.predict_val()
             finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
         if finite:
-            record.update(split_metrics("train", self.y_train, train_logits))
+            record.update(split_metrics("train", y_train, train_logits))
             record["val_loss"] = bce_with_logits(val_logits, self.y_val)
             record.update(split_metrics("val", self.y_val, val_logits))
         else:

@@ -13,7 +13,7 @@ from keras import layers, ops
 
 TORCH = keras.backend.backend() == "torch"
 if TORCH:
-    from keras_odir import torch_kernels
+    import keras_odir.torch_kernels as torch_kernels
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")

@@ -18,6 +18,7 @@ import keras  # keras_odir/__init__ has chosen the backend
 
 from keras_odir.callbacks import EpochEvaluation, training_callbacks
 from keras_odir.data import EpochBatches, feature_batches, image_batches
+from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
@@ -139,16 +140,24 @@ def train(config: TrainConfig, log=print) -> Path:
         def predict_val():
             return inference.predict(val_eval, verbose=0)
 
+    epoch_outputs = EpochOutputs(train_batches.steps_per_epoch * config.batch_size)
+    if config.train_metrics == "epoch":
+        train_outputs = epoch_outputs.outputs
+    else:
+        def train_outputs():
+            return y_train, predict_train()
+
     trainable.compile(
         optimizer=TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay),
         loss=WeightedBCEWithLogits(setup.pos_weight),
+        metrics=[epoch_outputs] if config.train_metrics == "epoch" else None,
     )
     # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
     x0, y0 = train_batches[0]
     trainable.compute_loss(x0, y0, trainable(x0, training=False))
 
     schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
-    evaluation = EpochEvaluation(predict_train, predict_val, y_train, y_val, history,
+    evaluation = EpochEvaluation(train_outputs, predict_val, y_val, history,
                                  ScalarWriter(run_dir / "tensorboard"), log)
     callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,

@@ -35,6 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "demo.tom
 HEADS = tuple(HEAD_SPECS)
 BACKBONES = tuple(BACKBONE_SPECS)
 PRECISIONS = ("float32", "bf16", "fp16")
+TRAIN_METRICS = ("epoch", "clean")
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,12 @@ class TrainConfig:
         "with a frozen backbone and augment none, compute backbone features once and train the "
         "head on them (--no-feature-cache: run the backbone every step)",
     )
+    train_metrics: str = _opt(
+        "epoch",
+        "train metrics of each epoch from: epoch (the training-mode outputs of the epoch's batches, as the "
+        "study does) or clean (an extra pass over the training split in inference mode, no augmentation)",
+        choices=TRAIN_METRICS,
+    )
     device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
     precision: str = _opt(
         "float32",
@@ -135,7 +142,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES),
-                              ("precision", PRECISIONS), ("scheduler", SCHEDULERS),
+                              ("precision", PRECISIONS), ("train_metrics", TRAIN_METRICS),
+                              ("scheduler", SCHEDULERS),
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")

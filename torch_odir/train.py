@@ -181,6 +181,7 @@ def train(config: TrainConfig, log=print) -> Path:
         lr = optimizer.param_groups[0]["lr"]
         momentum = optimizer.param_groups[0].get("momentum")
         total, seen = 0.0, 0
+        epoch_labels, epoch_logits = [], []
         bar = tqdm(train_loader, desc=f"Epoch {epoch + 1}/{config.epochs}", leave=True)
         for *inputs, y in bar:
             inputs = [x.to(device) for x in inputs]
@@ -193,6 +194,8 @@ def train(config: TrainConfig, log=print) -> Path:
             scaler.step(optimizer)
             scaler.update()
             total += loss.item() * len(y)
+            epoch_labels.append(y.cpu())
+            epoch_logits.append(logits.detach().float().cpu())
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if not math.isfinite(loss.item()):
@@ -201,11 +204,14 @@ def train(config: TrainConfig, log=print) -> Path:
         model.eval()
         finite = math.isfinite(record["train_loss"])
         if finite:
-            train_logits = predict_logits(forward, eval_train, device, config.precision)
+            if config.train_metrics == "epoch":  # the epoch's training-mode outputs, as the study
+                y_epoch, train_logits = torch.cat(epoch_labels).numpy(), torch.cat(epoch_logits).numpy()
+            else:
+                y_epoch, train_logits = y_train, predict_logits(forward, eval_train, device, config.precision)
             val_logits = predict_logits(forward, eval_val, device, config.precision)
             finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
         if finite:
-            record.update(split_metrics("train", y_train, train_logits))
+            record.update(split_metrics("train", y_epoch, train_logits))
             record["val_loss"] = bce_with_logits(val_logits, y_val)
             record.update(split_metrics("val", y_val, val_logits))
         else:
