@@ -3,12 +3,22 @@
 Every decoded image is a C-contiguous ``uint8`` array of shape (H, W, 3) in RGB
 order, whatever the file held: grayscale, RGBA (composited on black), 16-bit,
 or a JPEG with an EXIF orientation tag (applied, as OpenCV does by default).
+
+A JPEG whose compressed data is damaged inside (zeroed or overwritten bytes,
+with the end marker intact) still decodes in OpenCV, grey or garbled below the
+damage, and libjpeg only prints a "Corrupt JPEG data" warning on stderr. JPEGs
+are therefore decoded with that warning captured (``decode_jpeg``) and turned
+into ImageDecodeError.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -20,6 +30,18 @@ from odir_core.atomic import atomic_write_bytes
 JPEG_MAGIC = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
 REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+# libjpeg warnings that mean the pixels are damaged (libjpeg-turbo's JWRN_* texts). Warnings about
+# metadata (JFIF version, ICC or Adobe markers) are passed on to stderr.
+JPEG_DAMAGE = re.compile(
+    r"Corrupt JPEG data: (?!bad ICC)(?!\d+ extraneous)|Premature end of JPEG file|Invalid SOS parameters"
+    r"|Inconsistent progression sequence"
+)
+# "N extraneous bytes before marker": a few padding bytes are a known harmless quirk of some
+# cameras and encoders; a damaged scan leaves thousands
+JPEG_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker")
+MAX_EXTRANEOUS = 16
 
 
 class ImageDecodeError(ValueError):
@@ -84,12 +106,78 @@ def to_rgb8(img: np.ndarray) -> np.ndarray:
     raise ImageDecodeError(f"unsupported channel count {channels}")
 
 
+_CAPTURE_LOCK = threading.Lock()
+_CAPTURE: dict = {}  # pid -> a temporary file that receives fd 2 during a JPEG decode
+
+
+def _reset_after_fork() -> None:
+    global _CAPTURE_LOCK
+    _CAPTURE_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _capture_file() -> int:
+    fd = _CAPTURE.get(os.getpid())
+    if fd is None:  # one per process: a forked child must not share its parent's file offset
+        fd = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for the life of the process)
+        _CAPTURE.clear()
+        _CAPTURE[os.getpid()] = fd
+    return fd.fileno()
+
+
+def jpeg_damage(message: str) -> str | None:
+    """The first line of libjpeg output ``message`` that means damaged pixels, else None."""
+    for line in message.splitlines():
+        extraneous = JPEG_EXTRANEOUS.search(line)
+        if (extraneous and int(extraneous.group(1)) > MAX_EXTRANEOUS) or JPEG_DAMAGE.search(line):
+            return line.strip()
+    return None
+
+
+def decode_jpeg(buf: np.ndarray, flags: int) -> tuple[np.ndarray | None, str]:
+    """cv2.imdecode of JPEG bytes, and what libjpeg printed on stderr meanwhile (its warnings).
+
+    libjpeg prints warnings with fprintf(stderr), so file descriptor 2 is pointed at a temporary
+    file for the call (serialised by a lock: fd 2 is shared by the process's threads); the few
+    microseconds this costs are nothing next to the decode. Anything else written to stderr in
+    that window is passed on. Without a usable fd 2 the decode runs uncaptured.
+    """
+    with _CAPTURE_LOCK:
+        try:
+            sys.stderr.flush()
+            capture = _capture_file()
+            os.lseek(capture, 0, os.SEEK_SET)
+            os.ftruncate(capture, 0)
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return cv2.imdecode(buf, flags), ""
+        try:
+            os.dup2(capture, 2)
+            img = cv2.imdecode(buf, flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        size = os.lseek(capture, 0, os.SEEK_END)
+        if not size:
+            return img, ""
+        os.lseek(capture, 0, os.SEEK_SET)
+        text = os.read(capture, size).decode("utf-8", "replace")
+    passed_on = [line for line in text.splitlines(keepends=True) if not jpeg_damage(line)]
+    if passed_on:
+        os.write(2, "".join(passed_on).encode())
+    return img, text
+
+
 def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
     """Decode encoded image bytes to uint8 RGB; ``reduce`` (2, 4, 8) uses JPEG DCT scaling.
 
     JPEGs go through OpenCV's colour path, which applies EXIF orientation; other
     formats are read unchanged (keeping 16-bit, gray and alpha) and normalised.
-    Raises ImageDecodeError for empty, undecodable or truncated JPEG data.
+    Raises ImageDecodeError for empty, undecodable or truncated JPEG data, and for a JPEG
+    whose compressed data libjpeg reports as corrupt (see decode_jpeg).
     """
     if not data:
         raise ImageDecodeError("empty file")
@@ -97,7 +185,12 @@ def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
     if is_jpeg(data):
         if not has_jpeg_end(data):
             raise ImageDecodeError("truncated JPEG (no end-of-image marker); re-download or replace the file")
-        img = cv2.imdecode(buf, REDUCED_FLAGS[reduce])
+        img, warnings = decode_jpeg(buf, REDUCED_FLAGS[reduce])
+        damage = jpeg_damage(warnings)
+        if damage:
+            raise ImageDecodeError(
+                f"corrupt JPEG (libjpeg: {damage}): its pixels are damaged; re-download or replace the file"
+            )
     else:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:

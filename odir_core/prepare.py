@@ -4,7 +4,10 @@ PATH is a folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
 prepared folder). Every photograph goes through FOV crop -> circle crop -> FOV
 crop -> resize and is written to DIR/images/<ID>_left|right.<ext>; DIR also gets
 annotations.xlsx (patients whose two images were written) and prepare_report.csv
-(every image skipped or repaired, and why). Reruns skip finished images.
+(every image skipped or repaired, and why). An image that is corrupt (including a
+JPEG damaged inside) or does not look like a colour fundus photograph (blank,
+noise, an ordinary photo) is skipped with its patient and reported; pass
+--keep-non-fundus to prepare the latter anyway. Reruns skip finished images.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from odir_core.annotations import read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text
 from odir_core.imageio import header_size, save_image
 from odir_core.layouts import LayoutError, detect_layout
-from odir_core.preprocess import PreprocessError, prepare_image
+from odir_core.preprocess import NotFundusError, PreprocessError, prepare_image
 
 REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
 SIDES = (("left", "Left-Fundus"), ("right", "Right-Fundus"))
@@ -70,9 +73,9 @@ class Source:
 _WORKER: dict = {}
 
 
-def _init_worker(source: Source, size: int, tol: int, quality: int) -> None:
+def _init_worker(source: Source, size: int, tol: int, quality: int, keep_non_fundus: bool = False) -> None:
     cv2.setNumThreads(1)  # one image per process; avoid oversubscribing the cores
-    _WORKER.update(source=source, size=size, tol=tol, quality=quality)
+    _WORKER.update(source=source, size=size, tol=tol, quality=quality, keep_non_fundus=keep_non_fundus)
 
 
 def _process(task: tuple[int, str, str, str]) -> tuple[int, str, str, str, str]:
@@ -80,8 +83,11 @@ def _process(task: tuple[int, str, str, str]) -> tuple[int, str, str, str, str]:
     pid, side, member, out_path = task
     notes: list[str] = []
     try:
-        img = prepare_image(_WORKER["source"].read(member), _WORKER["size"], _WORKER["tol"], notes)
+        img = prepare_image(_WORKER["source"].read(member), _WORKER["size"], _WORKER["tol"], notes,
+                            check_fundus=not _WORKER.get("keep_non_fundus", False))
         save_image(img, out_path, _WORKER["quality"])
+    except NotFundusError as exc:
+        return pid, side, member, "error", f"{exc} (--keep-non-fundus prepares it anyway)"
     except PreprocessError as exc:
         return pid, side, member, "error", str(exc)
     except Exception as exc:  # a batch job reports a bad file and goes on
@@ -111,7 +117,7 @@ def _read_source_annotations(source: Source, name: str, exclude_special: bool) -
 
 def _run(tasks: list, source: Source, args) -> list[tuple]:
     rows = []
-    init = (source, args.size, args.tol, args.quality)
+    init = (source, args.size, args.tol, args.quality, getattr(args, "keep_non_fundus", False))
     bar = tqdm(total=len(tasks), unit="img", desc="prepare", disable=not tasks)
     if args.workers <= 1 or len(tasks) <= 1:
         _init_worker(*init)
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-special",
         action="store_true",
         help="leave out patients with one of the 16 hospital-preprocessed (white-surround) images",
+    )
+    parser.add_argument(
+        "--keep-non-fundus",
+        action="store_true",
+        help="prepare images that fail the fundus check (no dark surround around a round field of view, or not "
+        "red/orange; see odir_core.preprocess.fundus_problems) instead of skipping their patient; they are "
+        "listed in the report as repaired, with the reason",
     )
     return parser
 

@@ -3,11 +3,17 @@
 All functions take and return uint8 RGB arrays (H, W, 3). The 16 hospital
 images with a white surround (labels.SPECIAL_IMAGES) are detected from their
 corners and given a black surround first, so the same chain applies to them.
+
+Before cropping, ``preprocess_fundus`` checks that the photograph looks like a
+colour fundus photograph (see ``fundus_problems``): random noise or an ordinary
+photograph raises NotFundusError, a blank (e.g. all-white) frame PreprocessError,
+naming what is wrong.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -23,11 +29,16 @@ from odir_core.imageio import (  # load_image is re-exported (see __all__)
 )
 
 __all__ = [
+    "FundusStats",
+    "NotFundusError",
     "PreprocessError",
     "blacken_background",
+    "check_not_blank",
     "circle_crop",
     "fov_bounds",
     "fov_extract",
+    "fundus_problems",
+    "fundus_stats",
     "has_white_background",
     "load_image",
     "prepare_image",
@@ -39,8 +50,25 @@ WHITE_LEVEL = 200  # a background pixel of a white-surround image has every chan
 MIN_FOV_FRACTION = 0.1  # a fundus narrower than this share of the photo's short side is not a fundus
 
 
+# The fundus check (fundus_stats / fundus_problems), on a copy shrunk to CHECK_SIZE px (long side).
+# Measured on the 46 + 3 real photographs of ../shared/reference/real_samples: surround <= 0.08,
+# fill >= 0.99, R/G >= 1.10, B/min(R, G) <= 0.73; on 1200 synthetic eyes (raw frames and crops):
+# surround <= 0.03, fill >= 0.97, R/G >= 0.95, B/min(R, G) <= 0.78.
+CHECK_SIZE = 128
+MAX_SURROUND = 0.25  # share of the frame outside the fitted circle brighter than tol (noise, a landscape: ~1)
+MIN_FILL = 0.8  # share of the fitted circle (within the frame) covered by the bright field of view
+MIN_DIAMETER = 0.25  # field-of-view diameter, as a share of the frame's short side
+MIN_RED_GREEN = 0.8  # mean R / mean G in the field of view: a retina is red/orange (grey or green scenes fail)
+MAX_BLUE = 0.9  # mean B / min(mean R, mean G) in the field of view: blue is the weakest channel of a retina
+BLANK_STD = 2.0  # grey-level standard deviation below which a frame is blank (one flat colour)
+
+
 class PreprocessError(ValueError):
     """An image that cannot be preprocessed (unreadable, black, no fundus); the message names it."""
+
+
+class NotFundusError(PreprocessError):
+    """A readable image failing the fundus check (noise, an ordinary photo, a grey image); see fundus_problems."""
 
 
 def _check_rgb(img: np.ndarray) -> np.ndarray:
@@ -109,6 +137,107 @@ def blacken_background(img: np.ndarray, white_level: int = WHITE_LEVEL) -> np.nd
     return out
 
 
+def _shrink(img: np.ndarray, size: int = CHECK_SIZE) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    if scale >= 1:
+        return img
+    step = max(h, w) // (4 * size)  # subsample very large frames first: the resize then reads far fewer pixels
+    if step > 1:
+        img = np.ascontiguousarray(img[::step, ::step])
+        h, w = img.shape[:2]
+    return cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def check_not_blank(img: np.ndarray, tol: int = 7) -> None:
+    """Raise PreprocessError when the image is one flat colour brighter than ``tol`` (e.g. all white).
+
+    A black frame is left to fov_bounds, which reports it as black.
+    """
+    gray = cv2.cvtColor(_shrink(_check_rgb(img)), cv2.COLOR_RGB2GRAY)
+    mean, std = float(gray.mean()), float(gray.std())
+    if std >= BLANK_STD or mean <= tol:
+        return
+    what = "all white" if mean > WHITE_LEVEL else f"one flat grey level, {mean:.0f}"
+    raise PreprocessError(f"image is blank ({what}), not a fundus photograph; replace the file or leave the patient out")
+
+
+@dataclass(frozen=True)
+class FundusStats:
+    """What the fundus check measures on a photograph shrunk to CHECK_SIZE px (long side).
+
+    The field of view (FOV) is the largest 8-connected region of pixels with grey level > tol;
+    the fitted circle has the centre of its bounding box and the diameter of its longer side
+    (a FOV cut at the top and bottom by the frame keeps its full width).
+    """
+
+    diameter: float  # FOV circle diameter / the frame's short side
+    surround: float  # share of the frame outside the circle that is brighter than tol
+    fill: float  # share of the circle, within the FOV's bounding box, that the FOV covers
+    mean_rgb: tuple[float, float, float]  # mean colour of the FOV
+
+    def problems(self) -> list[str]:
+        """One phrase per failed criterion; empty for a plausible fundus photograph."""
+        found = []
+        if self.surround > MAX_SURROUND:
+            found.append(
+                f"no dark surround around a round field of view ({self.surround:.0%} of the frame outside the "
+                f"circle is bright; a fundus photograph has at most {MAX_SURROUND:.0%})"
+            )
+        elif self.fill < MIN_FILL:
+            found.append(f"the bright region is not round (it fills {self.fill:.0%} of its circle, "
+                         f"a fundus at least {MIN_FILL:.0%})")
+        if self.diameter < MIN_DIAMETER:
+            found.append(f"the bright region is only {self.diameter:.0%} of the frame's short side wide "
+                         f"(a fundus at least {MIN_DIAMETER:.0%})")
+        r, g, b = self.mean_rgb
+        if r < MIN_RED_GREEN * g or b > MAX_BLUE * min(r, g):
+            found.append(
+                f"colours are not a retina's (mean R,G,B {r:.0f},{g:.0f},{b:.0f}; a retina is red/orange: "
+                f"R >= {MIN_RED_GREEN} G and B <= {MAX_BLUE} min(R, G))"
+            )
+        return found
+
+
+def fundus_stats(img: np.ndarray, tol: int = 7) -> FundusStats:
+    """Measure a (black-surround) photograph for the fundus check; see FundusStats.
+
+    Raises PreprocessError when no pixel is brighter than ``tol``.
+    """
+    small = _shrink(_check_rgb(img))
+    bright = (cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) > tol).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    if count < 2:
+        raise PreprocessError(f"image is black: no pixel brighter than {tol}; replace the file or leave the patient out")
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[k, :4])
+    fov = labels == k
+    height, width = bright.shape
+    cx, cy, radius = x + w / 2, y + h / 2, max(w, h) / 2
+    yy, xx = np.ogrid[:height, :width]
+    disk = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= radius**2
+    outside = ~disk
+    surround = float(bright[outside].mean()) if outside.any() else 1.0
+    in_box = disk[y : y + h, x : x + w]
+    fill = float(fov[y : y + h, x : x + w][in_box].mean()) if in_box.any() else 0.0
+    mean_rgb = tuple(float(v) for v in small[fov].mean(axis=0))
+    return FundusStats(2 * radius / min(height, width), surround, fill, mean_rgb)
+
+
+def fundus_problems(img: np.ndarray, tol: int = 7) -> list[str]:
+    """Why ``img`` (uint8 RGB, black surround) is not a plausible colour fundus photograph; [] when it is.
+
+    Criteria (thresholds are module constants; measured margins in the comment above them):
+    a dark surround (at most MAX_SURROUND of the frame outside the fitted circle brighter than
+    ``tol``) around a round field of view (filling at least MIN_FILL of its circle) at least
+    MIN_DIAMETER of the short side wide, whose mean colour is red/orange (R >= MIN_RED_GREEN * G,
+    B <= MAX_BLUE * min(R, G)). A circle inscribed in a square frame with black corners (an
+    already-cropped fundus) passes. Works on a CHECK_SIZE px copy: well under a millisecond
+    after the resize.
+    """
+    return fundus_stats(img, tol).problems()
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize to (size, size): area averaging when shrinking, bicubic when enlarging."""
     h, w = img.shape[:2]
@@ -118,14 +247,19 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interpolation)
 
 
-def preprocess_fundus(img: np.ndarray, size: int, tol: int = 7, notes: list[str] | None = None) -> np.ndarray:
+def preprocess_fundus(
+    img: np.ndarray, size: int, tol: int = 7, notes: list[str] | None = None, check_fundus: bool = True
+) -> np.ndarray:
     """The study's chain on an RGB photograph: FOV crop, circle crop, FOV crop, resize to size x size.
 
     A white surround is replaced by black first. ``notes``, when given, receives
     one line per repair made (white surround, upscaling). Raises PreprocessError
-    for a black image or one with no fundus-sized bright region.
+    for a black, blank (e.g. all white) image or one with no fundus-sized bright region,
+    and its subclass NotFundusError for one failing the fundus check (fundus_problems).
+    With ``check_fundus=False`` a failing image is processed anyway, with a note.
     """
     img = _check_rgb(img)
+    check_not_blank(img, tol)
     if has_white_background(img):
         img = blacken_background(img)
         _note(notes, "white surround replaced by black")
@@ -136,6 +270,13 @@ def preprocess_fundus(img: np.ndarray, size: int, tol: int = 7, notes: list[str]
             f"nearly black image: the pixels brighter than {tol} span only {cropped.shape[1]}x{cropped.shape[0]} px; "
             "replace the file or leave the patient out"
         )
+    problems = fundus_problems(img, tol)
+    if problems and check_fundus:
+        raise NotFundusError(
+            f"not a fundus photograph: {'; '.join(problems)}; use a colour fundus photograph or leave the patient out"
+        )
+    if problems:
+        _note(notes, f"kept although not like a fundus photograph: {'; '.join(problems)}")
     out = fov_extract(circle_crop(cropped), tol)
     if min(out.shape[:2]) < size:
         _note(notes, f"fundus {out.shape[1]}x{out.shape[0]} px upscaled to {size}")
@@ -148,9 +289,15 @@ def _note(notes: list[str] | None, line: str) -> None:
 
 
 def prepare_image(
-    source: str | os.PathLike | bytes, size: int, tol: int = 7, notes: list[str] | None = None
+    source: str | os.PathLike | bytes,
+    size: int,
+    tol: int = 7,
+    notes: list[str] | None = None,
+    check_fundus: bool = True,
 ) -> np.ndarray:
     """Decode a photograph (path or encoded bytes) and run preprocess_fundus to size x size.
+
+    Raises PreprocessError (NotFundusError for a non-fundus image) naming the file.
 
     JPEGs are decoded at the largest 1/2, 1/4, 1/8 scale whose FOV crop is still
     at least ``size`` px (retrying at a finer scale when the fundus turns out smaller).
@@ -166,6 +313,7 @@ def prepare_image(
             if min(bottom - top, right - left) >= size:
                 break
             factor //= 2
-        return preprocess_fundus(img, size, tol, notes)
+        return preprocess_fundus(img, size, tol, notes, check_fundus)
     except (ImageDecodeError, PreprocessError) as exc:
-        raise PreprocessError(str(exc) if isinstance(source, bytes) else f"{source}: {exc}") from None
+        kind = NotFundusError if isinstance(exc, NotFundusError) else PreprocessError
+        raise kind(str(exc) if isinstance(source, bytes) else f"{source}: {exc}") from None

@@ -35,3 +35,29 @@ def write_jpeg(path: Path, img: np.ndarray, quality: int = 92) -> Path:
     assert ok
     path.write_bytes(buf.tobytes())
     return path
+
+
+def noise_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
+    """Uniform random RGB noise: no field of view, grey on average."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def landscape_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
+    """An ordinary photo: a blue sky gradient over green ground, with sensor noise and no dark surround."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0.0, 1.0, height)[:, None, None]
+    sky = np.array([90.0, 150.0, 230.0]) * (1 - 0.4 * y)
+    ground = np.array([60.0, 140.0, 50.0]) * (0.7 + 0.3 * y)
+    img = np.where(y < 0.55, sky, ground) * np.ones((1, width, 1)) + rng.normal(0, 8, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def zero_middle_of_scan(data: bytes) -> bytes:
+    """A JPEG with the middle third of its compressed data (after the start-of-scan header) zeroed.
+
+    The end-of-image marker stays intact, so only decoding notices the damage.
+    """
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    third = (len(data) - start) // 3
+    return data[: start + third] + bytes(third) + data[start + 2 * third :]

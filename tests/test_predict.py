@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from fundus_images import landscape_image, noise_image, zero_middle_of_scan
 
 from keras_odir.evaluate import BACKEND as KERAS
 from keras_odir.predict import main as keras_predict
@@ -119,11 +120,20 @@ def _black(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case, expect", [("black", "is black"), ("nearly_black", "nearly black"), ("missing", "not found"),
-                                          ("corrupt", "corrupt.png")])
+                                          ("corrupt", "corrupt.png"), ("noise", "not a fundus photograph: no dark surround"),
+                                          ("landscape", "not a fundus photograph: no dark surround"),
+                                          ("white", "image is blank (all white)"),
+                                          ("damaged_jpeg", "corrupt JPEG (libjpeg: Corrupt JPEG data")])
 def test_bad_image_exits_2_with_one_line(runs, tmp_path, capsys, case, expect):
     _, torch_model = runs
-    bad = tmp_path / f"{case}.png"
-    if case == "black":
+    bad = tmp_path / (f"{case}.jpg" if case == "damaged_jpeg" else f"{case}.png")
+    if case in ("noise", "landscape", "white"):
+        img = {"noise": noise_image(), "landscape": landscape_image(), "white": np.full((200, 240, 3), 255, np.uint8)}[case]
+        cv2.imwrite(str(bad), img[:, :, ::-1])
+    elif case == "damaged_jpeg":
+        photo = cv2.resize(cv2.imread(str(RAW / "raw_2.png")), (900, 888), interpolation=cv2.INTER_CUBIC)
+        bad.write_bytes(zero_middle_of_scan(cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()))
+    elif case == "black":
         _black(bad)
     elif case == "nearly_black":
         img = np.zeros((200, 240, 3), np.uint8)
@@ -145,6 +155,17 @@ def test_black_image_via_the_command_line(runs, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "black.png" in done.stderr and "is black" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_noise_image_via_the_command_line_exits_2(runs, tmp_path):
+    keras_model, _ = runs
+    noise = tmp_path / "noise.png"
+    cv2.imwrite(str(noise), noise_image())
+    done = subprocess.run([sys.executable, "-m", "keras_odir.predict", "--model", str(keras_model), str(noise),
+                           str(RAW / "raw_1.png")], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout
+    assert "noise.png: not a fundus photograph" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "predicted" not in done.stdout
 
 
 def test_batch_csv_skips_and_reports_bad_rows(runs, tmp_path, capsys):

@@ -10,10 +10,17 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from fundus_images import draw_fundus, write_jpeg
+from fundus_images import draw_fundus, noise_image, write_jpeg, zero_middle_of_scan
 
 from odir_core.annotations import read_annotations
-from odir_core.layouts import GRAND_CHALLENGE, KAGGLE, OIA, PREPARED, LayoutError, detect_layout
+from odir_core.layouts import (
+    GRAND_CHALLENGE,
+    KAGGLE,
+    OIA,
+    PREPARED,
+    LayoutError,
+    detect_layout,
+)
 from odir_core.prepare import main
 from odir_core.synthetic import generate
 
@@ -119,6 +126,34 @@ def test_prepare_reports_black_and_repaired_white_surround_images(tmp_path):
     assert white_fixed[0, 0].max() <= 7 and white_fixed[-1, -1].max() <= 7
 
 
+def test_prepare_skips_non_fundus_and_corrupt_images_unless_kept(tmp_path, capsys):
+    src = generate(tmp_path / "src", 3, size=160, seed=0, layout="grand-challenge", workers=1)
+    folder = src / GRAND_CHALLENGE.images
+    write_jpeg(folder / "0_right.jpg", noise_image(120, 160))
+    damaged = folder / "1_left.jpg"
+    damaged.write_bytes(zero_middle_of_scan(damaged.read_bytes()))  # end marker intact
+
+    out = tmp_path / "out"
+    assert run(src, out) == 0
+    report = pd.read_csv(out / "prepare_report.csv").set_index(["ID", "side"])
+    assert report.loc[(0, "right"), "status"] == "error"
+    reason = report.loc[(0, "right"), "reason"]
+    assert report.loc[(0, "right"), "source"].endswith("0_right.jpg")
+    assert reason.startswith("not a fundus photograph: no dark surround") and "--keep-non-fundus" in reason
+    assert report.loc[(1, "left"), "status"] == "error" and "corrupt JPEG" in report.loc[(1, "left"), "reason"]
+    assert report.loc[(1, "left"), "source"].endswith("1_left.jpg")
+    assert read_annotations(out / "annotations.xlsx")["ID"].tolist() == [2]
+    assert "1 of 3 patients written" in capsys.readouterr().out
+
+    kept = tmp_path / "kept"
+    assert run(src, kept, "--keep-non-fundus") == 0
+    report = pd.read_csv(kept / "prepare_report.csv").set_index(["ID", "side"])
+    assert report.loc[(0, "right"), "status"] == "repaired"
+    assert report.loc[(0, "right"), "reason"].startswith("kept although not like a fundus photograph")
+    assert report.loc[(1, "left"), "status"] == "error"  # corrupt files are never kept
+    assert read_annotations(kept / "annotations.xlsx")["ID"].tolist() == [0, 2]
+
+
 def test_prepare_cli_errors_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
@@ -133,7 +168,8 @@ def test_prepare_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--source", "--out", "--size", "--format", "--quality", "--workers", "--tol", "--exclude-special"):
+    for flag in ("--source", "--out", "--size", "--format", "--quality", "--workers", "--tol", "--exclude-special",
+                 "--keep-non-fundus"):
         assert flag in text
 
 

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import io
+import sys
+import threading
 
 import cv2
 import numpy as np
 import pytest
-from fundus_images import REAL_SAMPLES, draw_fundus, write_jpeg
+from fundus_images import (
+    REAL_SAMPLES,
+    draw_fundus,
+    landscape_image,
+    noise_image,
+    write_jpeg,
+    zero_middle_of_scan,
+)
 from PIL import Image, ImageOps
 
-from odir_core.imageio import load_image, reduction_factor
+from odir_core.imageio import (
+    ImageDecodeError,
+    decode_image,
+    encode_image,
+    load_image,
+    reduction_factor,
+)
 from odir_core.preprocess import (
+    MAX_BLUE,
+    MAX_SURROUND,
+    MIN_FILL,
+    MIN_RED_GREEN,
+    NotFundusError,
     PreprocessError,
     circle_crop,
     fov_extract,
+    fundus_problems,
+    fundus_stats,
     has_white_background,
     prepare_image,
     preprocess_fundus,
@@ -206,3 +228,154 @@ def test_reduced_decoding_falls_back_when_the_fundus_is_small(tmp_path):
     out = prepare_image(path, 300, notes=notes)  # header allows 1/4 (300 px short side): fundus would be 100 px
     assert out.shape == (300, 300, 3)
     assert notes == []  # no upscaling: decoded at a finer scale instead
+
+
+def _margins(stats) -> dict:
+    """How far each fundus-check criterion is from its threshold (positive: passes)."""
+    r, g, b = stats.mean_rgb
+    return {
+        "surround": MAX_SURROUND - stats.surround,
+        "fill": stats.fill - MIN_FILL,
+        "red/green": r / g - MIN_RED_GREEN,
+        "blue": MAX_BLUE - b / min(r, g),
+    }
+
+
+@needs_real
+def test_fundus_check_accepts_every_real_photograph():
+    paths = real_cropped() + real_raw()
+    assert len(paths) == 49
+    worst = {}
+    for path in paths:
+        img = load_image(path)
+        assert fundus_problems(img) == [], path
+        assert prepare_image(path, 64).shape == (64, 64, 3)
+        for name, margin in _margins(fundus_stats(img)).items():
+            worst[name] = min(worst.get(name, np.inf), margin)
+    # measured smallest margins: surround 0.17, fill 0.19, red/green 0.30, blue 0.17
+    assert min(worst.values()) > 0.1, worst
+
+
+def test_fundus_check_accepts_synthetic_photographs():
+    from odir_core.synthetic import render_patient
+
+    for pid in range(24):
+        for raw in (True, False):  # camera frames (some white-surround, some cut at top and bottom) and crops
+            for img in render_patient(0, pid, 160, raw):
+                assert preprocess_fundus(img, 64).shape == (64, 64, 3), (pid, raw)
+    for seed in range(3):
+        assert fundus_problems(draw_fundus(300, 400, seed)) == []
+        assert fundus_problems(draw_fundus(300, 400, seed, texture=False)) == []
+
+
+@pytest.mark.parametrize(
+    "case, error, reason",
+    [
+        ("noise", NotFundusError, r"not a fundus photograph: no dark surround .*colours are not a retina's"),
+        ("landscape", NotFundusError, r"not a fundus photograph: no dark surround .*colours are not a retina's"),
+        ("grey_fundus", NotFundusError, r"not a fundus photograph: colours are not a retina's \(mean R,G,B"),
+        ("white", PreprocessError, r"image is blank \(all white\)"),
+        ("black", PreprocessError, r"image is black"),
+    ],
+)
+def test_non_fundus_images_are_rejected_naming_file_and_reason(tmp_path, case, error, reason):
+    img = {
+        "noise": noise_image(),
+        "landscape": landscape_image(),
+        "grey_fundus": np.repeat(cv2.cvtColor(draw_fundus(480, 640), cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2),
+        "white": np.full((480, 640, 3), 255, np.uint8),
+        "black": np.zeros((480, 640, 3), np.uint8),
+    }[case]
+    path = tmp_path / f"{case}.png"
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    with pytest.raises(error, match=reason) as caught:
+        prepare_image(path, 64)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert "leave the patient out" in message  # says what to do
+    if error is PreprocessError:
+        assert not isinstance(caught.value, NotFundusError)  # blank/black: never kept by --keep-non-fundus
+    with pytest.raises(PreprocessError):
+        preprocess_fundus(img, 64)  # also without a file
+
+
+def test_non_fundus_image_is_kept_with_a_note_when_asked():
+    notes = []
+    out = preprocess_fundus(landscape_image(), 64, notes=notes, check_fundus=False)
+    assert out.shape == (64, 64, 3)
+    assert len(notes) == 1 and notes[0].startswith("kept although not like a fundus photograph: no dark surround")
+
+
+def test_fundus_check_accepts_a_circle_touching_the_frame_edges():
+    img = draw_fundus(200, 200, seed=4)
+    cropped = preprocess_fundus(img, 200)  # circle inscribed in the square, black corners
+    assert fundus_problems(cropped) == []
+    stats = fundus_stats(cropped)
+    assert stats.surround < 0.1 and stats.fill > 0.95 and stats.diameter > 0.95
+    assert min(_margins(stats).values()) > 0
+
+
+def _jpeg_q95() -> bytes:
+    """A photograph-like JPEG: a real sample when available, else a drawn fundus, at OpenCV quality 95."""
+    path = REAL_SAMPLES / "raw" / "raw_2.png"
+    img = load_image(path) if path.is_file() else draw_fundus(300, 400, seed=6)
+    big = cv2.resize(img, (img.shape[1] * 4, img.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+    return encode_image(big, "jpg", quality=95)
+
+
+@pytest.mark.parametrize("reduce", [1, 2, 4, 8])
+def test_jpeg_with_zeroed_middle_is_rejected_as_corrupt(tmp_path, reduce):
+    data = _jpeg_q95()
+    bad = zero_middle_of_scan(data)
+    assert bad[-2:] == b"\xff\xd9" and len(bad) == len(data)  # end marker intact
+    assert decode_image(data, reduce).shape[2] == 3  # the intact file decodes
+    with pytest.raises(ImageDecodeError, match=r"corrupt JPEG \(libjpeg: Corrupt JPEG data"):
+        decode_image(bad, reduce)
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bad)
+    with pytest.raises(ImageDecodeError, match=r"damaged\.jpg: corrupt JPEG") as caught:
+        load_image(path, target_size=64 if reduce > 1 else None)
+    assert "\n" not in str(caught.value) and "replace the file" in str(caught.value)
+    with pytest.raises(PreprocessError, match=r"damaged\.jpg: corrupt JPEG"):
+        prepare_image(path, 64)
+
+
+@pytest.mark.parametrize("options", [{}, {"optimize": True}, {"progressive": True}, {"subsampling": 0, "quality": 75}])
+def test_jpegs_from_pillow_are_accepted_and_their_damage_detected(options):
+    rgb = draw_fundus(480, 640, seed=7)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", **{"quality": 95, **options})
+    data = buf.getvalue()
+    assert np.abs(decode_image(data).astype(int) - rgb).mean() < 3
+    with pytest.raises(ImageDecodeError, match="corrupt JPEG"):
+        decode_image(zero_middle_of_scan(data))
+
+
+def test_corrupt_jpeg_warning_is_not_printed_and_stderr_still_works(capfd):
+    bad = zero_middle_of_scan(_jpeg_q95())
+    with pytest.raises(ImageDecodeError):
+        decode_image(bad)
+    print("after the decode", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "Corrupt JPEG" not in err and "after the decode" in err
+
+
+def test_jpeg_damage_is_attributed_to_the_right_image_across_threads():
+    good = encode_image(draw_fundus(600, 800, seed=8), "jpg", quality=95)
+    bad = zero_middle_of_scan(good)
+    results = {}
+
+    def work(k):
+        data = bad if k % 2 else good
+        try:
+            decode_image(data)
+            results[k] = "ok"
+        except ImageDecodeError:
+            results[k] = "corrupt"
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {k: "corrupt" if k % 2 else "ok" for k in range(12)}
