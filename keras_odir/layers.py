@@ -45,6 +45,7 @@ class TorchBatchNormalization(layers.BatchNormalization):
     computed in two passes, mean((x - mean)^2), where Keras uses E[x^2] - E[x]^2, which loses
     precision to cancellation on small batches; and the moving variance is updated with the
     unbiased variance (times n / (n - 1), n = values per channel), as torch's running_var is.
+    Statistics are computed in float32 (float64 for float64 inputs).
     On the torch backend it is torch's own fused batch_norm, with the same semantics.
     ``activation="relu"``: a ReLU follows, in the same layer (on torch, in place on the fresh output).
     """
@@ -71,12 +72,12 @@ class TorchBatchNormalization(layers.BatchNormalization):
     def _normalize(self, inputs, training, mask):
         if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized:
             return super().call(inputs, training=training, mask=mask)
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        x = ops.cast(inputs, _statistics_dtype(inputs.dtype))
         axes = self._reduction_axes
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
         n = _count(x, axes)
+        mean = _mean(x, axes, n)
+        centered = x - mean
+        variance = _mean(ops.square(centered), axes, n)
         bessel = n / max(n - 1, 1) if isinstance(n, int) else _bessel(n, x.dtype)
         self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * self.momentum
                                 + ops.reshape(mean, (-1,)) * (1.0 - self.momentum))
@@ -98,6 +99,21 @@ def _count(x, axes):
         return math.prod(dims)
     shape = ops.shape(x)
     return math.prod(shape[a] for a in axes)
+
+
+def _statistics_dtype(dtype) -> str:
+    """float32 for float16/bfloat16/float32 inputs, float64 for float64 (Keras' ``result_type`` gives
+    float32 there on the torch and jax backends)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return dtype if dtype == "float64" else keras.backend.result_type(dtype, "float32")
+
+
+def _mean(x, axes, n):
+    """Mean over ``axes`` (kept) of ``x`` holding ``n`` values per channel. ``ops.mean``, except for float64
+    ``x``: sum / n there, since ``ops.mean`` computes float64 means in float32 on the torch and jax backends."""
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.mean(x, axis=axes, keepdims=True)
+    return ops.divide(ops.sum(x, axis=axes, keepdims=True), n if isinstance(n, int) else ops.cast(n, x.dtype))
 
 
 def _bessel(n, dtype):

@@ -37,16 +37,18 @@ def _dense(units, fan_in, name, dtype=None):
 def build_head(head: str, in_features: int) -> keras.Model:
     """The head ``head`` of ``odir_core.model_spec.HEADS`` as a model on the features (input ``features``).
 
-    Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in float32
-    under a mixed-precision policy too, so logits (and the loss) are float32.
+    Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
+    policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
+    (and float64 under a float64 one).
     """
     inputs = keras.Input(shape=(in_features,), name=FEATURES)
     x, width = inputs, in_features
+    logits_dtype = keras.config.dtype_policy().variable_dtype
     spec = head_layers(head)
     for i, layer in enumerate(spec):
         name = f"head_{i}"
         if isinstance(layer, Linear):
-            dtype = "float32" if i == len(spec) - 1 else None
+            dtype = logits_dtype if i == len(spec) - 1 else None
             x, width = _dense(layer.units, width, name, dtype)(x), layer.units
         elif isinstance(layer, ReLU):
             x = layers.ReLU(name=name)(x)

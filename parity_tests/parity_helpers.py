@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -55,6 +56,36 @@ def float64_error(torch_model, inputs, reference, training: bool):
         return float(np.abs(np.asarray(reference, dtype=np.float64) - out).max())
 
     return error
+
+
+@contextlib.contextmanager
+def keras_float64():
+    """Keras in float64: ``floatx`` and the dtype policy float64 (models, optimizers and losses made
+    inside compute and keep their weights in float64), jax's 64-bit mode on the jax backend, and
+    Keras' type promotion keeping float64. Keras maps every float64 result of ``result_type`` to
+    float32 on the torch and jax backends (JAX's default with 64-bit mode off), so its own ``ops.mean``
+    (GlobalAveragePooling2D) and, on torch, ``ops.matmul`` (Dense) would compute in float32; inside,
+    float64 promotes to float64 as on the tensorflow backend. Everything is restored on exit."""
+    from keras.src.backend.common import dtypes
+
+    backend = keras.backend.backend()
+    previous = keras.config.floatx(), keras.config.dtype_policy(), dtypes.BIT64_TO_BIT32_DTYPE["float64"]
+    if backend == "jax":
+        import jax
+
+        previous_x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+    dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        floatx, policy, dtypes.BIT64_TO_BIT32_DTYPE["float64"] = previous
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+        if backend == "jax":
+            jax.config.update("jax_enable_x64", previous_x64)
 
 
 def calibrated_resnet50(seed: int) -> torch.nn.Module:
