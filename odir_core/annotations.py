@@ -7,14 +7,15 @@ the OIA-ODIR training/off-site/on-site xlsx files, and our own xlsx/csv.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from odir_core.errors import InputError
+
+from .atomic import atomic_path
 from .keywords import (
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
@@ -61,7 +62,7 @@ _SPECIAL_STEMS = frozenset(Path(name).stem for name in SPECIAL_IMAGES)
 _HEADER_SEARCH_ROWS = 10
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """An annotations file that cannot be used, with where and how to fix it."""
 
 
@@ -82,13 +83,34 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if suffix in (".xlsx", ".xlsm", ".xls"):
             return pd.read_excel(path, header=None, dtype=object)
         if suffix == ".csv":
-            return pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            return pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                               sep=_csv_delimiter(path))
     except Exception as exc:  # any parser failure means the same thing to the user
         raise AnnotationError(
             f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}); "
             "re-download it or re-save it from a spreadsheet program"
         ) from None
     raise AnnotationError(f"{path}: unsupported file type {suffix!r}; use an .xlsx or .csv annotations file")
+
+
+_DELIMITERS = (",", ";", "\t")
+
+
+def _csv_delimiter(path: Path) -> str:
+    """The CSV's delimiter: the one (comma, semicolon or tab) that splits a header row into ID and N..O.
+
+    Spreadsheet programs in many locales save CSVs with semicolons; a file where no delimiter yields the
+    header row is read with commas (and reported as missing columns).
+    """
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        lines = [f.readline() for _ in range(_HEADER_SEARCH_ROWS)]
+    labels = {_key(label) for label in LABELS}
+    for line in lines:
+        for sep in _DELIMITERS:
+            keys = {_key(cell) for cell in line.split(sep)}
+            if "id" in keys and labels <= keys:
+                return sep
+    return ","
 
 
 def _locate_header(raw: pd.DataFrame, path: Path) -> int:
@@ -132,9 +154,15 @@ def _table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     body = raw.iloc[h + 1 :].copy()
     body.columns = names
     rownums = np.arange(h + 2, h + 2 + len(body))
-    keep = ~body.apply(lambda row: all(_is_blank(v) for v in row), axis=1).to_numpy()
+    keep = np.array([not all(_is_blank(v) for v in row) for row in body.itertuples(index=False)], dtype=bool)
     # Some distributed files repeat the header row inside the data.
-    keep &= ~body["ID"].map(lambda v: _key(v) == "id").to_numpy()
+    if "ID" in body.columns:
+        keep &= np.array([_key(v) != "id" for v in body["ID"]], dtype=bool)
+    if not keep.any():
+        raise AnnotationError(
+            f"{path}: no patient rows under the header (row {h + 1}); add one row per patient, "
+            "or pass the annotations file that has them"
+        )
     body = body[keep].reset_index(drop=True)
     return body, rownums[keep]
 
@@ -284,18 +312,11 @@ def write_annotations(df: pd.DataFrame, path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".xlsx", ".csv"):
         raise AnnotationError(f"cannot write {path}: use a .xlsx or .csv file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # the user's umask applies, as for any other written file
         if suffix == ".xlsx":
             df[COLUMNS].to_excel(tmp, index=False)
         else:
             df[COLUMNS].to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .annotations import AnnotationError, label_matrix, read_annotations
+from .annotations import label_matrix, read_annotations
+from .errors import run_cli
 from .keywords import (
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
@@ -160,11 +161,11 @@ def main(argv=None) -> int:
         "(default: keep them, and list those images)",
     )
     args = parser.parse_args(argv)
-    try:
-        df = read_annotations(args.annotations, exclude_special=args.exclude_special)
-    except AnnotationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(_audit_cli, args)
+
+
+def _audit_cli(args) -> int:
+    df = read_annotations(args.annotations, exclude_special=args.exclude_special)
     print(format_audit(audit(df), args.annotations))
     return 0
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from odir_core.annotations import label_matrix
 from odir_core.augment import augment_pair, center_crop, normalize
+from odir_core.errors import InputError
 from odir_core.layouts import PREPARED
 from odir_core.preprocess import load_image, resize_square
 from odir_core.sampler import MultilabelBalancedSampler
@@ -25,7 +26,7 @@ from odir_core.tfds.source import is_tfds_source, open_images
 CACHE_LIMIT_BYTES = 1 << 30  # keep decoded images in memory when they take at most this much
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """An image that cannot be used; the message names the patient and the file."""
 
 

@@ -12,9 +12,9 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,12 +23,12 @@ from odir_core import reports, splits
 from odir_core.annotations import label_matrix, read_annotations
 from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.dataset import DualEyeDataset
+from odir_core.errors import OutputExistsError, run_cli
 from odir_core.imageio import load_image
 from odir_core.inference import (
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
-    USER_ERRORS,
     Backend,
     InferenceError,
     load_model,
@@ -287,32 +287,32 @@ def _summary_lines(folder: Path) -> list[str]:
 
 
 def main(backend: Backend, argv=None) -> int:
-    """Run the evaluate CLI; returns the exit code (0 ok, 2 bad input with one error line)."""
+    """Run the evaluate CLI; returns the exit code (0 ok, 2 bad input, 1 failure such as an unwritable --out,
+    130 interrupted; one error line, see odir_core.errors)."""
     parser = build_parser(backend)
     args = parse_with_config(parser, argv)
     if bool(args.model) == bool(args.probs):
         parser.error("give one of --model or --probs")
+    return run_cli(_evaluate_cli, backend, args, prefix=f"{backend.name}.evaluate: error")
 
+
+def _evaluate_cli(backend: Backend, args) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr)
 
-    try:
-        if args.batch_size < 1:
-            raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
-        if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or any(Path(args.out).iterdir())):
-            raise FileExistsError(f"--out {args.out} already exists and is not an empty folder; choose a new folder")
-        ev = _evaluate_probs(args) if args.probs else _evaluate_model(args, backend, log)
-        ev.info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
+    if args.batch_size < 1:
+        raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or any(Path(args.out).iterdir())):
+        raise OutputExistsError(f"--out {args.out} already exists and is not an empty folder; choose a new folder")
+    ev = _evaluate_probs(args) if args.probs else _evaluate_model(args, backend, log)
+    ev.info["evaluated"] = dt.datetime.now().isoformat(timespec="seconds")
 
-        def save_thresholds_into(folder: Path) -> None:
-            for name, (thresholds, source, n) in ev.saved_thresholds.items():
-                save_thresholds(folder / name, thresholds, metric=args.threshold_metric, source=source, n_patients=n)
+    def save_thresholds_into(folder: Path) -> None:
+        for name, (thresholds, source, n) in ev.saved_thresholds.items():
+            save_thresholds(folder / name, thresholds, metric=args.threshold_metric, source=source, n_patients=n)
 
-        folder = reports.write_evaluation(ev.out, ev.ids, ev.y_true, ev.y_prob, tuned=ev.tuned, load_pair=ev.load_pair,
-                                          info=ev.info, after=save_thresholds_into)
-    except (*USER_ERRORS, reports.ReportError, tfds_source.TfdsSourceError) as exc:
-        print(f"{backend.name}.evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    folder = reports.write_evaluation(ev.out, ev.ids, ev.y_true, ev.y_prob, tuned=ev.tuned,
+                                      load_pair=ev.load_pair, info=ev.info, after=save_thresholds_into)
     print("\n".join(_summary_lines(folder)))
     print(f"evaluation written to {folder} (open {folder / reports.FILES['report']})")
     return 0

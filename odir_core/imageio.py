@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from odir_core.atomic import atomic_write_bytes
+from odir_core.errors import InputError
 
 JPEG_MAGIC = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
@@ -44,7 +45,7 @@ JPEG_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before 
 MAX_EXTRANEOUS = 16
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError):
     """A file that is not a readable image (corrupt, truncated, empty or unknown format)."""
 
 

@@ -19,6 +19,7 @@ from odir_core.annotations import AnnotationError
 from odir_core.augment import center_crop, normalize
 from odir_core.config import ConfigError, TrainConfig, load_config
 from odir_core.dataset import DataError
+from odir_core.errors import InputError
 from odir_core.imageio import ImageDecodeError
 from odir_core.metrics import MetricsError
 from odir_core.preprocess import PreprocessError, prepare_image
@@ -34,7 +35,7 @@ TTA_HELP = (
 )
 
 
-class InferenceError(ValueError):
+class InferenceError(InputError):
     """A model, run folder or input that cannot be used (one line saying which and what to do)."""
 
 

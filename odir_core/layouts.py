@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from odir_core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -60,7 +62,7 @@ PREPARED = Layout(
 LAYOUTS = {layout.name: layout for layout in (GRAND_CHALLENGE, KAGGLE, OIA, PREPARED)}
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A folder or zip that holds none of the known ODIR-5K layouts."""
 
 

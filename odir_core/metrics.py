@@ -37,8 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import cohen_kappa_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    cohen_kappa_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
+from odir_core.errors import InputError, run_cli
 from odir_core.labels import LABELS, NUM_LABELS
 
 ID_COLUMN = "ID"
@@ -46,7 +52,7 @@ LABEL_FILE_COLUMNS = [ID_COLUMN, *LABELS]
 AVERAGE_ROWS = ("micro avg", "macro avg", "weighted avg")
 
 
-class MetricsError(ValueError):
+class MetricsError(InputError):
     """Ground truth or probabilities that cannot be scored."""
 
 
@@ -456,24 +462,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Command-line entry point; returns 0, or 2 with one error line on bad input."""
+    """Command-line entry point; returns 0, or 2 with one error line on bad input (see odir_core.errors)."""
     args = build_parser().parse_args(argv)
-    try:
-        gt = read_label_file(args.ground_truth)
-        _check_values(gt, args.ground_truth, binary=True)
-        if args.align:
-            probs = read_label_file(args.probs)
-            _check_values(probs, args.probs, binary=False)
-            probs = align_submission(probs, gt)
-        else:
-            check_submission(args.probs, gt)
-            probs = read_label_file(args.probs)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", MetricsWarning)
-            text = format_report(gt[list(LABELS)], probs[list(LABELS)], args.threshold)
-    except MetricsError as exc:
-        print(f"odir-metrics: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(_metrics_cli, args, prefix="odir-metrics: error")
+
+
+def _metrics_cli(args) -> int:
+    gt = read_label_file(args.ground_truth)
+    _check_values(gt, args.ground_truth, binary=True)
+    if args.align:
+        probs = read_label_file(args.probs)
+        _check_values(probs, args.probs, binary=False)
+        probs = align_submission(probs, gt)
+    else:
+        check_submission(args.probs, gt)
+        probs = read_label_file(args.probs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricsWarning)
+        text = format_report(gt[list(LABELS)], probs[list(LABELS)], args.threshold)
     for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetricsWarning)):
         print(f"odir-metrics: warning: {message}", file=sys.stderr)
     print(text)

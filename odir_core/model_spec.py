@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from odir_core.augment import IMAGENET_MEAN, IMAGENET_STD
+from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
 
 
@@ -130,7 +131,7 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.") from None
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InputError):
     """State-dict keys that match no registered backbone or head (the message says what was found)."""
 
 

@@ -21,14 +21,15 @@ from odir_core import plots
 from odir_core.atomic import atomic_path
 from odir_core.augment import center_crop
 from odir_core.cli_config import add_config_option, parse_with_config
+from odir_core.errors import OutputExistsError, run_cli, writing
 from odir_core.inference import (
+    TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
     USER_ERRORS,
     Backend,
     InferenceError,
     Model,
-    TRAIN_CONFIG_HELP,
     load_model,
     model_config,
     model_input,
@@ -37,7 +38,12 @@ from odir_core.inference import (
 )
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
-from odir_core.thresholds import DEFAULT_THRESHOLD, THRESHOLDS_FILE, as_thresholds, load_thresholds
+from odir_core.thresholds import (
+    DEFAULT_THRESHOLD,
+    THRESHOLDS_FILE,
+    as_thresholds,
+    load_thresholds,
+)
 
 BATCH_COLUMNS = ("left", "right")
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -49,7 +55,8 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
         prog=f"python -m {backend.name}.predict",
         description="Predict the eight ODIR-5K labels of a patient from raw left and right fundus photographs "
         "(preprocessed as in training, from the model's config.toml). Exit codes: 0 ok; 1 some --batch rows "
-        "failed (listed); 2 bad input (missing/corrupt/non-fundus image, bad model or CSV), one error line.",
+        "failed (listed), or an output could not be written (one error line); 2 bad input (missing/corrupt/non-fundus "
+        "image, bad model or CSV), one error line; 130 interrupted.",
     )
     add_config_option(p)
     p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
@@ -101,7 +108,7 @@ def format_prediction(probs, thresholds) -> str:
 
 def _new_file(path: Path) -> Path:
     if path.exists():
-        raise FileExistsError(f"{path} already exists; choose another name or remove it first")
+        raise OutputExistsError(f"{path} already exists; choose another name or remove it first")
     return path
 
 
@@ -112,7 +119,8 @@ def _figure(model: Model, left_img, right_img, left_x, right_x, probs, threshold
         heatmaps = model.predictor.gradcam(left_x[None], right_x[None], LABELS.index(label))
     shown = [img if not model.config.crop_size else _crop(img, model.config.crop_size) for img in (left_img, right_img)]
     fig = plots.prediction_figure(shown[0], shown[1], probs, thresholds, title=title, heatmaps=heatmaps, gradcam_label=label)
-    plots.save_figure(fig, path)
+    with writing(path):
+        plots.save_figure(fig, path)
 
 
 def _crop(img, size):
@@ -173,7 +181,8 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
             out = csv_path.with_name(f"{csv_path.stem}_predictions-{n}.csv")
     figures = Path(args.figures) if args.figures else None
     if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
+        with writing(figures):
+            figures.mkdir(parents=True, exist_ok=True)
     probs = np.full((len(frame), len(LABELS)), np.nan)
     errors = [""] * len(frame)
     bar = tqdm(total=len(frame), desc="predict", unit="patient")
@@ -207,7 +216,7 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
         result[label] = probs[:, j]
     result["predicted"] = [" ".join(_predicted(p, thresholds)) if not np.isnan(p).any() else "" for p in probs]
     result["error"] = errors
-    with atomic_path(out) as tmp:
+    with writing(out), atomic_path(out) as tmp:
         result.to_csv(tmp, index=False, float_format="%.6f")
     failed = [i for i, e in enumerate(errors) if e]
     ok = len(frame) - sum(1 for i in failed if np.isnan(probs[i]).any())
@@ -220,28 +229,28 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
 
 
 def main(backend: Backend, argv=None) -> int:
-    """Run the predict CLI; returns the exit code (see build_parser's description)."""
+    """Run the predict CLI; returns the exit code (see build_parser's description and odir_core.errors)."""
     parser = build_parser(backend)
     args = parse_with_config(parser, argv)
     if not args.model:
         parser.error("--model is required")
-    try:
-        if args.batch and args.images:
-            raise InferenceError("give either LEFT RIGHT or --batch CSV, not both")
-        if args.figures and not args.batch:
-            raise InferenceError("--figures is for --batch; for one patient use --out fig.png")
-        if args.gradcam and not (args.out if not args.batch else args.figures):
-            raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
-        if args.batch_size < 1:
-            raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
-        for path in ([] if args.batch else args.images):
-            if not Path(path).is_file():
-                raise InferenceError(f"{path}: image file not found")
-        if not args.batch:
-            return predict_one(backend, args)
-        model = load_model(backend, args.model, train_config=args.train_config)
-        thresholds, source = _thresholds(args, model)
-        return predict_many(model, args, thresholds, source)
-    except USER_ERRORS as exc:
-        print(f"{backend.name}.predict: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_cli(_predict_cli, backend, args, prefix=f"{backend.name}.predict: error")
+
+
+def _predict_cli(backend: Backend, args) -> int:
+    if args.batch and args.images:
+        raise InferenceError("give either LEFT RIGHT or --batch CSV, not both")
+    if args.figures and not args.batch:
+        raise InferenceError("--figures is for --batch; for one patient use --out fig.png")
+    if args.gradcam and not (args.out if not args.batch else args.figures):
+        raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
+    if args.batch_size < 1:
+        raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+    for path in ([] if args.batch else args.images):
+        if not Path(path).is_file():
+            raise InferenceError(f"{path}: image file not found")
+    if not args.batch:
+        return predict_one(backend, args)
+    model = load_model(backend, args.model, train_config=args.train_config)
+    thresholds, source = _thresholds(args, model)
+    return predict_many(model, args, thresholds, source)

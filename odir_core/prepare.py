@@ -8,6 +8,9 @@ annotations.xlsx (patients whose two images were written) and prepare_report.csv
 JPEG damaged inside) or does not look like a colour fundus photograph (blank,
 noise, an ordinary photo) is skipped with its patient and reported; pass
 --keep-non-fundus to prepare the latter anyway. Reruns skip finished images.
+An error writing the output (disk full, read-only or not writable folder, a
+file where a folder is needed) stops the job at once with one line and exit
+code 1; the images written so far are kept and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -26,12 +29,22 @@ from tqdm import tqdm
 
 from odir_core.annotations import read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text
+from odir_core.errors import (
+    InputError,
+    OutputError,
+    output_error,
+    run_cli,
+    sigint_ignored,
+    writing,
+)
+from odir_core.errors import ignore_sigint as _ignore_sigint
 from odir_core.imageio import header_size, save_image
-from odir_core.layouts import LayoutError, detect_layout
+from odir_core.layouts import detect_layout
 from odir_core.preprocess import NotFundusError, PreprocessError, prepare_image
 
 REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
 SIDES = (("left", "Left-Fundus"), ("right", "Right-Fundus"))
+OUTPUT_FAILED = "output-error"  # a worker's status for a failed write: stops the job, never reported per image
 
 
 class Source:
@@ -40,10 +53,10 @@ class Source:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"--source {self.path} does not exist; give an ODIR-5K folder or zip")
+            raise InputError(f"--source {self.path} does not exist; give an ODIR-5K folder or zip")
         self.is_zip = self.path.is_file()
         if self.is_zip and not zipfile.is_zipfile(self.path):
-            raise ValueError(f"--source {self.path} is a file but not a zip archive; give a folder or a .zip")
+            raise InputError(f"--source {self.path} is a file but not a zip archive; give a folder or a .zip")
         self._zip: zipfile.ZipFile | None = None
 
     def names(self) -> list[str]:
@@ -78,20 +91,32 @@ def _init_worker(source: Source, size: int, tol: int, quality: int, keep_non_fun
     _WORKER.update(source=source, size=size, tol=tol, quality=quality, keep_non_fundus=keep_non_fundus)
 
 
+def _init_pool_worker(*init) -> None:
+    _ignore_sigint()  # Ctrl-C is the parent's to handle: it stops the pool, so workers print no tracebacks
+    _init_worker(*init)
+
+
 def _process(task: tuple[int, str, str, str]) -> tuple[int, str, str, str, str]:
-    """Prepare one image; returns a report row (status ok / repaired / error), never raises."""
+    """Prepare one image; returns a report row (status ok / repaired / error), never raises.
+
+    Only input-side problems are per-image errors; a failed write returns status OUTPUT_FAILED, which
+    stops the job (see ``_run``).
+    """
     pid, side, member, out_path = task
     notes: list[str] = []
     try:
         img = prepare_image(_WORKER["source"].read(member), _WORKER["size"], _WORKER["tol"], notes,
                             check_fundus=not _WORKER.get("keep_non_fundus", False))
-        save_image(img, out_path, _WORKER["quality"])
     except NotFundusError as exc:
         return pid, side, member, "error", f"{exc} (--keep-non-fundus prepares it anyway)"
     except PreprocessError as exc:
         return pid, side, member, "error", str(exc)
     except Exception as exc:  # a batch job reports a bad file and goes on
         return pid, side, member, "error", f"{type(exc).__name__}: {exc}"
+    try:
+        save_image(img, out_path, _WORKER["quality"])
+    except OSError as exc:  # disk full, read-only, not writable: no later image can do better
+        return pid, side, member, OUTPUT_FAILED, str(output_error(exc, out_path))
     return pid, side, member, "repaired" if notes else "ok", "; ".join(notes)
 
 
@@ -125,11 +150,14 @@ def _run(tasks: list, source: Source, args) -> list[tuple]:
         pool = None
     else:
         # spawn, not fork: a forked child can inherit OpenCV's thread-pool locks held and hang
-        pool = multiprocessing.get_context("spawn").Pool(args.workers, _init_worker, init)
+        with sigint_ignored():  # the workers start with Ctrl-C ignored, even before _init_pool_worker runs
+            pool = multiprocessing.get_context("spawn").Pool(args.workers, _init_pool_worker, init)
         chunk = max(1, min(16, len(tasks) // (args.workers * 8)))
         results = pool.imap_unordered(_process, tasks, chunksize=chunk)
     try:
         for row in results:
+            if row[3] == OUTPUT_FAILED:
+                raise OutputError(f"{row[4]}. Stopped; the images written so far are kept and a rerun resumes")
             rows.append(row)
             bar.update()
     finally:
@@ -144,7 +172,7 @@ def _check_size(existing: Path, size: int) -> None:
     """Refuse to resume into a folder prepared at another size."""
     found = header_size(existing.read_bytes())
     if found != (size, size):
-        raise ValueError(
+        raise InputError(
             f"{existing.parent.parent} holds {found[0]}x{found[1]} images (e.g. {existing.name}), not {size}x{size}; "
             "use another --out or the same --size"
         )
@@ -161,9 +189,10 @@ def prepare(args) -> int:
 
     out = Path(args.out)
     images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for stale in images.glob(".*"):  # temp files of an interrupted run
-        stale.unlink(missing_ok=True)
+    with writing(out):
+        images.mkdir(parents=True, exist_ok=True)
+        for stale in images.glob(".*"):  # temp files of an interrupted run
+            stale.unlink(missing_ok=True)
     ext = "jpg" if args.format == "jpg" else "png"
     report_path = out / "prepare_report.csv"
     old = pd.read_csv(report_path) if report_path.exists() else pd.DataFrame(columns=REPORT_COLUMNS)
@@ -184,21 +213,29 @@ def prepare(args) -> int:
                 tasks.append((int(pid), side, member, str(target)))
     done = 2 * len(df) - len(tasks) - len(rows)
     print(f"{len(df)} patients: {done} images already prepared, {len(tasks)} to prepare, {len(rows)} missing")
+    stopped = True  # an exception (output error, Ctrl-C) is on its way: the report is best effort
     try:
         rows += _run(tasks, source, args)
+        stopped = False
     finally:
         new = pd.DataFrame([r for r in rows if r[3] != "ok"], columns=REPORT_COLUMNS)
         redone = set(zip(new["ID"], new["side"])) | {(t[0], t[1]) for t in tasks}
         keep = old[[(i, s) not in redone for i, s in zip(old["ID"], old["side"])]]
         report = pd.concat([keep, new], ignore_index=True).sort_values(["ID", "side"], kind="stable")
-        atomic_write_text(report_path, report.to_csv(index=False))
+        try:
+            with writing(report_path):
+                atomic_write_text(report_path, report.to_csv(index=False))
+        except OutputError:
+            if not stopped:
+                raise  # else the first error is the one to report (a full disk fails both)
 
     written = {(pid, side) for pid in df["ID"] for side, _ in SIDES if (images / f"{pid}_{side}.{ext}").exists()}
     complete = [all((pid, side) in written for side, _ in SIDES) for pid in df["ID"]]
     kept = df[complete].reset_index(drop=True)
     for side, column in SIDES:
         kept[column] = [f"{pid}_{side}.{ext}" for pid in kept["ID"]]
-    write_annotations(kept, out / "annotations.xlsx")
+    with writing(out / "annotations.xlsx"):
+        write_annotations(kept, out / "annotations.xlsx")
     errors = int((report["status"] == "error").sum())
     repaired = int((report["status"] == "repaired").sum())
     print(
@@ -241,11 +278,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.size < 8 or not 1 <= args.quality <= 100:
         build_parser().error("--size must be >= 8 and --quality within 1..100")
-    try:
-        return prepare(args)
-    except (LayoutError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(prepare, args, interrupted="interrupted; the images written so far are kept and a rerun resumes")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from odir_core.errors import InputError
 from odir_core.imageio import (  # load_image is re-exported (see __all__)
     ImageDecodeError,
     decode_image,
@@ -63,7 +64,7 @@ MAX_BLUE = 0.9  # mean B / min(mean R, mean G) in the field of view: blue is the
 BLANK_STD = 2.0  # grey-level standard deviation below which a frame is blank (one flat colour)
 
 
-class PreprocessError(ValueError):
+class PreprocessError(InputError):
     """An image that cannot be preprocessed (unreadable, black, no fundus); the message names it."""
 
 

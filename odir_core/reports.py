@@ -23,9 +23,10 @@ from sklearn.metrics import classification_report
 
 from odir_core import metrics, plots
 from odir_core.atomic import atomic_folder, atomic_path, atomic_write_text
+from odir_core.errors import InputError, writing
 from odir_core.labels import LABELS, NUM_LABELS
-from odir_core.report_html import render_report
 from odir_core.metrics import binarize
+from odir_core.report_html import render_report
 from odir_core.thresholds import DEFAULT_THRESHOLD, as_thresholds
 
 COLUMNS = ["ID", *LABELS]
@@ -45,7 +46,7 @@ AT_DEFAULT = "at_0.5"
 AT_TUNED = "at_tuned"
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """Inputs of a report that do not fit together (shapes, IDs, values)."""
 
 
@@ -122,7 +123,7 @@ def _summarize(y_true, y_prob, tuned) -> dict:
     settings = {AT_DEFAULT: as_thresholds(DEFAULT_THRESHOLD)}
     if tuned is not None:
         settings[AT_TUNED] = as_thresholds(tuned)
-    summary = {"n_patients": int(len(y_true)), "labels": list(LABELS), "positives": dict(zip(LABELS, map(int, y_true.sum(0))))}
+    summary = {"n_patients": len(y_true), "labels": list(LABELS), "positives": dict(zip(LABELS, map(int, y_true.sum(0))))}
     summary["thresholds"] = {name: dict(zip(LABELS, map(float, t))) for name, t in settings.items()}
     for name, fn in (("study", metrics.study_metrics), ("challenge", metrics.challenge_metrics)):
         summary[name] = {key: {k: _number(v) for k, v in fn(y_true, y_prob, threshold=t).items()} for key, t in settings.items()}
@@ -194,7 +195,7 @@ def write_evaluation(
     report_text = classification_report_text(y_true, y_prob, tuned)
     examples = pick_examples(ids, y_true, y_prob, load_pair)
     qualitative_thresholds = tuned if tuned is not None else DEFAULT_THRESHOLD
-    with atomic_folder(out_dir) as tmp:
+    with writing(out_dir), atomic_folder(out_dir) as tmp:  # an OSError from here on is a failed write (OutputError)
         write_label_xlsx(tmp / FILES["probs"], ids, y_prob)
         write_label_xlsx(tmp / FILES["ground_truth"], ids, y_true)
         write_submission_csv(tmp / FILES["submission"], ids, y_prob)

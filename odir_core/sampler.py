@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from odir_core.errors import InputError
 from odir_core.labels import LABELS
 
 CLASS_CHOICES = ("least_sampled", "random", "cycle")
 
 
-class SamplerError(ValueError):
+class SamplerError(InputError):
     """Labels, indices or options the sampler cannot use."""
 
 

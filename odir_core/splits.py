@@ -4,21 +4,22 @@ the OIA-ODIR test sets, and saving/loading split ID lists."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from odir_core.errors import InputError
+
 from .annotations import is_special, label_matrix, read_annotations
+from .atomic import atomic_write_text
 from .layouts import OIA, Layout
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """A split file or request that cannot be used."""
 
 
@@ -123,17 +124,7 @@ def save_split(path, train_ids, val_ids, test_ids=None) -> Path:
         parts["test"] = test_ids
     data = {name: [int(i) for i in ids] for name, ids in parts.items()}
     _check_disjoint(data, path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1))  # the user's umask applies
 
 
 def load_split(path) -> dict[str, list[int]]:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .annotations import COLUMNS, write_annotations
 from .atomic import atomic_folder, atomic_path
+from .errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
 from .imageio import encode_image
 from .keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
 from .labels import LABELS, SPECIAL_IMAGES
@@ -135,6 +136,7 @@ KEYWORD_SIGNS = {
 LAYOUT_NAMES = tuple(LAYOUTS)
 JPEG_QUALITY = 92
 DEFAULT_PREPARED_SIZE = 512
+MIN_SIZE = {"prepared": 16, "raw": 64}  # smallest --size: prepared image side / raw frame width, in px
 RAW_WIDTH = (1000, 2400)  # raw camera image width range in pixels
 RAW_DRAW_MAX = 1024  # raw frames: the FOV is drawn at most this size, then enlarged (real photos are soft)
 KAGGLE_FULL_DF = "full_df.csv"
@@ -311,7 +313,10 @@ def _write_set(root: Path, annotations: str, images: str, ids: range, seed, size
     tasks = [(seed, pid, size, raw, severity, str(img_dir)) for pid in ids]
     bar = tqdm(total=len(tasks), desc=desc, unit="patient", disable=None)
     if workers > 1 and len(tasks) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # Ctrl-C is the parent's: the workers ignore it (no tracebacks from them) and the pool is terminated
+        with sigint_ignored():
+            pool = multiprocessing.get_context("spawn").Pool(workers, ignore_sigint)
+        with pool:
             for _ in pool.imap_unordered(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 16))):
                 bar.update()
     else:
@@ -357,9 +362,10 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
         raise ValueError(f"severity must be >= 0 (got {severity})")
     spec: Layout = LAYOUTS[layout]
     raw = spec is not PREPARED
-    size = int(size or (RAW_WIDTH[1] if raw else DEFAULT_PREPARED_SIZE))
-    if size < (64 if raw else 16):
-        raise ValueError(f"size must be at least {64 if raw else 16} px for layout {layout!r} (got {size})")
+    size = int(size) if size is not None else (RAW_WIDTH[1] if raw else DEFAULT_PREPARED_SIZE)
+    minimum = MIN_SIZE["raw" if raw else "prepared"]
+    if size < minimum:
+        raise ValueError(f"size must be at least {minimum} px for layout {layout!r} (got {size})")
     if workers is None:  # all cores, but no process start-up cost for small sets
         workers = min(os.cpu_count() or 1, max(1, (patients + test_patients) // 100))
     workers = max(1, int(workers))
@@ -367,7 +373,7 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
     if zip:
         out = out if out.suffix.lower() == ".zip" else out.with_name(out.name + ".zip")
         if out.exists():
-            raise FileExistsError(f"{out} already exists; choose another --out or remove it first")
+            raise OutputExistsError(f"{out} already exists; choose another --out or remove it first")
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
             folder = generate(Path(tmp) / "set", patients, size, seed, layout, False, severity, workers, test_patients)
             _zip_folder(folder, out)
@@ -439,7 +445,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (or zip file with --zip); must not exist")
     p.add_argument("--patients", type=int, default=600, help="number of patients (two images each)")
     p.add_argument("--size", type=int, default=None,
-                   help="prepared: image side in px (default 512); raw layouts: largest frame width (default 2400)")
+                   help="prepared: image side in px (default 512, at least 16); raw layouts: largest frame width "
+                   "(default 2400, at least 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument("--layout", choices=LAYOUT_NAMES, default="prepared",
                    help="folder layout: a prepared folder or one of the ODIR-5K releases (raw camera frames)")
@@ -457,16 +464,19 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if not args.out and not args.preview:
         _parser().error("give --out (a dataset) and/or --preview (a contact sheet)")
-    try:
-        if args.out:
+    return run_cli(_generate_cli, args)
+
+
+def _generate_cli(args) -> int:
+    # everything this CLI writes is output: an OSError is a failed write (exit 1)
+    if args.out:
+        with writing(args.out):
             path = generate(args.out, args.patients, args.size, args.seed, args.layout, args.zip,
                             args.severity, args.workers, args.test_patients)
-            print(f"wrote {args.patients} synthetic patients to {path}")
-        if args.preview:
+        print(f"wrote {args.patients} synthetic patients to {path}")
+    if args.preview:
+        with writing(args.preview):
             print(f"wrote contact sheet {write_preview(args.preview, args.seed, severity=args.severity)}")
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     return 0
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 from odir_core.atomic import atomic_write_text
+from odir_core.errors import InputError
 from odir_core.labels import LABELS, NUM_LABELS
 
 THRESHOLD_METRICS = ("f1", "kappa")
@@ -17,7 +18,7 @@ CANDIDATES = np.round(np.arange(0.01, 1.0, 0.01), 2)
 THRESHOLDS_FILE = "thresholds.json"
 
 
-class ThresholdError(ValueError):
+class ThresholdError(InputError):
     """A thresholds file or value that cannot be used."""
 
 

@@ -364,3 +364,31 @@ def test_rule_labels_reproduce_real_labels(real_rows):
     _, rows = real_rows
     differ = [int(r[0]) for r in rows if letters(patient_labels(r[5], r[6])) != letters(r[7:15])]
     assert len(differ) == REAL_DISAGREEMENTS, differ
+
+
+@pytest.mark.parametrize("sep", [";", "\t", ","])
+def test_csv_delimiter_is_sniffed_from_the_header(tmp_path, sep):
+    """Spreadsheet programs in many locales save CSVs with semicolons; keyword cells keep their commas."""
+    df = patients()
+    df.loc[0, "Left-Diagnostic Keywords"] = "cataract，normal fundus"
+    path = tmp_path / "annotations.csv"
+    df.to_csv(path, index=False, sep=sep)
+    assert_frame(read_annotations(path, exclude_special=False), df)
+
+
+def test_headers_match_whatever_their_case_and_surrounding_spaces(tmp_path):
+    df = patients()
+    renamed = df.rename(columns={c: f"  {c.lower()} " if i % 2 else c.upper() for i, c in enumerate(COLUMNS)})
+    path = write_csv(tmp_path, renamed)
+    assert_frame(read_annotations(path, exclude_special=False), df)
+    renamed.to_excel(tmp_path / "a.xlsx", index=False)
+    assert_frame(read_annotations(tmp_path / "a.xlsx", exclude_special=False), df)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_header_only_file_names_the_file_and_says_no_patient_rows(tmp_path, suffix):
+    path = tmp_path / f"annotations{suffix}"
+    empty = pd.DataFrame(columns=COLUMNS)
+    empty.to_csv(path, index=False) if suffix == ".csv" else empty.to_excel(path, index=False)
+    message = error_of(path)
+    assert message.startswith(f"{path}: no patient rows")

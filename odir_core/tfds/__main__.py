@@ -3,7 +3,8 @@
 PATH is an ODIR-5K folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
 folder from odir_core.prepare), or a folder holding such a zip. The dataset is written to
 DATA_DIR/odir5k/CONFIG/1.0.0 as ArrayRecord files; building an existing one does nothing.
-Bad images are reported and their patients skipped (DATA_DIR/odir5k/CONFIG/1.0.0/build_report.csv).
+Bad images are reported and their patients skipped (DATA_DIR/odir5k/CONFIG/1.0.0/build_report.csv);
+an error writing DATA_DIR (disk full, read-only) stops the build with one line and exit code 1.
 Read it with tfds.data_source("odir5k/CONFIG", data_dir=DATA_DIR), or train on it with
 --data tfds:odir5k/CONFIG (set TFDS_DATA_DIR=DATA_DIR when DATA_DIR is not the default).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from odir_core.atomic import atomic_write_text
+from odir_core.errors import run_cli
 from odir_core.prepare import REPORT_COLUMNS
 from odir_core.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 
@@ -82,11 +84,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         build_parser().error("--workers must be at least 1")
-    try:
-        return build(args)
-    except (FileNotFoundError, ValueError) as exc:  # LayoutError, AnnotationError and config errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build, args)  # bad input: exit 2; an unwritable --data-dir (an OSError): exit 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from odir_core.annotations import eye_labels, is_special, label_matrix
+from odir_core.errors import ignore_sigint, sigint_ignored
 from odir_core.imageio import decode_image, encode_image
 from odir_core.labels import LABELS, NUM_LABELS
 from odir_core.layouts import DetectedLayout, Layout, LayoutError, detect_layout
@@ -138,6 +139,11 @@ def encode_eye(data: bytes, size: int | None, notes: list[str] | None = None) ->
 
 
 _WORKER: dict = {}
+
+
+def _init_pool_worker(*init) -> None:
+    ignore_sigint()
+    _init_worker(*init)
 
 
 def _init_worker(source_path: str, size: int | None) -> None:
@@ -275,7 +281,8 @@ class Odir5k(tfds.core.GeneratorBasedBuilder):
             _init_worker(*init)
             yield from map(_encode_patient, tasks)
             return
-        pool = multiprocessing.Pool(min(self._workers, len(tasks)), _init_worker, init)
+        with sigint_ignored():  # Ctrl-C is the parent's: workers print no tracebacks, the pool is terminated
+            pool = multiprocessing.Pool(min(self._workers, len(tasks)), _init_pool_worker, init)
         try:
             yield from pool.imap(_encode_patient, tasks, chunksize=max(1, min(16, len(tasks) // (self._workers * 8))))
         finally:

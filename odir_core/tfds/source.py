@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from odir_core.annotations import COLUMNS
+from odir_core.errors import InputError
 from odir_core.imageio import decode_image, header_size, is_jpeg, reduction_factor
 from odir_core.labels import LABELS
 from odir_core.splits import split_frames as by_split_file
@@ -30,7 +31,7 @@ _NEEDED = {"id", "age", "sex", "left", "right", "left_file", "right_file", "left
            "labels"}
 
 
-class TfdsSourceError(ValueError):
+class TfdsSourceError(InputError):
     """A ``tfds:`` data source that names no usable built dataset (message says how to build it)."""
 
 

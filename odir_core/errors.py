@@ -1,0 +1,164 @@
+"""One error story for every command-line tool: exit codes, the shared error base class and the runner.
+
+Every CLI's ``main`` goes through :func:`run_cli`, which turns what went wrong into one line on stderr
+and an exit code:
+
+====  ==============================================================================================
+0     success
+1     failure: the job could not be done (an output write failed: disk full, read-only folder, a file
+      where a folder is needed; training diverged)
+2     bad input or usage (missing or unusable input files, bad flags, an output that already exists)
+130   interrupted (Ctrl-C)
+====  ==============================================================================================
+
+Errors the tools raise on purpose derive from :class:`OdirError` and carry their exit code; any other
+``ValueError`` or ``FileNotFoundError`` counts as bad input, any other ``OSError`` as a failure. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class OdirError(Exception):
+    """Base of every error the tools report as one line; ``exit_code`` is the process exit status."""
+
+    exit_code = EXIT_FAILURE
+
+
+class InputError(OdirError, ValueError):
+    """Bad input or usage (exit 2): the message names the file, row or flag and what to do."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """An output that already exists and is never silently overwritten (exit 2)."""
+
+
+class OutputError(OdirError):
+    """Writing an output failed (exit 1): no space left, read-only or not writable, a file where a folder
+    is needed. The job stops at once; what was finished stays on disk."""
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+
+_HINTS = {
+    errno.ENOSPC: "free some space or choose an output folder on another disk",
+    errno.EDQUOT: "free some space or choose an output folder on another disk",
+    errno.EROFS: "choose an output folder you can write to",
+    errno.EACCES: "choose an output folder you can write to, or fix its permissions",
+    errno.EPERM: "choose an output folder you can write to, or fix its permissions",
+    errno.ENOTDIR: "part of the path is a file, not a folder: choose another output path",
+    errno.EEXIST: "a file is in the way: choose another output path",
+    errno.EISDIR: "a folder is in the way: choose another output path",
+}
+
+
+_WRITE_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # errors only a write can cause
+
+
+def describe_os_error(exc: OSError, hint: bool = False, path=None) -> str:
+    """``FILE: reason`` for an OSError, on one line; with ``hint``, what to do about a failed write.
+
+    ``path``: the output being written, named when the error has no file name (a full disk) or names a
+    temporary file beside it.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = os.fsdecode(exc.filename) if exc.filename else None
+    if path is not None and (where is None or os.path.basename(where).startswith(".")):
+        where = os.fsdecode(path)
+    advice = _HINTS.get(exc.errno) if hint else None
+    return (f"{where}: " if where else "") + reason + (f"; {advice}" if advice else "")
+
+
+def output_error(exc: OSError, path=None) -> OutputError:
+    """The :class:`OutputError` for an OSError raised while writing ``path`` (a file or folder)."""
+    return OutputError(f"cannot write {describe_os_error(exc, hint=True, path=path)}", exc.errno)
+
+
+@contextlib.contextmanager
+def writing(path=None) -> Iterator[None]:
+    """Turn an OSError raised inside the block (a write of the output ``path``) into an :class:`OutputError`."""
+    try:
+        yield
+    except OdirError:
+        raise
+    except OSError as exc:
+        raise output_error(exc, path) from exc
+
+
+def ignore_sigint() -> None:
+    """For worker-process initializers: leave Ctrl-C to the parent, which stops the pool (no worker tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while worker processes start, so they inherit the ignored SIGINT even before their
+    initializer runs; the parent's handler is restored afterwards (main thread only; a no-op elsewhere)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code :func:`run_cli` gives ``exc``, or None for a bug (kept as a traceback)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, OdirError):
+        return exc.exit_code
+    if isinstance(exc, (FileNotFoundError, ValueError)):
+        return EXIT_USAGE
+    if isinstance(exc, OSError):
+        return EXIT_FAILURE
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line for ``exc`` (without the ``error:`` prefix)."""
+    if isinstance(exc, OSError) and not isinstance(exc, OdirError) and exc.strerror:
+        if exc.errno in _WRITE_ONLY:
+            return str(output_error(exc))
+        return describe_os_error(exc)
+    return str(exc) or type(exc).__name__
+
+
+def run_cli(fn: Callable[..., int | None], *args, prefix: str = "error",
+            interrupted: str = "interrupted", **kwargs) -> int:
+    """Call a CLI's body ``fn(*args, **kwargs)`` and return the process exit code.
+
+    Its return value (None counts as 0) is passed on; an error becomes one line ``PREFIX: message`` on
+    stderr and exit code 2 (bad input or usage) or 1 (failure); Ctrl-C prints ``interrupted`` and gives 130.
+    """
+    try:
+        code = fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        print(f"{prefix}: {error_message(exc)}", file=sys.stderr)
+        return code
+    return EXIT_OK if code is None else int(code)
