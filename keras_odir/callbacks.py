@@ -1,18 +1,24 @@
 """Keras callbacks of a training run: epoch evaluation (metrics, history, TensorBoard, NaN stop),
-checkpoints of the dual model, and early-stopping/checkpoint state restored on resume."""
+checkpoints of the dual model, a crash-safe backup for ``--resume``, and early-stopping/checkpoint
+state restored on resume."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import keras
 import numpy as np
 
-from odir_core.atomic import atomic_path
+from odir_core.atomic import atomic_path, atomic_write_text
 from odir_core.history import STUDY_COLUMNS, History, bce_with_logits, early_stopping_state, split_metrics
+from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.tensorboard import ScalarWriter
+
+BACKUP_METADATA = Path(BACKUP_DIR) / "training_metadata.json"  # written last: names the epoch's weights file
 
 LOGGED = frozenset(STUDY_COLUMNS) - {"train_loss"}  # Keras logs the training loss as "loss"
 
@@ -76,6 +82,11 @@ class EpochEvaluation(keras.callbacks.Callback):
         self.writer.close()
 
 
+def all_finite(model: keras.Model) -> bool:
+    """Whether every weight of ``model`` is finite."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
 class _AtomicSaver:
     """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, then renames."""
 
@@ -83,7 +94,7 @@ class _AtomicSaver:
         self.target = target
 
     def save(self, filepath, overwrite=True):
-        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.target.weights):
+        if not all_finite(self.target):
             return  # a diverged epoch's weights are never written
         with atomic_path(filepath) as tmp:
             self.target.save(tmp, overwrite=True)
@@ -149,6 +160,72 @@ class RestoreState(keras.callbacks.Callback):
             self.best_checkpoint.best = best
 
 
+def read_backup(run_dir: Path) -> tuple[int, Path]:
+    """(epochs done, weights file) of the run's backup, checked; a damaged one raises ResumeError.
+
+    The run must have ``BACKUP_METADATA`` (``odir_core.run.check_resumable`` checks that first).
+    """
+    meta = run_dir / BACKUP_METADATA
+
+    def damaged(reason: str) -> ResumeError:
+        return ResumeError(damaged_backup_message(meta.parent, reason, run_dir, "last.keras"))
+
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+        epoch, weights = int(record["epoch"]), meta.parent / str(record["weights"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise damaged(f"{meta.name} unreadable: {exc}") from None
+    if not weights.is_file():
+        raise damaged(f"{weights.name} is missing")
+    if not h5py.is_hdf5(weights):
+        raise damaged(f"{weights.name} is not an HDF5 file")
+    return epoch, weights
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup survives a crash at any point, and is never of diverged weights.
+
+    Keras writes ``latest.weights.h5`` and the metadata in place, so a kill mid-write leaves a backup that
+    cannot be read. Here each epoch's weights go to a new ``epoch-NNNN.weights.h5`` (written under a
+    temporary name, then renamed), and ``training_metadata.json``, which names that file, is replaced
+    after it; the previous epoch's file is removed last. The backup stays after training:
+    ``odir_core.run.finish_run`` removes it once the run is marked finished.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(str(backup_dir), delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        self._load_model()  # no ``.bkp`` fallback: the metadata only ever names a complete file
+
+    def _load_model(self):
+        run_dir = Path(self.backup_dir).parent
+        if not (run_dir / BACKUP_METADATA).is_file():
+            return
+        epoch, weights = read_backup(run_dir)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(weights)
+        except Exception as exc:  # h5py/Keras raise several types for a file that is not this model's
+            raise ResumeError(damaged_backup_message(weights.parent, f"{weights.name}: {exc}", run_dir,
+                                                     "last.keras")) from None
+        self.model._initial_epoch = epoch
+
+    def _save_model(self):
+        if not all_finite(self.model):
+            return
+        folder = Path(self.backup_dir)
+        weights = folder / f"epoch-{self._current_epoch:04d}.weights.h5"
+        with atomic_path(weights) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": weights.name}
+        atomic_write_text(folder / BACKUP_METADATA.name, json.dumps(record) + "\n")
+        for old in folder.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink()
+
+
 def training_callbacks(
     *,
     run_dir: Path,
@@ -161,7 +238,7 @@ def training_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run, in the order they must run (evaluation before the checkpoints
     and early stopping that read its ``val_loss``; the backup for ``--resume`` last)."""
-    backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"))
+    backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR)
     best = DualModelCheckpoint(model, run_dir / "best.keras", monitor="val_loss", mode="min", save_best_only=True)
     last = DualModelCheckpoint(model, run_dir / "last.keras", save_best_only=False)
     callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), evaluation, best, last]

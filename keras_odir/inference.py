@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import keras
@@ -11,6 +10,7 @@ from keras import ops
 
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
+from keras_odir.weights import read_keras_model
 from odir_core.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.config import TrainConfig
 from odir_core.inference import InferenceError, gradcam_map
@@ -82,10 +82,7 @@ def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
     checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly."""
     if path.suffix in TORCH_SUFFIXES:
         model = load_dual_checkpoint(path)
-    elif not zipfile.is_zipfile(path):
-        raise InferenceError(f"{path}: not a .keras file (a .keras model is a zip archive); pass best.keras of a "
-                             "keras_odir training run")
     else:
-        model = keras.saving.load_model(path, compile=False)
+        model = read_keras_model(path)
     check_finite(((w.path, ops.convert_to_numpy(w)) for w in model.weights), str(path))
     return KerasPredictor(model)

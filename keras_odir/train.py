@@ -9,14 +9,13 @@ augmentation the backbone features are computed once and only the head is traine
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import keras  # keras_odir/__init__ has chosen the backend
 
-from keras_odir.callbacks import EpochEvaluation, training_callbacks
+from keras_odir.callbacks import BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
 from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.losses import WeightedBCEWithLogits
@@ -25,7 +24,7 @@ from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
 from keras_odir.parts import dual_parts
 from keras_odir.precision import dtype_policy
-from keras_odir.weights import read_torch_state, torch_to_keras_state
+from keras_odir.weights import read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset
@@ -36,7 +35,9 @@ from odir_core.run import (
     RunSetup,
     TrainingDiverged,
     diverged_message,
+    finish_run,
     log_summary,
+    removed_if_no_epoch,
     run_training_cli,
     setup_run,
 )
@@ -69,7 +70,7 @@ def build_model(config: TrainConfig) -> keras.Model:
     elif path.name.endswith(".weights.h5"):
         model.load_weights(path)
     elif path.suffix == KERAS_SUFFIX:
-        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        model.set_weights(read_keras_model(path).get_weights())
     else:
         raise ValueError(f"--weights {path}: unknown file type; use .keras, .weights.h5 or .pth")
     return model
@@ -79,22 +80,19 @@ def _eval_batches(dataset: DualEyeDataset, config: TrainConfig) -> EpochBatches:
     return image_batches(dataset, config.batch_size, workers=config.workers)
 
 
-def _backup_epoch(run_dir: Path) -> int:
-    meta = run_dir / "backup" / "training_metadata.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text())["epoch"])
-    return 0
-
-
 def train(config: TrainConfig, log=print) -> Path:
     """Run one training; returns the run folder."""
     started = time.perf_counter()
     log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}")
-    setup: RunSetup = setup_run(config, log)
+    setup: RunSetup = setup_run(config, BACKUP_METADATA, log)
+    with removed_if_no_epoch(setup, log):
+        _train(setup, started, log)
+    return setup.run_dir
+
+
+def _train(setup: RunSetup, started: float, log) -> None:
     config, run_dir = setup.config, setup.run_dir
-    start_epoch = _backup_epoch(run_dir) if setup.resumed else 0
-    if setup.resumed and start_epoch == 0 and (run_dir / "best.keras").exists():
-        raise ResumeError(f"{run_dir}: the run has finished (no backup left); start a new run instead")
+    start_epoch = read_backup(run_dir)[0] if setup.resumed else 0
     history = History(run_dir)
     val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
     if start_epoch:
@@ -166,9 +164,8 @@ def train(config: TrainConfig, log=print) -> Path:
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
     if evaluation.stopped_on_nan is not None:
         raise TrainingDiverged(diverged_message(evaluation.stopped_on_nan, history.best_epoch(), "best.keras"))
-
+    finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.keras", started, log)
-    return run_dir
 
 
 def main(argv=None) -> int:

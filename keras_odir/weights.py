@@ -11,20 +11,23 @@ process that holds TensorFlow).
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_odir.parts import dual_parts, is_dual_model
-from odir_core.checkpoints import load_imagenet_backbone_state, read_checkpoint
+from odir_core.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
+from odir_core.errors import InputError
 from odir_core.model_spec import BackboneSpec
 
 # keras variable attribute per torch BatchNorm parameter
 _BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-class WeightConversionError(ValueError):
+class WeightConversionError(InputError):
     """A state_dict does not fit the model: unknown, missing or mis-shaped keys (all listed)."""
 
 
@@ -142,3 +145,19 @@ def load_imagenet_weights(backbone: keras.Model, spec: BackboneSpec, path: str |
     """
     state = load_imagenet_backbone_state(path, spec, _torch_load, download=download)
     return torch_to_keras_state(backbone, state, source=f"ImageNet {spec.name} checkpoint")
+
+
+def read_keras_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
+    """The model in a ``.keras`` file, or one ``CheckpointError`` naming the file (missing, not a zip
+    archive, or not a model that ``import keras_odir`` can rebuild)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a .keras model (a .keras file is a zip archive); it is damaged or "
+                              "another format: pass best.keras or last.keras of a keras_odir run")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # Keras raises zip, h5, value and type errors alike for a damaged archive
+        raise CheckpointError(f"{path}: a damaged or foreign .keras model ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); save it again") from None

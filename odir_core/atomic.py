@@ -8,6 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from odir_core.errors import OutputExistsError
+
+WEIGHTS_SUFFIX = ".weights.h5"  # Keras' weights-only files must end so
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,11 +23,14 @@ def _umask() -> int:
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
 
-    The temporary name keeps the suffix so writers that infer the format from it (pandas, matplotlib) work.
+    The temporary name keeps the suffix so writers that infer the format from it (pandas, matplotlib,
+    Keras' ``.weights.h5``) work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    suffix = WEIGHTS_SUFFIX if path.name.endswith(WEIGHTS_SUFFIX) else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-len(suffix)] if suffix else path.name}.", suffix=suffix,
+                               dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
     try:
@@ -58,7 +65,7 @@ def atomic_folder(path):
     """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists; choose another --out or remove it first")
+        raise OutputExistsError(f"{path} already exists; choose another --out or remove it first")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from odir_core.atomic import atomic_path
+from odir_core.errors import InputError
 from odir_core.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
@@ -32,11 +33,11 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where training scr
 DDP_PREFIX = "module."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used (one line: which file, what is wrong, what to do)."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(InputError, FileNotFoundError):
     """No ImageNet checkpoint on disk and none could be downloaded."""
 
 

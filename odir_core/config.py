@@ -24,6 +24,7 @@ import tomli_w
 
 from odir_core.atomic import atomic_write_text
 from odir_core.augment import MODES as AUGMENT_MODES
+from odir_core.errors import InputError
 from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP
 from odir_core.model_spec import HEADS as HEAD_SPECS
@@ -38,7 +39,7 @@ PRECISIONS = ("float32", "bf16", "fp16")
 TRAIN_METRICS = ("epoch", "clean")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file or value that cannot be used (message says which and how to fix)."""
 
 

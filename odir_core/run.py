@@ -2,37 +2,50 @@
 
 ``setup_run(config)`` resolves the data source, reads the annotations, splits them, computes
 ``pos_weight``, creates (or reopens, for ``--resume``) the run folder and writes ``config.toml``.
+
+A run folder's life: ``config.toml`` first; per finished epoch the history, the checkpoints and then
+the backup (``backup/``, the trainer's own format, each file replaced atomically); at the end
+``finished.json``, written last, and the backup is removed. So ``--resume`` can tell a finished run
+(``finished.json``), a run to continue (a backup) and one that stopped before its first epoch ended
+(neither), and a new run that fails or is interrupted before its first epoch ended removes its folder.
 """
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import json
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from odir_core.annotations import label_matrix, read_annotations
+from odir_core.atomic import atomic_write_text
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import TrainConfig, parse_args, save_config
+from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
 from odir_core.labels import LABELS
+from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED
 from odir_core.splits import split_frames
 from odir_core.tfds import source as tfds_source
 
 PREPARED_ODIR = Path("data") / "odir5k"  # where the main job looks for a prepared ODIR-5K
 CONFIG_FILE = "config.toml"
+FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)
+BACKUP_DIR = "backup"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(InputError):
     """The data option names nothing usable (message says what to pass instead)."""
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run stopped, and no checkpoint holds the diverged weights."""
+class TrainingDiverged(OdirError, RuntimeError):
+    """The loss became NaN or infinite: the run stopped, and no checkpoint holds the diverged weights (exit 1)."""
 
 
 def diverged_message(epoch: int, best_epoch: int | None, best_file: str) -> str:
@@ -42,8 +55,20 @@ def diverged_message(epoch: int, best_epoch: int | None, best_file: str) -> str:
             "Lower the learning rate (--lr) or check the data, and start a new run.")
 
 
-class ResumeError(ValueError):
-    """``--resume`` names a run that cannot be continued (finished, or no epoch completed)."""
+class ResumeError(InputError):
+    """``--resume`` names a run that cannot be continued (finished, no epoch completed, damaged backup)."""
+
+
+class StoppedBeforeFirstEpoch(OdirError):
+    """Ctrl-C before a new run's first epoch ended: its folder was removed, there is nothing to resume."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def damaged_backup_message(backup: Path, reason: str, run_dir: Path, last_model: str) -> str:
+    """One line for a backup that cannot be read, saying what can still be done."""
+    return (f"{backup}: the backup is damaged ({reason}); the run cannot continue from it. Start a new run, or "
+            f"one from the last saved epoch with --weights {run_dir / last_model} (the optimizer starts afresh)")
 
 
 @dataclass
@@ -121,8 +146,9 @@ def new_run_dir(run_root: str | Path, experiment: str) -> Path:
     raise FileExistsError(f"{root}: could not create a new run folder for {experiment}-{stamp}")
 
 
-def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSetup:
-    """Resolve data and split, create the run folder and write the resolved ``config.toml``."""
+def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = print) -> RunSetup:
+    """Resolve data and split, create the run folder (or check the one to resume, whose trainer's backup
+    file is ``backup`` relative to it) and write the resolved ``config.toml``."""
     data_dir, description = resolve_data(config.data, log, config.demo_patients)
     log(f"Data: {description}")
     if tfds_source.is_tfds_source(data_dir):
@@ -139,15 +165,63 @@ def setup_run(config: TrainConfig, log: Callable[[str], None] = print) -> RunSet
         log("pos_weight (negatives/positives): " + ", ".join(f"{k} {w:.2f}" for k, w in zip(LABELS, pos_weight)))
     if config.resume:
         run_dir = Path(config.resume)
+        check_resumable(run_dir, backup)
         resumed = True
         log(f"Resuming run {run_dir}")
     else:
         run_dir = new_run_dir(config.run_dir, config.experiment)
         resumed = False
         log(f"Run folder: {run_dir}")
-    resolved = config.replace(data=str(data_dir), resume="", run_dir=str(Path(config.run_dir)))
-    save_config(resolved, run_dir / CONFIG_FILE)
+    # an absolute data path, so that --resume and the run's config work from any folder
+    data = str(data_dir) if tfds_source.is_tfds_source(str(data_dir)) else str(Path(data_dir).resolve())
+    resolved = config.replace(data=data, resume="", run_dir=str(Path(config.run_dir)))
+    try:
+        save_config(resolved, run_dir / CONFIG_FILE)
+    except BaseException:
+        if not resumed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed)
+
+
+def check_resumable(run_dir: Path, backup: Path) -> None:
+    """Refuse ``--resume run_dir`` with one line unless it holds a backup (``backup``, relative to it) to
+    continue from; remove the temporary files a killed run left behind."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ResumeError(f"--resume {run_dir}: not a run folder (no {CONFIG_FILE}); pass a folder under runs/")
+    if (run_dir / FINISHED_FILE).is_file():
+        raise ResumeError(f"{run_dir}: the run has finished ({FINISHED_FILE}); start a new run "
+                          f"(--weights RUN/best.* starts one from its best model)")
+    if not (run_dir / backup).is_file():
+        raise ResumeError(f"{run_dir}: nothing to resume, the run stopped before the backup of its first epoch "
+                          f"was written (no {backup}); start a new run")
+    for folder in (run_dir, run_dir / BACKUP_DIR):
+        for stale in folder.glob(".*"):  # atomic writes a kill interrupted
+            if stale.is_file():
+                stale.unlink()
+
+
+def finish_run(run_dir: Path, epochs: int, early_stopped: bool) -> None:
+    """Mark the run finished (``finished.json``, atomically, after every other output) and remove its backup."""
+    outcome = "early stopping" if early_stopped else "all epochs"
+    atomic_write_text(run_dir / FINISHED_FILE, json.dumps({"epochs": epochs, "ended": outcome}) + "\n")
+    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def removed_if_no_epoch(setup: RunSetup, log: Callable[[str], None] = print):
+    """Remove a new run's folder when the block fails or is interrupted before the first epoch ended (its
+    history exists from then on), so no folder holding only ``config.toml`` is left behind."""
+    try:
+        yield
+    except BaseException as exc:
+        if setup.resumed or (setup.run_dir / HISTORY_FILE).exists():
+            raise
+        shutil.rmtree(setup.run_dir, ignore_errors=True)
+        log(f"Removed {setup.run_dir}: the run stopped before its first epoch ended")
+        if isinstance(exc, KeyboardInterrupt):
+            raise StoppedBeforeFirstEpoch("interrupted before the first epoch ended; nothing to resume") from None
+        raise
 
 
 def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:
@@ -161,18 +235,13 @@ def log_summary(history, run_dir: Path, model_file: str, started: float, log: Ca
 
 
 def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
-    """Parse flags, train, and turn user errors into one line and exit code 2, a diverged run into exit code 1
-    (Ctrl-C: 130)."""
+    """Parse flags and train through the shared runner (``odir_core.errors.run_cli``): user errors give one
+    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130."""
     config = parse_args(argv, prog=prog, description=description)
-    try:
-        train(config)
-    except (FileNotFoundError, ValueError) as exc:  # data, annotation, split, resume and config errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:  # a failed run: it must not look like a success
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nInterrupted. Continue with --resume RUN_DIR (the run folder printed above).", file=sys.stderr)
-        return 130
-    return 0
+
+    def run(config: TrainConfig) -> int:
+        train(config)  # returns the run folder
+        return 0
+
+    return run_cli(run, config,
+                   interrupted="Interrupted. Continue with --resume RUN_DIR (the run folder printed above).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
 import keras
 import numpy as np
@@ -154,17 +156,59 @@ def test_cli_refuses_to_overwrite_and_bad_requests(tmp_path, capsys):
     src = tmp_path / "model.pth"
     torch.save(DualResNet50("v0").state_dict(), src)
     (tmp_path / "taken.keras").write_text("keep me")
-    assert main([str(src), str(tmp_path / "taken.keras")]) == 1
+    assert main([str(src), str(tmp_path / "taken.keras")]) == 2
     assert "--force" in capsys.readouterr().err
     assert (tmp_path / "taken.keras").read_text() == "keep me"
-    assert main([str(src), str(tmp_path / "x.keras"), "--head", "v2"]) == 1
+    assert main([str(src), str(tmp_path / "x.keras"), "--head", "v2"]) == 2
     assert "holds head v0" in capsys.readouterr().err
-    assert main([str(src), str(tmp_path / "x.h5")]) == 1
+    assert main([str(src), str(tmp_path / "x.h5")]) == 2
     assert ".pth/.pt and .keras" in capsys.readouterr().err
-    assert main([str(tmp_path / "absent.pth"), str(tmp_path / "x.keras")]) == 1
+    assert main([str(tmp_path / "absent.pth"), str(tmp_path / "x.keras")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.keras").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--freeze-backbone" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("text.pth", b"just some text\n", "not a readable PyTorch checkpoint"),
+    ("empty.pth", b"", "not a readable PyTorch checkpoint"),
+    ("text.keras", b"just some text\n", "not a .keras model"),
+    ("fake.keras", None, "damaged or foreign .keras model"),  # a zip archive that holds no model
+])
+def test_cli_garbage_input_is_one_line_and_exit_2(tmp_path, capsys, name, content, expect):
+    import zipfile
+
+    src = tmp_path / name
+    if content is None:
+        with zipfile.ZipFile(src, "w") as archive:
+            archive.writestr("readme.txt", "no model here")
+    else:
+        src.write_bytes(content)
+    dst = tmp_path / ("out.keras" if name.endswith(".pth") else "out.pth")
+    assert main([str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and str(src) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing written, no temporary file left
+
+
+def test_cli_truncated_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    full = tmp_path / "full.pth"
+    torch.save(DualResNet50("v0").state_dict(), full)
+    src = tmp_path / "cut.pth"
+    src.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert main([str(src), str(tmp_path / "out.keras")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_cli_output_keeps_the_umask(tmp_path):
+    src = tmp_path / "model.pth"
+    torch.save(DualResNet50("v0").state_dict(), src)
+    assert main([str(src), str(tmp_path / "model.keras")]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "model.keras").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -128,7 +128,7 @@ def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
         model = keras_model.parent / f"damaged{suffix}"  # beside the run's config.toml
         model.write_bytes(np.random.default_rng(0).bytes(5000))
         evaluate = keras_evaluate if suffix == ".keras" else torch_evaluate
-        expect = "not a .keras file" if suffix == ".keras" else "not a readable PyTorch checkpoint"
+        expect = "not a .keras model" if suffix == ".keras" else "not a readable PyTorch checkpoint"
     rc = evaluate(["--model", str(model), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and "Traceback" not in err

@@ -25,8 +25,19 @@ from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_
 from odir_core.config import TrainConfig
 from odir_core.dataset import DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
-from odir_core.model_spec import check_architecture
-from odir_core.run import ResumeError, TrainingDiverged, diverged_message, log_summary, run_training_cli, setup_run
+from odir_core.model_spec import ArchitectureError, check_architecture
+from odir_core.run import (
+    ResumeError,
+    RunSetup,
+    TrainingDiverged,
+    damaged_backup_message,
+    diverged_message,
+    finish_run,
+    log_summary,
+    removed_if_no_epoch,
+    run_training_cli,
+    setup_run,
+)
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
@@ -53,11 +64,16 @@ def build_model(config: TrainConfig) -> DualNet:
     path = Path(config.weights)
     state = dual_state_dict(read_torch_state(path))
     model = DualNet(config.backbone, config.head, freeze_backbone=freeze)
-    if is_dual_state(state):
-        check_architecture(state, config.backbone, config.head, f"--weights {path}")
-        model.load_state_dict(state)
-    else:  # a torchvision checkpoint of the backbone alone
-        model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
+    try:
+        if is_dual_state(state):
+            check_architecture(state, config.backbone, config.head, f"--weights {path}")
+            model.load_state_dict(state)
+        else:  # a torchvision checkpoint of the backbone alone
+            model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
+    except RuntimeError as error:  # load_state_dict lists every missing, unexpected and mis-shaped key
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ArchitectureError(f"--weights {path} does not fit backbone {config.backbone} with head {config.head} "
+                                f"({first}); pass the --backbone and --head it was trained with") from None
     return model
 
 
@@ -118,7 +134,13 @@ def train(config: TrainConfig, log=print) -> Path:
     """Run one training; returns the run folder."""
     started = time.perf_counter()
     log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}")
-    setup = setup_run(config, log)
+    setup = setup_run(config, BACKUP, log)
+    with removed_if_no_epoch(setup, log):
+        _train(setup, started, log)
+    return setup.run_dir
+
+
+def _train(setup: RunSetup, started: float, log) -> None:
     config, run_dir = setup.config, setup.run_dir
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -160,16 +182,18 @@ def train(config: TrainConfig, log=print) -> Path:
     start_epoch = 0
     backup = run_dir / BACKUP
     if setup.resumed:
-        if not backup.is_file():
-            raise ResumeError(f"{run_dir}: no {BACKUP} to resume from (the run finished or never ended an epoch)")
-        state = torch.load(backup, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        try:
+            state = torch.load(backup, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            start_epoch = int(state["epoch"])
+        except Exception as error:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            raise ResumeError(damaged_backup_message(backup, reason, run_dir, "last.pth")) from None
         history.load(start_epoch)
         log(f"Resuming after epoch {start_epoch}")
     writer = ScalarWriter(run_dir / "tensorboard")
@@ -243,12 +267,8 @@ def train(config: TrainConfig, log=print) -> Path:
     writer.close()
     if diverged is not None:
         raise TrainingDiverged(diverged_message(diverged, history.best_epoch(), "best.pth"))
-    backup.unlink(missing_ok=True)
-    if backup.parent.is_dir() and not any(backup.parent.iterdir()):
-        backup.parent.rmdir()
-
+    finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.pth", started, log)
-    return run_dir
 
 
 def main(argv=None) -> int:
