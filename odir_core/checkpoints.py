@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -183,9 +184,19 @@ def read_checkpoint(path: str | os.PathLike, load: Callable[[Path], Any]) -> dic
     try:
         checkpoint = load(path)
     except Exception as error:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}); "
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(path, error)}); "
                               "check the file or download it again") from None
     return unwrap_state_dict(checkpoint, source=str(path))
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` failed, on one line (its own messages run over many lines)."""
+    with path.open("rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != b"\x80":  # torch.save writes a zip archive, older torch a pickle
+        return "not a complete zip archive or pickle: truncated, damaged or another format"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 def load_imagenet_backbone_state(path: str | os.PathLike | None, backbone: str | BackboneSpec,

@@ -19,7 +19,7 @@ from odir_core.annotations import AnnotationError
 from odir_core.augment import center_crop, normalize
 from odir_core.config import ConfigError, TrainConfig, load_config
 from odir_core.dataset import DataError
-from odir_core.errors import InputError
+from odir_core.errors import InputError, OdirError
 from odir_core.imageio import ImageDecodeError
 from odir_core.metrics import MetricsError
 from odir_core.preprocess import PreprocessError, prepare_image
@@ -134,6 +134,8 @@ def load_model(backend: Backend, path, config: TrainConfig | None = None, train_
     config = config or model_config(backend, path, train_config)
     try:
         predictor = backend.load(path, config)
+    except OdirError:
+        raise  # already one line naming the file
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
     return Model(path, config, predictor)

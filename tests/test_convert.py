@@ -174,6 +174,7 @@ def test_cli_refuses_to_overwrite_and_bad_requests(tmp_path, capsys):
 
 @pytest.mark.parametrize("name,content,expect", [
     ("text.pth", b"just some text\n", "not a readable PyTorch checkpoint"),
+    ("garbage.pth", b"garbage\n", "not a complete zip archive or pickle"),  # torch's own message: 8 lines
     ("empty.pth", b"", "not a readable PyTorch checkpoint"),
     ("text.keras", b"just some text\n", "not a .keras model"),
     ("fake.keras", None, "damaged or foreign .keras model"),  # a zip archive that holds no model
