@@ -170,7 +170,9 @@ def _train(setup: RunSetup, started: float, log) -> None:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    return run_training_cli(train, argv, prog="python -m keras_odir.train", description=__doc__.split("\n\n")[0])
+    return run_training_cli(train, argv, prog="python -m keras_odir.train", hidden=("device",),
+                            description="Train the dual-eye ResNet50 with Keras 3 on the backend KERAS_BACKEND "
+                            "names (torch, jax or tensorflow; default torch).")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ names are matched with spaces or underscores (some mirrors replace them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from odir_core.errors import InputError
 
@@ -60,6 +61,12 @@ PREPARED = Layout(
 )
 
 LAYOUTS = {layout.name: layout for layout in (GRAND_CHALLENGE, KAGGLE, OIA, PREPARED)}
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` is a prepared folder (its annotations file and image folder exist)."""
+    path = Path(path)
+    return (path / PREPARED.annotations).is_file() and (path / PREPARED.images).is_dir()
 
 
 class LayoutError(InputError):

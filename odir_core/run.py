@@ -26,15 +26,14 @@ import pandas as pd
 from odir_core.annotations import label_matrix, read_annotations
 from odir_core.atomic import atomic_write_text
 from odir_core.class_weights import pos_weight_from_labels
-from odir_core.config import TrainConfig, parse_args, save_config
+from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
-from odir_core.layouts import PREPARED
+from odir_core.layouts import PREPARED, is_prepared
 from odir_core.splits import split_frames
 from odir_core.tfds import source as tfds_source
 
-PREPARED_ODIR = Path("data") / "odir5k"  # where the main job looks for a prepared ODIR-5K
 CONFIG_FILE = "config.toml"
 FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)
 BACKUP_DIR = "backup"
@@ -92,10 +91,6 @@ class RunSetup:
         return label_matrix(self.val_df)
 
 
-def _is_prepared(path: Path) -> bool:
-    return (path / PREPARED.annotations).is_file() and (path / PREPARED.images).is_dir()
-
-
 def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: int = 600) -> tuple[Path, str]:
     """The prepared folder to train on and a one-line description of it.
 
@@ -109,7 +104,7 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
             raise DataSourceError(str(exc)) from None
         return path, f"TFDS dataset {path}"
     if data == "":
-        if _is_prepared(PREPARED_ODIR):
+        if is_prepared(PREPARED_ODIR):
             return PREPARED_ODIR, f"prepared ODIR-5K in {PREPARED_ODIR}"
         log(
             f"No data given and no prepared ODIR-5K under {PREPARED_ODIR}/: training on the SYNTHETIC "
@@ -123,7 +118,7 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
         path = Path(demo_dataset(patients=demo_patients))
         return path, f"synthetic demo set in {path}"
     path = Path(data)
-    if not _is_prepared(path):
+    if not is_prepared(path):
         raise DataSourceError(
             f"--data {data}: not a prepared folder (needs {PREPARED.annotations} and {PREPARED.images}/); "
             f"create one with `python -m odir_core.prepare --source RAW --out {data}`, or pass --data synthetic"
@@ -234,10 +229,12 @@ def log_summary(history, run_dir: Path, model_file: str, started: float, log: Ca
             f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / model_file}")
 
 
-def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
+def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str,
+                     hidden: tuple[str, ...] = ()) -> int:
     """Parse flags and train through the shared runner (``odir_core.errors.run_cli``): user errors give one
-    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130."""
-    config = parse_args(argv, prog=prog, description=description)
+    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130. ``hidden``:
+    options accepted but left out of ``--help`` (another framework's)."""
+    config = parse_args(argv, prog=prog, description=description, hidden=hidden, log=print)
 
     def run(config: TrainConfig) -> int:
         train(config)  # returns the run folder

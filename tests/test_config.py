@@ -133,7 +133,81 @@ def test_experiments_16_and_17_vary_experiment_15():
     assert e17 == base.replace(experiment="experiment_17", balanced_sampler=True)
 
 
-def test_demo_config_is_the_default_and_small():
+def test_demo_config_is_the_default_and_small(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/odir5k here
     conf = cfg.parse_args([])
     assert conf == cfg.load_config(EXPERIMENTS / "demo.toml")
     assert conf.experiment == "demo" and conf.input_size <= 96 and conf.weights == "none"
+
+
+def _prepared_odir(root: Path) -> None:
+    """A prepared ODIR-5K-like folder at root/data/odir5k (synthetic images, the prepared layout)."""
+    from odir_core.synthetic import generate
+
+    generate(root / cfg.PREPARED_ODIR, patients=4, size=16, workers=1)
+
+
+def test_prepared_odir_runs_the_study_best_recipe_and_says_so(tmp_path, monkeypatch):
+    _prepared_odir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    conf = cfg.parse_args([], log=lines.append)
+    assert conf == cfg.load_config(EXPERIMENTS / "experiment_15.toml")
+    assert conf.image_size == 512 and conf.crop_size == 448 and conf.weights == "imagenet" and conf.epochs == 100
+    assert len(lines) == 1 and lines[0].startswith(
+        "Prepared ODIR-5K found in data/odir5k: running the study's best recipe (experiments/experiment_15.toml: "
+        "512 px images cropped to 448, imagenet weights, fine-tuned")
+    flagged = []
+    assert cfg.parse_args(["--epochs", "3"], log=flagged.append).epochs == 3
+    assert "experiment_15.toml with --epochs from the command line: " in flagged[0]
+
+
+@pytest.mark.parametrize("argv", [["--data", "synthetic"], ["--config", str(EXPERIMENTS / "demo.toml")]])
+def test_data_or_config_flag_keeps_the_demo_recipe_beside_a_prepared_odir(tmp_path, monkeypatch, argv):
+    _prepared_odir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    conf = cfg.parse_args(argv, log=lines.append)
+    assert conf == cfg.load_config(EXPERIMENTS / "demo.toml", **({"data": "synthetic"} if "--data" in argv else {}))
+    assert lines == []
+
+
+def test_without_prepared_odir_the_demo_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    assert cfg.parse_args([], log=lines.append) == cfg.load_config(EXPERIMENTS / "demo.toml")
+    assert lines == []
+
+
+def _help_text(capsys, argv=("--help",)) -> str:
+    with pytest.raises(SystemExit):
+        cfg.parse_args(list(argv), prog="train", description="Train.")
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_help_shows_the_defaults_that_apply(tmp_path, monkeypatch, capsys, prepared):
+    if prepared:
+        _prepared_odir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    source = EXPERIMENTS / ("experiment_15.toml" if prepared else "demo.toml")
+    with open(source, "rb") as fh:
+        values = tomllib.load(fh)
+    out = _help_text(capsys)
+    assert f"so they come from experiments/{source.name}" in out
+    for key in ("epochs", "image_size", "weights", "lr", "batch_size"):
+        assert f"(default: {values[key]!r} from {source.name})" in out, key
+    unset = next(f for f in dataclasses.fields(cfg.TrainConfig) if f.name not in values)
+    assert f"(default: {unset.default!r})" in out  # a key the file does not set: the built-in value
+    assert "built-in default" not in out
+
+
+@pytest.mark.parametrize("module, shows_device", [("keras_odir.train", False), ("torch_odir.train", True)])
+def test_training_cli_help_is_plain_text(capsys, module, shows_device):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "``" not in out and "Defaults: without --config" in out
+    assert ("--device" in out) == shows_device

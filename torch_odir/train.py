@@ -273,7 +273,9 @@ def _train(setup: RunSetup, started: float, log) -> None:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    return run_training_cli(train, argv, prog="python -m torch_odir.train", description=__doc__.split("\n\n")[0])
+    return run_training_cli(train, argv, prog="python -m torch_odir.train",
+                            description="Train the dual-eye ResNet50 with PyTorch, the reference implementation "
+                            "(the same options, configs and run folder as keras_odir.train).")
 
 
 if __name__ == "__main__":
