@@ -1,4 +1,5 @@
-"""ResNet v1.5 backbones in Keras 3, layer for layer torchvision's ``resnet*`` without ``fc``.
+"""ResNet v1.5 backbones in Keras 3, layer for layer torchvision's ``resnet*`` without ``fc``:
+basic blocks (ResNet-18/34) and bottlenecks (ResNet-50/101).
 
 Every layer holding weights is named after its torchvision module with ``.`` replaced by
 ``_`` (``layer3.4.conv2`` -> ``layer3_4_conv2``; the torch backend forbids ``.`` in names),
@@ -8,7 +9,8 @@ stride 2); stride-1 3x3 convolutions use ``same``, which is torch's padding=1 ex
 The max-pool pads with zeros where torch pads with -inf: its input follows a ReLU (>= 0)
 and every 3x3/2 window holds at least one real pixel, so the result is identical.
 Each torchvision BatchNorm that a ReLU follows is one ``TorchBatchNormalization(activation="relu")``,
-and a block's ``out += identity; relu(out)`` is one ``ResidualReLU`` (named ``<block>_relu3``):
+and a block's ``out += identity; relu(out)`` is one ``ResidualReLU`` (named ``<block>_relu3``,
+``<block>_relu2`` in a basic block):
 fewer Keras layer calls and, on torch, fewer new tensors.
 """
 
@@ -57,6 +59,23 @@ def _bottleneck(x, prefix, width, stride, downsample, data_format):
     return ResidualReLU(name=f"{prefix}_relu3")([out, identity])
 
 
+def _basic_block(x, prefix, width, stride, downsample, data_format):
+    """torchvision's BasicBlock (ResNet-18/34): 3x3 (stride here) -> 3x3, plus identity or downsample."""
+    identity = x
+    if stride == 1:
+        out = _conv(width, 3, 1, f"{prefix}_conv1", data_format, padding="same")(x)
+    else:
+        out = layers.ZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad1")(x)
+        out = _conv(width, 3, stride, f"{prefix}_conv1", data_format)(out)
+    out = _bn(f"{prefix}_bn1", data_format, relu=True)(out)
+    out = _conv(width, 3, 1, f"{prefix}_conv2", data_format, padding="same")(out)
+    out = _bn(f"{prefix}_bn2", data_format)(out)
+    if downsample:
+        identity = _conv(width, 1, stride, f"{prefix}_downsample_0", data_format)(x)
+        identity = _bn(f"{prefix}_downsample_1", data_format)(identity)
+    return ResidualReLU(name=f"{prefix}_relu2")([out, identity])
+
+
 def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | None = None,
                    name: str = "backbone") -> keras.Model:
     """The ResNet of ``spec`` (blocks per stage from the registry): images -> ``spec.features`` pooled features.
@@ -64,8 +83,6 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     ``input_shape``: (H, W, 3) for channels_last (default (None, None, 3)) or (3, H, W) for
     channels_first. Random weights with torchvision's initialisation.
     """
-    if not spec.bottleneck:
-        raise ValueError(f"{spec.name}: only bottleneck ResNets are built in Keras so far")
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
         raise ValueError(f"data_format must be 'channels_last' or 'channels_first', not {data_format!r}.")
@@ -77,9 +94,13 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     x = _bn("bn1", data_format, relu=True)(x)
     x = layers.ZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="maxpool")(x)
+    make_block = _bottleneck if spec.bottleneck else _basic_block
     for stage, (width, blocks) in enumerate(zip(WIDTHS, spec.blocks), start=1):
         for block in range(blocks):
             stride = 2 if stage > 1 and block == 0 else 1
-            x = _bottleneck(x, f"layer{stage}_{block}", width, stride, downsample=block == 0, data_format=data_format)
+            # the first block projects the identity when the shape changes: every stage of a bottleneck
+            # ResNet (64 -> 256 channels in layer1), stages 2-4 of a basic one
+            downsample = block == 0 and (stage > 1 or spec.bottleneck)
+            x = make_block(x, f"layer{stage}_{block}", width, stride, downsample=downsample, data_format=data_format)
     x = layers.GlobalAveragePooling2D(data_format=data_format, name=POOL)(x)
     return keras.Model(inputs, x, name=name)

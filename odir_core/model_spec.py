@@ -113,11 +113,48 @@ def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool, checkpoints: d
     )
 
 
+def _densenet_keys(blocks: tuple[int, ...]) -> frozenset[str]:
+    """torchvision DenseNet state_dict keys without ``classifier`` and ``num_batches_tracked``."""
+    def bn(prefix):
+        return [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+
+    keys = ["features.conv0.weight", *bn("features.norm0"), *bn("features.norm5")]
+    for block, count in enumerate(blocks, start=1):
+        for i in range(1, count + 1):
+            prefix = f"features.denseblock{block}.denselayer{i}"
+            keys += [*bn(f"{prefix}.norm1"), f"{prefix}.conv1.weight", *bn(f"{prefix}.norm2"), f"{prefix}.conv2.weight"]
+        if block < len(blocks):
+            keys += [*bn(f"features.transition{block}.norm"), f"features.transition{block}.conv.weight"]
+    return frozenset(keys)
+
+
+def _densenet(name: str, blocks: tuple[int, ...], features: int, checkpoints: dict[str, str]) -> BackboneSpec:
+    # Grad-CAM on torchvision's ``features`` (norm5's output): the ReLU before its pooling is functional
+    return BackboneSpec(
+        name=name, family="densenet", features=features, torchvision=name, classifier="classifier",
+        imagenet_checkpoints=checkpoints, gradcam_stage="features", blocks=blocks,
+        state_keys=_densenet_keys(blocks),
+    )
+
+
 _TORCHVISION_URL = "https://download.pytorch.org/models/"
 BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": _resnet("resnet18", (2, 2, 2, 2), False, {
+        "resnet18-f37072fd.pth": _TORCHVISION_URL + "resnet18-f37072fd.pth",  # IMAGENET1K_V1
+    }),
+    "resnet34": _resnet("resnet34", (3, 4, 6, 3), False, {
+        "resnet34-b627a593.pth": _TORCHVISION_URL + "resnet34-b627a593.pth",  # IMAGENET1K_V1
+    }),
     "resnet50": _resnet("resnet50", (3, 4, 6, 3), True, {
         "resnet50-11ad3fa6.pth": _TORCHVISION_URL + "resnet50-11ad3fa6.pth",  # IMAGENET1K_V2
         "resnet50-0676ba61.pth": _TORCHVISION_URL + "resnet50-0676ba61.pth",  # IMAGENET1K_V1
+    }),
+    "resnet101": _resnet("resnet101", (3, 4, 23, 3), True, {
+        "resnet101-cd907fc2.pth": _TORCHVISION_URL + "resnet101-cd907fc2.pth",  # IMAGENET1K_V2
+        "resnet101-63fe2227.pth": _TORCHVISION_URL + "resnet101-63fe2227.pth",  # IMAGENET1K_V1
+    }),
+    "densenet121": _densenet("densenet121", (6, 12, 24, 16), 1024, {
+        "densenet121-a639ec97.pth": _TORCHVISION_URL + "densenet121-a639ec97.pth",  # IMAGENET1K_V1
     }),
 }
 DEFAULT_BACKBONE = "resnet50"
