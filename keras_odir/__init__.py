@@ -10,7 +10,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras_odir.epoch_outputs  # noqa: E402,F401  (these register the classes saved in .keras files)
+import keras_odir.correlation  # noqa: E402,F401  (these register the classes saved in .keras files)
+import keras_odir.epoch_outputs  # noqa: E402,F401
 import keras_odir.layers  # noqa: E402,F401
 import keras_odir.losses  # noqa: E402,F401
 import keras_odir.optimizers  # noqa: E402,F401

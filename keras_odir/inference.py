@@ -53,7 +53,7 @@ class KerasPredictor:
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
         parts = dual_parts(model)
         self.inference = parts.inference_model(model)  # both eyes in one backbone batch
-        self.pool = parts.pool
+        self.parts = parts
         self.head = parts.head
         self.stage = parts.feature_map_model()
 
@@ -66,8 +66,7 @@ class KerasPredictor:
 
     def _logit(self, label: int):
         def fn(a_left, a_right):
-            x = ops.concatenate([self.pool(a_left), self.pool(a_right)], axis=-1)
-            return self.head(x, training=False)[0, label]
+            return self.head(self.parts.join(a_left, a_right), training=False)[0, label]
 
         return fn
 

@@ -12,17 +12,20 @@ import keras
 from keras import layers
 
 import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
-from keras_odir.parts import BACKBONE, FEATURES, HEAD
+from keras_odir.correlation import CorrelationFusion
+from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import dual_state_dict
 from odir_core.model_spec import (
     DEFAULT_BACKBONE,
+    CrossEyeCorrelation,
     Dropout,
     Linear,
     ReLU,
     backbone_spec,
     head_layers,
     infer_architecture,
+    uses_feature_maps,
 )
 
 
@@ -39,15 +42,19 @@ def build_head(head: str, in_features: int) -> keras.Model:
 
     Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
     policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
-    (and float64 under a float64 one).
+    (and float64 under a float64 one). A head on feature maps (``scm``) takes both eyes' maps concatenated
+    on channels, (H, W, ``in_features``), channels_last.
     """
-    inputs = keras.Input(shape=(in_features,), name=FEATURES)
+    maps = uses_feature_maps(head)
+    inputs = keras.Input(shape=(None, None, in_features) if maps else (in_features,), name=FEATURES)
     x, width = inputs, in_features
     logits_dtype = keras.config.dtype_policy().variable_dtype
     spec = head_layers(head)
     for i, layer in enumerate(spec):
         name = f"head_{i}"
-        if isinstance(layer, Linear):
+        if isinstance(layer, CrossEyeCorrelation):
+            x = CorrelationFusion(name=name, dtype=logits_dtype)(x)
+        elif isinstance(layer, Linear):
             dtype = logits_dtype if i == len(spec) - 1 else None
             x, width = _dense(layer.units, width, name, dtype)(x), layer.units
         elif isinstance(layer, ReLU):
@@ -81,15 +88,22 @@ def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, free
     size, or None for any size. ``weights``: backbone weights, None / ``"imagenet"`` / a torchvision
     checkpoint path. ``freeze_backbone``: the backbone gets ``trainable = False``, so it also runs in
     inference mode (BatchNorm uses its moving statistics) whatever ``training`` the model is called with.
-    ``data_format``: ``channels_last`` (NHWC, default) or ``channels_first`` (NCHW).
+    ``data_format``: ``channels_last`` (NHWC, default) or ``channels_first`` (NCHW; not with a head on
+    feature maps). With a head on feature maps the ``backbone`` part ends at the last feature map, before
+    its pooling (``parts.DualParts.uses_maps``).
     """
     spec = backbone_spec(backbone)
     head_model = build_head(head, 2 * spec.features)
     data_format = data_format or keras.config.image_data_format()
+    maps = uses_feature_maps(head)
+    if maps and data_format != "channels_last":
+        raise ValueError(f"head {head} works on channels_last feature maps; build it with data_format='channels_last'")
     shape = (image_size, image_size, 3) if data_format == "channels_last" else (3, image_size, image_size)
     left = keras.Input(shape=shape, name="left")
     right = keras.Input(shape=shape, name="right")
     shared = build_backbone(spec.name, shape, data_format=data_format, weights=weights)
+    if maps:  # the same layers up to the last feature map
+        shared = keras.Model(shared.input, shared.get_layer(POOL).input, name=BACKBONE)
     if freeze_backbone:
         shared.trainable = False
     features = layers.Concatenate(name=FEATURES)([shared(left), shared(right)])

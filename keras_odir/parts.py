@@ -3,6 +3,8 @@
 A dual model (``keras_odir.model.build_dual_model``) is ``{"left", "right"}`` -> ``backbone``
 (one sub-model shared by both eyes, ending in the global pooling layer ``avgpool``) ->
 ``features`` (the [left, right] concatenation) -> ``head`` (a sub-model on the features) -> logits.
+With a head on feature maps (``scm``) the backbone ends at its last feature map, before the pooling,
+and ``features`` concatenates both eyes' maps on channels.
 """
 
 from __future__ import annotations
@@ -25,9 +27,21 @@ class DualParts(NamedTuple):
     head: keras.Model
 
     @property
+    def uses_maps(self) -> bool:
+        """Whether the head works on feature maps (the backbone then ends before its pooling)."""
+        return len(self.head.inputs[0].shape) == 4
+
+    @property
     def pool(self) -> keras.layers.Layer:
-        """The backbone's global pooling layer."""
+        """The backbone's global pooling layer (a backbone that ends in it: ``not uses_maps``)."""
         return self.backbone.get_layer(POOL)
+
+    def join(self, left_map, right_map):
+        """What the head takes from both eyes' last feature maps: their pooled features, or the maps,
+        concatenated [left, right] on channels."""
+        if self.uses_maps:
+            return keras.ops.concatenate([left_map, right_map], axis=-1)
+        return keras.ops.concatenate([self.pool(left_map), self.pool(right_map)], axis=-1)
 
     def feature_model(self, model: keras.Model) -> keras.Model:
         """``model`` up to the concatenated [left, right] features, for inference: both eyes go through the
@@ -45,6 +59,8 @@ class DualParts(NamedTuple):
 
     def feature_map_model(self) -> keras.Model:
         """The backbone up to its last feature map (the input of the global pooling)."""
+        if self.uses_maps:
+            return self.backbone
         return keras.Model(self.backbone.inputs[0], self.pool.input, name="feature_map")
 
 

@@ -27,7 +27,7 @@ from odir_core.augment import MODES as AUGMENT_MODES
 from odir_core.errors import InputError
 from odir_core.layouts import is_prepared
 from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
-from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP
+from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
 from odir_core.model_spec import HEADS as HEAD_SPECS
 from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
 
@@ -172,8 +172,10 @@ class TrainConfig:
 
     @property
     def uses_feature_cache(self) -> bool:
-        """Whether backbone features can be computed once (frozen backbone, no augmentation)."""
-        return self.feature_cache and not self.fine_tune and self.augment == "none"
+        """Whether backbone features can be computed once (frozen backbone, no augmentation, a head on pooled
+        features: the feature maps a correlation head needs are too large to keep)."""
+        return (self.feature_cache and not self.fine_tune and self.augment == "none"
+                and not uses_feature_maps(self.head))
 
     def scheduler_params(self) -> dict[str, Any]:
         """Keyword arguments of the chosen schedule (torch scheduler parameter names)."""

@@ -40,15 +40,42 @@ class Dropout:
     rate: float
 
 
-HEADS: dict[str, tuple[Linear | ReLU | Dropout, ...]] = {
+@dataclass(frozen=True)
+class CrossEyeCorrelation:
+    """Cross-eye spatial correlation (no weights): the first layer of a head that works on both eyes' last
+    feature maps (before pooling) instead of their pooled features; it outputs [left, right] features.
+
+    With the left map as ``L`` (N positions x C channels, N = H x W) and the right as ``R`` (M x C)::
+
+        S     = L R^T / sqrt(C)                        (N x M: every left position against every right one)
+        L_agg = softmax_rows(S) R                      (N x C: the right map, aggregated for each left position)
+        R_agg = softmax_rows(S^T) L                    (M x C: and the other way round)
+        out   = [mean_N(L + L_agg), mean_M(R + R_agg)]  (2C)
+
+    After the spatial correlation module of DCNet (Li et al., "Dense Correlation Network for Automated
+    Multi-Label Ocular Disease Detection with Paired Colour Fundus Photographs", ISBI 2020), which relates
+    each position of one eye's feature map to every position of the other's and fuses the result; here
+    without learned projections, fused by addition and global average pooling.
+    """
+
+
+HeadLayer = Linear | ReLU | Dropout | CrossEyeCorrelation
+HEADS: dict[str, tuple[HeadLayer, ...]] = {
     "v0": (Linear(),),
     "v1": (Dropout(0.2), Linear()),
     "v2": (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear()),
+    "scm": (CrossEyeCorrelation(), Dropout(0.2), Linear()),
 }
-HEAD_HELP = "classifier head: v0 Linear(8); v1 Dropout(0.2)+Linear(8); v2 MLP 128-64-8 (ReLU, Dropout 0.5)"
+HEAD_HELP = ("classifier head: v0 Linear(8); v1 Dropout(0.2)+Linear(8); v2 MLP 128-64-8 (ReLU, Dropout 0.5); "
+             "scm cross-eye spatial correlation of the last feature maps + Dropout(0.2)+Linear(8)")
 
 
-def head_layers(name: str) -> tuple[Linear | ReLU | Dropout, ...]:
+def uses_feature_maps(head: str) -> bool:
+    """Whether head ``head`` works on both eyes' feature maps (it starts with ``CrossEyeCorrelation``)."""
+    return isinstance(head_layers(head)[0], CrossEyeCorrelation)
+
+
+def head_layers(name: str) -> tuple[HeadLayer, ...]:
     """The layer list of head ``name``; index i is torch's ``head.<i>`` and Keras' ``head_<i>``."""
     try:
         return HEADS[name]
@@ -88,7 +115,9 @@ class BackboneSpec:
     replaced by ``Identity`` (its keys are not part of the backbone); ``imagenet_checkpoints``:
     torchvision's file names and URLs, preferred first; ``gradcam_stage``: the torchvision module whose
     output (the last feature map, the input of the global pooling) Grad-CAM explains; ``mean``/``std``:
-    the input normalisation its weights expect; ``blocks``/``bottleneck``: the family's depth settings.
+    the input normalisation its weights expect; ``blocks``/``bottleneck``: the family's depth settings;
+    ``map_relu``: a ReLU follows ``gradcam_stage`` inside torchvision's ``forward`` (functional, so not
+    part of that module's output), before the pooling.
     """
 
     name: str
@@ -102,6 +131,7 @@ class BackboneSpec:
     bottleneck: bool = False
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
+    map_relu: bool = False
     state_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
 
@@ -129,10 +159,9 @@ def _densenet_keys(blocks: tuple[int, ...]) -> frozenset[str]:
 
 
 def _densenet(name: str, blocks: tuple[int, ...], features: int, checkpoints: dict[str, str]) -> BackboneSpec:
-    # Grad-CAM on torchvision's ``features`` (norm5's output): the ReLU before its pooling is functional
     return BackboneSpec(
         name=name, family="densenet", features=features, torchvision=name, classifier="classifier",
-        imagenet_checkpoints=checkpoints, gradcam_stage="features", blocks=blocks,
+        imagenet_checkpoints=checkpoints, gradcam_stage="features", blocks=blocks, map_relu=True,
         state_keys=_densenet_keys(blocks),
     )
 

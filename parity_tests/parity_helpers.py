@@ -91,9 +91,16 @@ def keras_float64():
 def calibrated_resnet50(seed: int) -> torch.nn.Module:
     """torchvision resnet50 (fc = Identity) with trained-looking BatchNorm: random affine, running stats
     set from one batch, so inference-mode activations stay O(1) like a trained network's."""
+    return calibrated_backbone("resnet50", seed)
+
+
+def calibrated_backbone(name: str, seed: int) -> torch.nn.Module:
+    """torchvision's ``name`` as torch_odir builds it (classifier = Identity), BatchNorm calibrated as in
+    :func:`calibrated_resnet50`."""
+    from torch_odir.model import build_backbone
+
     torch.manual_seed(seed)
-    model = torchvision.models.resnet50(weights=None)
-    model.fc = torch.nn.Identity()
+    model = build_backbone(name)
     batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for bn in batchnorms:

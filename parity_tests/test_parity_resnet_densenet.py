@@ -21,31 +21,16 @@ import torchvision
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
 from odir_core.model_spec import backbone_spec, infer_backbone
-from parity_helpers import float64_error, images, nchw
+from parity_helpers import calibrated_backbone, float64_error, images, nchw
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
 
 BACKBONES = ("resnet18", "resnet34", "resnet101", "densenet121")
 
 
-def _calibrated(name: str, seed: int) -> torch.nn.Module:
-    """torchvision's ``name`` (classifier = Identity) with random affine BatchNorm and running statistics
-    from one batch, so inference-mode activations stay O(1) like a trained network's."""
-    torch.manual_seed(seed)
-    model = torch_backbone(name)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-        model.train()
-        model(torch.randn(4, 3, 64, 64))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def references():
-    return {name: _calibrated(name, seed) for seed, name in enumerate(BACKBONES)}
+    return {name: calibrated_backbone(name, seed) for seed, name in enumerate(BACKBONES)}
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])

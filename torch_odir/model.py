@@ -20,13 +20,47 @@ from odir_core.checkpoints import (
     load_imagenet_backbone_state,
     read_checkpoint,
 )
-from odir_core.model_spec import DEFAULT_BACKBONE, Dropout, Linear, ReLU, backbone_spec, head_layers, infer_architecture
+from odir_core.model_spec import (
+    DEFAULT_BACKBONE,
+    CrossEyeCorrelation,
+    Dropout,
+    Linear,
+    ReLU,
+    backbone_spec,
+    head_layers,
+    infer_architecture,
+    uses_feature_maps,
+)
 
 torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True)
 
 
+class CorrelationFusion(nn.Module):
+    """``odir_core.model_spec.CrossEyeCorrelation``: left and right feature maps (B, C, H, W) -> (B, 2C)."""
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        left, right = left.flatten(2).transpose(1, 2), right.flatten(2).transpose(1, 2)  # (B, N, C)
+        scores = left @ right.transpose(1, 2) * left.shape[-1] ** -0.5  # (B, N, M)
+        left_agg = torch.softmax(scores, dim=-1) @ right
+        right_agg = torch.softmax(scores.transpose(1, 2), dim=-1) @ left
+        return torch.cat([(left + left_agg).mean(1), (right + right_agg).mean(1)], dim=1)
+
+
+class MapHead(nn.Sequential):
+    """A head on both eyes' feature maps: its first module fuses them into [left, right] features."""
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = self[0](left, right)
+        for module in list(self)[1:]:
+            x = module(x)
+        return x
+
+
 def build_head(head: str, in_features: int) -> nn.Sequential:
-    """The head ``head`` of ``odir_core.model_spec.HEADS``; its Sequential indices are Keras' ``head_<i>``."""
+    """The head ``head`` of ``odir_core.model_spec.HEADS``; its Sequential indices are Keras' ``head_<i>``.
+
+    ``in_features``: the width of the [left, right] features (twice the backbone's).
+    """
     modules, width = [], in_features
     for layer in head_layers(head):
         if isinstance(layer, Linear):
@@ -36,7 +70,9 @@ def build_head(head: str, in_features: int) -> nn.Sequential:
             modules.append(nn.ReLU())
         elif isinstance(layer, Dropout):
             modules.append(nn.Dropout(layer.rate))
-    return nn.Sequential(*modules)
+        elif isinstance(layer, CrossEyeCorrelation):
+            modules.append(CorrelationFusion())
+    return (MapHead if uses_feature_maps(head) else nn.Sequential)(*modules)
 
 
 def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None) -> nn.Module:
@@ -90,11 +126,27 @@ class DualNet(nn.Module):
         A backbone in training mode sees each eye as its own batch (BatchNorm statistics per eye, as in
         the study); in eval mode, where every image is normalised on its own, both go through as one batch.
         """
+        return torch.cat(self._per_eye(self.backbone, left, right), dim=1)
+
+    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map (the input of its pooling; ``spec.gradcam_stage``'s output)."""
+        found: list[torch.Tensor] = []
+        stage = self.backbone.get_submodule(self.spec.gradcam_stage)
+        hook = stage.register_forward_hook(lambda module, inputs, output: found.append(output))
+        try:
+            self.backbone(images)
+        finally:
+            hook.remove()
+        return torch.relu(found[0]) if self.spec.map_relu else found[0]
+
+    def _per_eye(self, fn, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backbone.training:
-            return torch.cat([self.backbone(left), self.backbone(right)], dim=1)
-        return torch.cat(self.backbone(torch.cat([left, right])).chunk(2), dim=1)
+            return fn(left), fn(right)
+        return fn(torch.cat([left, right])).chunk(2)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, MapHead):
+            return self.head(*self._per_eye(self.feature_maps, left, right))
         return self.head(self.features(left, right))
 
 

@@ -1,0 +1,122 @@
+"""The ``scm`` head (cross-eye spatial correlation) in Keras and torch, against its equations and each other.
+
+The fusion itself against a NumPy float64 transcription of the equations in
+``odir_core.model_spec.CrossEyeCorrelation`` (values and gradients), then on every registered backbone:
+the dual model's logits in inference, training-mode logits with BatchNorm batch statistics and dropout
+off, and one SGD step of the head (frozen backbone), Keras against torch_odir with the same weights.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from keras_odir.correlation import CorrelationFusion
+from keras_odir.inference import gradients
+from keras_odir.losses import WeightedBCEWithLogits
+from keras_odir.model import build_dual_model
+from keras_odir.optimizers import TorchSGD
+from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
+from odir_core.model_spec import BACKBONES
+from parity_helpers import calibrated_backbone, dropout_off, float64_error, images, nchw
+from torch_odir.model import CorrelationFusion as TorchCorrelationFusion
+from torch_odir.model import DualNet
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def reference_fusion(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The equations, in float64: maps (B, H, W, C) -> (B, 2C)."""
+    b, c = left.shape[0], left.shape[-1]
+    big_l = left.reshape(b, -1, c).astype(np.float64)
+    big_r = right.reshape(b, -1, c).astype(np.float64)
+    s = big_l @ big_r.transpose(0, 2, 1) / np.sqrt(c)
+    l_agg = _softmax(s) @ big_r
+    r_agg = _softmax(s.transpose(0, 2, 1)) @ big_l
+    return np.concatenate([(big_l + l_agg).mean(1), (big_r + r_agg).mean(1)], axis=-1)
+
+
+def test_fusion_matches_its_equations_in_both_frameworks(record):
+    rng = np.random.default_rng(0)
+    left, right = (rng.standard_normal((2, 3, 4, 16)).astype(np.float32) * 3 for _ in range(2))
+    want = reference_fusion(left, right)
+    got = keras.ops.convert_to_numpy(CorrelationFusion()(np.concatenate([left, right], axis=-1)))
+    record("scm fusion, Keras vs equations", got, want, tol=1e-5)
+    with torch.no_grad():
+        torch_got = TorchCorrelationFusion()(nchw(left), nchw(right)).numpy()
+    record("scm fusion, torch vs equations", torch_got, want, tol=1e-5)
+    # a map that attends: one right position far brighter than the rest takes the softmax for every left one
+    right_peak = np.zeros_like(right)
+    right_peak[:, 1, 2] = 50.0
+    left_flat = np.ones_like(left)
+    fused = keras.ops.convert_to_numpy(CorrelationFusion()(np.concatenate([left_flat, right_peak], axis=-1)))
+    np.testing.assert_allclose(fused[:, :16], 1.0 + 50.0, rtol=1e-5)  # every left position aggregated the peak
+
+
+def test_fusion_gradients_match_torch(record):
+    rng = np.random.default_rng(1)
+    left, right = (rng.standard_normal((1, 2, 3, 8)).astype(np.float32) for _ in range(2))
+    weights = rng.standard_normal(16).astype(np.float32)
+    layer = CorrelationFusion()
+
+    def keras_fn(a, b):
+        return keras.ops.sum(keras.ops.multiply(layer(keras.ops.concatenate([a, b], axis=-1))[0],
+                                                keras.ops.convert_to_tensor(weights)))
+
+    got = gradients(keras_fn, left, right)
+    t_left, t_right = nchw(left).requires_grad_(True), nchw(right).requires_grad_(True)
+    value = (TorchCorrelationFusion()(t_left, t_right)[0] * torch.from_numpy(weights)).sum()
+    want = [g.permute(0, 2, 3, 1).numpy() for g in torch.autograd.grad(value, (t_left, t_right))]
+    for side, g, w in zip(("left", "right"), got, want, strict=True):
+        record(f"scm fusion gradient wrt the {side} map", g, w, tol=1e-5)
+
+
+def _pair(name: str, seed: int, freeze: bool = False):
+    torch.manual_seed(seed)
+    torch_model = DualNet(name, "scm", freeze_backbone=freeze)
+    torch_model.backbone.load_state_dict(calibrated_backbone(name, seed).state_dict())
+    keras_model = torch_to_keras_state(build_dual_model(name, "scm", freeze_backbone=freeze),
+                                       torch_model.state_dict())
+    dropout_off(keras_model, torch_model)
+    return torch_model, keras_model
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_scm_logits_on_every_backbone(record, name):
+    torch_model, keras_model = _pair(name, seed=4)
+    left, right = images(2, 64, seed=5), images(2, 64, seed=6)
+    for training in (False, True):  # inference, then BatchNorm on batch statistics
+        torch_model.train(training)
+        with torch.no_grad():
+            want = torch_model(nchw(left), nchw(right)).numpy()
+        got = keras.ops.convert_to_numpy(keras_model({"left": left, "right": right}, training=training))
+        scale = float(np.abs(want).max())
+        floor = float64_error(torch_model, (nchw(left), nchw(right)), want, training)
+        record(f"{name} scm logits 2x64px {'train-BN' if training else 'inference'} (relative)", got, want,
+               relative=True, floor=lambda: floor() / scale)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_scm_one_sgd_step_of_the_head(record, name):
+    torch_model, keras_model = _pair(name, seed=7, freeze=True)
+    left, right = images(4, 64, seed=8), images(4, 64, seed=9)
+    labels = (np.random.default_rng(10).random((4, 8)) < 0.3).astype(np.float32)
+    before = {k: v.clone() for k, v in torch_model.state_dict().items() if k.startswith("head.")}
+    torch_model.train()
+    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    loss = torch.nn.BCEWithLogitsLoss()(torch_model(nchw(left), nchw(right)), torch.from_numpy(labels))
+    loss.backward()
+    optimizer.step()
+    keras_model.compile(optimizer=TorchSGD(learning_rate=0.5, momentum=0.9), loss=WeightedBCEWithLogits(None))
+    keras_loss = keras_model.train_on_batch({"left": left, "right": right}, labels)
+    record(f"{name} scm loss before the step", np.float64(keras_loss), np.float64(loss.item()), tol=1e-5)
+    got, want = keras_to_numpy_state(keras_model), torch_model.state_dict()
+    for key in ("head.2.weight", "head.2.bias"):
+        assert not torch.allclose(want[key], before[key]), "the step changed nothing"
+        record(f"{name} scm {key} after one SGD step (relative)", got[key], want[key].numpy(), relative=True)
+
