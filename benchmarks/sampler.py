@@ -8,6 +8,7 @@ the original behaves. Run: ``python benchmarks/sampler.py [--annotations FILE] [
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import numpy as np
 from odir_core.labels import LABELS
 from odir_core.sampler import MultilabelBalancedSampler
 
-DEFAULT_ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "odir5k_annotations.xlsx"
+# the study's reference folder: $ODIR_REFERENCE, else ../shared/reference beside the repository (as the tests)
+REFERENCE = Path(os.environ.get("ODIR_REFERENCE") or Path(__file__).resolve().parents[2] / "shared" / "reference")
+DEFAULT_ANNOTATIONS = REFERENCE / "odir5k_annotations.xlsx"
 
 
 def per_draw_epoch(labels: np.ndarray, class_members: list[np.ndarray], counts: np.ndarray, rng) -> list[int]:

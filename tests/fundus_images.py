@@ -1,4 +1,4 @@
-"""Raw-like fundus photographs drawn with OpenCV, and where the reference photographs live, for the image tests."""
+"""Raw-like fundus photographs drawn with OpenCV, for the image tests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-REAL_SAMPLES = REFERENCE / "real_samples"
 
 
 def draw_fundus(height: int, width: int, seed: int = 0, texture: bool = True) -> np.ndarray:

@@ -22,9 +22,9 @@ from odir_core.annotations import (
 )
 from odir_core.keywords import split_keywords
 from odir_core.labels import LABELS
+from reference_data import ANNOTATIONS as REAL_XLSX
+from reference_data import require
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-REAL_XLSX = REFERENCE / "odir5k_annotations.xlsx"
 
 
 def letters(vector) -> str:
@@ -317,8 +317,7 @@ def test_keyword_tables_are_disjoint():
 
 @pytest.fixture(scope="module")
 def real_rows():
-    if not REAL_XLSX.is_file():
-        pytest.skip(f"reference annotations not found at {REAL_XLSX}")
+    require(REAL_XLSX)
     sheet = openpyxl.load_workbook(REAL_XLSX, read_only=True).active
     rows = list(sheet.iter_rows(values_only=True))
     return [str(h) for h in rows[0]], rows[1:]

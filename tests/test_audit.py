@@ -11,9 +11,10 @@ import pytest
 from odir_core.annotations import COLUMNS, read_annotations
 from odir_core.audit import audit, main
 from odir_core.labels import LABELS, SPECIAL_IMAGES
+from reference_data import ANNOTATIONS as REAL_XLSX
+from reference_data import require
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_XLSX = REPO.parent / "shared" / "reference" / "odir5k_annotations.xlsx"
 
 
 def row(pid, left_kw, right_kw, labels):
@@ -93,8 +94,7 @@ def test_audit_module_help_and_exit_code(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_sheet():
-    if not REAL_XLSX.is_file():
-        pytest.skip(f"reference annotations not found at {REAL_XLSX}")
+    require(REAL_XLSX)
     rows = list(openpyxl.load_workbook(REAL_XLSX, read_only=True).active.iter_rows(values_only=True))
     return pd.DataFrame(rows[1:], columns=rows[0])
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from odir_core import config as cfg
+from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
 EXPERIMENTS = ROOT / "experiments"
 
 
@@ -96,10 +96,7 @@ def test_scheduler_params_are_torch_keyword_names():
 
 
 def _study_rows():
-    path = REFERENCE / "seed_experiments.csv"
-    if not path.is_file():
-        pytest.skip(f"study table {path} absent (reference data is not part of a fresh clone)")
-    with open(path, newline="") as fh:
+    with open(require(STUDY_TABLE), newline="") as fh:
         return list(csv.DictReader(fh))
 
 

@@ -4,8 +4,6 @@ Runs on whichever Keras backend is active (torch by default; also passes with
 KERAS_BACKEND=jax); the reference is always torch itself.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,11 +12,11 @@ import torch
 from keras_odir.losses import WeightedBCEWithLogits
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.labels import LABELS
+from reference_data import ANNOTATIONS, require
 
 import keras  # noqa: E402  (after keras_odir, which picks the default backend)
 from keras import ops  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 def torch_bce(logits, targets, pos_weight=None):
@@ -129,9 +127,6 @@ def test_pos_weight_bad_input(y, match):
 def test_pos_weight_on_the_odir_annotations():
     """Published positive counts in the 3500 annotations: N 1140, D 1128, G 215, C 212,
     A 164, H 103, M 174, O 979."""
-    path = REFERENCE / "odir5k_annotations.xlsx"
-    if not path.exists():
-        pytest.skip(f"reference data not found at {path}")
-    y = pd.read_excel(path)[list(LABELS)].to_numpy()
+    y = pd.read_excel(require(ANNOTATIONS))[list(LABELS)].to_numpy()
     counts = np.array([1140, 1128, 215, 212, 164, 103, 174, 979], np.float64)
     np.testing.assert_allclose(pos_weight_from_labels(y), (3500 - counts) / counts, rtol=1e-6)

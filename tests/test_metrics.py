@@ -22,14 +22,10 @@ from odir_core.metrics import (
     read_label_file,
     study_metrics,
 )
+from reference_data import EXPERIMENTS, STUDY_TABLE, needs, require
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
-EXPERIMENTS = REFERENCE / "seed_experiments"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "seed_experiments.csv").is_file(),
-    reason=f"study reference data not found at {REFERENCE} (only present next to the project checkout in CI)",
-)
+needs_reference = needs(STUDY_TABLE)
 KEYS = ("kappa", "f1", "auc", "final")
 
 
@@ -40,8 +36,7 @@ def _experiment(k):
 
 @pytest.fixture(scope="module")
 def experiment_15():
-    if not (EXPERIMENTS / "experiment_15" / "probs.xlsx").is_file():
-        pytest.skip(f"study reference data not found at {REFERENCE}")
+    require(EXPERIMENTS / "experiment_15" / "probs.xlsx")
     return _experiment(15)
 
 
@@ -60,7 +55,7 @@ def random_case():
 @needs_reference
 @pytest.mark.parametrize("k", range(16))
 def test_reproduces_seed_experiments_csv(k):
-    table = pd.read_csv(REFERENCE / "seed_experiments.csv").set_index("experiment")
+    table = pd.read_csv(STUDY_TABLE).set_index("experiment")
     gt, probs = _experiment(k)
     assert gt["ID"].tolist() == probs["ID"].tolist()
     y, p = gt[list(LABELS)], probs[list(LABELS)]
@@ -318,8 +313,7 @@ def test_check_submission_other_problems():
 
 
 def test_cli_experiment_15(capsys):
-    if not (EXPERIMENTS / "experiment_15" / "probs.xlsx").is_file():
-        pytest.skip(f"study reference data not found at {REFERENCE}")
+    require(EXPERIMENTS / "experiment_15" / "probs.xlsx")
     folder = EXPERIMENTS / "experiment_15"
     assert main([str(folder / "ground_truth.xlsx"), str(folder / "probs.xlsx")]) == 0
     out = capsys.readouterr().out

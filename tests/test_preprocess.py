@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 from fundus_images import (
-    REAL_SAMPLES,
     draw_fundus,
     landscape_image,
     noise_image,
@@ -41,10 +40,9 @@ from odir_core.preprocess import (
     prepare_image,
     preprocess_fundus,
 )
+from reference_data import REAL_SAMPLES, needs
 
-needs_real = pytest.mark.skipif(
-    not REAL_SAMPLES.is_dir(), reason=f"reference photographs not found at {REAL_SAMPLES} (outside a project checkout)"
-)
+needs_real = needs(REAL_SAMPLES)
 
 
 def study_fov(img, tol=7):

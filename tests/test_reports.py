@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,13 +21,9 @@ from odir_core.inference import Backend, gradcam_map, tta_views
 from odir_core.labels import LABELS
 from odir_core.metrics import check_submission, read_label_file
 from odir_core.thresholds import CANDIDATES, ThresholdError, load_thresholds, save_thresholds, tune_thresholds
+from reference_data import EXPERIMENTS, REAL_SAMPLES, STUDY_TABLE, needs
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-EXPERIMENTS = REFERENCE / "seed_experiments"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "seed_experiments.csv").is_file(),
-    reason=f"study reference data not found at {REFERENCE} (present beside the project checkout in CI only)",
-)
+needs_reference = needs(STUDY_TABLE)
 # No model is loaded in these tests: a loader that fails loudly if one were.
 NO_MODEL = Backend(name="test_odir", model_suffixes=(".keras",), loader="no_such_module:load")
 
@@ -56,7 +51,7 @@ def eval15(tmp_path_factory):
     """`--probs` evaluation of experiment 15 through the CLI, with thresholds tuned on the same file."""
     out = tmp_path_factory.mktemp("eval") / "exp15"
     rc = evaluate_main(NO_MODEL, ["--probs", str(_files(15)[0]), "--out", str(out), "--tune-thresholds",
-                                  "--images", str(REFERENCE / "real_samples")])
+                                  "--images", str(REAL_SAMPLES)])
     assert rc == 0
     return out
 
@@ -64,7 +59,7 @@ def eval15(tmp_path_factory):
 @needs_reference
 @pytest.mark.parametrize("k", range(16))
 def test_probs_metrics_reproduce_seed_experiments(k):
-    row = pd.read_csv(REFERENCE / "seed_experiments.csv").set_index("experiment").loc[k]
+    row = pd.read_csv(STUDY_TABLE).set_index("experiment").loc[k]
     _, y_true, y_prob = _arrays(k)
     summary = reports.summarize(y_true, y_prob)
     for key in ("kappa", "f1", "auc", "final"):
@@ -121,8 +116,8 @@ def test_evaluation_folder_files(eval15):
 @needs_reference
 def test_qualitative_examples_are_patients_with_the_label():
     ids, y_true, y_prob = _arrays(15)
-    available = {int(p.name.split("_")[0]) for p in (REFERENCE / "real_samples").glob("*_left.png")}
-    examples = reports.pick_examples(ids, y_true, y_prob, folder_pairs(REFERENCE / "real_samples"))
+    available = {int(p.name.split("_")[0]) for p in REAL_SAMPLES.glob("*_left.png")}
+    examples = reports.pick_examples(ids, y_true, y_prob, folder_pairs(REAL_SAMPLES))
     assert [e["label"] for e in examples] == list(LABELS)  # the 23 sample patients cover every label
     assert len({e["id"] for e in examples}) == len(examples)
     for e in examples:

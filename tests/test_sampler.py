@@ -1,23 +1,19 @@
 """odir_core.sampler: hand-derived sequences on tiny label matrices, and balance on the real annotations."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from odir_core.labels import LABELS
 from odir_core.sampler import MultilabelBalancedSampler, SamplerError
+from reference_data import ANNOTATIONS, require
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-ANNOTATIONS = REFERENCE / "odir5k_annotations.xlsx"
 
 ONE_HOT_3 = np.eye(3, dtype=int)  # patient i has class i only
 
 
 def _real_labels() -> np.ndarray:
-    if not ANNOTATIONS.is_file():
-        pytest.skip(f"ODIR-5K annotations not found at {ANNOTATIONS} (only present next to the project checkout in CI)")
+    require(ANNOTATIONS)
     return pd.read_excel(ANNOTATIONS)[list(LABELS)].to_numpy()
 
 

@@ -1,7 +1,6 @@
 """odir_core.splits: the study's exact split, iterative stratification, test sets, split files."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,16 +19,14 @@ from odir_core.splits import (
     stratified_split,
     study_split,
 )
+from reference_data import ANNOTATIONS as REAL_XLSX
+from reference_data import EXPERIMENTS, require
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-REAL_XLSX = REFERENCE / "odir5k_annotations.xlsx"
-EXPERIMENTS = REFERENCE / "seed_experiments"
 
 
 @pytest.fixture(scope="module")
 def real_all():
-    if not REAL_XLSX.is_file():
-        pytest.skip(f"reference annotations not found at {REAL_XLSX}")
+    require(REAL_XLSX)
     return read_annotations(REAL_XLSX, exclude_special=False)
 
 
@@ -43,10 +40,7 @@ def real(real_all):
 
 @pytest.mark.parametrize("k", range(16))
 def test_study_split_reproduces_every_experiment(real_all, k):
-    truth_path = EXPERIMENTS / f"experiment_{k}" / "ground_truth.xlsx"
-    if not truth_path.is_file():
-        pytest.skip(f"{truth_path} not found")
-    truth = pd.read_excel(truth_path)
+    truth = pd.read_excel(require(EXPERIMENTS / f"experiment_{k}" / "ground_truth.xlsx"))
     train, val = study_split(real_all)
     assert len(val) == 698 and len(train) == 3490 - 698
     assert val["ID"].tolist() == truth["ID"].tolist()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +15,8 @@ from odir_core.keywords import KEYWORD_SEPARATOR, eye_labels, patient_labels
 from odir_core.labels import LABELS, SPECIAL_IMAGES
 from odir_core.layouts import GRAND_CHALLENGE, KAGGLE, OIA, PREPARED
 from odir_core.preprocess import preprocess_fundus
+from reference_data import ANNOTATIONS, needs
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 # Published positive counts of the 3500 ODIR-5K training patients (reference README).
 PUBLISHED_COUNTS = {"N": 1140, "D": 1128, "G": 215, "C": 212, "A": 164, "H": 103, "M": 174, "O": 979}
 
@@ -41,10 +40,9 @@ def test_prevalence_matches_published_counts(table):
         assert abs(table[lab].mean() - count / 3500) < 0.025, lab
 
 
-@pytest.mark.skipif(not (REFERENCE / "odir5k_annotations.xlsx").is_file(),
-                    reason="needs ../shared/reference/odir5k_annotations.xlsx (real ODIR-5K annotations)")
+@needs(ANNOTATIONS)
 def test_cooccurrence_and_laterality_match_real_annotations(table):
-    real = pd.read_excel(REFERENCE / "odir5k_annotations.xlsx")
+    real = pd.read_excel(ANNOTATIONS)
     for lab, count in PUBLISHED_COUNTS.items():
         assert real[lab].sum() == count
     # the baked-in statistics are the real file's

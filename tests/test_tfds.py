@@ -29,8 +29,8 @@ from odir_core.preprocess import prepare_image  # noqa: E402
 from odir_core.splits import study_split  # noqa: E402
 from odir_core.synthetic import generate  # noqa: E402
 from odir_core.tfds.__main__ import main as tfds_main  # noqa: E402
+from reference_data import ANNOTATIONS, EXPERIMENTS, needs  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 SIZE = 32
 CONFIG = f"prepared_{SIZE}"
 PATIENTS = 10
@@ -218,14 +218,13 @@ def test_cli_help_explains_every_flag():
         assert flag in out
 
 
-@pytest.mark.skipif(not (REFERENCE / "odir5k_annotations.xlsx").is_file(),
-                    reason="needs ../shared/reference (the real ODIR-5K annotations and the study's split)")
+@needs(ANNOTATIONS)
 def test_real_annotations_give_the_study_validation_split(tmp_path):
     layout = LAYOUTS["grand-challenge"]
     src = tmp_path / "gc"
     images = src / layout.images
     images.mkdir(parents=True)
-    shutil.copy(REFERENCE / "odir5k_annotations.xlsx", src / layout.annotations)
+    shutil.copy(ANNOTATIONS, src / layout.annotations)
     df = read_annotations(src / layout.annotations, exclude_special=False)
     disc = np.zeros((16, 16, 3), np.uint8)
     cv2.circle(disc, (8, 8), 6, (90, 60, 30), -1)
@@ -238,7 +237,7 @@ def test_real_annotations_give_the_study_validation_split(tmp_path):
     builder = tfds.builder("odir5k/raw", data_dir=str(data_dir))
     counts = {name: split.num_examples for name, split in builder.info.splits.items()}
     assert counts == {"train": 2792, "validation": 698, "special": 10}
-    truth = pd.read_excel(REFERENCE / "seed_experiments" / "experiment_0" / "ground_truth.xlsx")
+    truth = pd.read_excel(EXPERIMENTS / "experiment_0" / "ground_truth.xlsx")
     val = builder.as_data_source("validation", decoders=SKIP)
     assert [int(r["id"]) for r in val] == truth["ID"].tolist()
     np.testing.assert_array_equal(np.stack([r["labels"] for r in val]), truth[list(LABELS)].to_numpy())
