@@ -13,6 +13,7 @@ import h5py
 import keras
 import numpy as np
 
+from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
 from odir_core.history import STUDY_COLUMNS, History, bce_with_logits, early_stopping_state, split_metrics
 from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
@@ -88,28 +89,46 @@ def all_finite(model: keras.Model) -> bool:
 
 
 class _AtomicSaver:
-    """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, then renames."""
+    """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, adds what it was
+    trained on at ``epoch`` (``odir_core.provenance``), then renames."""
 
-    def __init__(self, target: keras.Model):
+    def __init__(self, target: keras.Model, trained_on: dict | None):
         self.target = target
+        self.trained_on = trained_on
+        self.epoch = 0
 
     def save(self, filepath, overwrite=True):
         if not all_finite(self.target):
             return  # a diverged epoch's weights are never written
         with atomic_path(filepath) as tmp:
             self.target.save(tmp, overwrite=True)
+            if self.trained_on:
+                provenance.write_keras(tmp, provenance.at_epoch(self.trained_on, self.epoch))
+
+
+def without_training_state(model: keras.Model) -> keras.Model:
+    """A model of the same layers and weights (shared, not copied) that was never compiled: saving it
+    leaves out the optimizer state (as large as the trained weights when the whole network is trained)."""
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 class DualModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that saves ``target`` (the whole dual model, also when only its head is
-    trained on cached features), atomically."""
+    trained on cached features) atomically, recording ``trained_on``; with ``optimizer=False`` without
+    the optimizer state (best.keras, for evaluate, predict and ``--weights``; last.keras keeps it)."""
 
-    def __init__(self, target: keras.Model, filepath, **kwargs):
+    def __init__(self, target: keras.Model, filepath, trained_on: dict | None = None, optimizer: bool = True,
+                 **kwargs):
         super().__init__(str(filepath), **kwargs)
-        self.target = target
+        self.target = target if optimizer else without_training_state(target)
+        self.trained_on = trained_on
 
     def set_model(self, model):
-        super().set_model(_AtomicSaver(self.target))
+        super().set_model(_AtomicSaver(self.target, self.trained_on))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.epoch = epoch
+        super().on_epoch_end(epoch, logs)
 
 
 class EpochSeeds(keras.callbacks.Callback):
@@ -235,12 +254,15 @@ def training_callbacks(
     patience: int,
     seed: int,
     resumed_val_losses: list[float],
+    trained_on: dict | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run, in the order they must run (evaluation before the checkpoints
     and early stopping that read its ``val_loss``; the backup for ``--resume`` last)."""
     backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR)
-    best = DualModelCheckpoint(model, run_dir / "best.keras", monitor="val_loss", mode="min", save_best_only=True)
-    last = DualModelCheckpoint(model, run_dir / "last.keras", save_best_only=False)
+    # both record what they were trained on; best.keras without the optimizer state, last.keras with it
+    best = DualModelCheckpoint(model, run_dir / "best.keras", trained_on, optimizer=False, monitor="val_loss",
+                               mode="min", save_best_only=True)
+    last = DualModelCheckpoint(model, run_dir / "last.keras", trained_on, save_best_only=False)
     callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), evaluation, best, last]
     early = None
     if patience > 0:

@@ -8,7 +8,8 @@ from odir_core import evaluate
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES
 from odir_core.inference import Backend
 
-BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIXES), loader="keras_odir.inference:load_predictor")
+BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIXES), loader="keras_odir.inference:load_predictor",
+                  torch_load="keras_odir.weights:torch_load")
 
 
 def main(argv=None) -> int:

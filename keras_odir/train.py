@@ -159,7 +159,7 @@ def _train(setup: RunSetup, started: float, log) -> None:
                                  ScalarWriter(run_dir / "tensorboard"), log)
     callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
-                                   seed=config.seed, resumed_val_losses=val_losses)
+                                   seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on)
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
     if evaluation.stopped_on_nan is not None:

@@ -126,7 +126,8 @@ def keras_to_torch_state(model: keras.Model) -> dict:
     return {k: torch.from_numpy(v) for k, v in keras_to_numpy_state(model).items()}
 
 
-def _torch_load(path):
+def torch_load(path):
+    """What a torch checkpoint file holds (tensors on the CPU, no arbitrary objects): ``torch.load``."""
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -134,7 +135,7 @@ def _torch_load(path):
 
 def read_torch_state(path: str | os.PathLike) -> dict:
     """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.checkpoints``)."""
-    return read_checkpoint(path, _torch_load)
+    return read_checkpoint(path, torch_load)
 
 
 def load_imagenet_weights(backbone: keras.Model, spec: BackboneSpec, path: str | os.PathLike | None = None, *,
@@ -143,7 +144,7 @@ def load_imagenet_weights(backbone: keras.Model, spec: BackboneSpec, path: str |
 
     ``path``: the checkpoint file or a folder holding it; None: the torch hub folder.
     """
-    state = load_imagenet_backbone_state(path, spec, _torch_load, download=download)
+    state = load_imagenet_backbone_state(path, spec, torch_load, download=download)
     return torch_to_keras_state(backbone, state, source=f"ImageNet {spec.name} checkpoint")
 
 

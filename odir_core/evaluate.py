@@ -44,6 +44,7 @@ from odir_core.tfds import source as tfds_source
 from odir_core.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,
+    VALIDATION_SOURCE,
     load_thresholds,
     save_thresholds,
     tune_thresholds,
@@ -66,6 +67,7 @@ class Evaluation:
     tuned: np.ndarray | None = None
     load_pair: Callable | None = None
     saved_thresholds: dict = field(default_factory=dict)  # file name in the folder -> (thresholds, source, n)
+    caption: str = ""  # under every figure: what the model was trained on
 
 
 def build_parser(backend: Backend) -> argparse.ArgumentParser:
@@ -235,6 +237,7 @@ def _evaluate_model(args, backend: Backend, log) -> Evaluation:
     data, _ = resolve_data(args.data or config.data, log)
     frame = _split_frame(data, args.split, config.split)
     log(f"{backend.name}: {model.path} on {len(frame)} patients ({args.split} split of {data}), TTA {args.tta}")
+    log(f"model {model.training_note}")
 
     def dataset(rows):
         return DualEyeDataset(data, rows, image_size=config.image_size, crop_size=config.crop_size,
@@ -250,7 +253,7 @@ def _evaluate_model(args, backend: Backend, log) -> Evaluation:
         return _display(ds.image(i, 0)), _display(ds.image(i, 1))
 
     info = {"title": f"{model.run_dir.name} ({args.split})", "model": str(model.path), "framework": backend.name,
-            "data": str(data), "split": f"{args.split} ({config.split})", "TTA": args.tta,
+            "trained on": model.training_note, "data": str(data), "split": f"{args.split} ({config.split})", "TTA": args.tta,
             "image size / crop": f"{config.image_size} / {config.crop_size or 'none'}"}
     tuned = None
     if args.thresholds or (model.thresholds_path.is_file() and not args.tune_thresholds):
@@ -267,13 +270,14 @@ def _evaluate_model(args, backend: Backend, log) -> Evaluation:
         tuned = tune_thresholds(val_true, val_prob, args.threshold_metric)
         replaced = model.thresholds_path.is_file()
         save_thresholds(model.thresholds_path, tuned, metric=args.threshold_metric,
-                        source=f"val split ({config.split}) of {data}, TTA {args.tta}", n_patients=len(val_prob))
+                        source=f"{VALIDATION_SOURCE} ({config.split}) of {data}, TTA {args.tta}", n_patients=len(val_prob))
         log(f"{'replaced' if replaced else 'wrote'} {model.thresholds_path}")
         info["tuned thresholds"] = (f"per-label {args.threshold_metric} maximised on the validation split, saved to "
                                     f"{model.thresholds_path}" + (" (optimistic: same patients)" if args.split == "val" else ""))
     suffix = f"eval-{args.split}" + (f"-tta-{args.tta}" if args.tta != "none" else "")
     out = Path(args.out) if args.out else _free_dir(model.run_dir / suffix)
-    return Evaluation(out, frame["ID"].to_numpy(), y_true, y_prob, info, tuned=tuned, load_pair=load_pair)
+    return Evaluation(out, frame["ID"].to_numpy(), y_true, y_prob, info, tuned=tuned, load_pair=load_pair,
+                      caption=f"model {model.training_note}")
 
 
 def _summary_lines(folder: Path) -> list[str]:
@@ -312,7 +316,7 @@ def _evaluate_cli(backend: Backend, args) -> int:
             save_thresholds(folder / name, thresholds, metric=args.threshold_metric, source=source, n_patients=n)
 
     folder = reports.write_evaluation(ev.out, ev.ids, ev.y_true, ev.y_prob, tuned=ev.tuned,
-                                      load_pair=ev.load_pair, info=ev.info, after=save_thresholds_into)
+                                      load_pair=ev.load_pair, info=ev.info, after=save_thresholds_into, caption=ev.caption)
     print("\n".join(_summary_lines(folder)))
     print(f"evaluation written to {folder} (open {folder / reports.FILES['report']})")
     return 0

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from odir_core import provenance
 from odir_core.annotations import AnnotationError
 from odir_core.augment import center_crop, normalize
 from odir_core.config import ConfigError, TrainConfig, load_config
@@ -63,11 +64,14 @@ class Backend:
 
     ``loader``: "module:function" of ``function(path, config) -> Predictor``, imported only when a
     model is loaded, so that --help and --probs evaluation do not import the framework.
+    ``torch_load``: "module:function" reading what a torch checkpoint file holds (``torch.load``), for the
+    record of what it was trained on (``odir_core.provenance``).
     """
 
     name: str  # e.g. "keras_odir"
     model_suffixes: tuple[str, ...]  # model files it loads, its own first: (".keras", ".pth", ".pt")
     loader: str
+    torch_load: str = ""
 
     @property
     def model_suffix(self) -> str:
@@ -75,8 +79,16 @@ class Backend:
         return self.model_suffixes[0]
 
     def load(self, path: Path, config: TrainConfig) -> Predictor:
-        module, function = self.loader.split(":")
-        return getattr(importlib.import_module(module), function)(path, config)
+        return _function(self.loader)(path, config)
+
+    def trained_on(self, path: Path) -> dict | None:
+        """What the model file records it was trained on (``odir_core.provenance``), None when nothing."""
+        return provenance.read(path, _function(self.torch_load) if self.torch_load else None)
+
+
+def _function(name: str):
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,12 @@ class Model:
     path: Path
     config: TrainConfig
     predictor: Predictor
+    trained_on: dict | None = None  # odir_core.provenance record; None: the file does not say
+
+    @property
+    def training_note(self) -> str:
+        """One line: what the model was trained on (synthetic data says it is not for real photographs)."""
+        return provenance.describe(self.trained_on)
 
     @property
     def run_dir(self) -> Path:
@@ -138,7 +156,7 @@ def load_model(backend: Backend, path, config: TrainConfig | None = None, train_
         raise  # already one line naming the file
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
-    return Model(path, config, predictor)
+    return Model(path, config, predictor, backend.trained_on(path))
 
 
 def model_input(img: np.ndarray, config: TrainConfig) -> np.ndarray:

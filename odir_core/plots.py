@@ -27,8 +27,11 @@ from odir_core.thresholds import as_thresholds  # noqa: E402
 LABEL_COLORS = dict(zip(LABELS, plt.get_cmap("tab10").colors))
 
 
-def save_figure(fig, path, dpi: int = 110):
-    """Save ``fig`` as PNG at ``path`` atomically and close it."""
+def save_figure(fig, path, dpi: int = 110, caption: str = ""):
+    """Save ``fig`` as PNG at ``path`` atomically and close it; ``caption``: a line under the figure
+    (e.g. what the model was trained on)."""
+    if caption:
+        fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=9, color="dimgray", wrap=True)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

@@ -43,6 +43,7 @@ from odir_core.thresholds import (
     THRESHOLDS_FILE,
     as_thresholds,
     load_thresholds,
+    thresholds_origin,
 )
 
 BATCH_COLUMNS = ("left", "right")
@@ -82,12 +83,30 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     return p
 
 
-def _thresholds(args, model: Model) -> tuple[np.ndarray, str]:
+def choose_thresholds(args, model: Model) -> tuple[np.ndarray, str, str | None]:
+    """The thresholds to apply, a line saying which and where they come from, and a warning when they were
+    tuned on the validation patients of the model's own run."""
     if args.thresholds:
-        return load_thresholds(args.thresholds), args.thresholds
-    if model.thresholds_path.is_file():
-        return load_thresholds(model.thresholds_path), str(model.thresholds_path)
-    return as_thresholds(DEFAULT_THRESHOLD), "0.5"
+        path, found = Path(args.thresholds), "given with --thresholds"
+    elif model.thresholds_path.is_file():
+        path, found = model.thresholds_path, "found beside the model"
+    else:
+        return (as_thresholds(DEFAULT_THRESHOLD), f"thresholds: {DEFAULT_THRESHOLD} for every label (default: no "
+                f"--thresholds given and no {THRESHOLDS_FILE} beside the model)", None)
+    thresholds = load_thresholds(path)
+    how, validation_patients = thresholds_origin(path)
+    warning = None
+    if validation_patients is not None and path.resolve().parent == model.run_dir.resolve():
+        warning = (f"warning: {path} was tuned on the {validation_patients} validation patients of this model's own "
+                   "run: its predictions for those patients are optimistic. Pass --thresholds FILE for other thresholds.")
+    return thresholds, f"thresholds: {path} ({found}; {how})", warning
+
+
+def _report_model(model: Model, threshold_text: str, warning: str | None) -> None:
+    print(f"model {model.path}: {model.training_note}")
+    print(threshold_text)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _predicted(probs, thresholds) -> list[str]:
@@ -113,6 +132,7 @@ def _new_file(path: Path) -> Path:
 
 
 def _figure(model: Model, left_img, right_img, left_x, right_x, probs, thresholds, args, title, path: Path) -> None:
+    """The prediction figure, captioned with what the model was trained on."""
     heatmaps, label = None, ""
     if args.gradcam:
         label = args.gradcam_label or LABELS[int(np.argmax(probs))]
@@ -120,7 +140,7 @@ def _figure(model: Model, left_img, right_img, left_x, right_x, probs, threshold
     shown = [img if not model.config.crop_size else _crop(img, model.config.crop_size) for img in (left_img, right_img)]
     fig = plots.prediction_figure(shown[0], shown[1], probs, thresholds, title=title, heatmaps=heatmaps, gradcam_label=label)
     with writing(path):
-        plots.save_figure(fig, path)
+        plots.save_figure(fig, path, caption=f"model {model.training_note}")
 
 
 def _crop(img, size):
@@ -136,9 +156,10 @@ def predict_one(backend: Backend, args) -> int:
     left_img, right_img = (prepare_photo(path, config) for path in args.images)
     left_x, right_x = model_input(left_img, config), model_input(right_img, config)
     model = load_model(backend, args.model, config)
-    thresholds, threshold_source = _thresholds(args, model)
+    thresholds, threshold_text, warning = choose_thresholds(args, model)
     probs = predict_batch(model.predictor, left_x[None], right_x[None], args.tta)[0]
-    print(f"left {args.images[0]}, right {args.images[1]} (model {model.path}, TTA {args.tta}, thresholds {threshold_source})")
+    _report_model(model, threshold_text, warning)
+    print(f"left {args.images[0]}, right {args.images[1]} (TTA {args.tta})")
     print(format_prediction(probs, thresholds))
     if out is not None:
         _figure(model, left_img, right_img, left_x, right_x, probs, thresholds, args,
@@ -168,7 +189,7 @@ def read_batch_csv(path: Path) -> pd.DataFrame:
     return frame[["id", *BATCH_COLUMNS]].reset_index(drop=True)
 
 
-def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
+def predict_many(model: Model, args, thresholds) -> int:
     """--batch: predict every row, skip and list unusable ones, write the predictions CSV atomically."""
     csv_path = Path(args.batch)
     frame = read_batch_csv(csv_path)
@@ -220,7 +241,7 @@ def predict_many(model: Model, args, thresholds, threshold_source: str) -> int:
         result.to_csv(tmp, index=False, float_format="%.6f")
     failed = [i for i, e in enumerate(errors) if e]
     ok = len(frame) - sum(1 for i in failed if np.isnan(probs[i]).any())
-    print(f"{ok} of {len(frame)} patients predicted (thresholds {threshold_source}); written to {out}")
+    print(f"{ok} of {len(frame)} patients predicted; written to {out}")
     for i in failed:
         print(f"skipped/failed row {i + 2} (id {frame.at[i, 'id']}): {errors[i]}", file=sys.stderr)
     if ok == 0:
@@ -252,5 +273,6 @@ def _predict_cli(backend: Backend, args) -> int:
     if not args.batch:
         return predict_one(backend, args)
     model = load_model(backend, args.model, train_config=args.train_config)
-    thresholds, source = _thresholds(args, model)
-    return predict_many(model, args, thresholds, source)
+    thresholds, threshold_text, warning = choose_thresholds(args, model)
+    _report_model(model, threshold_text, warning)
+    return predict_many(model, args, thresholds)

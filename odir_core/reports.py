@@ -180,12 +180,14 @@ def write_evaluation(
     load_pair: Callable | None = None,
     info: dict | None = None,
     after: Callable[[Path], None] | None = None,
+    caption: str = "",
 ) -> Path:
     """Write the whole evaluation folder ``out_dir`` (must not exist yet) and return its path.
 
     ``tuned``: per-label thresholds reported beside 0.5; ``load_pair``: see pick_examples;
     ``info``: what was evaluated (model, data, split, TTA, threshold source...), shown in the report;
-    ``after(folder)``: writes extra files into the (still temporary) folder.
+    ``after(folder)``: writes extra files into the (still temporary) folder; ``caption``: a line under
+    every figure (what the model was trained on).
     Everything is written to a temporary folder renamed to ``out_dir`` at the end.
     """
     ids, y_true, y_prob = check_inputs(ids, y_true, y_prob)
@@ -201,13 +203,15 @@ def write_evaluation(
         write_submission_csv(tmp / FILES["submission"], ids, y_prob)
         atomic_write_text(tmp / FILES["metrics"], json.dumps(summary, indent=2) + "\n")
         atomic_write_text(tmp / FILES["classification_report"], report_text + "\n")
-        plots.save_figure(plots.confusion_matrices_figure(y_true, y_prob, DEFAULT_THRESHOLD), tmp / FILES["confusion_matrices"])
-        plots.save_figure(plots.roc_curves_figure(y_true, y_prob), tmp / FILES["roc_curves"])
-        plots.save_figure(plots.pr_curves_figure(y_true, y_prob), tmp / FILES["pr_curves"])
+        plots.save_figure(plots.confusion_matrices_figure(y_true, y_prob, DEFAULT_THRESHOLD), tmp / FILES["confusion_matrices"],
+                          caption=caption)
+        plots.save_figure(plots.roc_curves_figure(y_true, y_prob), tmp / FILES["roc_curves"], caption=caption)
+        plots.save_figure(plots.pr_curves_figure(y_true, y_prob), tmp / FILES["pr_curves"], caption=caption)
         figures = ["confusion_matrices", "roc_curves", "pr_curves"]
         if examples:
             title = "Predicted at the " + ("tuned per-label thresholds" if tuned is not None else "threshold 0.5")
-            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title), tmp / FILES["qualitative"])
+            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title), tmp / FILES["qualitative"],
+                              caption=caption)
             figures.append("qualitative")
         if after is not None:
             after(tmp)

@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED, is_prepared
+from odir_core.provenance import training_record
 from odir_core.splits import split_frames
 from odir_core.tfds import source as tfds_source
 
@@ -72,7 +73,8 @@ def damaged_backup_message(backup: Path, reason: str, run_dir: Path, last_model:
 
 @dataclass
 class RunSetup:
-    """Everything a trainer needs besides the network: resolved config, folders, split, weights."""
+    """Everything a trainer needs besides the network: resolved config, folders, split, weights, and what
+    its checkpoints record they were trained on (``odir_core.provenance``)."""
 
     config: TrainConfig
     run_dir: Path
@@ -81,6 +83,7 @@ class RunSetup:
     val_df: pd.DataFrame
     pos_weight: np.ndarray | None
     resumed: bool
+    trained_on: dict = field(default_factory=dict)
 
     @property
     def y_train(self) -> np.ndarray:
@@ -176,7 +179,10 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
         if not resumed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed)
+    from odir_core.synthetic import is_synthetic
+
+    trained_on = training_record(data, is_synthetic(data_dir), run_dir, config.experiment)
+    return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed, trained_on)
 
 
 def check_resumable(run_dir: Path, backup: Path) -> None:

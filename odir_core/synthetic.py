@@ -15,6 +15,7 @@ the same bytes.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -29,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .annotations import COLUMNS, write_annotations
-from .atomic import atomic_folder, atomic_path
+from .atomic import atomic_folder, atomic_path, atomic_write_text
 from .errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
 from .imageio import encode_image
 from .keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
@@ -141,6 +142,7 @@ RAW_WIDTH = (1000, 2400)  # raw camera image width range in pixels
 RAW_DRAW_MAX = 1024  # raw frames: the FOV is drawn at most this size, then enlarged (real photos are soft)
 KAGGLE_FULL_DF = "full_df.csv"
 PREPARE_REPORT = "prepare_report.csv"
+SYNTHETIC_MARKER = "synthetic.json"  # in a generated prepared folder: its images are not real photographs
 KAGGLE_FILEPATH_PREFIX = "../input/ocular-disease-recognition-odir5k/ODIR-5K/Training Images/"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -391,7 +393,17 @@ def generate(out, patients: int, size: int | None = None, seed: int = 0, layout:
             _kaggle_full_df(train).to_csv(root / KAGGLE_FULL_DF, index=False)
         if spec is PREPARED:  # as `prepare` writes it when no image was skipped or repaired
             pd.DataFrame(columns=REPORT_COLUMNS).to_csv(root / PREPARE_REPORT, index=False)
+            _mark_synthetic(root, patients=patients, size=size, seed=seed)
     return out
+
+
+def _mark_synthetic(folder: Path, **params) -> None:
+    atomic_write_text(folder / SYNTHETIC_MARKER, json.dumps({"generator": "odir_core.synthetic", **params}) + "\n")
+
+
+def is_synthetic(folder) -> bool:
+    """Whether a prepared folder holds generated images (``SYNTHETIC_MARKER``, written by :func:`generate`)."""
+    return (Path(folder) / SYNTHETIC_MARKER).is_file()
 
 
 def demo_dataset(path=None, patients: int = 600, size: int = 128, seed: int = 0) -> Path:
@@ -400,6 +412,8 @@ def demo_dataset(path=None, patients: int = 600, size: int = 128, seed: int = 0)
     root = Path(path) if path is not None else REPO_ROOT / "data" / "synthetic"
     target = root / f"demo_{patients}_{size}_{seed}"
     if (target / PREPARED.annotations).is_file():
+        if not is_synthetic(target):  # generated before sets were marked
+            _mark_synthetic(target, patients=patients, size=size, seed=seed)
         return target
     try:
         generate(target, patients, size=size, seed=seed, layout="prepared")

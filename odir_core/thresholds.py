@@ -16,6 +16,7 @@ THRESHOLD_METRICS = ("f1", "kappa")
 DEFAULT_THRESHOLD = 0.5
 CANDIDATES = np.round(np.arange(0.01, 1.0, 0.01), 2)
 THRESHOLDS_FILE = "thresholds.json"
+VALIDATION_SOURCE = "val split"  # how the "source" of thresholds tuned on a run's validation split begins
 
 
 class ThresholdError(InputError):
@@ -90,3 +91,14 @@ def load_thresholds(path) -> np.ndarray:
         return as_thresholds(values)
     except ThresholdError as exc:
         raise ThresholdError(f"{path}: {exc}") from None
+
+
+def thresholds_origin(path) -> tuple[str, int | None]:
+    """How the thresholds of a file (already read by load_thresholds) were tuned, in words, and the number of
+    patients when they were a run's validation split (else None)."""
+    payload = json.loads(Path(path).read_text())
+    source, n = payload.get("source"), payload.get("n_patients")
+    if not source:
+        return "the file does not say how they were tuned", None
+    text = f"per-label {payload.get('metric', '?')} tuned on {source}, {n} patients"
+    return text, int(n) if str(source).startswith(VALIDATION_SOURCE) and isinstance(n, int) else None

@@ -15,15 +15,16 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from keras_odir.evaluate import main as keras_evaluate
+from odir_core import plots
 from odir_core.labels import LABELS
 from odir_core.splits import save_split
 from odir_core.thresholds import load_thresholds
-from tiny_runs import CROP_SIZE, HEAD, IMAGE_SIZE, REAL_SAMPLES, new_run, run_config, shared_models
+from reference_data import REAL_SAMPLES, needs
+from tiny_runs import CROP_SIZE, HEAD, IMAGE_SIZE, new_run, recording_run, run_config, shared_models
 from torch_odir.evaluate import main as torch_evaluate
 from torch_odir.model import DualResNet50
 
-pytestmark = pytest.mark.skipif(not (REAL_SAMPLES / "samples.csv").is_file(),
-                                reason=f"real sample photographs not found at {REAL_SAMPLES} (present in CI only)")
+pytestmark = needs(REAL_SAMPLES / "samples.csv")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
@@ -158,3 +159,20 @@ def test_probs_file_with_labels_and_images_from_a_prepared_folder(runs, tmp_path
     truth = pd.read_excel(tmp_path / "ev" / "ground_truth.xlsx")
     np.testing.assert_array_equal(truth[list(LABELS)].to_numpy(), samples[list(LABELS)].to_numpy())
     assert (tmp_path / "ev" / "qualitative.png").is_file()
+
+
+def test_evaluation_says_what_the_model_was_trained_on(runs, tmp_path, capsys, monkeypatch):
+    _, keras_model, _ = runs
+    record = {"data": "/data/synthetic/demo_300_128_0", "synthetic": True, "run": "/runs/demo-1", "experiment": "demo",
+              "epoch": 3}
+    model = recording_run(tmp_path / "run", keras_model.resolve(), record)
+    captions = []
+    original = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: captions.append(kw.get("caption")) or original(fig, path, **kw))
+    assert keras_evaluate(["--model", str(model), "--split", "all", "--out", str(tmp_path / "ev")]) == 0
+    note = ("trained on synthetic demo data, not for real photographs (/data/synthetic/demo_300_128_0; run /runs/demo-1, "
+            "experiment demo, epoch 3)")
+    assert f"model {note}" in capsys.readouterr().err.splitlines()
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["info"]["trained on"] == note
+    assert note in (tmp_path / "ev" / "report.html").read_text()
+    assert captions == [f"model {note}"] * 4  # confusion matrices, ROC, PR, qualitative

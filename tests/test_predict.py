@@ -18,15 +18,17 @@ from fundus_images import landscape_image, noise_image, zero_middle_of_scan
 
 from keras_odir.evaluate import BACKEND as KERAS
 from keras_odir.predict import main as keras_predict
+from odir_core import plots
 from odir_core.inference import load_model, model_input, prepare_photo
 from odir_core.labels import LABELS
-from tiny_runs import REAL_SAMPLES, new_run, run_config, shared_models
+from odir_core.thresholds import save_thresholds
+from reference_data import REAL_SAMPLES, needs
+from tiny_runs import new_run, recording_run, run_config, shared_models
 from torch_odir.evaluate import BACKEND as TORCH
 from torch_odir.predict import main as torch_predict
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (REAL_SAMPLES / "samples.csv").is_file(),
-                                reason=f"real sample photographs not found at {REAL_SAMPLES} (present in CI only)")
+pytestmark = needs(REAL_SAMPLES / "samples.csv")
 RAW = REAL_SAMPLES / "raw"
 PROB_LINE = re.compile(r"^([NDGCAHMO]) .*?\s(\d\.\d{4})\s+(\d\.\d\d)", re.M)
 
@@ -188,3 +190,59 @@ def test_batch_csv_skips_and_reports_bad_rows(runs, tmp_path, capsys):
         left, right = _inputs(model, REAL_SAMPLES / f"{pid}_left.png", REAL_SAMPLES / f"{pid}_right.png")
         expected = model.predictor.predict(left, right)[0]
         np.testing.assert_allclose(result.loc[row, list(LABELS)].astype(float), expected, atol=1e-5)
+
+
+SYNTHETIC = {"data": "/data/synthetic/demo_300_128_0", "synthetic": True, "run": "/runs/demo-1", "experiment": "demo",
+             "epoch": 3}
+PREPARED = {"data": "/data/odir5k", "synthetic": False, "run": "/runs/experiment_15-1", "experiment": "experiment_15",
+            "epoch": 42}
+
+
+@pytest.mark.parametrize("which, record, expect", [
+    ("keras", SYNTHETIC, "trained on synthetic demo data, not for real photographs (/data/synthetic/demo_300_128_0; "
+                         "run /runs/demo-1, experiment demo, epoch 3)"),
+    ("torch", PREPARED, "trained on /data/odir5k (run /runs/experiment_15-1, experiment experiment_15, epoch 42)"),
+    ("torch", None, "training data unknown: the model file does not record it"),
+])
+def test_prediction_says_what_the_model_was_trained_on(runs, tmp_path, capsys, monkeypatch, which, record, expect):
+    keras_model, torch_model = runs
+    shared = keras_model if which == "keras" else torch_model
+    model = recording_run(tmp_path / "run", shared, record) if record else shared
+    captions = []
+    original = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: captions.append(kw.get("caption")) or original(fig, path, **kw))
+    main = keras_predict if which == "keras" else torch_predict
+    photos = [str(REAL_SAMPLES / "1539_left.png"), str(REAL_SAMPLES / "1539_right.png")]
+    assert main(["--model", str(model), *photos, "--out", str(tmp_path / "fig.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"model {model}: {expect}" in out.splitlines()
+    assert captions == [f"model {expect}"] and (tmp_path / "fig.png").is_file()
+
+
+def test_prediction_says_which_thresholds_and_warns_when_tuned_on_the_runs_own_patients(runs, tmp_path, capsys):
+    keras_model, _ = runs
+    model = recording_run(tmp_path / "run", keras_model, SYNTHETIC)
+    photos = [str(REAL_SAMPLES / "1539_left.png"), str(REAL_SAMPLES / "1539_right.png")]
+    assert keras_predict(["--model", str(model), *photos]) == 0
+    captured = capsys.readouterr()
+    assert ("thresholds: 0.5 for every label (default: no --thresholds given and no thresholds.json beside the model)"
+            in captured.out.splitlines())
+    assert "warning" not in captured.err
+
+    tuned = [0.3, 0.6, 0.2, 0.7, 0.4, 0.35, 0.65, 0.45]
+    save_thresholds(model.parent / "thresholds.json", tuned, metric="f1", source="val split (study) of /data/x, TTA none",
+                    n_patients=5)
+    assert keras_predict(["--model", str(model), *photos]) == 0
+    captured = capsys.readouterr()
+    assert (f"thresholds: {model.parent / 'thresholds.json'} (found beside the model; per-label f1 tuned on val split "
+            "(study) of /data/x, TTA none, 5 patients)") in captured.out.splitlines()
+    assert [f"{t:.2f}" for t in tuned] == [t for _, _, t in PROB_LINE.findall(captured.out)]  # the table applies them
+    assert captured.err.startswith(f"warning: {model.parent / 'thresholds.json'} was tuned on the 5 validation "
+                                   "patients of this model's own run")
+
+    other = save_thresholds(tmp_path / "other.json", [0.5] * 8, metric="kappa", source="val split (study) of /data/y, TTA none",
+                            n_patients=9)
+    assert keras_predict(["--model", str(model), *photos, "--thresholds", str(other)]) == 0
+    captured = capsys.readouterr()
+    assert f"thresholds: {other} (given with --thresholds; per-label kappa tuned on val split" in captured.out
+    assert "warning" not in captured.err  # another run's validation patients

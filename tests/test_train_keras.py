@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+import zipfile
+
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -11,14 +14,15 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_odir.train as ktrain
+from keras_odir.evaluate import BACKEND
 from keras_odir.parts import dual_parts
+from odir_core import provenance
 from odir_core.config import TrainConfig, load_config
 from odir_core.history import STUDY_COLUMNS
+from odir_core.inference import load_model
 from odir_core.synthetic import generate
+from reference_data import EXPERIMENTS
 from training_runs import only_run, tiny_train_args
-
-REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference")
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -37,9 +41,10 @@ def test_cli_writes_every_output(data, tmp_path, capsys):
     assert conf.data == str(data)
     model = keras.saving.load_model(run / "best.keras", compile=False)
     assert model.input["left"].shape[1:] == (28, 28, 3) and model.output.shape[-1] == 8
+    _check_checkpoints(run, data)
 
     results = pd.read_excel(run / "train_results.xlsx")
-    study_file = os.path.join(REFERENCE, "seed_experiments", "experiment_15", "train_results.xlsx")
+    study_file = EXPERIMENTS / "experiment_15" / "train_results.xlsx"
     expected = list(pd.read_excel(study_file).columns) if os.path.exists(study_file) else ["Unnamed: 0", *STUDY_COLUMNS]
     assert list(results.columns) == expected and len(results) == 2
     assert results["Unnamed: 0"].tolist() == [0, 1]
@@ -58,6 +63,29 @@ def test_cli_writes_every_output(data, tmp_path, capsys):
             assert (run / "tensorboard" / f"{tag}_{split}").is_dir()
     out = capsys.readouterr().out
     assert "Run folder" in out and "Best epoch" in out
+
+
+def _weight_groups(path) -> set[str]:
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as fh, h5py.File(fh) as weights:
+        return set(weights)
+
+
+def _check_checkpoints(run, data):
+    """best.keras: no optimizer state, about half of last.keras, the same weights as the best epoch's, loaded by
+    predict; both record what they were trained on."""
+    assert "optimizer" in _weight_groups(run / "last.keras") and "optimizer" not in _weight_groups(run / "best.keras")
+    assert (run / "best.keras").stat().st_size < 0.6 * (run / "last.keras").stat().st_size
+    best_epoch = int(pd.read_csv(run / "history.csv")["val_loss"].idxmin())
+    for name in ("best.keras", "last.keras"):
+        assert provenance.read(run / name) == {"data": str(data.resolve()), "synthetic": True,
+                                               "run": str(run.resolve()), "experiment": "t",
+                                               "epoch": best_epoch + 1 if name == "best.keras" else 2}
+    loaded = load_model(BACKEND, run / "best.keras")
+    assert loaded.training_note.startswith("trained on synthetic demo data, not for real photographs")
+    x = np.random.default_rng(0).normal(size=(1, 28, 28, 3)).astype("float32")
+    plain = keras.saving.load_model(run / "best.keras", compile=False)  # Keras' own loader, no odir code
+    want = keras.ops.convert_to_numpy(keras.ops.sigmoid(plain({"left": x, "right": x}, training=False)))
+    np.testing.assert_allclose(loaded.predictor.predict(x, x), want, atol=1e-5)
 
 
 def test_validation_loss_is_unweighted_bce(data, tmp_path):

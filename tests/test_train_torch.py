@@ -30,6 +30,9 @@ def test_cli_writes_every_output_and_steps_linear_lr(data, tmp_path):
     assert (conf.head, conf.image_size, conf.crop_size) == ("v2", 32, 28)
     saved = torch.load(run / "last.pth", weights_only=False)
     assert saved["config"]["head"] == "v2" and saved["epoch"] == 1
+    # what it was trained on: the generated set (marked synthetic), this run, epoch counted from 1
+    assert saved["trained_on"] == {"data": str(data.resolve()), "synthetic": True, "run": str(run.resolve()),
+                                   "experiment": "t", "epoch": 2}
     DualResNet50("v2").load_state_dict(saved["state_dict"])
     results = pd.read_excel(run / "train_results.xlsx", index_col=0)
     assert list(results.columns) == STUDY_COLUMNS and len(results) == 2

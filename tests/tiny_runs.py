@@ -11,9 +11,8 @@ import pandas as pd
 from odir_core.annotations import COLUMNS, write_annotations
 from odir_core.config import TrainConfig, save_config
 from odir_core.labels import LABELS
+from reference_data import REAL_SAMPLES
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-REAL_SAMPLES = REFERENCE / "real_samples"
 
 
 def real_samples_prepared(root: Path) -> Path:
@@ -74,3 +73,21 @@ def new_run(run_dir: Path, model: Path, config: TrainConfig) -> Path:
     save_config(config, run_dir / "config.toml")
     (run_dir / model.name).symlink_to(model)
     return run_dir / model.name
+
+
+def recording_run(run_dir: Path, model: Path, record: dict) -> Path:
+    """A run folder of its own holding a copy of ``model`` that records ``record`` as what it was trained on
+    (odir_core.provenance), with the tiny models' config.toml."""
+    import torch
+
+    from odir_core import provenance
+
+    model = model.resolve()  # the shared model, beside the shared data folder
+    target = new_run(run_dir, model, run_config(model.parent.parent / "data"))
+    target.unlink()  # new_run links the shared model; this one gets a file of its own
+    if model.suffix == ".keras":
+        shutil.copy(model, target)
+        provenance.write_keras(target, record)
+    else:
+        torch.save({**torch.load(model, weights_only=True), provenance.TORCH_KEY: record}, target)
+    return target

@@ -8,7 +8,8 @@ from odir_core import evaluate
 from odir_core.checkpoints import TORCH_SUFFIXES
 from odir_core.inference import Backend
 
-BACKEND = Backend(name="torch_odir", model_suffixes=TORCH_SUFFIXES, loader="torch_odir.inference:load_predictor")
+BACKEND = Backend(name="torch_odir", model_suffixes=TORCH_SUFFIXES, loader="torch_odir.inference:load_predictor",
+                  torch_load="torch_odir.model:torch_load")
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from odir_core import provenance
 from odir_core.atomic import atomic_path
 from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
@@ -125,9 +126,11 @@ def _feature_loader(features: torch.Tensor, labels: np.ndarray, order: EpochOrde
     return Loader()
 
 
-def _save(path: Path, model: nn.Module, config: TrainConfig, epoch: int) -> None:
+def _save(path: Path, model: nn.Module, setup: RunSetup, epoch: int) -> None:
+    record = {"state_dict": model.state_dict(), "config": setup.config.to_dict(), "epoch": epoch,
+              provenance.TORCH_KEY: provenance.at_epoch(setup.trained_on, epoch)}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "epoch": epoch}, tmp)
+        torch.save(record, tmp)
 
 
 def train(config: TrainConfig, log=print) -> Path:
@@ -250,8 +253,8 @@ def _train(setup: RunSetup, started: float, log) -> None:
             f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
             f"final {record['val_final_score']:.4f} | challenge final {record['val_challenge_final']:.4f}")
         if history.best_epoch() == epoch:
-            _save(run_dir / "best.pth", model, config, epoch)
-        _save(run_dir / "last.pth", model, config, epoch)
+            _save(run_dir / "best.pth", model, setup, epoch)
+        _save(run_dir / "last.pth", model, setup, epoch)
         if scheduler is not None:
             scheduler.step()
         backup.parent.mkdir(exist_ok=True)
