@@ -15,20 +15,47 @@ import numpy as np
 
 from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
-from odir_core.history import STUDY_COLUMNS, History, bce_with_logits, early_stopping_state, split_metrics
+from odir_core.console import epoch_line
+from odir_core.history import History, bce_with_logits, early_stopping_state, split_metrics
 from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.tensorboard import ScalarWriter
 
 BACKUP_METADATA = Path(BACKUP_DIR) / "training_metadata.json"  # written last: names the epoch's weights file
 
-LOGGED = frozenset(STUDY_COLUMNS) - {"train_loss"}  # Keras logs the training loss as "loss"
+# history keys Keras already logs under its own name: the training loss as "loss", the learning rate
+# as "learning_rate" (EpochSchedule), the momentum as "momentum" (EpochSchedule, a cycling schedule)
+NOT_LOGGED = frozenset({"train_loss", "lr", "momentum"})
+
+
+def optimizer_momentum(model: keras.Model) -> float | None:
+    """The momentum of ``model``'s optimizer (inside a loss-scaling wrapper too), or None if it has none."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    momentum = getattr(optimizer, "momentum", None)
+    return None if momentum is None else float(keras.ops.convert_to_numpy(momentum))
+
+
+class LossProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar showing the training loss only; each epoch's metrics are one line of
+    ``EpochEvaluation`` instead of a list that wraps. Place it before EpochEvaluation, so the bar
+    is finished before that line is printed."""
+
+    @staticmethod
+    def _loss(logs):
+        return {"loss": logs["loss"]} if logs and "loss" in logs else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._loss(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._loss(logs))
 
 
 class EpochEvaluation(keras.callbacks.Callback):
     """After each epoch: take the epoch's training outputs, predict the validation split, compute
     the unweighted validation loss and the study's and challenge's metrics on both, put them in
     the epoch logs (``val_loss`` for early stopping and the best checkpoint), append them to the
-    run's history files and TensorBoard.
+    run's history files and TensorBoard (step = epoch number from 1), and log the epoch's console
+    line (``odir_core.console.epoch_line``, as torch_odir.train).
 
     A non-finite training loss (``TerminateOnNaN`` stops mid-epoch) or validation logits stop the
     run (``stopped_on_nan``); the checkpoints skip non-finite weights, so earlier ones are kept.
@@ -73,11 +100,11 @@ class EpochEvaluation(keras.callbacks.Callback):
             self.stopped_on_nan = epoch  # keras_odir.train raises TrainingDiverged after fit
             self.model.stop_training = True
         record["lr"] = logs.get("learning_rate")
-        record["momentum"] = logs.get("momentum")
-        # the progress bar shows the study's metrics; every value goes to the history files
-        logs.update({k: v for k, v in record.items() if k in LOGGED})
+        record["momentum"] = logs.get("momentum", optimizer_momentum(self.model))
+        logs.update({k: v for k, v in record.items() if k not in NOT_LOGGED})
         self.history.append(record)
-        self.writer.log_epoch(epoch, record)
+        self.writer.log_epoch(epoch + 1, record)
+        self.log(epoch_line(epoch + 1, self.params["epochs"], record))
 
     def on_train_end(self, logs=None):
         self.writer.close()
@@ -256,17 +283,19 @@ def training_callbacks(
     resumed_val_losses: list[float],
     trained_on: dict | None = None,
 ) -> list[keras.callbacks.Callback]:
-    """The callbacks of a run, in the order they must run (evaluation before the checkpoints
-    and early stopping that read its ``val_loss``; the backup for ``--resume`` last)."""
+    """The callbacks of a run, in the order they must run (the progress bar finished before the
+    evaluation's line; evaluation before the checkpoints and early stopping that read its
+    ``val_loss``; the backup for ``--resume`` last)."""
     backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR)
     # both record what they were trained on; best.keras without the optimizer state, last.keras with it
     best = DualModelCheckpoint(model, run_dir / "best.keras", trained_on, optimizer=False, monitor="val_loss",
                                mode="min", save_best_only=True)
     last = DualModelCheckpoint(model, run_dir / "last.keras", trained_on, save_best_only=False)
-    callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), evaluation, best, last]
+    callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), LossProgbar(), evaluation,
+                 best, last]
     early = None
-    if patience > 0:
-        early = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=1)
+    if patience > 0:  # its message is keras_odir.train's, the same as torch_odir.train's
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=0)
         callbacks.append(early)
     # the backup comes last: an epoch is in the history before the backup says it is done
     callbacks += [RestoreState(resumed_val_losses, early, best), backup]

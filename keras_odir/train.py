@@ -27,6 +27,7 @@ from keras_odir.precision import dtype_policy
 from keras_odir.weights import read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
+from odir_core.console import early_stopping_line
 from odir_core.dataset import DualEyeDataset
 from odir_core.history import History
 from odir_core.model_spec import backbone_spec, check_architecture
@@ -164,6 +165,9 @@ def _train(setup: RunSetup, started: float, log) -> None:
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
     if evaluation.stopped_on_nan is not None:
         raise TrainingDiverged(diverged_message(evaluation.stopped_on_nan, history.best_epoch(), "best.keras"))
+    stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
+    if stopped:
+        log(stopped)
     finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.keras", started, log)
 

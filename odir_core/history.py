@@ -1,9 +1,10 @@
 """Per-epoch training history: metrics from predictions, ``train_results.xlsx`` and ``history.csv``.
 
-``train_results.xlsx`` has exactly the study's layout (an unnamed 0-based epoch index, then
+``train_results.xlsx`` has exactly the study's layout (an unnamed index column, then
 ``train_loss, train_kappa, train_f1, train_auc, train_final_score, val_loss, val_kappa, val_f1,
-val_auc, val_final_score``). ``history.csv`` has every logged value (also the challenge metrics,
-learning rate and momentum) with an ``epoch`` column.
+val_auc, val_final_score``); its index is the study's 0-based one, the only place where the first
+epoch is 0. ``history.csv`` has every logged value (also the challenge metrics, learning rate and
+momentum) with an ``epoch`` column numbered from 1, as the console and the TensorBoard steps.
 """
 
 from __future__ import annotations
@@ -94,21 +95,23 @@ class History:
         self.write()
 
     def frame(self) -> pd.DataFrame:
-        """Every record as a DataFrame (index = 0-based epoch)."""
+        """Every record as a DataFrame (index = 0-based position, the study's epoch index)."""
         return pd.DataFrame(self.records)
 
     def write(self) -> None:
-        """Write ``train_results.xlsx`` (the study's columns) and, if enabled, ``history.csv``."""
+        """Write ``train_results.xlsx`` (the study's columns and 0-based index) and, if enabled,
+        ``history.csv`` (every value, ``epoch`` from 1)."""
         frame = self.frame()
         study = frame.reindex(columns=STUDY_COLUMNS)
         with atomic_path(self.run_dir / RESULTS_FILE) as tmp:
             study.to_excel(tmp)  # unnamed 0-based index column, as the study's file
         if self.write_csv:
+            numbered = frame.set_axis(pd.RangeIndex(1, len(frame) + 1, name="epoch"))
             with atomic_path(self.run_dir / HISTORY_FILE) as tmp:
-                frame.rename_axis("epoch").to_csv(tmp)
+                numbered.to_csv(tmp)
 
     def best_epoch(self, key: str = "val_loss") -> int | None:
-        """0-based epoch with the lowest finite ``key``, or None."""
+        """Position (0-based; the epoch number is this + 1) of the record with the lowest finite ``key``, or None."""
         values = [r.get(key, np.nan) for r in self.records]
         finite = [(v, i) for i, v in enumerate(values) if np.isfinite(v)]
         return min(finite)[1] if finite else None

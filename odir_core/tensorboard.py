@@ -1,20 +1,53 @@
-"""TensorBoard scalar logging without TensorFlow or torch (the ``tensorboard`` package's own event writer).
+"""TensorBoard scalar logging without TensorFlow or torch (the ``tensorboard`` package's record format).
 
 The layout is that of ``SummaryWriter.add_scalars(tag, {"train": a, "val": b}, step)``, which the
 study used: one event file per series under ``<logdir>/<Tag>_<series>/``, all with the scalar tag
-``<Tag>``, so TensorBoard draws train and val of a tag in one chart.
+``<Tag>``, so TensorBoard draws train and val of a tag in one chart. Both trainers log the same tags
+(``EPOCH_TAGS`` as train/val pairs, then ``lr`` and ``momentum``); the step is the epoch number
+counted from 1, as in the console and ``history.csv``.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import time
 from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 # The study's chart tags and the history keys they show (train_<key> / val_<key>).
 STUDY_TAGS = {"Loss": "loss", "Kappa": "kappa", "F1": "f1", "AUC": "auc", "FINAL": "final_score"}
+# The ODIR-2019 challenge's scores of the same epochs.
+CHALLENGE_TAGS = {"Challenge_Kappa": "challenge_kappa", "Challenge_F1": "challenge_f1",
+                  "Challenge_AUC": "challenge_auc", "Challenge_FINAL": "challenge_final"}
+EPOCH_TAGS = {**STUDY_TAGS, **CHALLENGE_TAGS}
+SCALAR_KEYS = ("lr", "momentum")  # logged under their own name, one series
+
+_file_numbers = itertools.count()
+
+
+class _EventFile:
+    """One event file, written in the calling thread. tensorboard's ``EventFileWriter`` goes through
+    ``tf.io.gfile``, which imports TensorFlow when it is installed (seconds, and its log lines on
+    the console of a torch run); the file name and records here are the same as its."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}"
+        self._records = RecordWriter(open(folder / name, "wb"))  # noqa: SIM115 (closed by close())
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
 
 
 class ScalarWriter:
@@ -22,11 +55,11 @@ class ScalarWriter:
 
     def __init__(self, logdir):
         self.logdir = Path(logdir)
-        self._writers: dict[str, EventFileWriter] = {}
+        self._writers: dict[str, _EventFile] = {}
 
-    def _writer(self, name: str) -> EventFileWriter:
+    def _writer(self, name: str) -> _EventFile:
         if name not in self._writers:
-            self._writers[name] = EventFileWriter(str(self.logdir / name))
+            self._writers[name] = _EventFile(self.logdir / name)
         return self._writers[name]
 
     def add_scalar(self, tag: str, value: float, step: int, series: str | None = None) -> None:
@@ -41,12 +74,13 @@ class ScalarWriter:
             self.add_scalar(tag, value, step, series=series)
 
     def log_epoch(self, epoch: int, record: dict[str, float]) -> None:
-        """Log one epoch of history: the study's tags as train/val pairs, plus the learning rate."""
-        for tag, key in STUDY_TAGS.items():
+        """Log one epoch's history record at step ``epoch`` (counted from 1): the study's and the
+        challenge's tags as train/val pairs, the learning rate and the momentum."""
+        for tag, key in EPOCH_TAGS.items():
             pair = {s: record[f"{s}_{key}"] for s in ("train", "val") if f"{s}_{key}" in record}
             if pair:
                 self.add_scalars(tag, pair, epoch)
-        for key in ("lr", "momentum"):
+        for key in SCALAR_KEYS:
             if record.get(key) is not None:
                 self.add_scalar(key, record[key], epoch)
         self.flush()

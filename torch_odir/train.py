@@ -24,6 +24,7 @@ from odir_core import provenance
 from odir_core.atomic import atomic_path
 from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
+from odir_core.console import early_stopping_line, epoch_line
 from odir_core.dataset import DualEyeDataset, EpochOrder
 from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
 from odir_core.model_spec import ArchitectureError, check_architecture
@@ -245,13 +246,11 @@ def _train(setup: RunSetup, started: float, log) -> None:
             record["val_loss"] = math.nan
         record.update(lr=lr, momentum=momentum)
         history.append(record)
-        writer.log_epoch(epoch, record)
+        writer.log_epoch(epoch + 1, record)
+        log(epoch_line(epoch + 1, config.epochs, record))
         if not finite:  # nothing of this epoch is saved
             diverged = epoch
             break
-        log(f"Epoch {epoch + 1}: loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} | "
-            f"val kappa {record['val_kappa']:.4f} f1 {record['val_f1']:.4f} auc {record['val_auc']:.4f} "
-            f"final {record['val_final_score']:.4f} | challenge final {record['val_challenge_final']:.4f}")
         if history.best_epoch() == epoch:
             _save(run_dir / "best.pth", model, setup, epoch)
         _save(run_dir / "last.pth", model, setup, epoch)
@@ -265,11 +264,13 @@ def _train(setup: RunSetup, started: float, log) -> None:
                         "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
         _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
         if should_stop(wait, config.patience):
-            log(f"Epoch {epoch + 1}: early stopping ({config.patience} epochs without a lower validation loss)")
             break
     writer.close()
     if diverged is not None:
         raise TrainingDiverged(diverged_message(diverged, history.best_epoch(), "best.pth"))
+    stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
+    if stopped:
+        log(stopped)
     finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.pth", started, log)
 
