@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
-    auc,
+    average_precision_score,
     multilabel_confusion_matrix,
     precision_recall_curve,
     roc_auc_score,
@@ -78,21 +78,23 @@ def roc_curves_figure(y_true, y_prob):
 
 
 def pr_curves_figure(y_true, y_prob):
-    """Precision-recall curve of every label on one plot, area under it (trapezoidal) in the legend."""
+    """Precision-recall curve of every label on one plot, as steps (each threshold's precision holds
+    until the next recall), with the average precision (AP, scikit-learn's ``average_precision_score``:
+    the area under those steps) and the prevalence in a legend beside the axes."""
     y_true = np.asarray(y_true).astype(int)
     y_prob = np.asarray(y_prob, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(7, 6.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(10, 6), constrained_layout=True)
     for j, label in enumerate(LABELS):
         if not y_true[:, j].any():
-            ax.plot([], [], color=LABEL_COLORS[label], label=f"{label} (AUC undefined: no positives)")
+            ax.plot([], [], color=LABEL_COLORS[label], label=f"{label} (AP undefined: no positives)")
             continue
         precision, recall, _ = precision_recall_curve(y_true[:, j], y_prob[:, j])
-        prevalence = y_true[:, j].mean()
-        ax.plot(recall, precision, color=LABEL_COLORS[label], lw=1.6,
-                label=f"{label} {LABEL_NAMES[label]} (AUC = {auc(recall, precision):.3f}, prevalence {prevalence:.2f})")
+        ap = average_precision_score(y_true[:, j], y_prob[:, j])
+        ax.plot(recall, precision, color=LABEL_COLORS[label], lw=1.6, drawstyle="steps-post",
+                label=f"{label} {LABEL_NAMES[label]} (AP = {ap:.3f}, prevalence {y_true[:, j].mean():.2f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
            title=f"Precision-recall curves, {len(y_true)} patients")
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0.0)
     ax.grid(alpha=0.3)
     return fig
 
@@ -115,10 +117,13 @@ def _prob_line(probs) -> str:
     return "  ".join(f"{label} {p:.2f}" for label, p in zip(LABELS, probs))
 
 
-def qualitative_figure(examples, thresholds=0.5, title: str = ""):
-    """One row per example: left eye, right eye, and the patient's truth / predictions / probabilities.
+def qualitative_figure(examples, thresholds=0.5, title: str = "", notes=()):
+    """One row per example: left eye, right eye, and the patient's true labels, predicted labels (with
+    what was missed and what was predicted wrongly) and probabilities.
 
-    ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,).
+    ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,);
+    ``label`` is the label the patient was chosen for. ``notes``: lines under the title, e.g. the labels
+    without an example (``odir_core.reports.missing_examples``).
     """
     t = as_thresholds(thresholds)
     if not examples:
@@ -127,22 +132,27 @@ def qualitative_figure(examples, thresholds=0.5, title: str = ""):
     fig, axes = plt.subplots(n, 3, figsize=(12, 3.1 * n), gridspec_kw={"width_ratios": [1, 1, 1.6]},
                              squeeze=False, constrained_layout=True)
     for row, ex in zip(axes, examples):
-        pred = binarize(np.asarray(ex["prob"])[None], t)[0]
+        truth = np.asarray(ex["truth"]).astype(bool)
+        pred = binarize(np.asarray(ex["prob"])[None], t)[0].astype(bool)
         for ax, side in zip(row[:2], ("left", "right")):
             ax.imshow(ex[side])
             ax.set_title(f"patient {ex['id']}, {side} eye", fontsize=9)
             ax.axis("off")
         ax = row[2]
         ax.axis("off")
-        hit = "found" if pred[LABELS.index(ex["label"])] else "missed"
-        ax.text(0.0, 0.95, f"example of {ex['label']} ({LABEL_NAMES[ex['label']]}): {hit}", fontsize=11,
-                weight="bold", va="top", transform=ax.transAxes)
-        ax.text(0.0, 0.72, f"ground truth:  {_label_list(ex['truth'])}", fontsize=10, va="top", transform=ax.transAxes)
-        ax.text(0.0, 0.55, f"predicted:       {_label_list(pred)}", fontsize=10, va="top", transform=ax.transAxes)
-        ax.text(0.0, 0.36, "probabilities:\n" + _prob_line(ex["prob"]), fontsize=9, va="top", family="monospace",
+        lines = [
+            (f"patient {ex['id']}, shown for {ex['label']} ({LABEL_NAMES[ex['label']]})", 11, "bold"),
+            (f"true:          {_label_list(truth)}", 10, "normal"),
+            (f"predicted:   {_label_list(pred)}", 10, "normal"),
+            (f"missed: {_label_list(truth & ~pred)}     wrongly predicted: {_label_list(pred & ~truth)}", 10, "normal"),
+        ]
+        for y, (text, size, weight) in zip((0.95, 0.75, 0.60, 0.45), lines):
+            ax.text(0.0, y, text, fontsize=size, weight=weight, va="top", transform=ax.transAxes)
+        ax.text(0.0, 0.28, "probabilities:\n" + _prob_line(ex["prob"]), fontsize=9, va="top", family="monospace",
                 transform=ax.transAxes)
-    if title:
-        fig.suptitle(title)
+    heading = "\n".join([title, *notes] if title else list(notes))
+    if heading:
+        fig.suptitle(heading)
     return fig
 
 

@@ -13,8 +13,9 @@ from odir_core.labels import LABEL_NAMES, LABELS
 CAPTIONS = {
     "confusion_matrices": "Confusion matrix per label at threshold 0.5 (rows: truth, columns: prediction).",
     "roc_curves": "ROC curve per label; legend: area under the curve.",
-    "pr_curves": "Precision-recall curve per label; legend: area under the curve and prevalence.",
-    "qualitative": "For each label, the first patient in split order who has it: both eyes, truth, prediction, probabilities.",
+    "pr_curves": "Precision-recall curve per label (steps); legend: average precision (AP) and prevalence.",
+    "qualitative": "For each label, the first patient in split order who has it: both eyes, true and predicted labels, "
+                   "probabilities; labels without such a patient are named under the title.",
 }
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}

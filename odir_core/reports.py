@@ -24,7 +24,7 @@ from sklearn.metrics import classification_report
 from odir_core import metrics, plots
 from odir_core.atomic import atomic_folder, atomic_path, atomic_write_text
 from odir_core.errors import InputError, writing
-from odir_core.labels import LABELS, NUM_LABELS
+from odir_core.labels import LABEL_NAMES, LABELS, NUM_LABELS
 from odir_core.metrics import binarize
 from odir_core.report_html import render_report
 from odir_core.thresholds import DEFAULT_THRESHOLD, as_thresholds
@@ -170,6 +170,27 @@ def pick_examples(ids, y_true, y_prob, load_pair: Callable | None) -> list[dict]
     return examples
 
 
+def missing_examples(ids, y_true, examples: list[dict]) -> list[str]:
+    """One line per label without an example of its own in ``examples`` (pick_examples): no patient has
+    it, its patients are shown for another label, or none of their images could be read."""
+    ids, y_true = np.asarray(ids), np.asarray(y_true)
+    own = {e["label"] for e in examples}
+    shown = {e["id"] for e in examples}
+    notes = []
+    for j, label in enumerate(LABELS):
+        if label in own:
+            continue
+        name = f"{label} ({LABEL_NAMES[label]})"
+        having = [int(i) for i in ids[y_true[:, j] == 1]]
+        if not having:
+            notes.append(f"no patient with label {name} in this set")
+        elif shown.intersection(having):
+            notes.append(f"label {name}: see patient {', '.join(map(str, sorted(shown.intersection(having))))} above")
+        else:
+            notes.append(f"label {name}: the images of its {len(having)} patient(s) could not be read")
+    return notes
+
+
 def write_evaluation(
     out_dir,
     ids,
@@ -210,7 +231,8 @@ def write_evaluation(
         figures = ["confusion_matrices", "roc_curves", "pr_curves"]
         if examples:
             title = "Predicted at the " + ("tuned per-label thresholds" if tuned is not None else "threshold 0.5")
-            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title), tmp / FILES["qualitative"],
+            notes = missing_examples(ids, y_true, examples)
+            plots.save_figure(plots.qualitative_figure(examples, qualitative_thresholds, title, notes), tmp / FILES["qualitative"],
                               caption=caption)
             figures.append("qualitative")
         if after is not None:
