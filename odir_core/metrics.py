@@ -135,7 +135,12 @@ def binarize(y_prob, threshold=0.5) -> np.ndarray:
 
 
 def _warn_undefined(score: str, labels: list[str], reason: str) -> None:
-    warnings.warn(f"{score} is undefined for label(s) {', '.join(labels)} ({reason}); set to NaN", MetricsWarning, stacklevel=3)
+    """A MetricsWarning attributed to the first caller outside this module (whichever function was called)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"{score} is undefined for label(s) {', '.join(labels)} ({reason}); set to NaN", MetricsWarning,
+                  stacklevel=level)
 
 
 def _kappa(t: np.ndarray, p: np.ndarray) -> float:
@@ -437,6 +442,9 @@ def _parse_threshold(text: str):
     return parts[0] if len(parts) == 1 else parts
 
 
+NAME = "odir_core.metrics"  # the command (python -m odir_core.metrics) in its error and warning lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m odir_core.metrics",
@@ -464,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Command-line entry point; returns 0, or 2 with one error line on bad input (see odir_core.errors)."""
     args = build_parser().parse_args(argv)
-    return run_cli(_metrics_cli, args, prefix="odir-metrics: error")
+    return run_cli(_metrics_cli, args, prefix=f"{NAME}: error")
 
 
 def _metrics_cli(args) -> int:
@@ -481,7 +489,7 @@ def _metrics_cli(args) -> int:
         warnings.simplefilter("always", MetricsWarning)
         text = format_report(gt[list(LABELS)], probs[list(LABELS)], args.threshold)
     for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetricsWarning)):
-        print(f"odir-metrics: warning: {message}", file=sys.stderr)
+        print(f"{NAME}: warning: {message}", file=sys.stderr)
     print(text)
     return 0
 

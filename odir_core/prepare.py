@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from odir_core.annotations import read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text
+from odir_core.cli_help import DefaultsHelpFormatter
 from odir_core.errors import (
     InputError,
     OutputError,
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m odir_core.prepare",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--source", required=True, metavar="PATH", help="ODIR-5K folder or .zip (any known layout; detected)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an existing one is resumed)")

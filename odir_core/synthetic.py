@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .annotations import COLUMNS, write_annotations
 from .atomic import atomic_folder, atomic_path, atomic_write_text
+from .cli_help import DefaultsHelpFormatter
 from .errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
 from .imageio import encode_image
 from .keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
@@ -455,7 +456,7 @@ def write_preview(path, seed: int = 0, tile: int = 160, severity: float = 1.0) -
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m odir_core.synthetic", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", help="output folder (or zip file with --zip); must not exist")
     p.add_argument("--patients", type=int, default=600, help="number of patients (two images each)")
     p.add_argument("--size", type=int, default=None,

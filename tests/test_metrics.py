@@ -369,3 +369,25 @@ def test_cli_names_bad_cells_of_either_file(tmp_path, capsys):
     sub.iloc[::-1].to_csv(tmp_path / "sub.csv", index=False)
     assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv"), "--align"]) == 2
     assert "sub.csv: 1 value(s) are not probabilities in [0, 1] at row 7 column M" in capsys.readouterr().err
+
+
+def test_cli_warnings_and_errors_carry_this_command_name(tmp_path, capsys):
+    gt, sub = _frames()
+    gt["H"] = 0  # no patient with H: its ROC AUC is undefined
+    gt.to_csv(tmp_path / "gt.csv", index=False)
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")]) == 0
+    warned = capsys.readouterr().err.splitlines()
+    assert warned and all(line.startswith("odir_core.metrics: warning: ") for line in warned)
+    assert any("ROC AUC is undefined for label(s) H" in line for line in warned)
+    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.startswith("odir_core.metrics: error: ")
+
+
+@pytest.mark.parametrize("score", [study_metrics, challenge_metrics, per_label_table])
+def test_warnings_point_at_the_caller_not_at_odir_core(random_case, score):
+    y, p = random_case
+    y = np.zeros_like(y)  # every score undefined somewhere
+    with pytest.warns(MetricsWarning) as caught:
+        score(y, p)
+    assert {Path(w.filename).resolve() for w in caught} == {Path(__file__).resolve()}

@@ -242,6 +242,33 @@ def test_cli(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def _option_help(parser) -> dict[str, str]:
+    """Each option's help text as printed by ``--help``, joined into one line."""
+    blocks, current = {}, None
+    for line in parser.format_help().split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.strip():
+            blocks[current] += " " + line.strip()
+    return {k: " ".join(v.split()) for k, v in blocks.items()}
+
+
+def test_help_says_each_default_once():
+    parser = synthetic._parser()
+    helps = _option_help(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text, own = helps[action.option_strings[0]], action.help or ""
+        if "default" in own or action.default is None or action.default is False:
+            assert text.count("default") == own.count("default"), text  # its help says it, or there is none
+        else:
+            assert text.count("default") == 1 and text.endswith(f"(default: {action.default})"), text
+    assert helps["--size"].count("default") == 2  # one default per kind of layout, said in its help
+    assert "(default: 0)" in helps["--seed"] and helps["--zip"] == "--zip write a zip file instead of a folder"
+
+
 @pytest.mark.parametrize("layout", ["kaggle", "oia"])
 def test_prepare_reads_generated_zip(tmp_path, layout):
     from odir_core import prepare
