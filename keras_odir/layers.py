@@ -47,13 +47,14 @@ class TorchBatchNormalization(layers.BatchNormalization):
     unbiased variance (times n / (n - 1), n = values per channel), as torch's running_var is.
     Statistics are computed in float32 (float64 for float64 inputs).
     On the torch backend it is torch's own fused batch_norm, with the same semantics.
-    ``activation="relu"``: a ReLU follows, in the same layer (on torch, in place on the fresh output).
+    ``activation="relu"``: a ReLU follows, in the same layer (on torch, in place on the fresh output);
+    ``"silu"``: a SiLU (EfficientNet).
     """
 
     def __init__(self, *args, activation: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if activation not in (None, "relu"):
-            raise ValueError(f"activation must be None or 'relu', not {activation!r}")
+        if activation not in (None, "relu", "silu"):
+            raise ValueError(f"activation must be None, 'relu' or 'silu', not {activation!r}")
         self.activation = activation
 
     def get_config(self):
@@ -61,13 +62,16 @@ class TorchBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if TORCH and mask is None and self.scale and self.center:
-            return torch_kernels.batch_norm(
+            outputs = torch_kernels.batch_norm(
                 ops.convert_to_tensor(inputs), self.axis, self.moving_mean.value, self.moving_variance.value,
                 ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta),
                 training=bool(training and self.trainable), momentum=self.momentum, epsilon=self.epsilon,
                 relu=self.activation == "relu")
-        outputs = self._normalize(inputs, training, mask)
-        return ops.relu(outputs) if self.activation == "relu" else outputs
+        else:
+            outputs = self._normalize(inputs, training, mask)
+            if self.activation == "relu":
+                outputs = ops.relu(outputs)
+        return ops.silu(outputs) if self.activation == "silu" else outputs
 
     def _normalize(self, inputs, training, mask):
         if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized:
@@ -133,3 +137,114 @@ class ResidualReLU(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class StochasticDepth(layers.Layer):
+    """torchvision's ``StochasticDepth(rate, "row")``: in training, each sample's input (a residual branch) is
+    zeroed with probability ``rate`` and kept ones are scaled by 1 / (1 - ``rate``); the identity in inference
+    and while the layer is not trainable (a frozen backbone runs in inference mode, as its BatchNorm does)."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1], not {rate!r}")
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not (training and self.trainable) or self.rate == 0.0:
+            return inputs
+        noise_shape = (None,) + (1,) * (len(inputs.shape) - 1)  # one draw per sample
+        return keras.random.dropout(inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class FreezableDropout(layers.Dropout):
+    """Keras' Dropout, the identity while the layer is not trainable: dropout inside a backbone, which runs in
+    inference mode when frozen, as its BatchNorm and stochastic depth do (Keras' own Dropout ignores that)."""
+
+    def call(self, inputs, training=False):
+        return super().call(inputs, training=bool(training and self.trainable))
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class LayerScale(layers.Layer):
+    """Per-channel scale (ConvNeXt's ``layer_scale``), initialised to ``init_value``, over channel ``axis``.
+
+    Named after the torch module that owns the parameter (a ConvNeXt block, ``features_1_0``): its weight is
+    that module's ``layer_scale``, shape (C, 1, 1) in torch, (C,) here (``torch_variables``).
+    """
+
+    def __init__(self, init_value: float = 1e-6, axis: int = -1, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = init_value
+        self.axis = axis
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[self.axis],), name="layer_scale",
+                                     initializer=keras.initializers.Constant(self.init_value))
+
+    def call(self, inputs):
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = -1
+        return inputs * ops.reshape(ops.cast(self.scale, inputs.dtype), shape)
+
+    def torch_variables(self) -> dict:
+        """torch parameter name (under this layer's module) -> (variable, ``keras_odir.weights`` transform)."""
+        return {"layer_scale": (self.scale, "channel")}
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value, "axis": self.axis}
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class SqueezeExcitation(layers.Layer):
+    """torchvision's ``SqueezeExcitation`` with SiLU (EfficientNet's): ``x * sigmoid(fc2(silu(fc1(m))))``, ``m``
+    the mean of ``x`` over the image, ``fc1``/``fc2`` 1x1 convs with bias (``squeeze_channels`` between them).
+
+    One layer named after the torch module (``features_1_0_block_1``); its kernels are stored as 1x1 conv
+    kernels (HWIO) and map to torch's ``fc1.weight``/``fc1.bias``/``fc2.*`` (``torch_variables``).
+    """
+
+    def __init__(self, squeeze_channels: int, data_format: str = "channels_last", **kwargs):
+        super().__init__(**kwargs)
+        self.squeeze_channels = squeeze_channels
+        self.data_format = data_format
+
+    def build(self, input_shape):
+        channels = input_shape[1 if self.data_format == "channels_first" else -1]
+        # torchvision's EfficientNet init: kaiming_normal_(mode="fan_out"), zero bias
+        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+        self.fc1_kernel = self.add_weight(shape=(1, 1, channels, self.squeeze_channels), initializer=init,
+                                          name="fc1_kernel")
+        self.fc1_bias = self.add_weight(shape=(self.squeeze_channels,), initializer="zeros", name="fc1_bias")
+        self.fc2_kernel = self.add_weight(shape=(1, 1, self.squeeze_channels, channels), initializer=init,
+                                          name="fc2_kernel")
+        self.fc2_bias = self.add_weight(shape=(channels,), initializer="zeros", name="fc2_bias")
+
+    def call(self, inputs):
+        first = self.data_format == "channels_first"
+        scale = ops.mean(inputs, axis=(2, 3) if first else (1, 2))
+        scale = ops.silu(ops.matmul(scale, ops.reshape(self.fc1_kernel, self.fc1_kernel.shape[2:])) + self.fc1_bias)
+        scale = ops.sigmoid(ops.matmul(scale, ops.reshape(self.fc2_kernel, self.fc2_kernel.shape[2:])) + self.fc2_bias)
+        scale = ops.expand_dims(scale, (2, 3) if first else (1, 2))
+        return inputs * ops.cast(scale, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def torch_variables(self) -> dict:
+        """torch parameter name (under this layer's module) -> (variable, ``keras_odir.weights`` transform)."""
+        return {"fc1.weight": (self.fc1_kernel, "conv"), "fc1.bias": (self.fc1_bias, "same"),
+                "fc2.weight": (self.fc2_kernel, "conv"), "fc2.bias": (self.fc2_bias, "same")}
+
+    def get_config(self):
+        return {**super().get_config(), "squeeze_channels": self.squeeze_channels, "data_format": self.data_format}

@@ -1,8 +1,10 @@
 """Weights between torch state_dicts (torchvision, torch_odir, the study's files) and keras_odir models.
 
 Keras layer names are torch module names with ``.`` -> ``_``, so the mapping is a table:
-conv kernels OIHW <-> HWIO, dense kernels transposed, BatchNorm weight/bias/running stats
-<-> gamma/beta/moving stats; ``num_batches_tracked`` is ignored (written as 0 towards torch).
+conv kernels OIHW <-> HWIO, depthwise kernels (C, 1, kh, kw) <-> (kh, kw, C, 1), dense kernels
+transposed, BatchNorm weight/bias/running stats <-> gamma/beta/moving stats, LayerNorm weight/bias
+<-> gamma/beta; ``num_batches_tracked`` is ignored (written as 0 towards torch). A layer with a
+``torch_variables()`` method names its own torch parameters (ConvNeXt's ``layer_scale``).
 A dual model's table is ``backbone.`` + its backbone's keys, plus the head's ``head.<i>`` keys.
 Files are read with ``torch.load`` alone (never torchvision, which must not be imported into a
 process that holds TensorFlow).
@@ -37,21 +39,31 @@ def _layer_table(model: keras.Model, prefix: str) -> dict[str, tuple[keras.Varia
         if not layer.weights:
             continue
         key = prefix + layer.name.replace("_", ".")
-        if isinstance(layer, keras.layers.Conv2D) and not layer.use_bias:
-            table[f"{key}.weight"] = (layer.kernel, "conv")
+        if hasattr(layer, "torch_variables"):
+            for name, entry in layer.torch_variables().items():
+                table[f"{key}.{name}"] = entry
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+            table[f"{key}.weight"] = (layer.kernel, "depthwise" if depthwise else "conv")
+            if layer.use_bias:
+                table[f"{key}.bias"] = (layer.bias, "same")
         elif isinstance(layer, keras.layers.BatchNormalization):
             for torch_name, keras_name in _BN_VARIABLES.items():
                 table[f"{key}.{torch_name}"] = (getattr(layer, keras_name), "same")
         elif isinstance(layer, keras.layers.Dense):
             table[f"{key}.weight"] = (layer.kernel, "dense")
             table[f"{key}.bias"] = (layer.bias, "same")
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            table[f"{key}.weight"] = (layer.gamma, "same")
+            table[f"{key}.bias"] = (layer.beta, "same")
         else:
             raise WeightConversionError(f"Layer {layer.name!r} ({type(layer).__name__}) has no torch counterpart.")
     return table
 
 
 def weight_table(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
-    """torch state_dict key -> (Keras variable, transform kind ``conv``/``dense``/``same``), in model order.
+    """torch state_dict key -> (Keras variable, transform kind), in model order; kinds: ``conv``,
+    ``depthwise``, ``dense``, ``channel`` (torch (C, 1, 1), Keras (C,)) and ``same``.
 
     ``model``: a dual model (keys ``backbone.*`` and ``head.*``) or a bare backbone (torchvision keys).
     """
@@ -64,12 +76,20 @@ def weight_table(model: keras.Model) -> dict[str, tuple[keras.Variable, str]]:
 def _to_keras(value: np.ndarray, kind: str) -> np.ndarray:
     if kind == "conv":
         return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if kind == "depthwise":
+        return value.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+    if kind == "channel":
+        return value.reshape(-1) if value.shape[1:] == (1, 1) else value  # (C, 1, 1) -> (C,)
     return value.T if kind == "dense" else value
 
 
 def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
     if kind == "conv":
         return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if kind == "depthwise":
+        return value.transpose(2, 3, 0, 1)  # (kh, kw, C, 1) -> (C, 1, kh, kw)
+    if kind == "channel":
+        return value.reshape(-1, 1, 1)
     return value.T if kind == "dense" else value
 
 

@@ -13,8 +13,9 @@ Keras file ``keras_odir/<family>.py``). Adding a head: one entry in ``HEADS``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from odir_core.augment import IMAGENET_MEAN, IMAGENET_STD
 from odir_core.errors import InputError
@@ -116,6 +117,10 @@ class BackboneSpec:
     torchvision's file names and URLs, preferred first; ``gradcam_stage``: the torchvision module whose
     output (the last feature map, the input of the global pooling) Grad-CAM explains; ``mean``/``std``:
     the input normalisation its weights expect; ``blocks``/``bottleneck``: the family's depth settings;
+    ``widths``: channels per stage (ConvNeXt); ``width_mult``/``depth_mult``: EfficientNet's scaling of B0's
+    channels and blocks; ``dropout``: the dropout before torchvision's replaced Linear, kept in the backbone
+    (EfficientNet); ``stochastic_depth``: torchvision's ``stochastic_depth_prob``, which each block scales
+    by its depth;
     ``map_relu``: a ReLU follows ``gradcam_stage`` inside torchvision's ``forward`` (functional, so not
     part of that module's output), before the pooling.
     """
@@ -129,6 +134,11 @@ class BackboneSpec:
     gradcam_stage: str
     blocks: tuple[int, ...] = ()
     bottleneck: bool = False
+    widths: tuple[int, ...] = ()
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
     map_relu: bool = False
@@ -166,6 +176,86 @@ def _densenet(name: str, blocks: tuple[int, ...], features: int, checkpoints: di
     )
 
 
+def _conv_bn_keys(prefix: str) -> list[str]:
+    """Keys of torchvision's ``Conv2dNormActivation`` (conv without bias, BatchNorm) at ``prefix``."""
+    return [f"{prefix}.0.weight", *(f"{prefix}.1.{p}" for p in ("weight", "bias", "running_mean", "running_var"))]
+
+
+# torchvision's EfficientNet-B0 stages: (expand ratio, kernel, stride, in channels, out channels, blocks)
+_EFFICIENTNET_B0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+                           (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's channel rounding: the nearest multiple of ``divisor``, but never 10% below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+@dataclass(frozen=True)
+class MBConv:
+    """One MBConv block of an EfficientNet, torchvision's ``features.<stage>.<index>``: a 1x1 expansion to
+    ``expanded`` channels (none when that is ``in_channels``), a depthwise ``kernel`` conv with ``stride``,
+    squeeze-excitation through ``squeeze`` channels, a 1x1 projection to ``out_channels``; plus the input,
+    through stochastic depth with ``drop_rate``, when the shape is kept (``residual``)."""
+
+    stage: int
+    index: int
+    in_channels: int
+    expanded: int
+    out_channels: int
+    kernel: int
+    stride: int
+    squeeze: int
+    drop_rate: float
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def efficientnet_blocks(spec: BackboneSpec) -> tuple[MBConv, ...]:
+    """The MBConv blocks of EfficientNet ``spec``: B0's stages with channels scaled by ``width_mult`` and
+    blocks by ``depth_mult`` as torchvision does; the i-th of n blocks drops with ``stochastic_depth * i / n``."""
+    stages = [(ratio, kernel, stride, _make_divisible(cin * spec.width_mult), _make_divisible(cout * spec.width_mult),
+               math.ceil(count * spec.depth_mult))
+              for ratio, kernel, stride, cin, cout, count in _EFFICIENTNET_B0_STAGES]
+    total = sum(stage[-1] for stage in stages)
+    blocks: list[MBConv] = []
+    for stage, (ratio, kernel, stride, cin, cout, count) in enumerate(stages, start=1):
+        for index in range(count):
+            channels = cin if index == 0 else cout
+            blocks.append(MBConv(stage, index, channels, _make_divisible(channels * ratio), cout, kernel,
+                                 stride if index == 0 else 1, max(1, channels // 4),
+                                 spec.stochastic_depth * len(blocks) / total))
+    return tuple(blocks)
+
+
+def _efficientnet_keys(spec: BackboneSpec) -> frozenset[str]:
+    """torchvision EfficientNet state_dict keys without ``classifier`` and ``num_batches_tracked``."""
+    blocks = efficientnet_blocks(spec)
+    keys = _conv_bn_keys("features.0") + _conv_bn_keys(f"features.{blocks[-1].stage + 1}")
+    for block in blocks:
+        prefix = f"features.{block.stage}.{block.index}.block"
+        first = int(block.expanded != block.in_channels)  # index of the depthwise conv: after the expansion
+        if first:
+            keys += _conv_bn_keys(f"{prefix}.0")
+        keys += _conv_bn_keys(f"{prefix}.{first}") + _conv_bn_keys(f"{prefix}.{first + 2}")
+        keys += [f"{prefix}.{first + 1}.fc{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
+    return frozenset(keys)
+
+
+def _efficientnet(name: str, width_mult: float, depth_mult: float, dropout: float,
+                  checkpoints: dict[str, str]) -> BackboneSpec:
+    spec = BackboneSpec(
+        name=name, family="efficientnet", features=0, torchvision=name, classifier="classifier.1",
+        imagenet_checkpoints=checkpoints, gradcam_stage="features.8", width_mult=width_mult,
+        depth_mult=depth_mult, dropout=dropout, stochastic_depth=0.2,
+    )
+    # the last 1x1 conv widens the last block's output four times
+    return replace(spec, features=4 * efficientnet_blocks(spec)[-1].out_channels, state_keys=_efficientnet_keys(spec))
+
+
 _TORCHVISION_URL = "https://download.pytorch.org/models/"
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": _resnet("resnet18", (2, 2, 2, 2), False, {
@@ -185,6 +275,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "densenet121": _densenet("densenet121", (6, 12, 24, 16), 1024, {
         "densenet121-a639ec97.pth": _TORCHVISION_URL + "densenet121-a639ec97.pth",  # IMAGENET1K_V1
     }),
+    "efficientnet_b0": _efficientnet("efficientnet_b0", 1.0, 1.0, 0.2, {
+        "efficientnet_b0_rwightman-7f5810bc.pth": _TORCHVISION_URL + "efficientnet_b0_rwightman-7f5810bc.pth",
+    }),  # IMAGENET1K_V1
+    "efficientnet_b3": _efficientnet("efficientnet_b3", 1.2, 1.4, 0.3, {
+        "efficientnet_b3_rwightman-b3899882.pth": _TORCHVISION_URL + "efficientnet_b3_rwightman-b3899882.pth",
+    }),  # IMAGENET1K_V1
 }
 DEFAULT_BACKBONE = "resnet50"
 

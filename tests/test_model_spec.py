@@ -45,7 +45,8 @@ def test_registry_matches_torchvision(name):
     assert spec.state_keys == keys - classifier
     assert model.get_submodule(spec.classifier).in_features == spec.features
     assert isinstance(model.get_submodule(spec.gradcam_stage), nn.Module)
-    assert all(file.startswith(spec.torchvision + "-") and url.endswith("/" + file)
+    # torchvision's file names: resnet50-11ad3fa6.pth, efficientnet_b0_rwightman-7f5810bc.pth
+    assert all(file.startswith((spec.torchvision + "-", spec.torchvision + "_")) and url.endswith("/" + file)
                for file, url in spec.imagenet_checkpoints.items())
     weights = torchvision.models.get_model_weights(spec.torchvision)
     assert {w.url.rsplit("/", 1)[-1] for w in weights} == set(spec.imagenet_checkpoints)
