@@ -256,6 +256,28 @@ def _efficientnet(name: str, width_mult: float, depth_mult: float, dropout: floa
     return replace(spec, features=4 * efficientnet_blocks(spec)[-1].out_channels, state_keys=_efficientnet_keys(spec))
 
 
+def _convnext_keys(blocks: tuple[int, ...]) -> frozenset[str]:
+    """torchvision ConvNeXt state_dict keys without ``classifier.2`` (its LayerNorm ``classifier.0`` stays)."""
+    keys = [f"{m}.{p}" for m in ("features.0.0", "features.0.1", "classifier.0") for p in ("weight", "bias")]
+    for stage, count in enumerate(blocks):
+        for i in range(count):
+            prefix = f"features.{2 * stage + 1}.{i}"
+            keys += [f"{prefix}.layer_scale"]
+            keys += [f"{prefix}.block.{j}.{p}" for j in (0, 2, 3, 5) for p in ("weight", "bias")]
+        if stage < len(blocks) - 1:  # the downsampling between stages: LayerNorm, 2x2/2 conv
+            keys += [f"features.{2 * stage + 2}.{j}.{p}" for j in (0, 1) for p in ("weight", "bias")]
+    return frozenset(keys)
+
+
+def _convnext(name: str, blocks: tuple[int, ...], widths: tuple[int, ...], stochastic_depth: float,
+              checkpoints: dict[str, str]) -> BackboneSpec:
+    return BackboneSpec(
+        name=name, family="convnext", features=widths[-1], torchvision=name, classifier="classifier.2",
+        imagenet_checkpoints=checkpoints, gradcam_stage=f"features.{2 * len(blocks) - 1}", blocks=blocks,
+        widths=widths, stochastic_depth=stochastic_depth, state_keys=_convnext_keys(blocks),
+    )
+
+
 _TORCHVISION_URL = "https://download.pytorch.org/models/"
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": _resnet("resnet18", (2, 2, 2, 2), False, {
@@ -281,6 +303,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_b3": _efficientnet("efficientnet_b3", 1.2, 1.4, 0.3, {
         "efficientnet_b3_rwightman-b3899882.pth": _TORCHVISION_URL + "efficientnet_b3_rwightman-b3899882.pth",
     }),  # IMAGENET1K_V1
+    "convnext_tiny": _convnext("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1, {
+        "convnext_tiny-983f1562.pth": _TORCHVISION_URL + "convnext_tiny-983f1562.pth",  # IMAGENET1K_V1
+    }),
 }
 DEFAULT_BACKBONE = "resnet50"
 
