@@ -2,7 +2,9 @@
 ``.keras``, in the direction given by the suffixes (the weight table is ``keras_odir.weights``).
 
 A ``.pth`` may be torch_odir's (``best.pth``) or the study's own (``classifier.*`` head keys);
-its backbone and head are read from its keys.
+its backbone and head are read from its keys. What the model was trained on
+(``odir_core.provenance``) goes with it: a ``.pth`` that records it becomes torch_odir's
+``{"state_dict", "trained_on"}``, otherwise a bare state_dict.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from keras_odir.weights import (
     read_keras_model,
     read_torch_state,
     to_numpy,
+    torch_load,
 )
+from odir_core import provenance
 from odir_core.atomic import atomic_path
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
 from odir_core.errors import InputError, OutputExistsError, run_cli, writing
@@ -44,15 +48,19 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | 
         if head is not None and head != found:
             raise WeightConversionError(f"{src} holds head {found}, not the requested {head}.")
         model = dual_model_from_state(state, source=str(src), freeze_backbone=freeze_backbone, image_size=image_size)
+        trained_on = provenance.read(src, torch_load)
         with writing(dst), atomic_path(dst) as tmp:
             model.save(tmp)
+            if trained_on:
+                provenance.write_keras(tmp, trained_on)
     else:
         import torch
 
         state = keras_to_torch_state(read_keras_model(src))
         check_finite(((k, v.numpy()) for k, v in state.items()), str(src))
-        with writing(dst), atomic_path(dst) as tmp:
-            torch.save(state, tmp)
+        trained_on = provenance.read(src)
+        with writing(dst), atomic_path(dst) as tmp:  # a bare state_dict, or torch_odir's layout with the record
+            torch.save({"state_dict": state, provenance.TORCH_KEY: trained_on} if trained_on else state, tmp)
     return dst
 
 

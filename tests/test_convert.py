@@ -213,3 +213,17 @@ def test_cli_output_keeps_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "model.keras").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_conversion_keeps_what_the_model_was_trained_on(tmp_path):
+    from odir_core import provenance
+
+    record = provenance.at_epoch(provenance.training_record("data/demo", True, "runs/demo-1", "demo"), 3)
+    src = tmp_path / "best.pth"
+    torch.save({"state_dict": DualResNet50("v0").state_dict(), provenance.TORCH_KEY: record}, src)
+    assert main([str(src), str(tmp_path / "best.keras")]) == 0
+    assert provenance.read(tmp_path / "best.keras") == record
+    assert main([str(tmp_path / "best.keras"), str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert back[provenance.TORCH_KEY] == record
+    assert provenance.describe(provenance.read(tmp_path / "back.pth", torch.load)).startswith(provenance.SYNTHETIC_NOTE)
