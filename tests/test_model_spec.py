@@ -23,6 +23,7 @@ from odir_core.model_spec import (
     BACKBONES,
     HEADS,
     ArchitectureError,
+    CrossEyeCorrelation,
     Dropout,
     Linear,
     ReLU,
@@ -32,7 +33,7 @@ from odir_core.model_spec import (
     infer_backbone,
 )
 from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
-from torch_odir.model import DualNet, build_head
+from torch_odir.model import CorrelationFusion, DualNet, build_head
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -63,6 +64,8 @@ def test_torch_head_follows_the_spec(head):
             assert isinstance(module, nn.Linear) and module.out_features == layer.units
         elif isinstance(layer, Dropout):
             assert isinstance(module, nn.Dropout) and module.p == layer.rate
+        elif isinstance(layer, CrossEyeCorrelation):
+            assert isinstance(module, CorrelationFusion) and not list(module.parameters())
         else:
             assert isinstance(layer, ReLU) and isinstance(module, nn.ReLU)
     assert modules[-1].out_features == 8
