@@ -102,8 +102,11 @@ def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, free
     left = keras.Input(shape=shape, name="left")
     right = keras.Input(shape=shape, name="right")
     shared = build_backbone(spec.name, shape, data_format=data_format, weights=weights)
-    if maps:  # the same layers up to the last feature map
-        shared = keras.Model(shared.input, shared.get_layer(POOL).input, name=BACKBONE)
+    if maps:  # the same layers up to the last feature map (normalised at every position where the spec says)
+        feature_map = shared.get_layer(POOL).input
+        if spec.map_norm:
+            feature_map = shared.get_layer(spec.map_norm.replace(".", "_"))(feature_map)
+        shared = keras.Model(shared.input, feature_map, name=BACKBONE)
     if freeze_backbone:
         shared.trainable = False
     features = layers.Concatenate(name=FEATURES)([shared(left), shared(right)])

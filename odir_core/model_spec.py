@@ -122,7 +122,11 @@ class BackboneSpec:
     (EfficientNet); ``stochastic_depth``: torchvision's ``stochastic_depth_prob``, which each block scales
     by its depth;
     ``map_relu``: a ReLU follows ``gradcam_stage`` inside torchvision's ``forward`` (functional, so not
-    part of that module's output), before the pooling.
+    part of that module's output), before the pooling; ``map_norm``: the torchvision module after the
+    pooling that normalises each feature vector (ConvNeXt's ``classifier.0``), which a head on feature
+    maps applies at every position of the map instead; ``earlier_stages``: the torchvision modules ending
+    the earlier resolutions, early to late, which Grad-CAM explains instead when the last feature map is
+    too small (``odir_core.inference.choose_gradcam_stage``).
     """
 
     name: str
@@ -132,6 +136,7 @@ class BackboneSpec:
     classifier: str
     imagenet_checkpoints: dict[str, str]
     gradcam_stage: str
+    earlier_stages: tuple[str, ...] = ()
     blocks: tuple[int, ...] = ()
     bottleneck: bool = False
     widths: tuple[int, ...] = ()
@@ -142,13 +147,15 @@ class BackboneSpec:
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
     map_relu: bool = False
+    map_norm: str = ""
     state_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool, checkpoints: dict[str, str]) -> BackboneSpec:
     return BackboneSpec(
         name=name, family="resnet", features=512 * (4 if bottleneck else 1), torchvision=name, classifier="fc",
-        imagenet_checkpoints=checkpoints, gradcam_stage="layer4", blocks=blocks, bottleneck=bottleneck,
+        imagenet_checkpoints=checkpoints, gradcam_stage="layer4",
+        earlier_stages=("layer1", "layer2", "layer3"), blocks=blocks, bottleneck=bottleneck,
         state_keys=_resnet_keys(blocks, bottleneck),
     )
 
@@ -171,7 +178,8 @@ def _densenet_keys(blocks: tuple[int, ...]) -> frozenset[str]:
 def _densenet(name: str, blocks: tuple[int, ...], features: int, checkpoints: dict[str, str]) -> BackboneSpec:
     return BackboneSpec(
         name=name, family="densenet", features=features, torchvision=name, classifier="classifier",
-        imagenet_checkpoints=checkpoints, gradcam_stage="features", blocks=blocks, map_relu=True,
+        imagenet_checkpoints=checkpoints, gradcam_stage="features",
+        earlier_stages=tuple(f"features.denseblock{i}" for i in range(1, len(blocks))), blocks=blocks, map_relu=True,
         state_keys=_densenet_keys(blocks),
     )
 
@@ -249,7 +257,9 @@ def _efficientnet(name: str, width_mult: float, depth_mult: float, dropout: floa
                   checkpoints: dict[str, str]) -> BackboneSpec:
     spec = BackboneSpec(
         name=name, family="efficientnet", features=0, torchvision=name, classifier="classifier.1",
-        imagenet_checkpoints=checkpoints, gradcam_stage="features.8", width_mult=width_mult,
+        imagenet_checkpoints=checkpoints, gradcam_stage="features.8",
+        # the blocks after which the resolution halves next: 1/2, 1/4, 1/8, 1/16 of the input
+        earlier_stages=("features.1", "features.2", "features.3", "features.5"), width_mult=width_mult,
         depth_mult=depth_mult, dropout=dropout, stochastic_depth=0.2,
     )
     # the last 1x1 conv widens the last block's output four times
@@ -273,8 +283,9 @@ def _convnext(name: str, blocks: tuple[int, ...], widths: tuple[int, ...], stoch
               checkpoints: dict[str, str]) -> BackboneSpec:
     return BackboneSpec(
         name=name, family="convnext", features=widths[-1], torchvision=name, classifier="classifier.2",
-        imagenet_checkpoints=checkpoints, gradcam_stage=f"features.{2 * len(blocks) - 1}", blocks=blocks,
-        widths=widths, stochastic_depth=stochastic_depth, state_keys=_convnext_keys(blocks),
+        imagenet_checkpoints=checkpoints, gradcam_stage=f"features.{2 * len(blocks) - 1}",
+        earlier_stages=tuple(f"features.{2 * i + 1}" for i in range(len(blocks) - 1)), blocks=blocks,
+        widths=widths, stochastic_depth=stochastic_depth, map_norm="classifier.0", state_keys=_convnext_keys(blocks),
     )
 
 

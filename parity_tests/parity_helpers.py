@@ -134,12 +134,14 @@ def _nested_layers(model):
 
 
 def dropout_off(keras_model, torch_model) -> None:
-    """Make dropout the identity in both models, so training mode is deterministic."""
+    """Make dropout and stochastic depth the identity in both models, so training mode is deterministic."""
+    from keras_odir.layers import StochasticDepth
+
     for layer in _nested_layers(keras_model):  # the head is a sub-model
-        if isinstance(layer, keras.layers.Dropout):
+        if isinstance(layer, (keras.layers.Dropout, StochasticDepth)):
             layer.rate = 0.0
     for module in torch_model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, (torch.nn.Dropout, torchvision.ops.StochasticDepth)):
             module.p = 0.0
 
 

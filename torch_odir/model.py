@@ -137,7 +137,8 @@ class DualNet(nn.Module):
             self.backbone(images)
         finally:
             hook.remove()
-        return torch.relu(found[0]) if self.spec.map_relu else found[0]
+        maps = torch.relu(found[0]) if self.spec.map_relu else found[0]
+        return self.backbone.get_submodule(self.spec.map_norm)(maps) if self.spec.map_norm else maps
 
     def _per_eye(self, fn, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backbone.training:
