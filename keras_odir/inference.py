@@ -10,10 +10,11 @@ from keras import ops
 
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
-from keras_odir.weights import read_keras_model
+from keras_odir.weights import read_keras_model, weight_table
 from odir_core.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.config import TrainConfig
-from odir_core.inference import InferenceError, gradcam_map
+from odir_core.inference import InferenceError, choose_gradcam_stage, gradcam_map
+from odir_core.model_spec import infer_backbone
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -55,7 +56,8 @@ class KerasPredictor:
         self.inference = parts.inference_model(model)  # both eyes in one backbone batch
         self.parts = parts
         self.head = parts.head
-        self.stage = parts.feature_map_model()
+        self.spec = infer_backbone(weight_table(parts.backbone))  # the weights' keys tell the backbone
+        self._stages: dict[str, tuple[keras.Model, keras.Model | None]] = {}
 
     def _layout(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
@@ -70,9 +72,41 @@ class KerasPredictor:
 
         return fn
 
-    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
-        maps = [ops.convert_to_numpy(self.stage.predict_on_batch(self._layout(x))) for x in (left, right)]
-        grads = gradients(self._logit(label), *maps)
+    def _stage(self, stage: str) -> tuple[keras.Model, keras.Model | None]:
+        """(images -> the map of torch module ``stage``, that map -> the backbone's last map; None for the last
+        stage). An earlier stage's map is the output of the last layer named after it (``layer2_3_relu3``)."""
+        if stage not in self._stages:
+            last = self.parts.feature_map_model()
+            if stage == self.spec.gradcam_stage:
+                self._stages[stage] = (last, None)
+            else:
+                prefix = stage.replace(".", "_") + "_"
+                tensor = [layer for layer in self.parts.backbone.layers if layer.name.startswith(prefix)][-1].output
+                self._stages[stage] = (keras.Model(self.parts.backbone.inputs[0], tensor, name="stage_map"),
+                                       keras.Model(tensor, last.output, name="stage_to_last_map"))
+        return self._stages[stage]
+
+    def gradcam_stages(self, size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
+        image = np.zeros((1, *size, 3), np.float32)
+        out = []
+        for name in (*self.spec.earlier_stages, self.spec.gradcam_stage):
+            shape = ops.shape(self._stage(name)[0].predict_on_batch(self._layout(image)))
+            out.append((name, tuple(int(n) for n in (shape[2:] if self.channels_first else shape[1:3]))))
+        return out
+
+    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int,
+                stage: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        stage = stage or choose_gradcam_stage(self.gradcam_stages(left.shape[1:3]))[0]
+        to_map, to_last = self._stage(stage)
+        maps = [ops.convert_to_numpy(to_map.predict_on_batch(self._layout(x))) for x in (left, right)]
+        logit = self._logit(label)
+
+        def fn(a_left, a_right):  # the stage's maps -> the logit (through the rest of the backbone)
+            if to_last is None:
+                return logit(a_left, a_right)
+            return logit(to_last(a_left, training=False), to_last(a_right, training=False))
+
+        grads = gradients(fn, *maps)
         return tuple(gradcam_map(a[0], g[0], channels_last=not self.channels_first) for a, g in zip(maps, grads))
 
 

@@ -18,6 +18,7 @@ import keras  # keras_odir/__init__ has chosen the backend
 from keras_odir.callbacks import BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
 from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
+from keras_odir.initial_weights import load_initial_weights
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
@@ -51,11 +52,14 @@ def build_model(config: TrainConfig) -> keras.Model:
 
     ``weights``: ``none``; ``imagenet`` (torchvision checkpoint, backbone); a torchvision ``.pth``
     (backbone); a whole-model ``.pth`` (torch_odir's or the study's own), ``.keras`` or ``.weights.h5``.
+    What the weights leave random (the head; the backbone too with ``none``) is drawn from ``config.seed``
+    by ``odir_core.initial_weights``, the same numbers as torch_odir.train's.
     """
     build = dict(freeze_backbone=not config.fine_tune, image_size=config.input_size)
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
-        return build_dual_model(config.backbone, config.head, weights=weights, **build)
+        model = build_dual_model(config.backbone, config.head, weights=weights, **build)
+        return load_initial_weights(model, config.backbone, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file (use imagenet, none or a model file)")
@@ -65,7 +69,7 @@ def build_model(config: TrainConfig) -> keras.Model:
         if not is_dual_state(state):  # a torchvision checkpoint of the backbone alone
             spec = backbone_spec(config.backbone)
             torch_to_keras_state(dual_parts(model).backbone, backbone_state_dict(state, spec), source=str(path))
-            return model
+            return load_initial_weights(model, config.backbone, config.seed, draw_backbone=False)
         check_architecture(state, config.backbone, config.head, f"--weights {path}")
         torch_to_keras_state(model, state, source=str(path))
     elif path.name.endswith(".weights.h5"):

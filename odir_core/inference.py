@@ -54,8 +54,14 @@ class Predictor(Protocol):
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """(n, 8) sigmoid probabilities."""
 
-    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
-        """Grad-CAM maps (h, w) in [0, 1] of the last backbone stage for one patient (batch of 1), per eye."""
+    def gradcam_stages(self, size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
+        """The stages Grad-CAM can explain, early to late (the backbone's ``earlier_stages``, then its
+        ``gradcam_stage``), each with the (h, w) of its feature map for inputs of ``size`` (h, w)."""
+
+    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int,
+                stage: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Grad-CAM maps (h, w) in [0, 1] of backbone module ``stage`` for one patient (batch of 1), per eye;
+        None: :func:`choose_gradcam_stage` at the inputs' size."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,19 @@ def predict_dataset(predictor: Predictor, dataset, batch_size: int = 16, tta: st
         inputs, _ = dataset.batch(order[start : start + batch_size])
         out.append(predict_batch(predictor, inputs["left"], inputs["right"], tta))
     return np.concatenate(out) if out else np.zeros((0, 8))
+
+
+GRADCAM_MIN_MAP = 7  # Grad-CAM's map is the stage's: smaller than about 7 x 7 it cannot say where
+
+
+def choose_gradcam_stage(stages: list[tuple[str, tuple[int, int]]],
+                         min_size: int = GRADCAM_MIN_MAP) -> tuple[str, tuple[int, int]]:
+    """The stage Grad-CAM explains, from ``Predictor.gradcam_stages`` (early to late): the last one when
+    its map is at least ``min_size`` on its short side, else the latest one whose map is, else the first."""
+    for name, size in reversed(stages):
+        if min(size) >= min_size:
+            return name, size
+    return stages[0]
 
 
 def gradcam_map(activations: np.ndarray, gradients: np.ndarray, channels_last: bool = True) -> np.ndarray:

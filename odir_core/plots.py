@@ -99,13 +99,18 @@ def pr_curves_figure(y_true, y_prob):
     return fig
 
 
-def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a [0, 1] heatmap (any size) over an RGB uint8 image with OpenCV's JET colour map."""
+GRADCAM_CMAP = "jet"  # Grad-CAM colours, 0 (blue) to 1 (red), the same in the overlay and its colour bar
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """A [0, 1] heatmap (any size, upsampled bilinearly) over an RGB uint8 image in ``GRADCAM_CMAP`` colours,
+    each pixel's opacity ``alpha`` times its heat: where the heat is low the photograph shows as it is."""
     h, w = image.shape[:2]
     heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = np.clip(heat, 0.0, 1.0)
-    colored = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, colored, alpha, 0.0)
+    heat = np.clip(heat, 0.0, 1.0)[..., None]
+    colored = 255.0 * plt.get_cmap(GRADCAM_CMAP)(heat[..., 0])[..., :3]
+    blended = (1.0 - alpha * heat) * np.asarray(image, dtype=np.float64) + alpha * heat * colored
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 def _label_list(flags) -> str:
@@ -157,8 +162,9 @@ def qualitative_figure(examples, thresholds=0.5, title: str = "", notes=()):
 
 
 def prediction_figure(left, right, probs, thresholds=0.5, title: str = "", heatmaps=None, gradcam_label: str = ""):
-    """The per-patient figure of predict: both eyes (Grad-CAM overlaid when ``heatmaps`` is a pair)
-    and a bar chart of the eight probabilities with each label's threshold."""
+    """The per-patient figure of predict: both eyes (Grad-CAM overlaid when ``heatmaps`` is a pair, with a
+    colour bar; ``gradcam_label`` says what it explains) and a bar chart of the eight probabilities with
+    each label's threshold."""
     t = as_thresholds(thresholds)
     probs = np.asarray(probs, dtype=np.float64)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.3]}, constrained_layout=True)
@@ -167,6 +173,11 @@ def prediction_figure(left, right, probs, thresholds=0.5, title: str = "", heatm
         ax.imshow(shown)
         ax.set_title(f"{side} eye" + (f" + Grad-CAM ({gradcam_label})" if heatmaps is not None else ""), fontsize=10)
         ax.axis("off")
+    if heatmaps is not None:
+        colours = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), plt.get_cmap(GRADCAM_CMAP))
+        fig.colorbar(colours, ax=list(axes[:2]), location="bottom", shrink=0.6, aspect=40,
+                     label="Grad-CAM: how much the region raised the label's score (0 none, 1 most; "
+                           "colour weighs in with its value)")
     ax = axes[2]
     y = np.arange(len(LABELS))[::-1]
     positive = probs > t

@@ -30,6 +30,7 @@ from odir_core.inference import (
     Backend,
     InferenceError,
     Model,
+    choose_gradcam_stage,
     load_model,
     model_config,
     model_input,
@@ -38,6 +39,7 @@ from odir_core.inference import (
 )
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
+from odir_core.preprocess import prepare_image
 from odir_core.thresholds import (
     DEFAULT_THRESHOLD,
     THRESHOLDS_FILE,
@@ -47,6 +49,7 @@ from odir_core.thresholds import (
 )
 
 BATCH_COLUMNS = ("left", "right")
+DISPLAY_SIZE = 256  # px: the least side of the eyes in a prediction figure
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -131,20 +134,29 @@ def _new_file(path: Path) -> Path:
     return path
 
 
-def _figure(model: Model, left_img, right_img, left_x, right_x, probs, thresholds, args, title, path: Path) -> None:
-    """The prediction figure, captioned with what the model was trained on."""
+def _figure(model: Model, paths, left_x, right_x, probs, thresholds, args, title, path: Path) -> None:
+    """The prediction figure of the photographs ``paths`` (left, right), captioned with what the model was
+    trained on; Grad-CAM on the stage ``choose_gradcam_stage`` picks for the model's input size."""
     heatmaps, label = None, ""
     if args.gradcam:
-        label = args.gradcam_label or LABELS[int(np.argmax(probs))]
-        heatmaps = model.predictor.gradcam(left_x[None], right_x[None], LABELS.index(label))
-    shown = [img if not model.config.crop_size else _crop(img, model.config.crop_size) for img in (left_img, right_img)]
+        target = args.gradcam_label or LABELS[int(np.argmax(probs))]
+        stage, (h, w) = choose_gradcam_stage(model.predictor.gradcam_stages(left_x.shape[:2]))
+        heatmaps = model.predictor.gradcam(left_x[None], right_x[None], LABELS.index(target), stage=stage)
+        label = f"{target}, {stage} map {h}x{w}"
+    shown = [_display_image(p, model.config) for p in paths]
     fig = plots.prediction_figure(shown[0], shown[1], probs, thresholds, title=title, heatmaps=heatmaps, gradcam_label=label)
     with writing(path):
         plots.save_figure(fig, path, caption=f"model {model.training_note}")
 
 
-def _crop(img, size):
-    return center_crop(img, size) if img.shape[0] != size else img
+def _display_image(path, config) -> np.ndarray:
+    """A photograph as a figure shows it: prepared as for the model but at least ``DISPLAY_SIZE`` px (the
+    model's inputs may be far smaller), centre-cropped by the model's crop fraction."""
+    size = max(config.image_size, DISPLAY_SIZE)
+    img = prepare_image(path, size)
+    if config.crop_size and config.crop_size != config.image_size:
+        img = center_crop(img, round(size * config.crop_size / config.image_size))
+    return img
 
 
 def predict_one(backend: Backend, args) -> int:
@@ -162,7 +174,7 @@ def predict_one(backend: Backend, args) -> int:
     print(f"left {args.images[0]}, right {args.images[1]} (TTA {args.tta})")
     print(format_prediction(probs, thresholds))
     if out is not None:
-        _figure(model, left_img, right_img, left_x, right_x, probs, thresholds, args,
+        _figure(model, args.images, left_x, right_x, probs, thresholds, args,
                 f"{Path(args.images[0]).name} + {Path(args.images[1]).name}", out)
         print(f"figure written to {out}")
     return EXIT_OK
@@ -208,7 +220,7 @@ def predict_many(model: Model, args, thresholds) -> int:
     errors = [""] * len(frame)
     bar = tqdm(total=len(frame), desc="predict", unit="patient")
     for start in range(0, len(frame), args.batch_size):
-        rows, lefts, rights, images = [], [], [], []
+        rows, lefts, rights = [], [], []
         for i in range(start, min(start + args.batch_size, len(frame))):
             try:
                 pair = [prepare_photo(frame.at[i, side], model.config) for side in BATCH_COLUMNS]
@@ -216,7 +228,6 @@ def predict_many(model: Model, args, thresholds) -> int:
                 errors[i] = str(exc)
                 continue
             rows.append(i)
-            images.append(pair)
             lefts.append(model_input(pair[0], model.config))
             rights.append(model_input(pair[1], model.config))
         if rows:
@@ -228,8 +239,8 @@ def predict_many(model: Model, args, thresholds) -> int:
                     if target.exists():
                         errors[i] = f"figure {target} already exists; not overwritten"
                         continue
-                    _figure(model, *images[k], left_x[k], right_x[k], probs[i], thresholds, args,
-                            f"patient {frame.at[i, 'id']}", target)
+                    _figure(model, [frame.at[i, side] for side in BATCH_COLUMNS], left_x[k], right_x[k], probs[i],
+                            thresholds, args, f"patient {frame.at[i, 'id']}", target)
         bar.update(min(args.batch_size, len(frame) - start))
     bar.close()
     result = frame.copy()

@@ -9,7 +9,7 @@ import torch
 
 from odir_core.checkpoints import check_finite
 from odir_core.config import TrainConfig
-from odir_core.inference import gradcam_map
+from odir_core.inference import choose_gradcam_stage, gradcam_map
 from torch_odir.model import DualNet, dual_model_from_state, read_torch_state
 
 
@@ -36,10 +36,30 @@ class TorchPredictor:
         with torch.inference_mode():
             return torch.sigmoid(self.model(self._tensor(left), self._tensor(right))).double().cpu().numpy()
 
-    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
-        stage_outputs: list[torch.Tensor] = []  # last feature maps: both eyes stacked (eval mode)
-        stage = self.model.backbone.get_submodule(self.model.spec.gradcam_stage)
-        hook = stage.register_forward_hook(lambda module, inputs, output: stage_outputs.append(output))
+    def gradcam_stages(self, size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
+        spec, found = self.model.spec, {}
+        names = (*spec.earlier_stages, spec.gradcam_stage)
+
+        def hook(name):
+            def record(module, inputs, output):  # returns None: the output is kept as it is
+                found[name] = tuple(output.shape[-2:])
+            return record
+
+        hooks = [self.model.backbone.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+        try:
+            with torch.inference_mode():
+                self.model.backbone(torch.zeros(1, 3, *size, device=self.device))
+        finally:
+            for handle in hooks:
+                handle.remove()
+        return [(name, found[name]) for name in names]
+
+    def gradcam(self, left: np.ndarray, right: np.ndarray, label: int,
+                stage: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        stage = stage or choose_gradcam_stage(self.gradcam_stages(left.shape[1:3]))[0]
+        stage_outputs: list[torch.Tensor] = []  # the stage's feature maps: both eyes stacked (eval mode)
+        module = self.model.backbone.get_submodule(stage)
+        hook = module.register_forward_hook(lambda module, inputs, output: stage_outputs.append(output))
         try:
             with torch.enable_grad():
                 # inputs require grad so the graph exists even when the backbone's weights are frozen

@@ -43,6 +43,7 @@ from odir_core.run import (
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
+from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
 
 BACKUP = Path("backup") / "state.pth"
@@ -58,11 +59,14 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(config: TrainConfig) -> DualNet:
     """The DualNet of ``config`` with its starting weights: ``none``, ``imagenet``, a torchvision
-    backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own)."""
+    backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own). What the weights
+    leave random (the head; the backbone too with ``none``) is drawn from ``config.seed`` by
+    ``odir_core.initial_weights``, the same numbers as keras_odir.train's."""
     freeze = not config.fine_tune
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
-        return DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
+        model = DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
+        return load_initial_weights(model, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     state = dual_state_dict(read_torch_state(path))
     model = DualNet(config.backbone, config.head, freeze_backbone=freeze)
@@ -72,6 +76,7 @@ def build_model(config: TrainConfig) -> DualNet:
             model.load_state_dict(state)
         else:  # a torchvision checkpoint of the backbone alone
             model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
+            load_initial_weights(model, config.seed, draw_backbone=False)
     except RuntimeError as error:  # load_state_dict lists every missing, unexpected and mis-shaped key
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
         raise ArchitectureError(f"--weights {path} does not fit backbone {config.backbone} with head {config.head} "
