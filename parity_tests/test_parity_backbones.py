@@ -38,6 +38,8 @@ from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit,
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
 
+pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
+
 BACKBONES = ["efficientnet_b0", "efficientnet_b3", "convnext_tiny"]
 SIZE, BATCH = 64, 2
 SAMPLES = 1000  # samples for a drop rate: within 5 binomial standard deviations of the rate

@@ -25,6 +25,8 @@ from parity_helpers import calibrated_backbone, float64_error, images, nchw
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
 
+pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
+
 BACKBONES = ("resnet18", "resnet34", "resnet101", "densenet121")
 
 

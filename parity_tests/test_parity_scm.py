@@ -24,6 +24,8 @@ from parity_helpers import calibrated_backbone, dropout_off, float64_error, imag
 from torch_odir.model import CorrelationFusion as TorchCorrelationFusion
 from torch_odir.model import DualNet
 
+pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
