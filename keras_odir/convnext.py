@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth
+from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth, image_input
 from keras_odir.parts import POOL
 from odir_core.model_spec import BackboneSpec
 
@@ -70,12 +70,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     ``input_shape``: (H, W, 3) for channels_last (default (None, None, 3)) or (3, H, W) for
     channels_first. Random weights with torchvision's initialisation.
     """
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', not {data_format!r}.")
-    if input_shape is None:
-        input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    inputs, data_format = image_input(input_shape, data_format)
     x = _conv(inputs, spec.widths[0], 4, "features_0_0", data_format)
     x = _layer_norm_2d(x, "features_0_1", data_format)
     total, index = sum(spec.blocks), 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_odir.layers import ChannelsLastConv2D, TorchBatchNormalization
+from keras_odir.layers import ChannelsLastConv2D, TorchBatchNormalization, image_input
 from keras_odir.parts import POOL
 from odir_core.model_spec import BackboneSpec
 
@@ -54,13 +54,8 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     ``input_shape``: (H, W, 3) for channels_last (default (None, None, 3)) or (3, H, W) for
     channels_first. Random weights with torchvision's initialisation.
     """
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', not {data_format!r}.")
-    if input_shape is None:
-        input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
+    inputs, data_format = image_input(input_shape, data_format)
     axis = 1 if data_format == "channels_first" else -1
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.ZeroPadding2D(3, data_format=data_format, name="features_pad0")(inputs)
     x = _conv(INIT_FEATURES, 7, 2, "features_conv0", data_format)(x)
     x = _bn_relu("features_norm0", data_format)(x)

@@ -25,6 +25,7 @@ from keras_odir.layers import (
     SqueezeExcitation,
     StochasticDepth,
     TorchBatchNormalization,
+    image_input,
 )
 from keras_odir.parts import POOL
 from odir_core.model_spec import BackboneSpec, MBConv, efficientnet_blocks
@@ -83,13 +84,8 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     ``input_shape``: (H, W, 3) for channels_last (default (None, None, 3)) or (3, H, W) for
     channels_first. Random weights with torchvision's initialisation.
     """
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', not {data_format!r}.")
-    if input_shape is None:
-        input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
+    inputs, data_format = image_input(input_shape, data_format)
     blocks = efficientnet_blocks(spec)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.ZeroPadding2D(1, data_format=data_format, name="features_0_pad")(inputs)
     x = ChannelsLastConv2D(blocks[0].in_channels, 3, strides=2, use_bias=False, name="features_0_0",
                            data_format=data_format, kernel_initializer=_CONV_INIT)(x)

@@ -16,6 +16,19 @@ if TORCH:
     import keras_odir.torch_kernels as torch_kernels
 
 
+def image_input(input_shape=None, data_format: str | None = None) -> tuple[keras.KerasTensor, str]:
+    """A backbone's input ``image`` and its data format (default: Keras' image data format).
+
+    ``input_shape``: (H, W, 3) for channels_last (default (None, None, 3)) or (3, H, W) for channels_first.
+    """
+    data_format = data_format or keras.config.image_data_format()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', not {data_format!r}.")
+    if input_shape is None:
+        input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
+    return keras.Input(shape=tuple(input_shape), name="image"), data_format
+
+
 @keras.saving.register_keras_serializable(package="keras_odir")
 class ChannelsLastConv2D(layers.Conv2D):
     """Keras' Conv2D (kernel HWIO, saved and converted as usual) with a copy-free torch path.
