@@ -57,9 +57,10 @@ def training_epoch(package: str, args, data: Path, run_dir: Path) -> dict:
     start = time.perf_counter()
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     seconds = time.perf_counter() - start
-    done = re.search(r"Done in ([\d.]+) min", run.stdout + run.stderr)
+    done = re.search(r"Done in ([\d.]+) (s|min)\b", run.stdout + run.stderr)
+    training_s = float(done.group(1)) * (60 if done.group(2) == "min" else 1) if done else None
     return {"exit": run.returncode, "wall_s": round(seconds, 1),
-            "training_s": round(float(done.group(1)) * 60, 1) if done else None,
+            "training_s": None if training_s is None else round(training_s, 1),
             "tail": (run.stdout + run.stderr).strip().splitlines()[-3:]}
 
 

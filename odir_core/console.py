@@ -46,3 +46,8 @@ def early_stopping_line(epochs_done: int, epochs: int, patience: int) -> str | N
         return None
     waited = f"{patience} epoch{'s' if patience != 1 else ''}"
     return f"Epoch {epochs_done}/{epochs}: early stopping (no lower validation loss in the last {waited})"
+
+
+def duration(seconds: float) -> str:
+    """A run's wall time as people read it: ``"42.3 s"`` under a minute, ``"3.4 min"`` above."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"

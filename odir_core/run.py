@@ -27,6 +27,7 @@ from odir_core.annotations import label_matrix, read_annotations
 from odir_core.atomic import atomic_write_text
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
+from odir_core.console import duration
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
@@ -227,7 +228,7 @@ def removed_if_no_epoch(setup: RunSetup, log: Callable[[str], None] = print):
 
 def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:
     """Last lines of a run: duration, run folder, and the best epoch's validation scores."""
-    log(f"Done in {(time.perf_counter() - started) / 60:.1f} min, {len(history.records)} epochs. Run folder: {run_dir}")
+    log(f"Done in {duration(time.perf_counter() - started)}, {len(history.records)} epochs. Run folder: {run_dir}")
     best = history.best_epoch()
     if best is not None:
         rec = history.records[best]

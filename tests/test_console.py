@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
-from odir_core.console import early_stopping_line, epoch_line
+from odir_core.console import duration, early_stopping_line, epoch_line
 from odir_core.synthetic import generate
 from training_runs import only_run, tiny_train_args
 
@@ -131,3 +131,9 @@ def test_no_early_stopping_line_when_patience_runs_out_in_the_last_epoch(data, t
     assert val_loss[1] >= val_loss[0]  # patience 1 is exhausted by epoch 2, the last one
     assert not [line for line in lines if "early stopping" in line]
     assert len(_epoch_lines(lines)) == 2
+
+
+@pytest.mark.parametrize("seconds, shown", [(2.46, "2.5 s"), (59.9, "59.9 s"),
+                                            (60.0, "1.0 min"), (5 * 60 + 33, "5.5 min")])
+def test_duration_never_hides_a_short_run(seconds, shown):
+    assert duration(seconds) == shown
