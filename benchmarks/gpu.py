@@ -37,7 +37,7 @@ def throughput(args) -> tuple[dict, list[str]]:
             backbone="resnet50", timeout=args.timeout)
         results = {}
         for size in sizes:
-            for backend in model_throughput.CONFIGS_BY_BACKEND:
+            for backend in model_throughput.DEFAULT_BACKENDS:
                 results[size, backend] = model_throughput.run_backend(backend, size, bench)
                 raw[f"{precision} {size} {backend}"] = results[size, backend]
         tables.append(model_throughput.table(results, bench))

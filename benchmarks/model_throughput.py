@@ -3,13 +3,14 @@
 The configurations of one Keras backend run in one process, interleaved in rounds (A, B, C, A, B,
 C, ...) so that a busy machine slows them alike; each round times every configuration on the same
 batch. The Keras backend is fixed per process, so the jax configuration runs in a second process
-that times torch_odir again beside it. Printed: pairs/s (median over rounds) for a training step
-(forward, backward, SGD update) and for inference, and the median ratio to torch_odir in the same
-rounds with its range (> 1 is faster than torch_odir).
+that times torch_odir again beside it (tensorflow likewise, when asked for). Printed: pairs/s
+(median over rounds) for a training step (forward, backward, SGD update) and for inference, and
+the median ratio to torch_odir in the same rounds with its range (> 1 is faster than torch_odir).
 
     python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
     python benchmarks/model_throughput.py --precision bf16 --sizes 224 --rounds 7
     python benchmarks/model_throughput.py --device cuda --sizes 224 448 --batch 32
+    python benchmarks/model_throughput.py --backbone efficientnet_b0 --sizes 64 --backends torch jax tensorflow
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ REFERENCE = "torch_odir"
 CONFIGS_BY_BACKEND = {
     "torch": ("torch_odir", "torch_odir NCHW", "keras/torch"),
     "jax": ("torch_odir", "keras/jax"),
+    "tensorflow": ("torch_odir", "keras/tensorflow"),
 }
+DEFAULT_BACKENDS = ("torch", "jax")  # tensorflow-cpu has no GPU build: asked for by name
 
 
 def _batch(batch: int, size: int, seed: int = 0):
@@ -159,7 +162,7 @@ def table(results: dict, args) -> str:
     lines = [f"{args.backbone}, batch {args.batch} pairs, {args.precision}, {args.device}, {args.threads} threads, "
              f"{args.rounds} interleaved rounds of {args.iters} steps after {args.warmup} warm-up; "
              "pairs/s and ratio to torch_odir (median, range over rounds)",
-             f"| size | configuration | train step | inference |", "|---|---|---|---|"]
+             "| size | configuration | train step | inference |", "|---|---|---|---|"]
     for (size, backend), result in results.items():
         if isinstance(result, str):
             lines.append(f"| {size} | {backend} backend | {result} | |")
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="bf16/fp16: Keras mixed_bfloat16/mixed_float16 policy vs torch autocast")
     parser.add_argument("--device", default="cpu", help="torch_odir's device: cpu or cuda")
     parser.add_argument("--backbone", default="resnet50", help="backbone of odir_core.model_spec")
-    parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(CONFIGS_BY_BACKEND),
+    parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(DEFAULT_BACKENDS),
                         help="Keras backends to compare with torch_odir")
     parser.add_argument("--json", type=Path, help="also write the raw per-round times here")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per backend and size")
