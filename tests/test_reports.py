@@ -252,8 +252,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed (apt-get install chromium) to render report.html")
 def test_report_html_renders_in_chromium(eval15, tmp_path):
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1800",
-                    f"--screenshot={shot}", (eval15 / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    offline = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+               f"--user-data-dir={tmp_path / 'profile'}"]  # a report is a local file: no network at all
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *offline, "--hide-scrollbars",
+                    "--window-size=1200,1800", f"--screenshot={shot}", (eval15 / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1800, 1200)
     # a rendered page: mostly white background with dark text and coloured figures, not a blank or error page
