@@ -134,6 +134,11 @@ class TrainConfig:
         "study does) or clean (an extra pass over the training split in inference mode, no augmentation)",
         choices=TRAIN_METRICS,
     )
+    sync_bn: bool = _opt(
+        False,
+        "under several processes, BatchNorm over the global batch (torch SyncBatchNorm, CUDA only; jax already "
+        "normalises over the global batch); default: each process normalises its own slice, as DDP does",
+    )
     device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
     precision: str = _opt(
         "float32",

@@ -31,11 +31,15 @@ def sigmoid(logits) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
 
-def bce_with_logits(logits, targets) -> float:
-    """Unweighted binary cross-entropy on logits, mean over samples and labels (torch's formula)."""
+def bce_with_logits(logits, targets, pos_weight=None) -> float:
+    """Binary cross-entropy on logits, mean over samples and labels (torch's formula); ``pos_weight`` (one
+    per label) weights the positive term as ``BCEWithLogitsLoss(pos_weight=...)``, None: unweighted."""
     x = np.asarray(logits, dtype=np.float64)
     y = np.asarray(targets, dtype=np.float64)
-    return float(np.mean(np.logaddexp(0.0, x) - y * x))
+    if pos_weight is None:
+        return float(np.mean(np.logaddexp(0.0, x) - y * x))
+    w = np.asarray(pos_weight, dtype=np.float64)
+    return float(np.mean(w * y * np.logaddexp(0.0, -x) + (1.0 - y) * np.logaddexp(0.0, x)))
 
 
 def split_metrics(prefix: str, y_true, logits) -> dict[str, float]:
@@ -62,9 +66,10 @@ def split_metrics(prefix: str, y_true, logits) -> dict[str, float]:
 class History:
     """Epoch records of one run, written after every epoch (atomically) into the run folder."""
 
-    def __init__(self, run_dir, write_csv: bool = True):
+    def __init__(self, run_dir, write_csv: bool = True, files: bool = True):
         self.run_dir = Path(run_dir)
         self.write_csv = write_csv
+        self.files = files  # False: keep the records only (the other ranks of a distributed run)
         self.records: list[dict[str, float]] = []
 
     def load(self, epochs: int) -> list[dict[str, float]]:
@@ -90,9 +95,10 @@ class History:
         return self.records
 
     def append(self, record: dict[str, float]) -> None:
-        """Add one epoch's record and rewrite the files."""
+        """Add one epoch's record and rewrite the files (when it writes files)."""
         self.records.append({k: float(v) for k, v in record.items() if v is not None})
-        self.write()
+        if self.files:
+            self.write()
 
     def frame(self) -> pd.DataFrame:
         """Every record as a DataFrame (index = 0-based position, the study's epoch index)."""

@@ -1,0 +1,85 @@
+"""What the processes of a data-parallel run exchange, for both trainers: batch losses, gathered outputs,
+rank 0's objects, a shared decision. Framework-free: ``process_group`` is handed the communication module
+(``torch.distributed``) by the trainer and the functions use its object collectives while the group is
+joined. With one process every function is the identity, so the training loops have one code path."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Callable
+
+import numpy as np
+
+from odir_core.distributed import Ranks, interleave, interleave_rows
+
+_dist = None  # the communication module of the joined process group
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks, device: str, dist, use_device: Callable[[str], None] | None = None):
+    """Join the run's process group through ``dist`` (``torch.distributed``: NCCL on a CUDA ``device``, whose
+    ``use_device`` makes it current; gloo on the CPU) for the block, unless one process runs; a group the
+    caller has joined already is used as it is and left joined."""
+    global _dist
+    if not ranks.distributed:
+        yield
+        return
+    joined = dist.is_initialized()
+    if not joined:
+        cuda = device.startswith("cuda")
+        if cuda and use_device is not None:
+            use_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    _dist = dist
+    try:
+        yield
+    finally:
+        _dist = None
+        if not joined:
+            dist.destroy_process_group()
+
+
+def _everyone(value, ranks: Ranks) -> list:
+    parts = [None] * ranks.world
+    _dist.all_gather_object(parts, value)
+    return parts
+
+
+def batch_sum(loss_sum: float, rows: int, ranks: Ranks) -> tuple[float, int]:
+    """(sum of per-row losses, rows) of the whole global batch, from this rank's share of it."""
+    if not ranks.distributed:
+        return loss_sum, rows
+    parts = _everyone((float(loss_sum), int(rows)), ranks)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def gather_batches(batches: list[np.ndarray], ranks: Ranks) -> np.ndarray:
+    """Every rank's per-batch outputs, back in global order (``odir_core.distributed.interleave``), on every
+    rank (so that all of them take the same decisions from the metrics)."""
+    if not ranks.distributed:
+        return np.concatenate(batches)
+    return interleave(_everyone(batches, ranks))
+
+
+def gather_rows(local: np.ndarray, batch_sizes: list[int], ranks: Ranks) -> np.ndarray:
+    """``gather_batches`` for this rank's rows of every global batch (of ``batch_sizes`` rows) in one array."""
+    if not ranks.distributed:
+        return local
+    return interleave_rows(_everyone(np.asarray(local), ranks), batch_sizes)
+
+
+def from_main(value, ranks: Ranks):
+    """Rank 0's ``value`` on every rank."""
+    if not ranks.distributed:
+        return value
+    box = [value]
+    _dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_true(flag: bool, ranks: Ranks) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    if not ranks.distributed:
+        return flag
+    return all(_everyone(bool(flag), ranks))
