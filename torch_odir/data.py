@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from odir_core.dataset import DualEyeDataset, EpochOrder, batch_slices
+from odir_core.distributed import Ranks, rank_batch
+from odir_core.feature_cache import FeatureBatch
 
 
 class PairDataset(Dataset):
@@ -25,6 +27,20 @@ class PairDataset(Dataset):
         return torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(self.data.labels[index])
 
 
+class FeatureDataset(Dataset):
+    """Cached backbone features and labels, keyed like ``PairDataset`` (the draws do not matter)."""
+
+    def __init__(self, batch: FeatureBatch):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getitem__(self, key):
+        features, labels = self.batch([key[0]])
+        return torch.from_numpy(features[0]), torch.from_numpy(labels[0])
+
+
 def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack (left HWC, right HWC, labels) items into NCHW channels_last batches with one copy each."""
     left, right, labels = zip(*items)
@@ -32,11 +48,14 @@ def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 class EpochBatchSampler(Sampler):
-    """Batches of ``(row, epoch, position)`` keys in the epoch's order; call ``set_epoch`` before each epoch."""
+    """Batches of ``(row, epoch, position)`` keys in the epoch's order; call ``set_epoch`` before each epoch.
+    Under several processes, this rank's slice of each global batch (``odir_core.distributed``; an empty
+    slice of a short last batch is left out)."""
 
-    def __init__(self, order: EpochOrder, batch_size: int):
+    def __init__(self, order: EpochOrder, batch_size: int, ranks: Ranks = Ranks()):
         self.order = order
         self.batch_size = int(batch_size)
+        self.ranks = ranks
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -47,13 +66,19 @@ class EpochBatchSampler(Sampler):
 
     def __iter__(self):
         rows = self.order(self.epoch)
-        for start, part in zip(range(0, len(rows), self.batch_size), batch_slices(rows, self.batch_size)):
-            yield [(int(i), self.epoch, start + k) for k, i in enumerate(part)]
+        for start, batch in zip(range(0, len(rows), self.batch_size), batch_slices(rows, self.batch_size)):
+            part, first = rank_batch(batch, start, self.ranks)
+            if len(part):
+                yield [(int(i), self.epoch, first + k) for k, i in enumerate(part)]
 
 
-def make_loader(data: DualEyeDataset, batch_size: int, *, seed: int = 0, shuffle: bool = False,
-                balanced: bool = False, workers: int = 0) -> DataLoader:
-    """DataLoader over ``data``; its ``batch_sampler.set_epoch(e)`` selects the epoch's order and draws."""
+def make_loader(data: DualEyeDataset | FeatureBatch, batch_size: int, *, seed: int = 0, shuffle: bool = False,
+                balanced: bool = False, workers: int = 0, ranks: Ranks = Ranks()) -> DataLoader:
+    """DataLoader over image pairs (``DualEyeDataset``) or cached features (``FeatureBatch``), of this rank's
+    slices of the global batches; its ``batch_sampler.set_epoch(e)`` selects the epoch's order and draws."""
     order = EpochOrder(len(data), seed, shuffle=shuffle, labels=data.labels if balanced else None)
-    return DataLoader(PairDataset(data), batch_sampler=EpochBatchSampler(order, batch_size), collate_fn=collate_pairs,
+    sampler = EpochBatchSampler(order, batch_size, ranks)
+    if isinstance(data, FeatureBatch):
+        return DataLoader(FeatureDataset(data), batch_sampler=sampler)
+    return DataLoader(PairDataset(data), batch_sampler=sampler, collate_fn=collate_pairs,
                       num_workers=workers, persistent_workers=workers > 0)

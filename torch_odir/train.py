@@ -10,23 +10,29 @@ runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), wei
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed
 from torch import nn
 from tqdm import tqdm
 
-from odir_core import provenance
+from odir_core import devices, provenance
 from odir_core.atomic import atomic_path
 from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
+from odir_core.collectives import batch_sum, from_main, gather_batches, process_group
 from odir_core.config import TrainConfig
 from odir_core.console import early_stopping_line, epoch_line
-from odir_core.dataset import DualEyeDataset, EpochOrder
-from odir_core.history import History, bce_with_logits, early_stopping_state, should_stop, split_metrics
+from odir_core.distributed import DistributedError, Ranks, check_batch_split, loss_share
+from odir_core.epoch_record import diverged, epoch_record
+from odir_core.feature_cache import FeatureBatch, build_feature_cache
+from odir_core.history import History, early_stopping_state, should_stop
 from odir_core.model_spec import ArchitectureError, check_architecture
 from odir_core.run import (
     ResumeError,
@@ -40,9 +46,11 @@ from odir_core.run import (
     run_training_cli,
     setup_run,
 )
+from odir_core.run_datasets import run_datasets
 from odir_core.schedules import make_schedule
 from odir_core.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
+from torch_odir.distributed import wrap
 from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
 
@@ -50,11 +58,11 @@ BACKUP = Path("backup") / "state.pth"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the first CUDA device when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
+    """``auto``: the first CUDA device when available (under torchrun the local rank's), else the CPU
+    (``odir_core.devices``)."""
+    local = ranks.local_rank if ranks.distributed else None
+    return torch.device(devices.resolve_device(name, torch.cuda.is_available(), local))
 
 
 def build_model(config: TrainConfig) -> DualNet:
@@ -98,38 +106,14 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def predict_logits(forward, loader, device, precision: str = "float32") -> np.ndarray:
-    """Logits of every batch of ``loader`` in order (inputs moved to ``device``), as float32."""
+def predict_logits(forward, loader, device, precision: str = "float32", ranks: Ranks = Ranks()) -> np.ndarray:
+    """Logits of every batch of ``loader`` in order (inputs moved to ``device``), as float32; under several
+    processes each rank predicts its slices and every rank gets all rows back in order."""
     out = []
     for *inputs, _ in loader:
         with autocast(device, precision):
             out.append(forward(*(x.to(device) for x in inputs)).float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def _features(model: DualNet, loader, device, precision: str) -> torch.Tensor:
-    return torch.from_numpy(predict_logits(model.features, loader, device, precision))
-
-
-def _feature_loader(features: torch.Tensor, labels: np.ndarray, order: EpochOrder, batch_size: int):
-    """Batches (features, labels) in the shared epoch order; ``set_epoch`` like the image loader."""
-
-    class Loader:
-        epoch = 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __len__(self):
-            return -(-len(labels) // batch_size)
-
-        def __iter__(self):
-            rows = order(self.epoch)
-            for start in range(0, len(rows), batch_size):
-                part = torch.from_numpy(rows[start:start + batch_size])
-                yield features[part], torch.from_numpy(labels[part.numpy()])
-
-    return Loader()
+    return gather_batches(out, ranks)
 
 
 def _save(path: Path, model: nn.Module, setup: RunSetup, epoch: int) -> None:
@@ -140,143 +124,216 @@ def _save(path: Path, model: nn.Module, setup: RunSetup, epoch: int) -> None:
 
 
 def train(config: TrainConfig, log=print) -> Path:
-    """Run one training; returns the run folder."""
+    """Run one training; returns the run folder. Under torchrun every process trains its slice of each
+    global batch (DDP) and rank 0 alone prints and writes the run folder."""
     started = time.perf_counter()
-    log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}")
-    setup = setup_run(config, BACKUP, log)
-    with removed_if_no_epoch(setup, log):
-        _train(setup, started, log)
+    ranks = Ranks.from_env()
+    log = ranks.log(log)
+    device = resolve_device(config.device, ranks)
+    if config.sync_bn and ranks.distributed and device.type != "cuda":
+        raise DistributedError("--sync-bn: torch's SyncBatchNorm runs on CUDA only; leave it out on the CPU "
+                               "(each process then normalises its own slice of the batch)")
+    with process_group(ranks, str(device), torch.distributed, torch.cuda.set_device):
+        processes = f", {ranks.world} processes on {device.type}" if ranks.distributed else ""
+        log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}{processes}")
+        setup = from_main(setup_run(config, BACKUP, log) if ranks.main else None, ranks)
+        with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
+            _train(setup, started, device, ranks, log)
     return setup.run_dir
 
 
-def _train(setup: RunSetup, started: float, log) -> None:
-    config, run_dir = setup.config, setup.run_dir
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
-    y_train, y_val = setup.y_train, setup.y_val
-    common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
-                  seed=config.seed)
-    train_plain = DualEyeDataset(setup.data_dir, setup.train_df, augment="none", train=False, **common)
-    val_data = DualEyeDataset(setup.data_dir, setup.val_df, augment="none", train=False, **common)
-    plain_loader = make_loader(train_plain, config.batch_size, workers=config.workers)
-    val_loader = make_loader(val_data, config.batch_size, workers=config.workers)
+@dataclass
+class Loop:
+    """What one epoch of training and validation runs: ``forward`` (the model, or its head on cached
+    features; DDP-wrapped under several processes) over this rank's loaders, with its optimizer, loss,
+    fp16 loss scaler, device, precision and ranks."""
 
+    forward: nn.Module
+    train_loader: object
+    eval_train: object
+    eval_val: object
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    ranks: Ranks
+
+
+def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, list]:
+    """One pass over the epoch's training batches: (mean loss over the global batches, this rank's labels
+    and training-mode logits per batch). Stops at the first non-finite loss (the mean is then not finite).
+
+    Each rank's mean loss is weighted by its share of the global batch (``odir_core.distributed.loss_share``)
+    so that DDP's gradient average is the gradient of the global batch's mean loss."""
+    loop.forward.train()
+    loop.train_loader.batch_sampler.set_epoch(epoch)
+    total, seen = 0.0, 0
+    labels, logits_seen = [], []
+    bar = tqdm(loop.train_loader, desc=desc, leave=True, disable=not loop.ranks.main)
+    for *inputs, y in bar:
+        inputs = [x.to(loop.device) for x in inputs]
+        y = y.to(loop.device)
+        loop.optimizer.zero_grad()
+        with autocast(loop.device, loop.precision):
+            logits = loop.forward(*inputs)
+        loss = loop.loss_fn(logits.float(), y)
+        batch_total, rows = batch_sum(loss.item() * len(y), len(y), loop.ranks)
+        if loop.ranks.distributed:
+            loss = loss * loss_share(len(y), rows, loop.ranks.world)
+        loop.scaler.scale(loss).backward()  # loss scaling for fp16; plain backward otherwise
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        total += batch_total
+        labels.append(y.cpu().numpy())
+        logits_seen.append(logits.detach().float().cpu().numpy())
+        seen += rows
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+        if not math.isfinite(batch_total):
+            break
+    return total / seen, labels, logits_seen
+
+
+def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray, y_val: np.ndarray,
+             train_metrics: str) -> dict[str, float]:
+    """The epoch's record (``odir_core.epoch_record``) from the outputs of ``train_one_epoch``: train metrics
+    from the epoch's training-mode outputs (as the study) or a clean pass, validation metrics from a pass over
+    the validation split; every rank predicts its slices and gets the same record."""
+    loss, y_epoch, epoch_logits = trained
+    group = loop.optimizer.param_groups[0]
+    loop.forward.eval()
+
+    def predict(loader):
+        return predict_logits(loop.forward, loader, loop.device, loop.precision, loop.ranks)
+
+    def outputs():
+        if train_metrics == "epoch":
+            y, train_logits = gather_batches(y_epoch, loop.ranks), gather_batches(epoch_logits, loop.ranks)
+        else:
+            y, train_logits = y_train, predict(loop.eval_train)
+        return y, train_logits, predict(loop.eval_val)
+
+    return epoch_record(loss, outputs, y_val, group["lr"], group.get("momentum"))
+
+
+def save_epoch(setup: RunSetup, model: DualNet, loop: Loop, scheduler, history: History, epoch: int) -> None:
+    """After a finite epoch: best.pth when it has the lowest validation loss, last.pth, then (after the
+    schedule's step) the backup ``--resume`` continues from, each written atomically by rank 0 alone."""
+    run_dir, write = setup.run_dir, loop.ranks.main
+    if write and history.best_epoch() == epoch:
+        _save(run_dir / "best.pth", model, setup, epoch)
+    if write:
+        _save(run_dir / "last.pth", model, setup, epoch)
+    if scheduler is not None:
+        scheduler.step()
+    if not write:
+        return
+    backup = run_dir / BACKUP
+    backup.parent.mkdir(exist_ok=True)
+    with atomic_path(backup) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                    "scaler": loop.scaler.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
+
+
+def _read_backup(setup: RunSetup) -> dict:
+    backup = setup.run_dir / BACKUP
+    try:
+        return torch.load(backup, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise ResumeError(damaged_backup_message(backup, reason, setup.run_dir, "last.pth")) from None
+
+
+def _restore(setup: RunSetup, model: DualNet, loop: Loop, scheduler) -> int:
+    """Load the run's backup (read by rank 0, sent to the others) into the model, optimizer, scaler and
+    scheduler; the epochs it holds."""
+    state = from_main(_read_backup(setup) if loop.ranks.main else None, loop.ranks)
+    try:
+        model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scaler.load_state_dict(state["scaler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return int(state["epoch"])
+    except Exception as error:  # a backup of another model or of a damaged pickle
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise ResumeError(damaged_backup_message(setup.run_dir / BACKUP, reason, setup.run_dir, "last.pth")) from None
+
+
+def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ranks, log) -> Loop:
+    """The loaders (over images, or over backbone features computed once), optimizer and loss of the run."""
+    config = setup.config
+    check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
+    data = run_datasets(setup)
+    batch, workers = config.batch_size, config.workers
+    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler, ranks=ranks)
     if config.uses_feature_cache:
-        log("Frozen backbone and no augmentation: computing backbone features once per image")
         model.eval()
-        train_features = _features(model, tqdm(plain_loader, desc="features train"), device, config.precision)
-        val_features = _features(model, tqdm(val_loader, desc="features val"), device, config.precision)
-        order = EpochOrder(len(y_train), config.seed, labels=y_train if config.balanced_sampler else None)
-        train_loader = _feature_loader(train_features, y_train, order, config.batch_size)
-        forward = model.head
-        eval_train = _feature_loader(train_features, y_train, EpochOrder(len(y_train), shuffle=False),
-                                     config.batch_size)
-        eval_val = _feature_loader(val_features, y_val, EpochOrder(len(y_val), shuffle=False), config.batch_size)
-    else:
-        train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)
-        train_loader = make_loader(train_aug, config.batch_size, seed=config.seed, shuffle=True,
-                                   balanced=config.balanced_sampler, workers=config.workers)
-        forward = model
-        eval_train, eval_val = plain_loader, val_loader
 
+        def extract(dataset, description):
+            loader = make_loader(dataset, batch, workers=workers, ranks=ranks)
+            bar = tqdm(loader, desc=description, disable=not ranks.main)
+            return predict_logits(model.features, bar, device, config.precision, ranks)
+
+        cache = build_feature_cache(extract, data.train_plain, data.val, log)
+        train_features = FeatureBatch(cache.train, setup.y_train.astype(np.float32))
+        forward = model.head
+        train_loader = make_loader(train_features, batch, **order)
+        eval_train = make_loader(train_features, batch, ranks=ranks)
+        eval_val = make_loader(FeatureBatch(cache.val, setup.y_val.astype(np.float32)), batch, ranks=ranks)
+    else:
+        forward = model
+        train_loader = make_loader(data.train, batch, workers=workers, **order)
+        eval_train = make_loader(data.train_plain, batch, workers=workers, ranks=ranks)
+        eval_val = make_loader(data.val, batch, workers=workers, ranks=ranks)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, optimizer)
     pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    return Loop(wrap(forward, ranks, device, config.sync_bn), train_loader, eval_train, eval_val, optimizer,
+                nn.BCEWithLogitsLoss(pos_weight=pos_weight), scaler, device, config.precision, ranks)
 
-    history = History(run_dir)
+
+def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, log) -> None:
+    config, run_dir = setup.config, setup.run_dir
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    loop = build_loop(setup, model, device, ranks, log)
+    scheduler = make_scheduler(config, loop.optimizer)
+    history = History(run_dir, files=ranks.main)
     start_epoch = 0
-    backup = run_dir / BACKUP
     if setup.resumed:
-        try:
-            state = torch.load(backup, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            start_epoch = int(state["epoch"])
-        except Exception as error:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            raise ResumeError(damaged_backup_message(backup, reason, run_dir, "last.pth")) from None
-        history.load(start_epoch)
+        start_epoch = _restore(setup, model, loop, scheduler)
+        history.records = from_main(history.load(start_epoch) if ranks.main else None, ranks)
         log(f"Resuming after epoch {start_epoch}")
-    writer = ScalarWriter(run_dir / "tensorboard")
-    diverged = None
-
+    writer = ScalarWriter(run_dir / "tensorboard") if ranks.main else None
+    diverged_epoch = None
     for epoch in range(start_epoch, config.epochs):
-        model.train()
-        getattr(train_loader, "batch_sampler", train_loader).set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        momentum = optimizer.param_groups[0].get("momentum")
-        total, seen = 0.0, 0
-        epoch_labels, epoch_logits = [], []
-        bar = tqdm(train_loader, desc=f"Epoch {epoch + 1}/{config.epochs}", leave=True)
-        for *inputs, y in bar:
-            inputs = [x.to(device) for x in inputs]
-            y = y.to(device)
-            optimizer.zero_grad()
-            with autocast(device, config.precision):
-                logits = forward(*inputs)
-            loss = loss_fn(logits.float(), y)
-            scaler.scale(loss).backward()  # loss scaling for fp16; plain backward otherwise
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.item() * len(y)
-            epoch_labels.append(y.cpu())
-            epoch_logits.append(logits.detach().float().cpu())
-            seen += len(y)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-            if not math.isfinite(loss.item()):
-                break
-        record = {"train_loss": total / seen}
-        model.eval()
-        finite = math.isfinite(record["train_loss"])
-        if finite:
-            if config.train_metrics == "epoch":  # the epoch's training-mode outputs, as the study
-                y_epoch, train_logits = torch.cat(epoch_labels).numpy(), torch.cat(epoch_logits).numpy()
-            else:
-                y_epoch, train_logits = y_train, predict_logits(forward, eval_train, device, config.precision)
-            val_logits = predict_logits(forward, eval_val, device, config.precision)
-            finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
-        if finite:
-            record.update(split_metrics("train", y_epoch, train_logits))
-            record["val_loss"] = bce_with_logits(val_logits, y_val)
-            record.update(split_metrics("val", y_val, val_logits))
-        else:
-            record["val_loss"] = math.nan
-        record.update(lr=lr, momentum=momentum)
+        trained = train_one_epoch(loop, epoch, f"Epoch {epoch + 1}/{config.epochs}")
+        record = validate(loop, trained, setup.y_train, setup.y_val, config.train_metrics)
         history.append(record)
-        writer.log_epoch(epoch + 1, record)
+        if writer is not None:
+            writer.log_epoch(epoch + 1, record)
         log(epoch_line(epoch + 1, config.epochs, record))
-        if not finite:  # nothing of this epoch is saved
-            diverged = epoch
+        if diverged(record):  # nothing of this epoch is saved
+            diverged_epoch = epoch
             break
-        if history.best_epoch() == epoch:
-            _save(run_dir / "best.pth", model, setup, epoch)
-        _save(run_dir / "last.pth", model, setup, epoch)
-        if scheduler is not None:
-            scheduler.step()
-        backup.parent.mkdir(exist_ok=True)
-        with atomic_path(backup) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "scheduler": None if scheduler is None else scheduler.state_dict(),
-                        "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
+        save_epoch(setup, model, loop, scheduler, history, epoch)
         _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
         if should_stop(wait, config.patience):
             break
-    writer.close()
-    if diverged is not None:
-        raise TrainingDiverged(diverged_message(diverged, history.best_epoch(), "best.pth"))
+    if writer is not None:
+        writer.close()
+    if diverged_epoch is not None:
+        raise TrainingDiverged(diverged_message(diverged_epoch, history.best_epoch(), "best.pth"))
     stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
     if stopped:
         log(stopped)
-    finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
+    if ranks.main:
+        finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.pth", started, log)
 
 
