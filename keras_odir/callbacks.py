@@ -15,8 +15,11 @@ import numpy as np
 
 from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
+from odir_core.collectives import all_true
 from odir_core.console import epoch_line
-from odir_core.history import History, bce_with_logits, early_stopping_state, split_metrics
+from odir_core.distributed import Ranks
+from odir_core.epoch_record import diverged, epoch_record
+from odir_core.history import History, early_stopping_state
 from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.tensorboard import ScalarWriter
 
@@ -61,7 +64,9 @@ class EpochEvaluation(keras.callbacks.Callback):
     run (``stopped_on_nan``); the checkpoints skip non-finite weights, so earlier ones are kept.
     ``train_outputs``: returns ``(labels, logits)`` of the training split for this epoch (the
     epoch's training-mode outputs, or a clean inference pass); ``predict_val``: the validation
-    logits (n, 8) for the current weights.
+    logits (n, 8) for the current weights; ``train_loss``: the epoch's training loss from the epoch logs
+    (default Keras' ``loss``; under several processes the mean over every rank's rows); ``writer``: None on
+    the ranks that write nothing.
     """
 
     def __init__(
@@ -70,10 +75,12 @@ class EpochEvaluation(keras.callbacks.Callback):
         predict_val: Callable[[], np.ndarray],
         y_val: np.ndarray,
         history: History,
-        writer: ScalarWriter,
+        writer: ScalarWriter | None,
         log: Callable[[str], None] = print,
+        train_loss: Callable[[dict], float] | None = None,
     ):
         super().__init__()
+        self.train_loss = train_loss or (lambda logs: logs.get("loss", math.nan))
         self.train_outputs = train_outputs
         self.predict_val = predict_val
         self.y_val = y_val
@@ -84,30 +91,21 @@ class EpochEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        train_loss = float(logs.get("loss", math.nan))
-        record = {"train_loss": train_loss}
-        finite = math.isfinite(train_loss)
-        if finite:
-            y_train, train_logits = self.train_outputs()
-            val_logits = self.predict_val()
-            finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
-        if finite:
-            record.update(split_metrics("train", y_train, train_logits))
-            record["val_loss"] = bce_with_logits(val_logits, self.y_val)
-            record.update(split_metrics("val", self.y_val, val_logits))
-        else:
-            record["val_loss"] = math.nan
+        momentum = logs.get("momentum", optimizer_momentum(self.model))
+        record = epoch_record(self.train_loss(logs), lambda: (*self.train_outputs(), self.predict_val()),
+                              self.y_val, logs.get("learning_rate"), momentum)
+        if diverged(record):
             self.stopped_on_nan = epoch  # keras_odir.train raises TrainingDiverged after fit
             self.model.stop_training = True
-        record["lr"] = logs.get("learning_rate")
-        record["momentum"] = logs.get("momentum", optimizer_momentum(self.model))
         logs.update({k: v for k, v in record.items() if k not in NOT_LOGGED})
         self.history.append(record)
-        self.writer.log_epoch(epoch + 1, record)
+        if self.writer is not None:
+            self.writer.log_epoch(epoch + 1, record)
         self.log(epoch_line(epoch + 1, self.params["epochs"], record))
 
     def on_train_end(self, logs=None):
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def all_finite(model: keras.Model) -> bool:
@@ -235,11 +233,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     cannot be read. Here each epoch's weights go to a new ``epoch-NNNN.weights.h5`` (written under a
     temporary name, then renamed), and ``training_metadata.json``, which names that file, is replaced
     after it; the previous epoch's file is removed last. The backup stays after training:
-    ``odir_core.run.finish_run`` removes it once the run is marked finished.
+    ``odir_core.run.finish_run`` removes it once the run is marked finished. ``write=False`` only restores
+    (the ranks of a distributed run other than 0).
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, write: bool = True):
         super().__init__(str(backup_dir), delete_checkpoint=False)
+        self.write = write
 
     def on_train_begin(self, logs=None):
         self._load_model()  # no ``.bkp`` fallback: the metadata only ever names a complete file
@@ -259,7 +259,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = epoch
 
     def _save_model(self):
-        if not all_finite(self.model):
+        if not self.write or not all_finite(self.model):
             return
         folder = Path(self.backup_dir)
         weights = folder / f"epoch-{self._current_epoch:04d}.weights.h5"
@@ -272,6 +272,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 old.unlink()
 
 
+class StopTogetherOnNaN(keras.callbacks.Callback):
+    """``TerminateOnNaN`` for a data-parallel run: every rank stops after the batch in which any rank's loss
+    became NaN or infinite, so none waits for the others in the next gradient all-reduce."""
+
+    def __init__(self, ranks: Ranks):
+        super().__init__()
+        self.ranks = ranks
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        finite = loss is None or math.isfinite(float(keras.ops.convert_to_numpy(loss)))
+        if not all_true(finite, self.ranks):
+            self.model.stop_training = True
+
+
 def training_callbacks(
     *,
     run_dir: Path,
@@ -282,17 +297,24 @@ def training_callbacks(
     seed: int,
     resumed_val_losses: list[float],
     trained_on: dict | None = None,
+    ranks: Ranks = Ranks(),
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run, in the order they must run (the progress bar finished before the
     evaluation's line; evaluation before the checkpoints and early stopping that read its
-    ``val_loss``; the backup for ``--resume`` last)."""
-    backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR)
-    # both record what they were trained on; best.keras without the optimizer state, last.keras with it
-    best = DualModelCheckpoint(model, run_dir / "best.keras", trained_on, optimizer=False, monitor="val_loss",
-                               mode="min", save_best_only=True)
-    last = DualModelCheckpoint(model, run_dir / "last.keras", trained_on, save_best_only=False)
-    callbacks = [schedule_callback, EpochSeeds(seed), keras.callbacks.TerminateOnNaN(), LossProgbar(), evaluation,
-                 best, last]
+    ``val_loss``; the backup for ``--resume`` last). Under several processes only rank 0 shows the bar and
+    writes checkpoints and backups; the others only restore the backup on ``--resume``."""
+    backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR, write=ranks.main)
+    stop = StopTogetherOnNaN(ranks) if ranks.distributed else keras.callbacks.TerminateOnNaN()
+    callbacks = [schedule_callback, EpochSeeds(seed), stop]
+    best = None
+    if ranks.main:
+        # both record what they were trained on; best.keras without the optimizer state, last.keras with it
+        best = DualModelCheckpoint(model, run_dir / "best.keras", trained_on, optimizer=False, monitor="val_loss",
+                                   mode="min", save_best_only=True)
+        last = DualModelCheckpoint(model, run_dir / "last.keras", trained_on, save_best_only=False)
+        callbacks += [LossProgbar(), evaluation, best, last]
+    else:
+        callbacks.append(evaluation)
     early = None
     if patience > 0:  # its message is keras_odir.train's, the same as torch_odir.train's
         early = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=0)

@@ -11,6 +11,8 @@ import numpy as np
 import keras
 
 from odir_core.dataset import DualEyeDataset, EpochOrder
+from odir_core.distributed import Ranks, batch_sizes, loss_share, rank_batch, rank_rows
+from odir_core.feature_cache import FeatureBatch
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -21,6 +23,9 @@ class EpochBatches(keras.utils.PyDataset):
     the right batch. Fit with ``steps_per_epoch=dataset.steps_per_epoch`` and ``shuffle=False``.
     ``make_batch(indices, epoch, start) -> (inputs, labels)`` builds a batch from dataset rows;
     ``shuffle``/``balanced`` choose the order (seeded permutation / balanced sampler on ``labels``).
+    Under several processes (``ranks``) each batch is this rank's slice of the global batch, with a
+    per-row weight (``odir_core.distributed.loss_share``) that makes the mean of the ranks' gradients the
+    global batch's; a short last batch that leaves this rank no row is not part of it (evaluation only).
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class EpochBatches(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        ranks: Ranks = Ranks(),
     ):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.make_batch = make_batch
@@ -47,7 +53,9 @@ class EpochBatches(keras.utils.PyDataset):
         self.balanced = balanced
         self.start_epoch = int(start_epoch)
         self.epochs = int(epochs)
-        self.steps_per_epoch = -(-len(labels) // self.batch_size)
+        self.ranks = ranks
+        self.sizes = batch_sizes(len(labels), self.batch_size)
+        self.steps_per_epoch = sum(1 for size in self.sizes if rank_rows(size, ranks.rank, ranks.world))
         self.order = EpochOrder(len(labels), seed, shuffle=shuffle, labels=labels if balanced else None)
 
     def __len__(self) -> int:
@@ -57,33 +65,28 @@ class EpochBatches(keras.utils.PyDataset):
         epoch, step = divmod(int(index), self.steps_per_epoch)
         epoch += self.start_epoch
         start = step * self.batch_size
-        return self.make_batch(self.order(epoch)[start : start + self.batch_size], epoch, start)
+        rows = self.order(epoch)[start : start + self.batch_size]
+        if not self.ranks.distributed:
+            return self.make_batch(rows, epoch, start)
+        part, first = rank_batch(rows, start, self.ranks)
+        x, y = self.make_batch(part, epoch, first)
+        return x, y, np.full(len(part), loss_share(len(part), len(rows), self.ranks.world), dtype=np.float32)
 
 
 def image_batches(dataset: DualEyeDataset, batch_size: int, *, seed: int = 0, shuffle: bool = False,
-                  balanced: bool = False, start_epoch: int = 0, epochs: int = 1, workers: int = 0) -> EpochBatches:
+                  balanced: bool = False, start_epoch: int = 0, epochs: int = 1, workers: int = 0,
+                  ranks: Ranks = Ranks()) -> EpochBatches:
     """PyDataset of image pairs; ``workers`` > 0 loads batches in that many processes."""
     return EpochBatches(
         dataset.batch, dataset.labels, batch_size, seed=seed, shuffle=shuffle, balanced=balanced,
         start_epoch=start_epoch, epochs=epochs, workers=max(1, workers), use_multiprocessing=workers > 0,
+        ranks=ranks,
     )
-
-
-class FeatureBatch:
-    """Batch builder over precomputed backbone features: ``(features (b, 2 x backbone width), labels)``."""
-
-    def __init__(self, features: np.ndarray, labels: np.ndarray):
-        self.features = features
-        self.labels = labels
-
-    def __call__(self, indices, epoch: int = 0, start: int = 0):
-        indices = np.asarray(indices, dtype=np.int64)
-        return self.features[indices], self.labels[indices]
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0,
                     shuffle: bool = False, balanced: bool = False, start_epoch: int = 0,
-                    epochs: int = 1) -> EpochBatches:
+                    epochs: int = 1, ranks: Ranks = Ranks()) -> EpochBatches:
     """PyDataset over cached features with the same epoch order as ``image_batches``."""
     return EpochBatches(FeatureBatch(features, labels), labels, batch_size, seed=seed, shuffle=shuffle,
-                        balanced=balanced, start_epoch=start_epoch, epochs=epochs)
+                        balanced=balanced, start_epoch=start_epoch, epochs=epochs, ranks=ranks)

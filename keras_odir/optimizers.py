@@ -20,6 +20,8 @@ class TorchSGD(keras.optimizers.Optimizer):
     schedule changes it, old gradients keep their old learning rate there but take the new
     one here. ``learning_rate`` and ``momentum`` are variables: assign them between epochs
     (``opt.learning_rate = 0.01``; ``opt.momentum = 0.85``), e.g. from a CyclicLR schedule.
+    ``reduce_gradients`` (not saved): a function applied to the list of gradients before each step,
+    e.g. the mean over the processes of a data-parallel run.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class TorchSGD(keras.optimizers.Optimizer):
             raise ValueError("TorchSGD: nesterov needs momentum > 0 and dampening 0 (as torch)")
         self.dampening = float(dampening)
         self.nesterov = bool(nesterov)
+        self.reduce_gradients = None
         with keras.name_scope(self.name, caller=self):
             self._momentum = keras.Variable(
                 momentum, name="momentum", dtype=keras.config.floatx(), trainable=False
@@ -100,6 +103,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         self.assign_sub(variable, ops.multiply(lr, step))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if self.reduce_gradients is not None:
+            grads = self.reduce_gradients(list(grads))
         if (keras.backend.backend() != "torch" or self.dampening
                 or (self.weight_decay and not all(map(self._use_weight_decay, trainable_variables)))):
             return super()._backend_update_step(grads, trainable_variables, learning_rate)

@@ -9,11 +9,15 @@ augmentation the backbone features are computed once and only the head is traine
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 import keras  # keras_odir/__init__ has chosen the backend
+import numpy as np
+
+from keras_odir import data_parallel
 
 from keras_odir.callbacks import BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
 from keras_odir.data import EpochBatches, feature_batches, image_batches
@@ -28,10 +32,13 @@ from keras_odir.precision import dtype_policy
 from keras_odir.weights import read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
+from odir_core.collectives import from_main, gather_rows
 from odir_core.console import early_stopping_line
-from odir_core.dataset import DualEyeDataset
-from odir_core.history import History
+from odir_core.distributed import Ranks, check_batch_split
+from odir_core.feature_cache import build_feature_cache
+from odir_core.history import History, bce_with_logits
 from odir_core.model_spec import backbone_spec, check_architecture
+from odir_core.run_datasets import run_datasets
 from odir_core.run import (
     ResumeError,
     RunSetup,
@@ -81,98 +88,108 @@ def build_model(config: TrainConfig) -> keras.Model:
     return model
 
 
-def _eval_batches(dataset: DualEyeDataset, config: TrainConfig) -> EpochBatches:
-    return image_batches(dataset, config.batch_size, workers=config.workers)
-
-
 def train(config: TrainConfig, log=print) -> Path:
-    """Run one training; returns the run folder."""
+    """Run one training; returns the run folder. Under torchrun (torch backend) every process trains its slice
+    of each global batch, the gradients averaged over the processes before each step, and rank 0 alone
+    prints and writes the run folder; on jax with several devices ``keras.distribution.DataParallel`` splits
+    each global batch over them (``keras_odir.data_parallel``)."""
     started = time.perf_counter()
-    log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}")
-    setup: RunSetup = setup_run(config, BACKUP_METADATA, log)
-    with removed_if_no_epoch(setup, log):
-        _train(setup, started, log)
+    ranks = data_parallel.ranks()
+    log = ranks.log(log)
+    with data_parallel.processes(ranks, config):
+        log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}"
+            f"{data_parallel.describe(ranks)}")
+        setup: RunSetup = from_main(setup_run(config, BACKUP_METADATA, log) if ranks.main else None, ranks)
+        with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
+            _train(setup, started, ranks, log)
     return setup.run_dir
 
 
-def _train(setup: RunSetup, started: float, log) -> None:
+def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     config, run_dir = setup.config, setup.run_dir
     start_epoch = read_backup(run_dir)[0] if setup.resumed else 0
-    history = History(run_dir)
+    history = History(run_dir, files=ranks.main)
     val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
     if start_epoch:
         log(f"Resuming after epoch {start_epoch}")
     if start_epoch >= config.epochs:
         raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
+    check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
 
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(config.precision):
         model = build_model(config)
     y_train, y_val = setup.y_train, setup.y_val
-    common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
-                  seed=config.seed)
-    train_plain = DualEyeDataset(setup.data_dir, setup.train_df, augment="none", train=False, **common)
-    val_data = DualEyeDataset(setup.data_dir, setup.val_df, augment="none", train=False, **common)
+    data = run_datasets(setup)
     order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
-                 start_epoch=start_epoch, epochs=config.epochs)
+                 start_epoch=start_epoch, epochs=config.epochs, ranks=ranks)
+
+    def predict(network: keras.Model, batches: EpochBatches) -> np.ndarray:
+        """``network``'s outputs for every row of ``batches``: this rank's slices, gathered in order."""
+        return gather_rows(network.predict(batches, verbose=0), batches.sizes, ranks)
 
     if config.uses_feature_cache:
-        log("Frozen backbone and no augmentation: computing backbone features once per image")
         parts = dual_parts(model)
         extractor = parts.feature_model(model)
-        train_features = extractor.predict(_eval_batches(train_plain, config), verbose=1)
-        val_features = extractor.predict(_eval_batches(val_data, config), verbose=1)
+
+        def extract(dataset, description):
+            batches = image_batches(dataset, config.batch_size, workers=config.workers, ranks=ranks)
+            return gather_rows(extractor.predict(batches, verbose=1 if ranks.main else 0), batches.sizes, ranks)
+
+        cache = build_feature_cache(extract, data.train_plain, data.val, log)
         trainable = parts.head
-        train_batches = feature_batches(train_features, y_train, config.batch_size, **order)
-
-        def predict_train():
-            return trainable.predict(train_features, batch_size=config.batch_size, verbose=0)
-
-        def predict_val():
-            return trainable.predict(val_features, batch_size=config.batch_size, verbose=0)
+        train_batches = feature_batches(cache.train, y_train, config.batch_size, **order)
+        train_eval = feature_batches(cache.train, y_train, config.batch_size, ranks=ranks)
+        val_eval = feature_batches(cache.val, y_val, config.batch_size, ranks=ranks)
+        network = trainable
     else:
         trainable = model
-        inference = dual_parts(model).inference_model(model)
-        train_aug = DualEyeDataset(setup.data_dir, setup.train_df, augment=config.augment, train=True, **common)
-        train_batches = image_batches(train_aug, config.batch_size, workers=config.workers, **order)
-        train_eval, val_eval = _eval_batches(train_plain, config), _eval_batches(val_data, config)
-
-        def predict_train():
-            return inference.predict(train_eval, verbose=0)
-
-        def predict_val():
-            return inference.predict(val_eval, verbose=0)
+        network = dual_parts(model).inference_model(model)
+        train_batches = image_batches(data.train, config.batch_size, workers=config.workers, **order)
+        train_eval, val_eval = (image_batches(d, config.batch_size, workers=config.workers, ranks=ranks)
+                                for d in (data.train_plain, data.val))
 
     epoch_outputs = EpochOutputs(train_batches.steps_per_epoch * config.batch_size)
+
+    def gathered_outputs():
+        labels, logits = epoch_outputs.outputs()
+        return gather_rows(labels, train_batches.sizes, ranks), gather_rows(logits, train_batches.sizes, ranks)
+
     if config.train_metrics == "epoch":
-        train_outputs = epoch_outputs.outputs
+        train_outputs = gathered_outputs
     else:
         def train_outputs():
-            return y_train, predict_train()
+            return y_train, predict(network, train_eval)
+    train_loss = None
+    if ranks.distributed:  # every rank's rows, as one process's loss tracker would average them
+        def train_loss(logs):
+            return bce_with_logits(*reversed(gathered_outputs()), setup.pos_weight)
 
-    trainable.compile(
-        optimizer=TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay),
-        loss=WeightedBCEWithLogits(setup.pos_weight),
-        metrics=[epoch_outputs] if config.train_metrics == "epoch" else None,
-    )
+    optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer.reduce_gradients = data_parallel.gradient_reducer(ranks)
+    trainable.compile(optimizer=optimizer, loss=WeightedBCEWithLogits(setup.pos_weight),
+                      metrics=[epoch_outputs] if config.train_metrics == "epoch" or ranks.distributed else None)
     # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
-    x0, y0 = train_batches[0]
+    x0, y0 = train_batches[0][:2]
     trainable.compute_loss(x0, y0, trainable(x0, training=False))
 
     schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
-    evaluation = EpochEvaluation(train_outputs, predict_val, y_val, history,
-                                 ScalarWriter(run_dir / "tensorboard"), log)
+    evaluation = EpochEvaluation(train_outputs, lambda: predict(network, val_eval), y_val, history,
+                                 ScalarWriter(run_dir / "tensorboard") if ranks.main else None, log, train_loss)
     callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
-                                   seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on)
+                                   seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on,
+                                   ranks=ranks)
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks, verbose=1)
+                  steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks,
+                  verbose=1 if ranks.main else 0)
     if evaluation.stopped_on_nan is not None:
         raise TrainingDiverged(diverged_message(evaluation.stopped_on_nan, history.best_epoch(), "best.keras"))
     stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
     if stopped:
         log(stopped)
-    finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
+    if ranks.main:
+        finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
     log_summary(history, run_dir, "best.keras", started, log)
 
 

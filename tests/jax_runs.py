@@ -1,0 +1,28 @@
+"""Runs for the jax data-parallel test, in a process of its own started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax``:
+``python tests/jax_runs.py OUT DATA JOB...`` trains each job (``distributed_runs.JOBS``) into ``OUT/one/<job>``
+on one of the host devices and into ``OUT/two/<job>`` with ``keras.distribution.DataParallel`` over both."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import keras_odir.train as ktrain
+from distributed_runs import job_args
+from keras_odir import data_parallel
+
+
+def main(out: str, data: str, *jobs: str) -> int:
+    every = data_parallel._jax_devices()
+    assert len(every) == 2, every
+    for job in jobs:
+        data_parallel._jax_devices = lambda: every[:1]
+        assert ktrain.main(job_args(job, data, Path(out) / "one")) == 0
+        data_parallel._jax_devices = lambda: every
+        assert ktrain.main(job_args(job, data, Path(out) / "two")) == 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
