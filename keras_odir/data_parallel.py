@@ -16,7 +16,7 @@ import keras
 from odir_core import devices
 from odir_core.collectives import process_group
 from odir_core.config import TrainConfig
-from odir_core.distributed import DistributedError, Ranks
+from odir_core.distributed import DistributedError, Ranks, batch_sizes
 
 
 def ranks() -> Ranks:
@@ -60,6 +60,22 @@ def processes(ranks: Ranks, config: TrainConfig):
     device = devices.resolve_device("auto", torch.cuda.is_available(), ranks.local_rank)
     with process_group(ranks, device, torch.distributed, torch.cuda.set_device):
         yield
+
+
+def check_batches(splits: dict[str, int], batch_size: int) -> None:
+    """Under ``DataParallel`` (jax), refuse with one line batches that do not divide evenly over the devices
+    (XLA shards every batch in equal parts); ``splits``: patients per split, e.g. {"training": 16}."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return
+    count = len(distribution.device_mesh.devices.flatten())
+    for split, rows in splits.items():
+        uneven = [size for size in batch_sizes(rows, batch_size) if size % count]
+        if uneven:
+            raise DistributedError(
+                f"--batch-size {batch_size} on {count} jax devices: a {split} batch of {uneven[0]} patient(s) "
+                f"({rows} in the split) does not divide evenly over them; choose a batch size that leaves every "
+                f"batch, the last one too, a multiple of {count} patients")
 
 
 def describe(ranks: Ranks) -> str:

@@ -115,6 +115,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     if start_epoch >= config.epochs:
         raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
     check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
+    data_parallel.check_batches({"training": len(setup.train_df), "validation": len(setup.val_df)},
+                                config.batch_size)
 
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(config.precision):

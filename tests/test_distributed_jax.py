@@ -18,9 +18,12 @@ def test_data_parallel_over_two_devices_equals_one_for_a_fine_tuned_model(tmp_pa
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
     proc = subprocess.run([sys.executable, str(TESTS / "jax_runs.py"), str(tmp_path), str(data),
-                           "fine_tuned_small_step"], env=env, capture_output=True, text=True, timeout=600)
+                           "fine_tuned_small_step", "uneven"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DataParallel over 2 devices" in proc.stdout
+    # batches of 7 cannot be split in equal parts over 2 devices: one line, no run folder left
+    assert "--batch-size 7 on 2 jax devices: a training batch of 7 patient(s)" in proc.stdout + proc.stderr
+    assert not any((tmp_path / "uneven" / "frozen").iterdir())
     # read the checkpoints' weights without building the model: the .keras archive holds them as HDF5
     import h5py
     import zipfile
