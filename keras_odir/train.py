@@ -165,7 +165,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     train_loss = None
     if ranks.distributed:  # every rank's rows, as one process's loss tracker would average them
         def train_loss(logs):
-            return bce_with_logits(*reversed(gathered_outputs()), setup.pos_weight)
+            labels, logits = gathered_outputs()
+            return bce_with_logits(logits, labels, setup.pos_weight)
 
     optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     optimizer.reduce_gradients = data_parallel.gradient_reducer(ranks)
