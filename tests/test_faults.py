@@ -454,7 +454,7 @@ def test_interrupted_first_epoch_removes_the_new_run_folder(trainer, data, tmp_p
         raise KeyboardInterrupt
 
     # Ctrl-C while the training data is being set up, after the run folder and config.toml exist
-    monkeypatch.setattr(module, "DualEyeDataset", interrupted)
+    monkeypatch.setattr(module, "run_datasets", interrupted)
     assert module.main(tiny_train_args(data, tmp_path, "--epochs", "1")) == 130
     err = capsys.readouterr()
     assert "nothing to resume" in err.err and "Traceback" not in err.err and "Removed" in err.out
