@@ -1,0 +1,118 @@
+"""Both trainers under torchrun with two gloo processes against one process with the same global batch:
+torch_odir (DDP) and keras_odir on the torch backend (gradients averaged inside model.fit)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import keras_odir.train as ktrain
+import torch_odir.train as ttrain
+from distributed_runs import TESTS, job_args, rank_output, torchrun
+from odir_core.synthetic import generate
+from training_runs import only_run
+
+TRAINERS = {"torch": ttrain.main, "keras": ktrain.main}
+CHECKPOINTS = {"torch": ("best.pth", "last.pth"), "keras": ("best.keras", "last.keras")}
+
+
+def weights(trainer: str, run: Path) -> list[np.ndarray]:
+    """The float weights of a run's last checkpoint, as float64 arrays."""
+    if trainer == "torch":
+        state = torch.load(run / "last.pth", weights_only=False)["state_dict"]
+        return [v.double().numpy() for v in state.values() if v.is_floating_point()]
+    return [np.asarray(w, np.float64) for w in keras.saving.load_model(run / "last.keras", compile=False).get_weights()]
+
+
+def max_difference(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "set", patients=20, size=40, seed=3)
+
+
+@pytest.fixture(scope="module", params=["torch", "keras"])
+def trainer(request):
+    if request.param == "keras" and keras.backend.backend() != "torch":
+        pytest.skip("torchrun trains keras_odir on the torch backend")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def two(trainer, data, tmp_path_factory):
+    """The jobs trained by two processes, in one torchrun launch."""
+    out = tmp_path_factory.mktemp("two")
+    torchrun(trainer, out, data, "frozen", "frozen_images", "fine_tuned", "straight", "cut", "resume")
+    return out
+
+
+@pytest.fixture(scope="module")
+def one(trainer, data, tmp_path_factory):
+    """The reference: the same jobs trained by one process."""
+    out = tmp_path_factory.mktemp("one")
+    for job in ("frozen", "frozen_images", "fine_tuned"):
+        assert TRAINERS[trainer](job_args(job, data, out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("job", ["frozen", "frozen_images"])
+def test_frozen_backbone_two_processes_equal_one(trainer, one, two, job):
+    a, b = weights(trainer, only_run(one / job)), weights(trainer, only_run(two / job))
+    assert max_difference(a, b) <= 1e-6
+    assert max_difference(a, weights(trainer, only_run(one / "fine_tuned"))) > 0  # the comparison can tell runs apart
+
+
+def test_validation_metrics_and_loss_of_two_processes_equal_one(trainer, one, two):
+    a = pd.read_csv(only_run(one / "frozen") / "history.csv")
+    b = pd.read_csv(only_run(two / "frozen") / "history.csv")
+    assert list(a.columns) == list(b.columns)
+    val = [c for c in a.columns if c.startswith("val_")]
+    np.testing.assert_allclose(b[val], a[val], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5 if trainer == "keras" else 1e-6)
+
+
+def test_fine_tuned_with_per_process_batchnorm_differs_from_one(trainer, one, two):
+    a, b = weights(trainer, only_run(one / "fine_tuned")), weights(trainer, only_run(two / "fine_tuned"))
+    # BatchNorm normalises 4 rows per process instead of 8: the same step, other statistics
+    assert max_difference(a, b) > 1e-4
+    assert all(np.isfinite(w).all() for w in b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="torch's SyncBatchNorm needs two CUDA devices")
+def test_fine_tuned_with_sync_bn_equals_one(data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    args = job_args("fine_tuned", data, tmp_path) + ["--sync-bn", "--device", "cuda"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "torch_odir.train",
+                    *args], env=env, check=True, timeout=300)
+    reference = tmp_path / "reference"
+    assert ttrain.main(job_args("fine_tuned", data, reference) + ["--device", "cuda"]) == 0
+    assert max_difference(weights("torch", only_run(reference / "fine_tuned")),
+                          weights("torch", only_run(tmp_path / "fine_tuned"))) <= 1e-5
+
+
+def test_only_rank_0_writes_and_prints(trainer, two):
+    assert json.loads((two / "codes.json").read_text()) == {"frozen": 0, "frozen_images": 0, "fine_tuned": 0,
+                                                            "straight": 0, "cut": 130, "resume": 0}
+    for job in ("frozen", "frozen_images", "fine_tuned", "straight"):
+        run = only_run(two / job)
+        assert {p.name for p in run.iterdir()} == {"config.toml", *CHECKPOINTS[trainer], "train_results.xlsx",
+                                                   "history.csv", "tensorboard", "finished.json"}
+    assert "Epoch 1/1" in rank_output(two, 0) and rank_output(two, 1) == ""
+
+
+def test_resume_under_two_processes_equals_the_uninterrupted_run(trainer, two):
+    a, b = weights(trainer, only_run(two / "straight")), weights(trainer, only_run(two / "cut"))
+    assert max_difference(a, b) <= 1e-6
+    assert len(pd.read_csv(only_run(two / "cut") / "history.csv")) == 2
