@@ -32,9 +32,10 @@ from keras_odir.precision import dtype_policy
 from keras_odir.weights import read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
-from odir_core.collectives import from_main, gather_rows
+from odir_core.collectives import gather_rows, on_main
 from odir_core.console import early_stopping_line
 from odir_core.distributed import Ranks, check_batch_split
+from odir_core.errors import on_every_rank
 from odir_core.feature_cache import build_feature_cache
 from odir_core.history import History, bce_with_logits
 from odir_core.model_spec import backbone_spec, check_architecture
@@ -99,7 +100,7 @@ def train(config: TrainConfig, log=print) -> Path:
     with data_parallel.processes(ranks, config):
         log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}"
             f"{data_parallel.describe(ranks)}")
-        setup: RunSetup = from_main(setup_run(config, BACKUP_METADATA, log) if ranks.main else None, ranks)
+        setup: RunSetup = on_main(lambda: setup_run(config, BACKUP_METADATA, log), ranks)
         with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
             _train(setup, started, ranks, log)
     return setup.run_dir
@@ -107,20 +108,22 @@ def train(config: TrainConfig, log=print) -> Path:
 
 def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     config, run_dir = setup.config, setup.run_dir
-    start_epoch = read_backup(run_dir)[0] if setup.resumed else 0
-    history = History(run_dir, files=ranks.main)
-    val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
-    if start_epoch:
-        log(f"Resuming after epoch {start_epoch}")
-    if start_epoch >= config.epochs:
-        raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; pass --epochs N to go on")
-    check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
-    data_parallel.check_batches({"training": len(setup.train_df), "validation": len(setup.val_df)},
-                                config.batch_size)
+    with on_every_rank():  # every rank reads the same backup, history and --weights
+        start_epoch = read_backup(run_dir)[0] if setup.resumed else 0
+        history = History(run_dir, files=ranks.main)
+        val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
+        if start_epoch:
+            log(f"Resuming after epoch {start_epoch}")
+        if start_epoch >= config.epochs:
+            raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; "
+                              f"pass --epochs N to go on")
+        check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
+        data_parallel.check_batches({"training": len(setup.train_df), "validation": len(setup.val_df)},
+                                    config.batch_size)
 
-    keras.utils.set_random_seed(config.seed)
-    with dtype_policy(config.precision):
-        model = build_model(config)
+        keras.utils.set_random_seed(config.seed)
+        with dtype_policy(config.precision):
+            model = build_model(config)
     y_train, y_val = setup.y_train, setup.y_val
     data = run_datasets(setup)
     order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,

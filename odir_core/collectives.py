@@ -1,17 +1,22 @@
 """What the processes of a data-parallel run exchange, for both trainers: batch losses, gathered outputs,
-rank 0's objects, a shared decision. Framework-free: ``process_group`` is handed the communication module
-(``torch.distributed``) by the trainer and the functions use its object collectives while the group is
-joined. With one process every function is the identity, so the training loops have one code path."""
+rank 0's objects (or that computing them failed there), a shared decision. Framework-free: ``process_group``
+is handed the communication module (``torch.distributed``) by the trainer and the functions use its object
+collectives while the group is joined. With one process every function is the identity, so the training
+loops have one code path. An exchange that fails because a process of the run has stopped raises
+``LostProcess`` (one line, printed by rank 0) instead of the communication library's traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from odir_core.distributed import Ranks, interleave, interleave_rows
+from odir_core.errors import EXIT_FAILURE, OdirError, exit_code_for
 
 _dist = None  # the communication module of the joined process group
 
@@ -40,9 +45,27 @@ def process_group(ranks: Ranks, device: str, dist, use_device: Callable[[str], N
             dist.destroy_process_group()
 
 
+class LostProcess(OdirError):
+    """An exchange with the other processes failed: one of them has stopped (torchrun's report names it) or
+    stalled. Every process left meets it alike, so rank 0 alone prints it (exit 1)."""
+
+    every_rank = True
+
+
+@contextlib.contextmanager
+def _exchange():
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's errors (gloo, NCCL, a timeout) derive from it
+        reason = re.sub(r"^\[[^\]]*\] ", "", str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        raise LostProcess(f"exchanging data with the other processes failed, one of them has stopped or "
+                          f"stalled: {reason}") from None
+
+
 def _everyone(value, ranks: Ranks) -> list:
     parts = [None] * ranks.world
-    _dist.all_gather_object(parts, value)
+    with _exchange():
+        _dist.all_gather_object(parts, value)
     return parts
 
 
@@ -74,8 +97,43 @@ def from_main(value, ranks: Ranks):
     if not ranks.distributed:
         return value
     box = [value]
-    _dist.broadcast_object_list(box, src=0)
+    with _exchange():
+        _dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class MainFailed(OdirError):
+    """What rank 0 computes for every rank (``on_main``) failed there: the other ranks stop with its exit code and
+    print nothing, rank 0 prints the error."""
+
+    every_rank = True
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"rank 0 failed (exit code {exit_code})")
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class _Failed:
+    exit_code: int
+
+
+def on_main(compute: Callable[[], object], ranks: Ranks):
+    """Rank 0's ``compute()`` on every rank (the others do not call it). An error it raises on rank 0 is raised
+    there, and the other ranks raise ``MainFailed`` with its exit code instead of waiting for a value."""
+    if not ranks.distributed:
+        return compute()
+    if not ranks.main:
+        value = from_main(None, ranks)
+        if isinstance(value, _Failed):
+            raise MainFailed(value.exit_code)
+        return value
+    try:
+        value = compute()
+    except Exception as exc:
+        from_main(_Failed(exit_code_for(exc) or EXIT_FAILURE), ranks)
+        raise
+    return from_main(value, ranks)
 
 
 def all_true(flag: bool, ranks: Ranks) -> bool:

@@ -21,6 +21,8 @@ from odir_core.errors import InputError
 class DistributedError(InputError):
     """Options that cannot be split over the processes of the run (message says what to change)."""
 
+    every_rank = True  # decided from the options and the number of processes, the same on every process
+
 
 @dataclass(frozen=True)
 class Ranks:

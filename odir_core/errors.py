@@ -14,6 +14,13 @@ and an exit code:
 Errors the tools raise on purpose derive from :class:`OdirError` and carry their exit code; any other
 ``ValueError`` or ``FileNotFoundError`` counts as bad input, any other ``OSError`` as a failure. Anything
 else is a bug and keeps its traceback.
+
+In a run of several processes (torchrun) an error is printed once (``run_cli``'s ``rank``). Rank 0 prints
+every error as one process does. An error that every rank raises alike (marked by :func:`on_every_rank` around
+what all read alike: flags, config, the starting weights, a resumed backup; or by its class's ``every_rank``:
+options that cannot be split over the processes, a diverged run, a lost process) and Ctrl-C, which reaches
+every process, leave the other ranks silent, with the same exit code. Any other error of another rank is its
+own (an unreadable image in its slice) and printed as ``rank N: error: ...``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class OdirError(Exception):
     """Base of every error the tools report as one line; ``exit_code`` is the process exit status."""
 
     exit_code = EXIT_FAILURE
+    every_rank = False  # raised by every process of a distributed run alike: rank 0 alone prints it
 
 
 class InputError(OdirError, ValueError):
@@ -121,6 +129,18 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def on_every_rank() -> Iterator[None]:
+    """Mark an error raised in the block as one every process of a distributed run raises alike, because each
+    runs the block on the same flags, config and files (the starting weights, a resumed backup): :func:`run_cli`
+    prints it on rank 0 only."""
+    try:
+        yield
+    except Exception as exc:
+        exc.every_rank = True
+        raise
+
+
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit code :func:`run_cli` gives ``exc``, or None for a bug (kept as a traceback)."""
     if isinstance(exc, KeyboardInterrupt):
@@ -144,21 +164,26 @@ def error_message(exc: BaseException) -> str:
 
 
 def run_cli(fn: Callable[..., int | None], *args, prefix: str = "error",
-            interrupted: str = "interrupted", **kwargs) -> int:
+            interrupted: str = "interrupted", rank: int = 0, **kwargs) -> int:
     """Call a CLI's body ``fn(*args, **kwargs)`` and return the process exit code.
 
     Its return value (None counts as 0) is passed on; an error becomes one line ``PREFIX: message`` on
     stderr and exit code 2 (bad input or usage) or 1 (failure); Ctrl-C prints ``interrupted`` and gives 130.
+    ``rank``: this process's rank in a distributed run; another than 0 prints only errors of its own, as
+    ``rank N: PREFIX: message`` (see the module's docstring).
     """
     try:
         code = fn(*args, **kwargs)
     except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)
+        if not rank:
+            print(f"\n{interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None:
             raise
-        print(f"{prefix}: {error_message(exc)}", file=sys.stderr)
+        if rank and getattr(exc, "every_rank", False):
+            return code
+        print(f"{f'rank {rank}: ' if rank else ''}{prefix}: {error_message(exc)}", file=sys.stderr)
         return code
     return EXIT_OK if code is None else int(code)

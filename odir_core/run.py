@@ -13,6 +13,7 @@ the backup (``backup/``, the trainer's own format, each file replaced atomically
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import time
@@ -28,6 +29,7 @@ from odir_core.atomic import atomic_write_text
 from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
 from odir_core.console import duration
+from odir_core.distributed import Ranks
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
@@ -47,6 +49,8 @@ class DataSourceError(InputError):
 
 class TrainingDiverged(OdirError, RuntimeError):
     """The loss became NaN or infinite: the run stopped, and no checkpoint holds the diverged weights (exit 1)."""
+
+    every_rank = True  # every process of a distributed run computes the same metrics and stops on the same epoch
 
 
 def diverged_message(epoch: int, best_epoch: int | None, best_file: str) -> str:
@@ -240,12 +244,20 @@ def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, desc
                      hidden: tuple[str, ...] = ()) -> int:
     """Parse flags and train through the shared runner (``odir_core.errors.run_cli``): user errors give one
     line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130. ``hidden``:
-    options accepted but left out of ``--help`` (another framework's)."""
-    config = parse_args(argv, prog=prog, description=description, hidden=hidden, log=print)
+    options accepted but left out of ``--help`` (another framework's).
+
+    Under torchrun every process parses the same flags and rank 0 alone prints what they lead to (their
+    errors, ``--help``); an error in training is printed once as ``run_cli`` tells for a distributed run."""
+    ranks = Ranks.from_env()
+    with contextlib.ExitStack() as quiet:
+        if not ranks.main:
+            quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        config = parse_args(argv, prog=prog, description=description, hidden=hidden, log=print)
 
     def run(config: TrainConfig) -> int:
         train(config)  # returns the run folder
         return 0
 
-    return run_cli(run, config,
+    return run_cli(run, config, rank=ranks.rank,
                    interrupted="Interrupted. Continue with --resume RUN_DIR (the run folder printed above).")

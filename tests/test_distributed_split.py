@@ -1,10 +1,13 @@
 """odir_core.distributed: how a global batch is split over ranks and put back together, checked against
-np.array_split and one process's order; the device choice; BCE with pos_weight against torch."""
+np.array_split and one process's order; the device choice; BCE with pos_weight against torch; which process
+prints an error (odir_core.errors.run_cli, odir_core.collectives), with a stand-in for torch.distributed."""
 
 import numpy as np
 import pytest
 import torch
 
+from odir_core.collectives import LostProcess, batch_sum, on_main, process_group
+from odir_core.dataset import DataError
 from odir_core.devices import DeviceError, resolve_device
 from odir_core.distributed import (
     DistributedError,
@@ -16,7 +19,9 @@ from odir_core.distributed import (
     rank_batch,
     rank_slice,
 )
+from odir_core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, on_every_rank, run_cli
 from odir_core.history import bce_with_logits
+from odir_core.run import DataSourceError
 
 
 @pytest.mark.parametrize("size,world", [(7, 2), (8, 2), (2, 2), (10, 4), (5, 8)])
@@ -76,3 +81,85 @@ def test_bce_with_pos_weight_is_torchs():
     x, y, w = rng.normal(size=(5, 8)), (rng.random((5, 8)) > 0.5) * 1.0, rng.random(8) + 0.5
     expected = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))(torch.tensor(x), torch.tensor(y)).item()
     assert bce_with_logits(x, y, w) == pytest.approx(expected, rel=1e-12)
+
+
+def raising(exc):
+    def fn():
+        raise exc
+    return fn
+
+
+def tagged(exc):
+    def fn():
+        with on_every_rank():
+            raise exc
+    return fn
+
+
+@pytest.mark.parametrize("fn,code,rank_0,rank_1", [
+    (raising(DistributedError("--batch-size 15 over 2 processes")), EXIT_USAGE,
+     "error: --batch-size 15 over 2 processes", ""),
+    (tagged(ValueError("--weights w.pth: unknown file type")), EXIT_USAGE, "error: --weights w.pth: unknown file type", ""),
+    (raising(DataError("patient 7: 7_left.jpg: cannot be read")), EXIT_USAGE,
+     "error: patient 7: 7_left.jpg: cannot be read", "rank 1: error: patient 7: 7_left.jpg: cannot be read"),
+    (raising(KeyboardInterrupt()), EXIT_INTERRUPTED, "interrupted", ""),
+], ids=["options", "marked block", "own image", "Ctrl-C"])
+def test_rank_0_prints_what_every_rank_meets_and_another_rank_only_its_own(fn, code, rank_0, rank_1, capsys):
+    for rank, line in ((0, rank_0), (1, rank_1)):
+        assert run_cli(fn, rank=rank) == code
+        assert capsys.readouterr().err.strip() == line
+
+
+class TwoRanks:
+    """torch.distributed's object collectives for one process of two at a time (``run``): what rank 0 broadcasts
+    is what rank 1 receives; ``lost``: every exchange fails as gloo's does once the other process has died."""
+
+    def __init__(self, lost: bool = False):
+        self.lost, self.sent, self.rank = lost, [], 0
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def _check(self):
+        if self.lost:
+            raise RuntimeError("[pair.cc:545] Read error [127.0.0.1]:33459: Connection reset by peer.\nmore")
+
+    def broadcast_object_list(self, box, src=0):
+        self._check()
+        if self.rank == src:
+            self.sent.append(box[0])
+        else:
+            box[0] = self.sent.pop(0)
+
+    def all_gather_object(self, parts, value):
+        self._check()
+        parts[:] = [value, value]
+
+    def run(self, rank: int, fn):
+        self.rank = rank
+        with process_group(Ranks(rank, 2), "cpu", self):
+            return fn()
+
+
+def test_what_rank_0_computes_for_every_rank_is_its_error_printed_once(capsys):
+    group = TwoRanks()
+    assert group.run(0, lambda: on_main(lambda: 5, Ranks(0, 2))) == 5
+    assert group.run(1, lambda: on_main(pytest.fail, Ranks(1, 2))) == 5  # rank 1 does not compute it
+
+    def setup():
+        raise DataSourceError("--data /nowhere: not a prepared folder")
+
+    assert run_cli(group.run, 0, lambda: on_main(setup, Ranks(0, 2)), rank=0) == EXIT_USAGE
+    assert run_cli(group.run, 1, lambda: on_main(pytest.fail, Ranks(1, 2)), rank=1) == EXIT_USAGE  # MainFailed
+    assert capsys.readouterr().err.strip() == "error: --data /nowhere: not a prepared folder"
+
+
+def test_a_process_that_died_is_one_line_from_rank_0(capsys):
+    group = TwoRanks(lost=True)
+    with pytest.raises(LostProcess):
+        group.run(1, lambda: batch_sum(1.0, 4, Ranks(1, 2)))
+    for rank in (0, 1):
+        assert run_cli(group.run, rank, lambda: batch_sum(1.0, 4, Ranks(rank, 2)), rank=rank) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("error: exchanging data with the other processes failed, one of them has stopped")
+    assert err.count("\n") == 1 and "stalled: Read error [127.0.0.1]:33459: Connection reset by peer." in err

@@ -26,11 +26,12 @@ from tqdm import tqdm
 from odir_core import devices, provenance
 from odir_core.atomic import atomic_path
 from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
-from odir_core.collectives import batch_sum, from_main, gather_batches, process_group
+from odir_core.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.config import TrainConfig
 from odir_core.console import early_stopping_line, epoch_line
 from odir_core.distributed import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.epoch_record import diverged, epoch_record
+from odir_core.errors import on_every_rank
 from odir_core.feature_cache import FeatureBatch, build_feature_cache
 from odir_core.history import History, early_stopping_state, should_stop
 from odir_core.model_spec import ArchitectureError, check_architecture
@@ -136,7 +137,7 @@ def train(config: TrainConfig, log=print) -> Path:
     with process_group(ranks, str(device), torch.distributed, torch.cuda.set_device):
         processes = f", {ranks.world} processes on {device.type}" if ranks.distributed else ""
         log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}{processes}")
-        setup = from_main(setup_run(config, BACKUP, log) if ranks.main else None, ranks)
+        setup = on_main(lambda: setup_run(config, BACKUP, log), ranks)
         with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
             _train(setup, started, device, ranks, log)
     return setup.run_dir
@@ -249,18 +250,20 @@ def _read_backup(setup: RunSetup) -> dict:
 def _restore(setup: RunSetup, model: DualNet, loop: Loop, scheduler) -> int:
     """Load the run's backup (read by rank 0, sent to the others) into the model, optimizer, scaler and
     scheduler; the epochs it holds."""
-    state = from_main(_read_backup(setup) if loop.ranks.main else None, loop.ranks)
-    try:
-        model.load_state_dict(state["model"])
-        loop.optimizer.load_state_dict(state["optimizer"])
-        loop.scaler.load_state_dict(state["scaler"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        return int(state["epoch"])
-    except Exception as error:  # a backup of another model or of a damaged pickle
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise ResumeError(damaged_backup_message(setup.run_dir / BACKUP, reason, setup.run_dir, "last.pth")) from None
+    state = on_main(lambda: _read_backup(setup), loop.ranks)
+    with on_every_rank():  # every rank loads the same backup
+        try:
+            model.load_state_dict(state["model"])
+            loop.optimizer.load_state_dict(state["optimizer"])
+            loop.scaler.load_state_dict(state["scaler"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            return int(state["epoch"])
+        except Exception as error:  # a backup of another model or of a damaged pickle
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            raise ResumeError(damaged_backup_message(setup.run_dir / BACKUP, reason, setup.run_dir,
+                                                     "last.pth")) from None
 
 
 def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ranks, log) -> Loop:
@@ -300,14 +303,15 @@ def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ran
 def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, log) -> None:
     config, run_dir = setup.config, setup.run_dir
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    with on_every_rank():  # every rank reads the same --weights
+        model = build_model(config).to(device)
     loop = build_loop(setup, model, device, ranks, log)
     scheduler = make_scheduler(config, loop.optimizer)
     history = History(run_dir, files=ranks.main)
     start_epoch = 0
     if setup.resumed:
         start_epoch = _restore(setup, model, loop, scheduler)
-        history.records = from_main(history.load(start_epoch) if ranks.main else None, ranks)
+        history.records = on_main(lambda: history.load(start_epoch), ranks)
         log(f"Resuming after epoch {start_epoch}")
     writer = ScalarWriter(run_dir / "tensorboard") if ranks.main else None
     diverged_epoch = None
