@@ -2,16 +2,22 @@
 the start-up once): ``torchrun --nproc_per_node N tests/distributed_runs.py TRAINER OUT DATA JOB...``.
 
 Each JOB trains into ``OUT/<job>/`` through the trainer's own CLI (``torch`` or ``keras``); ``cut`` stops
-both processes after the first epoch's backup as Ctrl-C would, and ``resume`` continues the ``cut`` run.
-The jobs' flags are ``JOBS`` below; the tests run the same flags in one process as the reference.
+both processes after the first epoch's backup as Ctrl-C would, and ``resume-NAME`` continues the run under
+``OUT/NAME``. The jobs' flags are ``JOBS`` below; the tests run the same flags in one process as the
+reference. ``OUT/codes.json`` holds each process's exit code of each job, a list indexed by rank.
+
+``train_and_kill`` runs a trainer's CLI itself under torchrun and kills one of its processes mid-training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch.distributed as dist
@@ -37,8 +43,17 @@ RESUMED = ["--fine-tune", "--backbone", "resnet18", "--head", "v0", "--batch-siz
 # fine-tuned, one step of the whole training split (16 rows): one device and several differ in summation order only
 FINE_TUNED_SMALL_STEP = ["--fine-tune", "--backbone", "resnet18", "--head", "v0", "--batch-size", "16", "--epochs",
                          "1", "--lr", "0.001", "--patience", "0"]
+# FINE_TUNED for three epochs: a process is killed after the first
+KILLED = [*FINE_TUNED, "--epochs", "3"]
+# errors every process meets alike: a flag's value, a batch that leaves a process empty (found once the run's
+# data is read), a data folder that does not exist (found by rank 0, which reads the data for every process)
+BAD_FLAG = [*FROZEN, "--epochs", "many"]
+BAD_SPLIT = [*FROZEN, "--batch-size", "15"]  # batches of 15 and 1 rows
+NO_DATA = [*FROZEN, "--data", "/nonexistent/odir"]
 JOBS = {"frozen": FROZEN, "frozen_images": FROZEN_IMAGES, "fine_tuned": FINE_TUNED,
-        "fine_tuned_small_step": FINE_TUNED_SMALL_STEP, "straight": RESUMED, "cut": RESUMED}
+        "fine_tuned_small_step": FINE_TUNED_SMALL_STEP, "straight": RESUMED, "cut": RESUMED, "killed": KILLED,
+        "bad_flag": BAD_FLAG, "bad_split": BAD_SPLIT, "no_data": NO_DATA}
+MODULES = {"torch": "torch_odir.train", "keras": "keras_odir.train"}
 
 
 def job_args(job: str, data, out) -> list[str]:
@@ -46,15 +61,55 @@ def job_args(job: str, data, out) -> list[str]:
     return tiny_train_args(data, Path(out) / job, *JOBS[job])
 
 
-def torchrun(trainer: str, out: Path, data: Path, *jobs: str) -> subprocess.CompletedProcess:
-    """Run ``jobs`` of this file under torchrun with two gloo processes; each rank's output in ``out/logs``."""
+def _launch(out: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of torchrun starting two gloo processes that run ``args`` (a script or
+    ``-m MODULE``, then its arguments); each rank's output goes to ``out/logs``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
            "KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--log-dir",
-               str(out / "logs"), "--redirects", "3", __file__, trainer, str(out), str(data), *jobs]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--log-dir", str(out / "logs"),
+            "--redirects", "3", *args], env
+
+
+def torchrun(trainer: str, out: Path, data: Path, *jobs: str) -> subprocess.CompletedProcess:
+    """Run ``jobs`` of this file under torchrun with two gloo processes; each rank's output in ``out/logs``."""
+    command, env = _launch(out, __file__, trainer, str(out), str(data), *jobs)
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def train_and_kill(trainer: str, out: Path, data: Path, job: str, backup: Path, rank: int = 1,
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+    """Train ``job`` into ``out/job`` with the trainer's own CLI under torchrun (two gloo processes) and kill
+    process ``rank`` with SIGKILL, as the OOM killer would, once the run folder holds ``backup`` (relative to
+    it: the first epoch's backup); torchrun's result, its output in ``out/torchrun.out`` and ``.err``."""
+    command, env = _launch(out, "-m", MODULES[trainer], *job_args(job, data, out))
+    with open(out / "torchrun.out", "w") as stdout, open(out / "torchrun.err", "w") as stderr:
+        launch = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + timeout
+            while not any(run.joinpath(backup).is_file() for run in (out / job).glob("*")):
+                assert launch.poll() is None, f"the run ended before its first backup: {rank_output(out, 0, 'stderr')}"
+                assert time.monotonic() < deadline, "no backup in time"
+                time.sleep(0.02)
+            os.kill(worker_pid(launch.pid, rank), signal.SIGKILL)
+            launch.wait(timeout=timeout)
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
+    return subprocess.CompletedProcess(command, launch.returncode, (out / "torchrun.out").read_text(),
+                                       (out / "torchrun.err").read_text())
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The process id of the worker of ``rank`` that torchrun (process ``launcher``) started (Linux /proc)."""
+    for children in Path(f"/proc/{launcher}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):  # a process that has ended meanwhile
+                if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return int(pid)
+    raise AssertionError(f"torchrun (process {launcher}) has no worker of rank {rank}")
 
 
 def rank_output(out: Path, rank: int, stream: str = "stdout") -> str:
@@ -92,6 +147,14 @@ def _stop_after_first_epoch(trainer: str):
     return lambda: setattr(module, name, original)
 
 
+def _exit_code(main, args: list[str]) -> int:
+    """``main(args)``, or the exit code of the SystemExit it raises (argparse's, for a bad flag)."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
 def main(trainer: str, out: str, data: str, *jobs: str) -> int:
     if trainer == "torch":
         import torch_odir.train as train
@@ -100,16 +163,18 @@ def main(trainer: str, out: str, data: str, *jobs: str) -> int:
     dist.init_process_group("gloo")
     codes = {}
     for job in jobs:
-        if job == "resume":
-            codes[job] = train.main(["--resume", str(only_run(Path(out) / "cut"))])
+        if job.startswith("resume-"):
+            codes[job] = train.main(["--resume", str(only_run(Path(out) / job.removeprefix("resume-")))])
             continue
         undo = _stop_after_first_epoch(trainer) if job == "cut" else None
-        codes[job] = train.main(job_args(job, data, out))
+        codes[job] = _exit_code(train.main, job_args(job, data, out))
         if undo is not None:
             undo()
         dist.barrier()
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, codes)
     if dist.get_rank() == 0:
-        (Path(out) / "codes.json").write_text(json.dumps(codes))
+        (Path(out) / "codes.json").write_text(json.dumps(every))
     dist.destroy_process_group()
     return 0
 
