@@ -98,6 +98,14 @@ def output_error(exc: OSError, path=None) -> OutputError:
     return OutputError(f"cannot write {describe_os_error(exc, hint=True, path=path)}", exc.errno)
 
 
+def write_failure(exc: BaseException, path) -> OutputError | None:
+    """The :class:`OutputError` naming ``path`` for an error only a write can cause (a full disk, a quota,
+    a read-only filesystem), or None for any other exception."""
+    if isinstance(exc, OSError) and not isinstance(exc, OdirError) and exc.errno in _WRITE_ONLY:
+        return output_error(exc, path)
+    return None
+
+
 @contextlib.contextmanager
 def writing(path=None) -> Iterator[None]:
     """Turn an OSError raised inside the block (a write of the output ``path``) into an :class:`OutputError`."""

@@ -6,8 +6,8 @@
 A run folder's life: ``config.toml`` first; per finished epoch the history, the checkpoints and then
 the backup (``backup/``, the trainer's own format, each file replaced atomically); at the end
 ``finished.json``, written last, and the backup is removed. So ``--resume`` can tell a finished run
-(``finished.json``), a run to continue (a backup) and one that stopped before its first epoch ended
-(neither), and a new run that fails or is interrupted before its first epoch ended removes its folder.
+(``finished.json``), a run to continue (a backup) and one that stopped before its first epoch was saved
+(neither), and a new run that fails or is interrupted before its first epoch was saved removes its folder.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
 from odir_core.console import duration
 from odir_core.distributed import Ranks
-from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli
+from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli, write_failure
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED, is_prepared
@@ -65,7 +65,7 @@ class ResumeError(InputError):
 
 
 class StoppedBeforeFirstEpoch(OdirError):
-    """Ctrl-C before a new run's first epoch ended: its folder was removed, there is nothing to resume."""
+    """Ctrl-C before a new run's first epoch was saved: its folder was removed, there is nothing to resume."""
 
     exit_code = EXIT_INTERRUPTED
 
@@ -216,18 +216,21 @@ def finish_run(run_dir: Path, epochs: int, early_stopped: bool) -> None:
 
 @contextlib.contextmanager
 def removed_if_no_epoch(setup: RunSetup, log: Callable[[str], None] = print):
-    """Remove a new run's folder when the block fails or is interrupted before the first epoch ended (its
-    history exists from then on), so no folder holding only ``config.toml`` is left behind."""
+    """Remove a new run's folder when the block fails or is interrupted before the first epoch was saved
+    (its history exists from then on), so no folder holding only ``config.toml`` is left behind. A full
+    disk or read-only filesystem met while writing the run is reported naming the run folder."""
     try:
         yield
     except BaseException as exc:
-        if setup.resumed or (setup.run_dir / HISTORY_FILE).exists():
+        failure = write_failure(exc, setup.run_dir)
+        if not setup.resumed and not (setup.run_dir / HISTORY_FILE).exists():
+            shutil.rmtree(setup.run_dir, ignore_errors=True)
+            log(f"Removed {setup.run_dir}: the run stopped before its first epoch was saved")
+            if isinstance(exc, KeyboardInterrupt):
+                raise StoppedBeforeFirstEpoch("interrupted before the first epoch was saved; nothing to resume") from None
+        if failure is None:
             raise
-        shutil.rmtree(setup.run_dir, ignore_errors=True)
-        log(f"Removed {setup.run_dir}: the run stopped before its first epoch ended")
-        if isinstance(exc, KeyboardInterrupt):
-            raise StoppedBeforeFirstEpoch("interrupted before the first epoch ended; nothing to resume") from None
-        raise
+        raise failure from exc
 
 
 def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:

@@ -461,6 +461,41 @@ def test_interrupted_first_epoch_removes_the_new_run_folder(trainer, data, tmp_p
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("trainer,full_at_epoch", [("keras", 1), ("torch", 2)])
+def test_disk_full_in_the_run_folder_names_it_and_keeps_what_was_saved(trainer, full_at_epoch, data, tmp_path,
+                                                                        monkeypatch, capsys):
+    """A full disk raises ENOSPC without a file name (before: 'cannot write No space left on device')."""
+    import contextlib
+
+    import keras_odir.train as ktrain
+    import odir_core.history as history_mod
+
+    module = ktrain if trainer == "keras" else ttrain
+    real_atomic_path, calls = history_mod.atomic_path, []
+
+    @contextlib.contextmanager
+    def filling_disk(path):
+        calls.append(path)
+        if len(calls) > 2 * (full_at_epoch - 1):  # two history files per epoch
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with real_atomic_path(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(history_mod, "atomic_path", filling_disk)
+    runs = tmp_path / "runs"
+    assert module.main(tiny_train_args(data, runs, "--epochs", "2", "--backbone", "resnet18")) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    line = [line for line in error_lines(captured.err) if line.startswith("error:")]
+    assert len(line) == 1 and "Traceback" not in captured.err, captured.err
+    assert f"cannot write {runs}" in line[0] and "No space left on device; free some space" in line[0]
+    if full_at_epoch == 1:
+        assert "the run stopped before its first epoch was saved" in captured.out
+        assert not any(runs.iterdir())
+    else:
+        run_dir = only_run(runs)
+        assert (run_dir / "history.csv").is_file() and not (run_dir / "finished.json").exists()
+
+
 def test_resume_of_a_folder_that_is_not_a_run_is_one_error(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ttrain.main(["--resume", str(tmp_path)])
