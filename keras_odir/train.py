@@ -29,7 +29,7 @@ from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
 from keras_odir.parts import dual_parts
 from keras_odir.precision import dtype_policy
-from keras_odir.weights import read_keras_model, read_torch_state, torch_to_keras_state
+from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.config import TrainConfig
 from odir_core.collectives import gather_rows, on_main
@@ -83,7 +83,9 @@ def build_model(config: TrainConfig) -> keras.Model:
     elif path.name.endswith(".weights.h5"):
         model.load_weights(path)
     elif path.suffix == KERAS_SUFFIX:
-        model.set_weights(read_keras_model(path).get_weights())
+        saved = read_keras_model(path)
+        check_architecture(keras_to_numpy_state(saved), config.backbone, config.head, f"--weights {path}")
+        model.set_weights(saved.get_weights())
     else:
         raise ValueError(f"--weights {path}: unknown file type; use .keras, .weights.h5 or .pth")
     return model

@@ -95,7 +95,7 @@ class TrainConfig:
     weights: str = _opt(
         "imagenet",
         "backbone weights: 'imagenet' (local torchvision resnet50 checkpoint), 'none' (random), "
-        "or the path of a .keras/.pth/.weights.h5 file",
+        "or the path of a model file (.pth; keras_odir also .keras/.weights.h5)",
     )
     # optimisation
     batch_size: int = _opt(32, "patients per batch")

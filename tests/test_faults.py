@@ -444,6 +444,32 @@ def test_torch_weights_of_another_architecture_are_one_line_and_no_run_folder(ma
     assert not any(runs.iterdir())  # a failed start leaves no run folder holding only config.toml
 
 
+def test_keras_weights_of_another_architecture_are_one_line_and_no_run_folder(data, tmp_path, capsys):
+    """Before: Keras' 'You called set_weights(weights) ... with a weight list of length 102'."""
+    import keras_odir.train as ktrain
+
+    weights = tmp_path / "other.keras"
+    build_dual_model("resnet18", "v1", image_size=32).save(weights)
+    runs = tmp_path / "runs"
+    args = tiny_train_args(data, runs, "--epochs", "1")
+    args[args.index("--weights") + 1] = str(weights)
+    assert ktrain.main(args) == 2
+    assert_one_line(capsys.readouterr().err, f"--weights {weights} holds backbone resnet18 with head v1",
+                    "pass --backbone resnet18 --head v1")
+    assert not any(runs.iterdir())
+
+
+def test_torch_trainer_names_the_conversion_for_keras_weights(data, tmp_path, capsys):
+    """torch_odir reads PyTorch files only (before: 'not a readable PyTorch checkpoint (RuntimeError ...)')."""
+    weights = tmp_path / "best.keras"
+    weights.write_bytes(b"PK")
+    args = tiny_train_args(data, tmp_path / "runs", "--epochs", "1")
+    args[args.index("--weights") + 1] = str(weights)
+    assert ttrain.main(args) == 2
+    assert_one_line(capsys.readouterr().err, "torch_odir starts from PyTorch files",
+                    f"python -m keras_odir.convert {weights} best.pth")
+
+
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
 def test_interrupted_first_epoch_removes_the_new_run_folder(trainer, data, tmp_path, monkeypatch, capsys):
     import keras_odir.train as ktrain

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from odir_core import devices, provenance
 from odir_core.atomic import atomic_path
-from odir_core.checkpoints import backbone_state_dict, dual_state_dict, is_dual_state
+from odir_core.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.config import TrainConfig
 from odir_core.console import early_stopping_line, epoch_line
@@ -77,6 +77,9 @@ def build_model(config: TrainConfig) -> DualNet:
         model = DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
         return load_initial_weights(model, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise ValueError(f"--weights {path}: torch_odir starts from PyTorch files ({', '.join(TORCH_SUFFIXES)}); "
+                         f"convert a Keras model first: python -m keras_odir.convert {path} {path.stem}.pth")
     state = dual_state_dict(read_torch_state(path))
     model = DualNet(config.backbone, config.head, freeze_backbone=freeze)
     try:
