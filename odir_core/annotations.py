@@ -7,7 +7,6 @@ the OIA-ODIR training/off-site/on-site xlsx files, and our own xlsx/csv.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from .keywords import (
     patient_labels,
 )
 from .labels import LABELS, SPECIAL_IMAGES
+from .table_headers import HEADER_SEARCH_ROWS, csv_delimiter, header_key, names_patient_labels
 
 __all__ = [
     "COLUMNS",
@@ -59,19 +59,13 @@ FUNDUS_COLUMNS = ["Left-Fundus", "Right-Fundus"]
 PER_IMAGE_COLUMNS = ["filepath", "labels", "target", "filename"]
 
 _SPECIAL_STEMS = frozenset(Path(name).stem for name in SPECIAL_IMAGES)
-_HEADER_SEARCH_ROWS = 10
 
 
 class AnnotationError(InputError):
     """An annotations file that cannot be used, with where and how to fix it."""
 
 
-def _key(name) -> str:
-    """Header comparison key: case, spaces, dashes and underscores ignored."""
-    return re.sub(r"[^0-9a-z]", "", str(name).lower())
-
-
-_CANONICAL = {_key(col): col for col in COLUMNS + PER_IMAGE_COLUMNS}
+_CANONICAL = {header_key(col): col for col in COLUMNS + PER_IMAGE_COLUMNS}
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
@@ -84,7 +78,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             return pd.read_excel(path, header=None, dtype=object)
         if suffix == ".csv":
             return pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                               sep=_csv_delimiter(path))
+                               sep=csv_delimiter(path))
     except Exception as exc:  # any parser failure means the same thing to the user
         raise AnnotationError(
             f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}); "
@@ -93,35 +87,14 @@ def _read_raw(path: Path) -> pd.DataFrame:
     raise AnnotationError(f"{path}: unsupported file type {suffix!r}; use an .xlsx or .csv annotations file")
 
 
-_DELIMITERS = (",", ";", "\t")
-
-
-def _csv_delimiter(path: Path) -> str:
-    """The CSV's delimiter: the one (comma, semicolon or tab) that splits a header row into ID and N..O.
-
-    Spreadsheet programs in many locales save CSVs with semicolons; a file where no delimiter yields the
-    header row is read with commas (and reported as missing columns).
-    """
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        lines = [f.readline() for _ in range(_HEADER_SEARCH_ROWS)]
-    labels = {_key(label) for label in LABELS}
-    for line in lines:
-        for sep in _DELIMITERS:
-            keys = {_key(cell) for cell in line.split(sep)}
-            if "id" in keys and labels <= keys:
-                return sep
-    return ","
-
-
 def _locate_header(raw: pd.DataFrame, path: Path) -> int:
     """Index of the header row: the first of the top rows naming ID and N..O."""
-    for i in range(min(_HEADER_SEARCH_ROWS, len(raw))):
-        keys = {_key(v) for v in raw.iloc[i] if not _is_blank(v)}
-        if "id" in keys and {_key(label) for label in LABELS} <= keys:
+    for i in range(min(HEADER_SEARCH_ROWS, len(raw))):
+        if names_patient_labels(v for v in raw.iloc[i] if not _is_blank(v)):
             return i
     first = [str(v).strip() for v in raw.iloc[0] if not _is_blank(v)] if len(raw) else []
-    keys = {_key(v) for v in first}
-    missing = [col for col in REQUIRED if _key(col) not in keys]
+    keys = {header_key(v) for v in first}
+    missing = [col for col in REQUIRED if header_key(col) not in keys]
     raise AnnotationError(
         f"{path}: row 1: missing column(s) {', '.join(repr(c) for c in missing)} "
         f"(found {first}); the header row must name {', '.join(REQUIRED)}"
@@ -144,7 +117,7 @@ def _table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     h = _locate_header(raw, path)
     names = []
     for j, value in enumerate(raw.iloc[h]):
-        name = _CANONICAL.get(_key(value), None if _is_blank(value) else str(value).strip())
+        name = _CANONICAL.get(header_key(value), None if _is_blank(value) else str(value).strip())
         names.append(name if name is not None else f"__unnamed_{j}")
     seen = set()
     for name in names:
@@ -157,7 +130,7 @@ def _table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     keep = np.array([not all(_is_blank(v) for v in row) for row in body.itertuples(index=False)], dtype=bool)
     # Some distributed files repeat the header row inside the data.
     if "ID" in body.columns:
-        keep &= np.array([_key(v) != "id" for v in body["ID"]], dtype=bool)
+        keep &= np.array([header_key(v) != "id" for v in body["ID"]], dtype=bool)
     if not keep.any():
         raise AnnotationError(
             f"{path}: no patient rows under the header (row {h + 1}); add one row per patient, "

@@ -46,6 +46,7 @@ from sklearn.metrics import (
 
 from odir_core.errors import InputError, run_cli
 from odir_core.labels import LABELS, NUM_LABELS
+from odir_core.table_headers import csv_delimiter, header_key
 
 ID_COLUMN = "ID"
 LABEL_FILE_COLUMNS = [ID_COLUMN, *LABELS]
@@ -259,16 +260,18 @@ def per_label_table(y_true, y_prob, threshold=0.5, *, averages: bool = False) ->
 
 
 def _read_table(path) -> pd.DataFrame:
-    """A csv or xlsx file as read by pandas, with clear errors for missing or unreadable files."""
+    """A csv (comma, semicolon or tab separated) or xlsx file as read by pandas, header cells that name
+    ID,N..O up to case, spaces, dashes and underscores renamed so; clear errors for missing or unreadable files."""
     path = Path(path)
     if not path.is_file():
         raise MetricsError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    names = {header_key(column): column for column in LABEL_FILE_COLUMNS}
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, sep=csv_delimiter(path)).rename(columns=lambda c: names.get(header_key(c), c))
         if suffix in (".xlsx", ".xlsm"):
-            return pd.read_excel(path, engine="openpyxl")
+            return pd.read_excel(path, engine="openpyxl").rename(columns=lambda c: names.get(header_key(c), c))
     except Exception as exc:  # pandas raises many types for a corrupt file
         raise MetricsError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
     raise MetricsError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .xlsx with columns {','.join(LABEL_FILE_COLUMNS)}")

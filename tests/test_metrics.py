@@ -241,6 +241,18 @@ def test_read_label_file_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(got[list(LABELS)].to_numpy(), sub[list(LABELS)].to_numpy(), rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_label_files_saved_by_spreadsheets_in_other_locales_are_read(tmp_path, sep):
+    """Semicolon or tab separated, lower-case or spaced header names: the same table as the study's format."""
+    gt, sub = _frames()
+    for frame, name in ((gt, "gt.csv"), (sub, "probs.csv")):
+        frame.rename(columns=lambda c: f" {c.lower()} ").to_csv(tmp_path / name, index=False, sep=sep)
+    got = read_label_file(tmp_path / "probs.csv")
+    assert got.columns.tolist() == ["ID", *LABELS]
+    np.testing.assert_allclose(got[list(LABELS)].to_numpy(), sub[list(LABELS)].to_numpy(), rtol=0, atol=1e-15)
+    check_submission(tmp_path / "probs.csv", tmp_path / "gt.csv")
+
+
 def test_read_label_file_errors(tmp_path):
     gt, _ = _frames()
     path = tmp_path / "gt.csv"
