@@ -532,6 +532,20 @@ def test_resume_of_a_folder_that_is_not_a_run_is_one_error(data, tmp_path, capsy
         ttrain.train(config, log=lambda line: None)
 
 
+def test_resume_without_a_backup_after_saved_epochs_points_to_the_last_model(tmp_path):
+    """A backup removed by hand after epochs were saved (before: 'stopped before the backup of its first
+    epoch was written', which was false)."""
+    from odir_core.run import check_resumable
+
+    for name in ("config.toml", "history.csv", "last.pth"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(ResumeError, match=rf"backup is missing .* --weights {tmp_path / 'last.pth'} "):
+        check_resumable(tmp_path, Path("backup/state.pth"))
+    (tmp_path / "history.csv").unlink()
+    with pytest.raises(ResumeError, match="before the backup of its first epoch was written"):
+        check_resumable(tmp_path, Path("backup/state.pth"))
+
+
 def test_config_records_the_data_folder_as_an_absolute_path(data, tmp_path, monkeypatch):
     monkeypatch.chdir(data.parent)
     assert ttrain.main(tiny_train_args(Path(data.name), tmp_path, "--epochs", "1")) == 0
