@@ -30,7 +30,7 @@ from odir_core.class_weights import pos_weight_from_labels
 from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
 from odir_core.console import duration
 from odir_core.distributed import Ranks
-from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli, write_failure
+from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli, write_failure, writing
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED, is_prepared
@@ -137,7 +137,8 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
 def new_run_dir(run_root: str | Path, experiment: str) -> Path:
     """Create ``run_root/<experiment>-<YYYYmmdd-HHMMSS>`` (suffix -2, -3 ... if taken); never reuses one."""
     root = Path(run_root)
-    root.mkdir(parents=True, exist_ok=True)
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = root / (f"{experiment}-{stamp}" if n == 1 else f"{experiment}-{stamp}-{n}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from odir_core.atomic import atomic_write_text
-from odir_core.errors import run_cli
+from odir_core.errors import run_cli, writing
 from odir_core.prepare import REPORT_COLUMNS
 from odir_core.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 
@@ -62,6 +62,8 @@ def build(args) -> int:
         print(f"odir5k/{config.name} is already built in {target}; nothing to do")
         return 0
     find_source(args.manual_dir)  # fail early, with the download instructions, on a wrong folder
+    with writing(target.parent):  # an unwritable data folder fails here, before any image is read
+        target.parent.mkdir(parents=True, exist_ok=True)
     import tensorflow_datasets as tfds
 
     manual_dir = Path(args.manual_dir)
