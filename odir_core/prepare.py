@@ -66,7 +66,7 @@ class Source:
             return [n for n in self._archive().namelist() if not n.endswith("/")]
         root = self.path
         return [
-            (Path(d) / f).relative_to(root).as_posix() for d, _, files in os.walk(root) for f in files
+            (Path(d) / f).relative_to(root).as_posix() for d, _, files in os.walk(root, followlinks=True) for f in files
         ]
 
     def read(self, name: str) -> bytes:

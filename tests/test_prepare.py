@@ -108,6 +108,17 @@ def test_prepare_reads_a_generated_zip_in_place(tmp_path):
     assert all(cv2.imread(str(out / "images" / n)).shape == (40, 40, 3) for n in df["Right-Fundus"])
 
 
+def test_prepare_follows_a_symlinked_image_folder(tmp_path):
+    """Photographs often live on another disk, linked into the dataset folder."""
+    source = generate(tmp_path / "gc", 3, size=96, seed=1, layout="grand-challenge", workers=1)
+    images = next(p for p in source.rglob("*") if p.is_dir() and any(p.glob("*.jpg")))
+    moved = shutil.move(str(images), str(tmp_path / "elsewhere"))
+    images.symlink_to(moved, target_is_directory=True)
+    out = tmp_path / "out"
+    assert run(source, out, "--size", "40") == 0
+    assert read_annotations(out / "annotations.xlsx", exclude_special=False)["ID"].tolist() == [0, 1, 2]
+
+
 def test_prepare_reports_black_and_repaired_white_surround_images(tmp_path):
     src = generate(tmp_path / "src", 2, size=96, seed=0, layout="grand-challenge", workers=1)
     folder = src / GRAND_CHALLENGE.images
