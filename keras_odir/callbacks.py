@@ -13,6 +13,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_odir.data_parallel import one_program, this_process_only
 from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
 from odir_core.collectives import all_true
@@ -125,7 +126,7 @@ class _AtomicSaver:
     def save(self, filepath, overwrite=True):
         if not all_finite(self.target):
             return  # a diverged epoch's weights are never written
-        with atomic_path(filepath) as tmp:
+        with atomic_path(filepath) as tmp, this_process_only():
             self.target.save(tmp, overwrite=True)
             if self.trained_on:
                 provenance.write_keras(tmp, provenance.at_epoch(self.trained_on, self.epoch))
@@ -263,7 +264,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         folder = Path(self.backup_dir)
         weights = folder / f"epoch-{self._current_epoch:04d}.weights.h5"
-        with atomic_path(weights) as tmp:
+        with atomic_path(weights) as tmp, this_process_only():
             self.model.save_weights(tmp, overwrite=True)
         record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": weights.name}
         atomic_write_text(folder / BACKUP_METADATA.name, json.dumps(record) + "\n")
@@ -304,7 +305,9 @@ def training_callbacks(
     ``val_loss``; the backup for ``--resume`` last). Under several processes only rank 0 shows the bar and
     writes checkpoints and backups; the others only restore the backup on ``--resume``."""
     backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR, write=ranks.main)
-    stop = StopTogetherOnNaN(ranks) if ranks.distributed else keras.callbacks.TerminateOnNaN()
+    # one jax program over several processes has one loss, the same on every process
+    together = ranks.distributed and not one_program(ranks)
+    stop = StopTogetherOnNaN(ranks) if together else keras.callbacks.TerminateOnNaN()
     callbacks = [schedule_callback, EpochSeeds(seed), stop]
     best = None
     if ranks.main:

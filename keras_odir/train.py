@@ -95,7 +95,8 @@ def train(config: TrainConfig, log=print) -> Path:
     """Run one training; returns the run folder. Under torchrun (torch backend) every process trains its slice
     of each global batch, the gradients averaged over the processes before each step, and rank 0 alone
     prints and writes the run folder; on jax with several devices ``keras.distribution.DataParallel`` splits
-    each global batch over them (``keras_odir.data_parallel``)."""
+    each global batch over them, over the devices of several processes too when the environment names a jax
+    job (``keras_odir.data_parallel``)."""
     started = time.perf_counter()
     ranks = data_parallel.ranks()
     log = ranks.log(log)
@@ -133,7 +134,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 
     def predict(network: keras.Model, batches: EpochBatches) -> np.ndarray:
         """``network``'s outputs for every row of ``batches``: this rank's slices, gathered in order."""
-        return gather_rows(network.predict(batches, verbose=0), batches.sizes, ranks)
+        return gather_rows(data_parallel.predict(network, batches), batches.sizes, ranks)
 
     if config.uses_feature_cache:
         parts = dual_parts(model)
@@ -141,7 +142,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 
         def extract(dataset, description):
             batches = image_batches(dataset, config.batch_size, workers=config.workers, ranks=ranks)
-            return gather_rows(extractor.predict(batches, verbose=1 if ranks.main else 0), batches.sizes, ranks)
+            return gather_rows(data_parallel.predict(extractor, batches, verbose=1 if ranks.main else 0),
+                               batches.sizes, ranks)
 
         cache = build_feature_cache(extract, data.train_plain, data.val, log)
         trainable = parts.head
@@ -160,6 +162,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 
     def gathered_outputs():
         labels, logits = epoch_outputs.outputs()
+        if data_parallel.one_program(ranks):  # jax over several processes: the metric saw every row
+            return labels, logits
         return gather_rows(labels, train_batches.sizes, ranks), gather_rows(logits, train_batches.sizes, ranks)
 
     if config.train_metrics == "epoch":

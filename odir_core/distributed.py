@@ -3,8 +3,8 @@
 Every rank computes the same epoch order from the seed; each global batch of ``--batch-size`` rows is
 cut into ``world`` consecutive slices, rank ``r`` taking slice ``r`` (sizes differ by at most one). So
 ``world`` processes see exactly the batches one process sees, and gathering the slices of a batch in
-rank order gives the batch back. Launchers (torchrun, ``keras.distribution.initialize``) say who is who
-through the environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``.
+rank order gives the batch back. torchrun says who is who through the environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``); a jax job through the variables ``keras_odir.data_parallel.jax_job`` reads.
 """
 
 from __future__ import annotations

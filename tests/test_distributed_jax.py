@@ -1,6 +1,9 @@
-"""keras_odir.train on jax with two host devices: keras.distribution.DataParallel against one device."""
+"""keras_odir.train on jax: keras.distribution.DataParallel over two host devices of one process, and over the
+devices of two processes joined through keras.distribution.initialize, each against one device."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -8,37 +11,167 @@ import numpy as np
 import pytest
 
 from distributed_runs import TESTS
+from keras_odir.data_parallel import DistributedError, JaxJob, jax_job
 from odir_core.synthetic import generate
 from training_runs import only_run
 
 
-def test_data_parallel_over_two_devices_equals_one_for_a_fine_tuned_model(tmp_path):
-    pytest.importorskip("jax")
-    data = generate(tmp_path / "set", patients=20, size=40, seed=3)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
-    proc = subprocess.run([sys.executable, str(TESTS / "jax_runs.py"), str(tmp_path), str(data),
-                           "fine_tuned_small_step", "uneven"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "DataParallel over 2 devices" in proc.stdout
-    # batches of 7 cannot be split in equal parts over 2 devices: one line, no run folder left
-    assert "--batch-size 7 on 2 jax devices: a training batch of 7 patient(s)" in proc.stdout + proc.stderr
-    assert not any((tmp_path / "uneven" / "frozen").iterdir())
-    # read the checkpoints' weights without building the model: the .keras archive holds them as HDF5
+def weights(root, job="fine_tuned_small_step"):
+    """The weights of ``root/job``'s last.keras, read without building the model (the archive holds them as HDF5)."""
     import h5py
     import zipfile
 
-    def weights(root):
-        with zipfile.ZipFile(only_run(root / "fine_tuned_small_step") / "last.keras") as archive:
-            archive.extract("model.weights.h5", root)
-        values = []
-        with h5py.File(root / "model.weights.h5") as f:
-            f.visititems(lambda name, item: values.append((name, item[()])) if isinstance(item, h5py.Dataset) else None)
-        return dict(values)
+    with zipfile.ZipFile(only_run(root / job) / "last.keras") as archive:
+        archive.extract("model.weights.h5", root)
+    values = []
+    with h5py.File(root / "model.weights.h5") as f:
+        f.visititems(lambda name, item: values.append((name, item[()])) if isinstance(item, h5py.Dataset) else None)
+    return dict(values)
 
-    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+
+def largest_difference(one, two) -> float:
+    """The largest difference of two runs' weights, relative to each weight's scale (moving variances reach
+    hundreds on random weights)."""
     assert one.keys() == two.keys() and len(one) > 100
-    # relative to each weight's scale (moving variances reach hundreds on random weights)
-    worst = max(float(np.abs(one[k].astype(np.float64) - two[k]).max() / max(1.0, np.abs(one[k]).max())) for k in one)
+    return max(float(np.abs(one[k].astype(np.float64) - two[k]).max() / max(1.0, np.abs(one[k]).max())) for k in one)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Started together, as they share the CPU: ``tests/jax_runs.py`` in one process with two host devices
+    (``devices/one``: one device, ``devices/two``: DataParallel over both, ``uneven``), and the two processes of
+    one jax job on this machine (``two``: one CPU device each, gloo collectives). Returns the folder and each
+    launch's (exit code, output)."""
+    pytest.importorskip("jax")
+    root = tmp_path_factory.mktemp("jax")
+    data = generate(root / "set", patients=20, size=40, seed=3)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("XLA_FLAGS", "WORLD_SIZE", "RANK", "LOCAL_RANK") and not k.startswith(("JAX_", "KERAS_DIST"))}
+    base.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+    address = f"127.0.0.1:{_free_port()}"
+    launches = {"devices": ([TESTS / "jax_runs.py", root / "devices", data, "fine_tuned_small_step", "uneven"],
+                            {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})}
+    for rank in (0, 1):
+        launches[f"process {rank}"] = ([TESTS / "jax_processes.py", root / "two", data, "fine_tuned_small_step"],
+                                       {**base, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+                                        "JAX_PROCESS_ID": str(rank)})
+    procs = {name: subprocess.Popen([sys.executable, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+             for name, (args, env) in launches.items()}
+    results = {}
+    try:
+        for name, proc in procs.items():
+            output = proc.communicate(timeout=600)[0]
+            results[name] = (proc.returncode, output)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return root, results
+
+
+def _succeeded(results, *names) -> None:
+    for name in names:
+        code, output = results[name]
+        assert code == 0, f"{name}:\n{output[-4000:]}"
+
+
+def test_data_parallel_over_two_devices_equals_one_for_a_fine_tuned_model(runs):
+    root, results = runs
+    _succeeded(results, "devices")
+    output = results["devices"][1]
+    assert "DataParallel over 2 devices" in output
+    # batches of 7 cannot be split in equal parts over 2 devices: one line, no run folder left
+    assert "--batch-size 7 on 2 jax devices: a training batch of 7 patient(s)" in output
+    assert not any((root / "devices" / "uneven" / "frozen").iterdir())
+    worst = largest_difference(weights(root / "devices" / "one"), weights(root / "devices" / "two"))
     print(f"largest relative difference {worst:.2e}")
     assert worst <= 1e-5  # BatchNorm over the global batch under SPMD; only the summation order differs
+
+
+def test_two_jax_processes_train_as_one_device_and_only_process_0_writes(runs):
+    """The two processes of one jax job train the fine-tuned model as one device does (``jax_runs.py``'s)."""
+    root, results = runs
+    _succeeded(results, "process 0", "process 1", "devices")
+    reports = {rank: json.loads((root / "two" / f"process-{rank}.json").read_text()) for rank in (0, 1)}
+    assert [r["codes"] for r in reports.values()] == [{"fine_tuned_small_step": 0}] * 2
+    assert [r["processes"] for r in reports.values()] == [2, 2]
+    assert "DataParallel over 2 devices of 2 processes" in results["process 0"][1]
+    assert "Epoch 1/1" in results["process 0"][1] and "Epoch 1/1" not in results["process 1"][1]
+    # process 1 wrote nothing (Python's audit events of files opened for writing, folders made, renames and
+    # removals under its output folder); process 0 wrote the run folder, as one process does
+    assert reports[1]["writes"] == [] and reports[0]["writes"]
+    one = root / "devices" / "one" / "fine_tuned_small_step"
+    assert {p.name for p in only_run(root / "two" / "fine_tuned_small_step").iterdir()} == \
+        {p.name for p in only_run(one).iterdir()}
+    worst = largest_difference(weights(root / "devices" / "one"), weights(root / "two"))
+    print(f"largest relative difference, two jax processes against one device: {worst:.2e}")
+    assert worst <= 1e-5  # one SPMD program over both processes; only the summation order differs
+
+
+def test_the_environment_names_a_jax_job():
+    job = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert jax_job(job) == JaxJob("10.0.0.1:1234", 4, 3)
+    keras_names = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "h0:1", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+                   "KERAS_DISTRIBUTION_PROCESS_ID": "1"}
+    assert jax_job(keras_names) == JaxJob("h0:1", 2, 1)
+    assert jax_job({**keras_names, **job}) == JaxJob("10.0.0.1:1234", 4, 3)  # jax's names first
+    assert jax_job({}) is None and jax_job({"JAX_COORDINATOR_ADDRESS": "h:1"}) is None
+    assert jax_job({**job, "JAX_NUM_PROCESSES": "1"}) is None
+    assert jax_job({"WORLD_SIZE": "2", "RANK": "1"}) is None  # torchrun's: not a jax job
+    for broken, message in [({**job, "JAX_PROCESS_ID": "4"}, "JAX_PROCESS_ID=4: must be 0 to 3"),
+                            ({**job, "JAX_PROCESS_ID": ""}, "JAX_NUM_PROCESSES=4 needs JAX_COORDINATOR_ADDRESS"),
+                            ({**job, "JAX_NUM_PROCESSES": "four"}, "JAX_NUM_PROCESSES='four': not a whole number")]:
+        with pytest.raises(DistributedError, match=message):
+            jax_job(broken)
+
+
+def test_a_jax_job_is_joined_through_keras_distribution_initialize(monkeypatch):
+    """``ranks()`` on jax calls ``keras.distribution.initialize`` with the job's coordinator, size and process id
+    (recorded here, not run: jax joins a job once per process)."""
+    jax = pytest.importorskip("jax")
+    import keras
+
+    from keras_odir import data_parallel
+
+    calls = []
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(keras.distribution, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    for name, value in {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+                        "JAX_PROCESS_ID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert data_parallel.ranks() == data_parallel.Ranks(1, 2)
+    assert data_parallel.ranks() == data_parallel.Ranks(1, 2)  # a second run in the same process joins no more
+    assert calls == [{"job_addresses": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+
+
+def test_what_cannot_run_is_refused_with_one_line(monkeypatch):
+    """torchrun's processes run keras_odir on the torch backend only; a jax job's variables need the jax backend."""
+    import keras
+
+    from keras_odir import data_parallel
+    from odir_core.config import TrainConfig
+
+    for name in ("JAX_NUM_PROCESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(DistributedError, match="under 2 torchrun processes runs on the torch backend only .* "
+                                               "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+        with data_parallel.processes(data_parallel.Ranks(1, 2), TrainConfig()):
+            pass
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    for name, value in {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DistributedError, match="names a jax job of 2 processes .* KERAS_BACKEND=jax"):
+        with data_parallel.processes(data_parallel.Ranks(), TrainConfig()):
+            pass
