@@ -90,14 +90,17 @@ def test_killed_mid_write_resumes_to_the_uninterrupted_weights(data, straight, t
 
 
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
-def test_killed_before_the_first_backup_says_start_a_new_run(data, tmp_path, trainer):
+def test_killed_before_the_first_backup_points_to_the_last_model(data, tmp_path, trainer):
+    """Epoch 1's checkpoints and history are written, its backup is not: no resume, but its last model."""
     proc = run(trainer, "first-backup", *tiny_train_args(data, tmp_path, *FLAGS))
     assert proc.returncode == KILLED
     cut = only_run(tmp_path)
     proc = run(trainer, "none", "--resume", str(cut))
     assert proc.returncode == 2
     line = one_error_line(proc)
-    assert "nothing to resume" in line and "start a new run" in line and "finished" not in line
+    last = next(cut.glob("last.*"))
+    assert "backup is missing" in line and "Start a new run" in line and f"--weights {last} " in line
+    assert "finished" not in line
 
 
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
