@@ -1,7 +1,7 @@
 """The GPU report in one run: model throughput and a real training epoch of each trainer.
 
     bash benchmarks/gpu.sh                          # on a CUDA machine: 224 and 448 px, float32 and bf16
-    bash benchmarks/gpu.sh --device cpu --quick     # the same steps, small, on any machine
+    bash benchmarks/gpu.sh --device cpu --quick     # the same steps, small (ResNet18), on any machine
 
 Writes ``gpu.json`` (every number) and ``gpu.md`` (the tables) into ``--out``. Throughput comes
 from ``model_throughput.py`` (torch_odir against keras_odir on the torch and jax backends,
@@ -26,6 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import model_throughput  # noqa: E402
 
 
+def _backbone(args) -> str:
+    """The study's ResNet50; ResNet18 for --quick, whose job is to show that every step runs."""
+    return "resnet18" if args.quick else "resnet50"
+
+
 def throughput(args) -> tuple[dict, list[str]]:
     """Every size and precision: the per-round times and the printed table."""
     raw, tables = {}, []
@@ -34,7 +39,7 @@ def throughput(args) -> tuple[dict, list[str]]:
         bench = argparse.Namespace(
             batch=2 if args.quick else 32, rounds=1 if args.quick else 5, iters=1 if args.quick else 3,
             warmup=1 if args.quick else 3, threads=os.cpu_count(), precision=precision, device=args.device,
-            backbone="resnet50", timeout=args.timeout)
+            backbone=_backbone(args), timeout=args.timeout)
         results = {}
         for size in sizes:
             for backend in model_throughput.DEFAULT_BACKENDS:
@@ -50,7 +55,7 @@ def training_epoch(package: str, args, data: Path, run_dir: Path) -> dict:
     command = [sys.executable, "-m", f"{package}.train", "--data", str(data), "--run-dir", str(run_dir),
                "--experiment", package, "--epochs", "1", "--image-size", str(size), "--batch-size",
                "4" if args.quick else "32", "--weights", "none", "--fine-tune", "--augment", "dual",
-               "--workers", "0" if args.quick else "4"]
+               "--workers", "0" if args.quick else "4", "--backbone", _backbone(args)]
     if package == "torch_odir":
         command += ["--device", args.device]
     env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="torch")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="torch device for torch_odir (Keras picks its own)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one round: a check that it all runs")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, ResNet18 and one round: a check that it all runs")
     parser.add_argument("--out", type=Path, default=Path("gpu-report"), help="folder for gpu.json and gpu.md")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per subprocess")
     args = parser.parse_args(argv)
