@@ -195,6 +195,7 @@ def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     assert "not a prepared folder" in err and "odir_core.prepare" in err
 
 
+@pytest.mark.slow  # 75 s; resume on torch runs in the default suite (here and tests/test_crash_resume.py)
 def test_resume_on_the_jax_backend():
     """The resume test again, in a subprocess on the jax backend."""
     import subprocess
