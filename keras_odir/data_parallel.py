@@ -194,6 +194,12 @@ def describe(ranks: Ranks) -> str:
     return f", {ranks.world} processes" if ranks.distributed else ""
 
 
+def _over_processes():
+    """The Keras distribution when it spans several processes of a jax job, else None."""
+    distribution = keras.distribution.distribution()
+    return distribution if distribution is not None and distribution.num_processes > 1 else None
+
+
 @contextlib.contextmanager
 def this_process_only():
     """For a block that runs on one process of a jax job alone (rank 0 writing a checkpoint): without the
@@ -201,8 +207,8 @@ def this_process_only():
     the distribution would place on every process's devices, checking with the others that they agree) stays
     on this process instead of waiting for processes that never join. The model's variables are replicated,
     so reading them needs no other process."""
-    distribution = keras.distribution.distribution()
-    if distribution is None or distribution.num_processes == 1:
+    distribution = _over_processes()
+    if distribution is None:
         yield
         return
     keras.distribution.set_distribution(None)
@@ -222,8 +228,7 @@ def predict(model: keras.Model, batches, verbose=0) -> np.ndarray:
     """``model.predict(batches)``: the outputs of the rows this process fed. Under one jax program over several
     processes the outputs span them all, which ``predict`` cannot bring to numpy; each process keeps its rows
     (``odir_core.collectives.gather_rows`` then gathers them, as on torch)."""
-    distribution = keras.distribution.distribution()
-    if distribution is None or distribution.num_processes == 1:
+    if _over_processes() is None:
         return model.predict(batches, verbose=verbose)
     model.make_predict_function()
     step = model.predict_function

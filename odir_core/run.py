@@ -199,12 +199,12 @@ def check_resumable(run_dir: Path, backup: Path) -> None:
     if (run_dir / FINISHED_FILE).is_file():
         raise ResumeError(f"{run_dir}: the run has finished ({FINISHED_FILE}); start a new run "
                           f"(--weights RUN/best.* starts one from its best model)")
-    saved = sorted(run_dir.glob("last.*"))
-    if not (run_dir / backup).is_file() and (run_dir / HISTORY_FILE).is_file() and saved:
-        raise ResumeError(f"{run_dir}: its backup is missing (no {backup}) although epochs were saved; the run cannot "
-                          f"continue. Start a new run, or one from the last saved epoch with --weights {saved[0]} "
-                          "(the optimizer starts afresh)")
     if not (run_dir / backup).is_file():
+        saved = sorted(run_dir.glob("last.*")) if (run_dir / HISTORY_FILE).is_file() else []
+        if saved:
+            raise ResumeError(f"{run_dir}: its backup is missing (no {backup}) although epochs were saved; the run "
+                              f"cannot continue. Start a new run, or one from the last saved epoch with --weights "
+                              f"{saved[0]} (the optimizer starts afresh)")
         raise ResumeError(f"{run_dir}: nothing to resume, the run stopped before the backup of its first epoch "
                           f"was written (no {backup}); start a new run")
     for folder in (run_dir, run_dir / BACKUP_DIR):
