@@ -35,7 +35,7 @@ from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED, is_prepared
 from odir_core.provenance import training_record
-from odir_core.splits import split_frames
+from odir_core.splits import check_training_split, split_frames
 from odir_core.tfds import source as tfds_source
 
 CONFIG_FILE = "config.toml"
@@ -159,10 +159,9 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
         train_df, val_df = tfds_source.split_frames(data_dir, config.split)
     else:
         df = read_annotations(data_dir / PREPARED.annotations)
-        train_df, val_df = split_frames(df, config.split)
+        train_df, val_df = split_frames(df, config.split, data_dir / PREPARED.annotations)
     log(f"Split {config.split}: {len(train_df)} training and {len(val_df)} validation patients")
-    if len(train_df) == 0 or len(val_df) == 0:
-        raise DataSourceError(f"{data_dir}: split {config.split} leaves an empty training or validation set")
+    check_training_split(len(train_df), len(val_df), config.split, data_dir)
     pos_weight = None
     if config.weighted_loss:
         pos_weight = np.asarray(pos_weight_from_labels(label_matrix(train_df)), dtype=np.float32)

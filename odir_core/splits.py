@@ -4,6 +4,7 @@ the OIA-ODIR test sets, and saving/loading split ID lists."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +18,35 @@ from .atomic import atomic_write_text
 from .layouts import OIA, Layout
 
 SPLIT_NAMES = ("train", "val", "test")
+# a training set of one patient is one batch of one pair, which training leaves out (distributed.training_rows)
+MIN_TRAINING_PATIENTS = 2
 
 
 class SplitError(InputError):
     """A split file or request that cannot be used."""
 
 
-def study_split(df: pd.DataFrame, val_size: float = 0.2, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+def study_patients_needed(val_size: float = 0.2, train: int = MIN_TRAINING_PATIENTS) -> int:
+    """Fewest patients whose study split leaves ``train`` training patients and one validation patient
+    (train_test_split puts ceil(val_size * n) of n patients in validation)."""
+    n = train + 1
+    while n - math.ceil(val_size * n) < train:
+        n += 1
+    return n
+
+
+def study_split(
+    df: pd.DataFrame, val_size: float = 0.2, seed: int = 42, source="the annotations"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The original study's split: drop patients with a special image (order
     kept), then sklearn train_test_split(df, test_size=val_size, random_state=seed).
 
-    Returns (train, val), rows in the order train_test_split gives them.
+    Returns (train, val), rows in the order train_test_split gives them. Too few patients for both parts:
+    one line naming ``source`` and how many are needed.
     """
     kept = df[~is_special(df)].reset_index(drop=True)
+    if len(kept) < study_patients_needed(val_size, train=1):
+        raise SplitError(_too_few_study(source, f"{len(kept)} patient(s) without a special image", val_size))
     train, val = train_test_split(kept, test_size=val_size, random_state=seed)
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
@@ -157,10 +174,28 @@ def _check_disjoint(parts: dict, path) -> None:
             seen[pid] = name
 
 
-def split_frames(df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, val) rows of ``df``: ``"study"`` (the study's split) or a split file of patient IDs."""
+def _too_few_study(source, found: str, val_size: float = 0.2) -> str:
+    return (f"{source}: {found}; training with the study split needs at least {study_patients_needed(val_size)} "
+            f"patients ({MIN_TRAINING_PATIENTS} to train on, 1 to validate): add patients to the data set")
+
+
+def check_training_split(train: int, val: int, split: str, source) -> None:
+    """Refuse with one line a split of ``source`` (the data set) too small to train on: fewer than
+    ``MIN_TRAINING_PATIENTS`` training or no validation patients."""
+    if train >= MIN_TRAINING_PATIENTS and val >= 1:
+        return
+    found = f"split {split} leaves {train} training and {val} validation patient(s)"
     if split == "study":
-        return study_split(df)
+        raise SplitError(_too_few_study(source, found))
+    raise SplitError(f"{source}: {found}; training needs at least {MIN_TRAINING_PATIENTS} training patients and "
+                     f"1 validation patient: list more patients in {split}")
+
+
+def split_frames(df: pd.DataFrame, split: str, source="the annotations") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows of ``df`` (read from ``source``, named in errors): ``"study"`` (the study's split) or
+    a split file of patient IDs."""
+    if split == "study":
+        return study_split(df, source=source)
     parts = load_split(split)
     by_id = df.set_index("ID", drop=False)
     frames = []
