@@ -11,7 +11,7 @@ import numpy as np
 import keras
 
 from odir_core.dataset import DualEyeDataset, EpochOrder
-from odir_core.distributed import Ranks, batch_sizes, loss_share, rank_batch, rank_rows
+from odir_core.distributed import Ranks, batch_sizes, loss_share, rank_batch, rank_rows, training_rows
 from odir_core.feature_cache import FeatureBatch
 
 
@@ -26,6 +26,7 @@ class EpochBatches(keras.utils.PyDataset):
     Under several processes (``ranks``) each batch is this rank's slice of the global batch, with a
     per-row weight (``odir_core.distributed.loss_share``) that makes the mean of the ranks' gradients the
     global batch's; a short last batch that leaves this rank no row is not part of it (evaluation only).
+    ``training``: the batches trained on, without a last batch of one pair (``odir_core.distributed.training_rows``).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class EpochBatches(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         ranks: Ranks = Ranks(),
+        training: bool = False,
     ):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.make_batch = make_batch
@@ -54,7 +56,8 @@ class EpochBatches(keras.utils.PyDataset):
         self.start_epoch = int(start_epoch)
         self.epochs = int(epochs)
         self.ranks = ranks
-        self.sizes = batch_sizes(len(labels), self.batch_size)
+        rows = training_rows(len(labels), self.batch_size) if training else len(labels)
+        self.sizes = batch_sizes(rows, self.batch_size)
         self.steps_per_epoch = sum(1 for size in self.sizes if rank_rows(size, ranks.rank, ranks.world))
         self.order = EpochOrder(len(labels), seed, shuffle=shuffle, labels=labels if balanced else None)
 
@@ -75,18 +78,19 @@ class EpochBatches(keras.utils.PyDataset):
 
 def image_batches(dataset: DualEyeDataset, batch_size: int, *, seed: int = 0, shuffle: bool = False,
                   balanced: bool = False, start_epoch: int = 0, epochs: int = 1, workers: int = 0,
-                  ranks: Ranks = Ranks()) -> EpochBatches:
+                  ranks: Ranks = Ranks(), training: bool = False) -> EpochBatches:
     """PyDataset of image pairs; ``workers`` > 0 loads batches in that many processes."""
     return EpochBatches(
         dataset.batch, dataset.labels, batch_size, seed=seed, shuffle=shuffle, balanced=balanced,
         start_epoch=start_epoch, epochs=epochs, workers=max(1, workers), use_multiprocessing=workers > 0,
-        ranks=ranks,
+        ranks=ranks, training=training,
     )
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0,
                     shuffle: bool = False, balanced: bool = False, start_epoch: int = 0,
-                    epochs: int = 1, ranks: Ranks = Ranks()) -> EpochBatches:
+                    epochs: int = 1, ranks: Ranks = Ranks(), training: bool = False) -> EpochBatches:
     """PyDataset over cached features with the same epoch order as ``image_batches``."""
     return EpochBatches(FeatureBatch(features, labels), labels, batch_size, seed=seed, shuffle=shuffle,
-                        balanced=balanced, start_epoch=start_epoch, epochs=epochs, ranks=ranks)
+                        balanced=balanced, start_epoch=start_epoch, epochs=epochs, ranks=ranks,
+                        training=training)

@@ -34,7 +34,7 @@ from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_d
 from odir_core.config import TrainConfig
 from odir_core.collectives import gather_rows, on_main
 from odir_core.console import early_stopping_line
-from odir_core.distributed import Ranks, check_batch_split
+from odir_core.distributed import Ranks, check_batch_split, training_rows
 from odir_core.errors import on_every_rank
 from odir_core.feature_cache import build_feature_cache
 from odir_core.history import History, bce_with_logits
@@ -121,8 +121,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
             raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; "
                               f"pass --epochs N to go on")
         check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
-        data_parallel.check_batches({"training": len(setup.train_df), "validation": len(setup.val_df)},
-                                    config.batch_size)
+        data_parallel.check_batches({"training": training_rows(len(setup.train_df), config.batch_size),
+                                     "validation": len(setup.val_df)}, config.batch_size)
 
         keras.utils.set_random_seed(config.seed)
         with dtype_policy(config.precision):
@@ -130,7 +130,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     y_train, y_val = setup.y_train, setup.y_val
     data = run_datasets(setup)
     order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
-                 start_epoch=start_epoch, epochs=config.epochs, ranks=ranks)
+                 start_epoch=start_epoch, epochs=config.epochs, ranks=ranks, training=True)
 
     def predict(network: keras.Model, batches: EpochBatches) -> np.ndarray:
         """``network``'s outputs for every row of ``batches``: this rank's slices, gathered in order."""

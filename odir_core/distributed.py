@@ -3,7 +3,8 @@
 Every rank computes the same epoch order from the seed; each global batch of ``--batch-size`` rows is
 cut into ``world`` consecutive slices, rank ``r`` taking slice ``r`` (sizes differ by at most one). So
 ``world`` processes see exactly the batches one process sees, and gathering the slices of a batch in
-rank order gives the batch back. torchrun says who is who through the environment (``RANK``, ``WORLD_SIZE``,
+rank order gives the batch back. A training epoch leaves out a last batch of one pair (``training_rows``), on one
+process and on many alike. torchrun says who is who through the environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``); a jax job through the variables ``keras_odir.data_parallel.jax_job`` reads.
 """
 
@@ -109,15 +110,23 @@ def batch_sizes(rows: int, batch_size: int) -> list[int]:
     return [min(batch_size, rows - start) for start in range(0, rows, batch_size)]
 
 
-def check_batch_split(rows: int, batch_size: int, world: int, what: str = "training") -> None:
-    """Refuse, with one line, a split in which some rank would get no row of a batch."""
+def training_rows(rows: int, batch_size: int) -> int:
+    """How many of an epoch's ``rows`` training takes: all but a last batch of one pair, which BatchNorm in
+    training mode cannot normalise (torch refuses it); the epoch's order puts another patient there each epoch.
+    With ``batch_size`` 1 every batch is kept."""
+    return rows - 1 if batch_size > 1 and rows % batch_size == 1 else rows
+
+
+def check_batch_split(rows: int, batch_size: int, world: int) -> None:
+    """Refuse, with one line, a split of the ``rows`` training patients in which some rank would get no row
+    of a batch (a last batch of one pair is not trained on: ``training_rows``)."""
     if world <= 1:
         return
-    last = rows % batch_size or batch_size
-    smallest = min(batch_size, last, rows)
+    sizes = batch_sizes(training_rows(rows, batch_size), batch_size)
+    smallest = min(sizes, default=rows)
     if smallest < world:
         raise DistributedError(
-            f"--batch-size {batch_size} over {world} processes: a {what} batch of {smallest} patient(s) "
+            f"--batch-size {batch_size} over {world} processes: a training batch of {smallest} patient(s) "
             f"({rows} in all) leaves a process without any; choose a batch size whose batches, the last "
             f"one too, hold at least {world} patients"
         )

@@ -59,8 +59,8 @@ def test_loss_shares_make_the_mean_of_rank_gradients_the_global_mean():
 
 def test_a_batch_that_leaves_a_process_empty_is_one_clear_error():
     check_batch_split(16, 7, 2)  # 7, 7, 2
-    with pytest.raises(DistributedError, match="a training batch of 1 patient"):
-        check_batch_split(15, 7, 2)  # 7, 7, 1
+    with pytest.raises(DistributedError, match="a training batch of 2 patient"):
+        check_batch_split(16, 7, 3)  # 7, 7, 2
 
 
 def test_ranks_come_from_torchrun_variables():

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from odir_core.dataset import DualEyeDataset, EpochOrder, batch_slices
-from odir_core.distributed import Ranks, rank_batch
+from odir_core.distributed import Ranks, rank_batch, training_rows
 from odir_core.feature_cache import FeatureBatch
 
 
@@ -50,22 +50,24 @@ def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 class EpochBatchSampler(Sampler):
     """Batches of ``(row, epoch, position)`` keys in the epoch's order; call ``set_epoch`` before each epoch.
     Under several processes, this rank's slice of each global batch (``odir_core.distributed``; an empty
-    slice of a short last batch is left out)."""
+    slice of a short last batch is left out). ``training``: a last batch of one pair is left out
+    (``odir_core.distributed.training_rows``)."""
 
-    def __init__(self, order: EpochOrder, batch_size: int, ranks: Ranks = Ranks()):
+    def __init__(self, order: EpochOrder, batch_size: int, ranks: Ranks = Ranks(), training: bool = False):
         self.order = order
         self.batch_size = int(batch_size)
         self.ranks = ranks
+        self.rows = training_rows(order.n, self.batch_size) if training else order.n
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-self.order.n // self.batch_size)
+        return -(-self.rows // self.batch_size)
 
     def __iter__(self):
-        rows = self.order(self.epoch)
+        rows = self.order(self.epoch)[: self.rows]
         for start, batch in zip(range(0, len(rows), self.batch_size), batch_slices(rows, self.batch_size)):
             part, first = rank_batch(batch, start, self.ranks)
             if len(part):
@@ -73,11 +75,13 @@ class EpochBatchSampler(Sampler):
 
 
 def make_loader(data: DualEyeDataset | FeatureBatch, batch_size: int, *, seed: int = 0, shuffle: bool = False,
-                balanced: bool = False, workers: int = 0, ranks: Ranks = Ranks()) -> DataLoader:
+                balanced: bool = False, workers: int = 0, ranks: Ranks = Ranks(),
+                training: bool = False) -> DataLoader:
     """DataLoader over image pairs (``DualEyeDataset``) or cached features (``FeatureBatch``), of this rank's
-    slices of the global batches; its ``batch_sampler.set_epoch(e)`` selects the epoch's order and draws."""
+    slices of the global batches; its ``batch_sampler.set_epoch(e)`` selects the epoch's order and draws.
+    ``training``: the loader trained on, without a last batch of one pair."""
     order = EpochOrder(len(data), seed, shuffle=shuffle, labels=data.labels if balanced else None)
-    sampler = EpochBatchSampler(order, batch_size, ranks)
+    sampler = EpochBatchSampler(order, batch_size, ranks, training)
     if isinstance(data, FeatureBatch):
         return DataLoader(FeatureDataset(data), batch_sampler=sampler)
     return DataLoader(PairDataset(data), batch_sampler=sampler, collate_fn=collate_pairs,

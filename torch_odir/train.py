@@ -275,7 +275,7 @@ def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ran
     check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
     data = run_datasets(setup)
     batch, workers = config.batch_size, config.workers
-    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler, ranks=ranks)
+    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler, ranks=ranks, training=True)
     if config.uses_feature_cache:
         model.eval()
 
