@@ -25,6 +25,7 @@ from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.tensorboard import ScalarWriter
 
 BACKUP_METADATA = Path(BACKUP_DIR) / "training_metadata.json"  # written last: names the epoch's weights file
+BACKUP_FILES = (BACKUP_METADATA.name, "epoch-*.weights.h5")
 
 # history keys Keras already logs under its own name: the training loss as "loss", the learning rate
 # as "learning_rate" (EpochSchedule), the momentum as "momentum" (EpochSchedule, a cycling schedule)
@@ -205,8 +206,15 @@ class RestoreState(keras.callbacks.Callback):
             self.best_checkpoint.best = best
 
 
+def _read_every_array(weights: Path) -> None:
+    """Read every array of an HDF5 file (h5py reads numbers only; nothing in the file is executed)."""
+    with h5py.File(weights, "r") as h5:
+        h5.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+
+
 def read_backup(run_dir: Path) -> tuple[int, Path]:
-    """(epochs done, weights file) of the run's backup, checked; a damaged one raises ResumeError.
+    """(epochs done, weights file) of the run's backup, checked down to every array; a damaged one raises
+    ResumeError. The backup is JSON and HDF5 (read as numbers): no file of it can execute code.
 
     The run must have ``BACKUP_METADATA`` (``odir_core.run.check_resumable`` checks that first).
     """
@@ -222,8 +230,14 @@ def read_backup(run_dir: Path) -> tuple[int, Path]:
         raise damaged(f"{meta.name} unreadable: {exc}") from None
     if not weights.is_file():
         raise damaged(f"{weights.name} is missing")
+    if weights.parent != meta.parent or not weights.name.endswith(".weights.h5"):
+        raise damaged(f"{meta.name} names {record['weights']!r}, not a weights file of the backup folder")
     if not h5py.is_hdf5(weights):
         raise damaged(f"{weights.name} is not an HDF5 file")
+    try:
+        _read_every_array(weights)
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... for a damaged file
+        raise damaged(f"{weights.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     return epoch, weights
 
 

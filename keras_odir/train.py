@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_odir import data_parallel
 
-from keras_odir.callbacks import BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
+from keras_odir.callbacks import BACKUP_FILES, BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
 from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.initial_weights import load_initial_weights
@@ -41,13 +41,12 @@ from odir_core.history import History, bce_with_logits
 from odir_core.model_spec import backbone_spec, check_architecture
 from odir_core.run_datasets import run_datasets
 from odir_core.run import (
-    ResumeError,
     RunSetup,
     TrainingDiverged,
     diverged_message,
     finish_run,
+    guarded_run,
     log_summary,
-    removed_if_no_epoch,
     run_training_cli,
     setup_run,
 )
@@ -103,8 +102,8 @@ def train(config: TrainConfig, log=print) -> Path:
     with data_parallel.processes(ranks, config):
         log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}"
             f"{data_parallel.describe(ranks)}")
-        setup: RunSetup = on_main(lambda: setup_run(config, BACKUP_METADATA, log), ranks)
-        with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
+        setup: RunSetup = on_main(lambda: setup_run(config, BACKUP_METADATA, log, read_backup), ranks)
+        with guarded_run(setup, log) if ranks.main else contextlib.nullcontext():
             _train(setup, started, ranks, log)
     return setup.run_dir
 
@@ -112,14 +111,11 @@ def train(config: TrainConfig, log=print) -> Path:
 def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     config, run_dir = setup.config, setup.run_dir
     with on_every_rank():  # every rank reads the same backup, history and --weights
-        start_epoch = read_backup(run_dir)[0] if setup.resumed else 0
+        start_epoch = setup.backup[0] if setup.resumed else 0
         history = History(run_dir, files=ranks.main)
         val_losses = [r["val_loss"] for r in history.load(start_epoch)] if start_epoch else []
         if start_epoch:
             log(f"Resuming after epoch {start_epoch}")
-        if start_epoch >= config.epochs:
-            raise ResumeError(f"{run_dir}: already trained {start_epoch} of {config.epochs} epochs; "
-                              f"pass --epochs N to go on")
         check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
         data_parallel.check_batches({"training": training_rows(len(setup.train_df), config.batch_size),
                                      "validation": len(setup.val_df)}, config.batch_size)
@@ -192,6 +188,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
                                    seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on,
                                    ranks=ranks)
+    if setup.resumed and ranks.main:  # config.toml once the backup (the callback before) is restored
+        callbacks.append(keras.callbacks.LambdaCallback(on_train_begin=lambda logs: setup.save_config()))
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks,
                   verbose=1 if ranks.main else 0)
@@ -201,7 +199,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     if stopped:
         log(stopped)
     if ranks.main:
-        finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
+        finish_run(run_dir, len(history.records), len(history.records) < config.epochs, BACKUP_FILES)
     log_summary(history, run_dir, "best.keras", started, log)
 
 

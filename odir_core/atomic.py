@@ -1,9 +1,15 @@
-"""Atomic file and folder writes: write to a temporary name in the same folder, then os.replace/rename."""
+"""Atomic file and folder writes: write to a temporary name in the same folder, then os.replace/rename.
+
+Temporaries are named ``.<name>.<random>.odir-tmp[<suffix>]``: hidden, and marked so that the ones a killed
+process left behind can be told from anything else in the folder (:func:`remove_stale_temporaries` removes
+those and nothing else).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,6 +17,8 @@ from pathlib import Path
 from odir_core.errors import OutputExistsError
 
 WEIGHTS_SUFFIX = ".weights.h5"  # Keras' weights-only files must end so
+TEMP_MARK = ".odir-tmp"
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_MARK) + r"(\.[A-Za-z0-9_.]+)?")
 
 
 def _umask() -> int:
@@ -29,8 +37,8 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = WEIGHTS_SUFFIX if path.name.endswith(WEIGHTS_SUFFIX) else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-len(suffix)] if suffix else path.name}.", suffix=suffix,
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-len(suffix)] if suffix else path.name}.",
+                               suffix=TEMP_MARK + suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
     try:
@@ -67,7 +75,7 @@ def atomic_folder(path):
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputExistsError(f"{path} already exists; choose another --out or remove it first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_MARK, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -77,3 +85,23 @@ def atomic_folder(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_temporary(path) -> bool:
+    """Whether ``path`` is named as this module names its temporaries."""
+    return _TEMPORARY.fullmatch(Path(path).name) is not None
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporaries that interrupted atomic writes left in ``folder`` (files and folders named by
+    this module, nothing else); the paths removed."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMP_MARK}*"):
+        if not is_temporary(path) or path.is_symlink():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -9,6 +9,7 @@ and an exit code:
       where a folder is needed; training diverged)
 2     bad input or usage (missing or unusable input files, bad flags, an output that already exists)
 130   interrupted (Ctrl-C)
+143   terminated (SIGTERM, as schedulers and ``docker stop`` send it): handled as Ctrl-C is
 ====  ==============================================================================================
 
 Errors the tools raise on purpose derive from :class:`OdirError` and carry their exit code; any other
@@ -36,6 +37,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 class OdirError(Exception):
@@ -117,6 +119,34 @@ def writing(path=None) -> Iterator[None]:
         raise output_error(exc, path) from exc
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that every clean-up that Ctrl-C
+    runs runs for it too."""
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of an interruption: 143 for SIGTERM, 130 for Ctrl-C."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (main thread only; a no-op elsewhere)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def ignore_sigint() -> None:
     """For worker-process initializers: leave Ctrl-C to the parent, which stops the pool (no worker tracebacks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -152,7 +182,7 @@ def on_every_rank() -> Iterator[None]:
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit code :func:`run_cli` gives ``exc``, or None for a bug (kept as a traceback)."""
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+        return interrupt_exit_code(exc)
     if isinstance(exc, OdirError):
         return exc.exit_code
     if isinstance(exc, (FileNotFoundError, ValueError)):
@@ -176,16 +206,18 @@ def run_cli(fn: Callable[..., int | None], *args, prefix: str = "error",
     """Call a CLI's body ``fn(*args, **kwargs)`` and return the process exit code.
 
     Its return value (None counts as 0) is passed on; an error becomes one line ``PREFIX: message`` on
-    stderr and exit code 2 (bad input or usage) or 1 (failure); Ctrl-C prints ``interrupted`` and gives 130.
+    stderr and exit code 2 (bad input or usage) or 1 (failure); Ctrl-C prints ``interrupted`` and gives 130,
+    SIGTERM the same with 143.
     ``rank``: this process's rank in a distributed run; another than 0 prints only errors of its own, as
     ``rank N: PREFIX: message`` (see the module's docstring).
     """
     try:
-        code = fn(*args, **kwargs)
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            code = fn(*args, **kwargs)
+    except KeyboardInterrupt as exc:
         if not rank:
             print(f"\n{interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupt_exit_code(exc)
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None:

@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from odir_core.annotations import read_annotations, write_annotations
-from odir_core.atomic import atomic_write_text
+from odir_core.atomic import atomic_write_text, remove_stale_temporaries
 from odir_core.cli_help import DefaultsHelpFormatter
 from odir_core.errors import (
     InputError,
@@ -192,8 +192,7 @@ def prepare(args) -> int:
     images = out / "images"
     with writing(out):
         images.mkdir(parents=True, exist_ok=True)
-        for stale in images.glob(".*"):  # temp files of an interrupted run
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(images)  # of an interrupted run; a user's own dot-files stay
     ext = "jpg" if args.format == "jpg" else "png"
     report_path = out / "prepare_report.csv"
     old = pd.read_csv(report_path) if report_path.exists() else pd.DataFrame(columns=REPORT_COLUMNS)

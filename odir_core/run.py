@@ -3,11 +3,18 @@
 ``setup_run(config)`` resolves the data source, reads the annotations, splits them, computes
 ``pos_weight``, creates (or reopens, for ``--resume``) the run folder and writes ``config.toml``.
 
-A run folder's life: ``config.toml`` first; per finished epoch the history, the checkpoints and then
-the backup (``backup/``, the trainer's own format, each file replaced atomically); at the end
-``finished.json``, written last, and the backup is removed. So ``--resume`` can tell a finished run
-(``finished.json``), a run to continue (a backup) and one that stopped before its first epoch was saved
-(neither), and a new run that fails or is interrupted before its first epoch was saved removes its folder.
+A run folder's life: the lock (``run.lock``, ``odir_core.run_lock``: one process per run folder) and
+``config.toml`` first; per finished epoch the history, the checkpoints and then the backup (``backup/``, the
+trainer's own format, each file replaced atomically); at the end ``finished.json``, written last, then the
+backup's files are removed and the lock released. So ``--resume`` can tell a finished run (``finished.json``),
+a run to continue (a backup) and one that stopped before its first epoch was saved (neither), and a new run
+that fails or is interrupted before its first epoch was saved removes what it wrote.
+
+``--resume`` writes nothing into the run folder (but its lock) before every check has passed: the folder is a
+run, not finished, not in use, its settings are not changed by flags that would change the network or the data
+(:data:`RESUME_MAY_CHANGE` may), and its backup reads back. Only files the project names are ever removed:
+its own temporaries (``odir_core.atomic``), the backup's files, and the files of a new run that stopped before
+its first epoch; a file a user put into a run folder stays.
 """
 
 from __future__ import annotations
@@ -20,27 +27,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from odir_core.annotations import label_matrix, read_annotations
-from odir_core.atomic import atomic_write_text
+from odir_core.atomic import atomic_write_text, remove_stale_temporaries
 from odir_core.class_weights import pos_weight_from_labels
-from odir_core.config import PREPARED_ODIR, TrainConfig, parse_args, save_config
+from odir_core.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
 from odir_core.console import duration
 from odir_core.distributed import Ranks
-from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, run_cli, write_failure, writing
+from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, interrupt_exit_code, run_cli, write_failure, writing
 from odir_core.labels import LABELS
 from odir_core.history import HISTORY_FILE
 from odir_core.layouts import PREPARED, is_prepared
 from odir_core.provenance import training_record
+from odir_core.run_lock import RunLock
 from odir_core.splits import check_training_split, split_frames
 from odir_core.tfds import source as tfds_source
 
 CONFIG_FILE = "config.toml"
 FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)
 BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
+# what a resumed run may change from the flags; anything else would change the network, the data or the run's
+# numbers, so the flag is refused
+RESUME_MAY_CHANGE = ("epochs", "patience", "workers", "device", "run_dir", "resume")
 
 
 class DataSourceError(InputError):
@@ -65,9 +78,12 @@ class ResumeError(InputError):
 
 
 class StoppedBeforeFirstEpoch(OdirError):
-    """Ctrl-C before a new run's first epoch was saved: its folder was removed, there is nothing to resume."""
+    """Ctrl-C or SIGTERM before a new run's first epoch was saved: its folder was removed, there is nothing
+    to resume (exit code of the interruption: 130 or 143)."""
 
-    exit_code = EXIT_INTERRUPTED
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def damaged_backup_message(backup: Path, reason: str, run_dir: Path, last_model: str) -> str:
@@ -89,6 +105,18 @@ class RunSetup:
     pos_weight: np.ndarray | None
     resumed: bool
     trained_on: dict = field(default_factory=dict)
+    lock: RunLock | None = None
+    backup: tuple[int, Any] | None = None  # a resumed run's (epochs done, backup) from the trainer's reader
+
+    def release(self) -> None:
+        """Give up the run folder's lock (the end of the run; a no-op in a process that does not hold it)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def save_config(self) -> None:
+        """Write the resolved ``config.toml``: a resumed run's trainer calls this once its backup is restored,
+        the last check of a resume (a new run's is written by ``setup_run``)."""
+        save_config(self.config, self.run_dir / CONFIG_FILE)
 
     @property
     def y_train(self) -> np.ndarray:
@@ -150,9 +178,13 @@ def new_run_dir(run_root: str | Path, experiment: str) -> Path:
     raise FileExistsError(f"{root}: could not create a new run folder for {experiment}-{stamp}")
 
 
-def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = print) -> RunSetup:
-    """Resolve data and split, create the run folder (or check the one to resume, whose trainer's backup
-    file is ``backup`` relative to it) and write the resolved ``config.toml``."""
+def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = print,
+              read_backup: Callable[[Path], tuple[int, Any]] | None = None) -> RunSetup:
+    """Resolve data and split, create and lock the run folder and write the resolved ``config.toml``; or lock
+    and check the one to resume, whose trainer's backup file is ``backup`` relative to it, read by
+    ``read_backup(run_dir)`` -> (epochs done, what the trainer restores), kept as ``RunSetup.backup`` (its
+    ``config.toml`` is written by :meth:`RunSetup.save_config` once the trainer restored the backup). The lock
+    is held until :meth:`RunSetup.release`."""
     data_dir, description = resolve_data(config.data, log, config.demo_patients)
     log(f"Data: {description}")
     if tfds_source.is_tfds_source(data_dir):
@@ -166,28 +198,75 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
     if config.weighted_loss:
         pos_weight = np.asarray(pos_weight_from_labels(label_matrix(train_df)), dtype=np.float32)
         log("pos_weight (negatives/positives): " + ", ".join(f"{k} {w:.2f}" for k, w in zip(LABELS, pos_weight)))
-    if config.resume:
-        run_dir = Path(config.resume)
-        check_resumable(run_dir, backup)
-        resumed = True
-        log(f"Resuming run {run_dir}")
-    else:
-        run_dir = new_run_dir(config.run_dir, config.experiment)
-        resumed = False
-        log(f"Run folder: {run_dir}")
     # an absolute data path, so that --resume and the run's config work from any folder
     data = str(data_dir) if tfds_source.is_tfds_source(str(data_dir)) else str(Path(data_dir).resolve())
     resolved = config.replace(data=data, resume="", run_dir=str(Path(config.run_dir)))
-    try:
-        save_config(resolved, run_dir / CONFIG_FILE)
-    except BaseException:
-        if not resumed:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    resumed, state = bool(config.resume), None
+    if resumed:
+        run_dir = Path(config.resume)
+        lock = _open_resumed(run_dir, backup, resolved)
+    else:
+        run_dir = new_run_dir(config.run_dir, config.experiment)
+        lock = RunLock(run_dir).acquire()
     from odir_core.synthetic import is_synthetic
 
     trained_on = training_record(data, is_synthetic(data_dir), run_dir, config.experiment)
-    return RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed, trained_on)
+    setup = RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed, trained_on, lock)
+    try:
+        if resumed:
+            setup.backup = None if read_backup is None else read_backup(run_dir)
+            if setup.backup is not None and setup.backup[0] >= config.epochs:
+                raise ResumeError(f"{run_dir}: already trained {setup.backup[0]} of {config.epochs} epochs; "
+                                  "pass --epochs N to go on")
+            for folder in (run_dir, run_dir / BACKUP_DIR):
+                remove_stale_temporaries(folder)  # of atomic writes a kill interrupted
+            log(f"Resuming run {run_dir}")
+        else:
+            log(f"Run folder: {run_dir}")
+            setup.save_config()
+    except BaseException:
+        lock.release()
+        if not resumed:
+            remove_new_run(run_dir)
+        raise
+    return setup
+
+
+def _open_resumed(run_dir: Path, backup: Path, config: TrainConfig) -> RunLock:
+    """Check that ``run_dir`` can be resumed with ``config`` and lock it; the lock, held."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ResumeError(f"--resume {run_dir}: not a run folder (no {CONFIG_FILE}); pass a folder under runs/")
+    lock = RunLock(run_dir).acquire()
+    try:
+        check_resumable(run_dir, backup)
+        check_unchanged(run_dir, config)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _same_setting(name: str, ours, theirs) -> bool:
+    if ours == theirs:
+        return True
+    return name == "data" and bool(ours) and bool(theirs) and Path(ours).resolve() == Path(theirs).resolve()
+
+
+def check_unchanged(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse, naming the flag, a resume whose flags change a setting of the run other than
+    :data:`RESUME_MAY_CHANGE` (the network, the data, the optimisation or the seed)."""
+    try:
+        saved = load_config(run_dir / CONFIG_FILE)
+    except ConfigError as exc:
+        raise ResumeError(f"--resume {run_dir}: its {CONFIG_FILE} cannot be read ({exc}); the run cannot "
+                          "continue") from None
+    for name in FIELDS:
+        ours, theirs = getattr(config, name), getattr(saved, name)
+        if name not in RESUME_MAY_CHANGE and not _same_setting(name, ours, theirs):
+            allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_MAY_CHANGE[:4])
+            raise ResumeError(f"--resume {run_dir}: --{name.replace('_', '-')} {ours} differs from the run's "
+                              f"{theirs} ({CONFIG_FILE}); a resumed run keeps its settings (only {allowed} may "
+                              "change): leave the flag out, or start a new run")
 
 
 def check_resumable(run_dir: Path, backup: Path) -> None:
@@ -206,36 +285,62 @@ def check_resumable(run_dir: Path, backup: Path) -> None:
                               f"{saved[0]} (the optimizer starts afresh)")
         raise ResumeError(f"{run_dir}: nothing to resume, the run stopped before the backup of its first epoch "
                           f"was written (no {backup}); start a new run")
-    for folder in (run_dir, run_dir / BACKUP_DIR):
-        for stale in folder.glob(".*"):  # atomic writes a kill interrupted
-            if stale.is_file():
-                stale.unlink()
 
 
-def finish_run(run_dir: Path, epochs: int, early_stopped: bool) -> None:
-    """Mark the run finished (``finished.json``, atomically, after every other output) and remove its backup."""
+def _remove_files(folder: Path, patterns) -> None:
+    """Remove the files of ``folder`` matching ``patterns`` and its temporaries, then the folder if that left
+    it empty (a file someone else put there keeps it)."""
+    if not folder.is_dir():
+        return
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+    remove_stale_temporaries(folder)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def finish_run(run_dir: Path, epochs: int, early_stopped: bool, backup_files: tuple[str, ...]) -> None:
+    """Mark the run finished (``finished.json``, atomically, after every other output) and remove its backup:
+    the trainer's ``backup_files`` (glob patterns) in ``backup/``, and the folder once empty."""
     outcome = "early stopping" if early_stopped else "all epochs"
     atomic_write_text(run_dir / FINISHED_FILE, json.dumps({"epochs": epochs, "ended": outcome}) + "\n")
-    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    _remove_files(run_dir / BACKUP_DIR, backup_files)
+
+
+def remove_new_run(run_dir: Path) -> bool:
+    """Remove what a new run that stopped before its first epoch wrote (its config, TensorBoard logs, lock,
+    temporaries), then its folder; whether the folder is gone (a file someone else put there keeps it)."""
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+    _remove_files(run_dir, (CONFIG_FILE,))
+    return not run_dir.exists()
 
 
 @contextlib.contextmanager
-def removed_if_no_epoch(setup: RunSetup, log: Callable[[str], None] = print):
-    """Remove a new run's folder when the block fails or is interrupted before the first epoch was saved
-    (its history exists from then on), so no folder holding only ``config.toml`` is left behind. A full
-    disk or read-only filesystem met while writing the run is reported naming the run folder."""
+def guarded_run(setup: RunSetup, log: Callable[[str], None] = print):
+    """Hold the run: release its lock at the end, however the block ends, and when the block fails or is
+    interrupted (Ctrl-C, SIGTERM) before a new run's first epoch was saved (its history exists from then on),
+    remove what it wrote, so no folder holding only ``config.toml`` is left behind. A full disk or read-only
+    filesystem met while writing the run is reported naming the run folder."""
     try:
         yield
     except BaseException as exc:
         failure = write_failure(exc, setup.run_dir)
         if not setup.resumed and not (setup.run_dir / HISTORY_FILE).exists():
-            shutil.rmtree(setup.run_dir, ignore_errors=True)
-            log(f"Removed {setup.run_dir}: the run stopped before its first epoch was saved")
+            setup.release()
+            gone = remove_new_run(setup.run_dir)
+            log(f"Removed {setup.run_dir}: the run stopped before its first epoch was saved" if gone else
+                f"Removed the files of {setup.run_dir}: the run stopped before its first epoch was saved "
+                "(the folder stays: it holds files the run did not write)")
             if isinstance(exc, KeyboardInterrupt):
-                raise StoppedBeforeFirstEpoch("interrupted before the first epoch was saved; nothing to resume") from None
+                raise StoppedBeforeFirstEpoch("interrupted before the first epoch was saved; nothing to resume",
+                                              interrupt_exit_code(exc)) from None
         if failure is None:
             raise
         raise failure from exc
+    finally:
+        setup.release()
 
 
 def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:

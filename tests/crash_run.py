@@ -100,12 +100,14 @@ def torch_patches(point: str) -> None:
 def finish_patch() -> None:
     import odir_core.run as run
 
-    class Shutil:
-        @staticmethod
-        def rmtree(*args, **kwargs):
+    write_text = run.atomic_write_text
+
+    def patched_write_text(path, text):
+        write_text(path, text)
+        if Path(path).name == run.FINISHED_FILE:
             kill()
 
-    run.shutil = Shutil
+    run.atomic_write_text = patched_write_text
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ from odir_core.run import (
     damaged_backup_message,
     diverged_message,
     finish_run,
+    guarded_run,
     log_summary,
-    removed_if_no_epoch,
     run_training_cli,
     setup_run,
 )
@@ -56,6 +57,7 @@ from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
 
 BACKUP = Path("backup") / "state.pth"
+BACKUP_FILES = (BACKUP.name,)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -140,8 +142,8 @@ def train(config: TrainConfig, log=print) -> Path:
     with process_group(ranks, str(device), torch.distributed, torch.cuda.set_device):
         processes = f", {ranks.world} processes on {device.type}" if ranks.distributed else ""
         log(f"torch_odir.train: torch {torch.__version__}, experiment {config.experiment}{processes}")
-        setup = on_main(lambda: setup_run(config, BACKUP, log), ranks)
-        with removed_if_no_epoch(setup, log) if ranks.main else contextlib.nullcontext():
+        setup = on_main(lambda: setup_run(config, BACKUP, log, read_backup), ranks)
+        with guarded_run(setup, log) if ranks.main else contextlib.nullcontext():
             _train(setup, started, device, ranks, log)
     return setup.run_dir
 
@@ -234,26 +236,32 @@ def save_epoch(setup: RunSetup, model: DualNet, loop: Loop, scheduler, history: 
         return
     backup = run_dir / BACKUP
     backup.parent.mkdir(exist_ok=True)
-    with atomic_path(backup) as tmp:
+    with atomic_path(backup) as tmp:  # tensors, numbers, strings, lists and dicts only: weights_only reads it
         torch.save({"model": model.state_dict(), "optimizer": loop.optimizer.state_dict(),
                     "scaler": loop.scaler.state_dict(),
                     "scheduler": None if scheduler is None else scheduler.state_dict(),
                     "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
 
 
-def _read_backup(setup: RunSetup) -> dict:
-    backup = setup.run_dir / BACKUP
+def read_backup(run_dir: Path) -> tuple[int, dict]:
+    """(epochs done, state) of the run's backup, read without executing anything from the file
+    (``weights_only``: tensors and plain containers); a damaged or crafted file is one line."""
+    backup = run_dir / BACKUP
     try:
-        return torch.load(backup, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch.load raises unpickling, zip and runtime errors alike for a damaged file
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise ResumeError(damaged_backup_message(backup, reason, setup.run_dir, "last.pth")) from None
+        state = torch.load(backup, map_location="cpu", weights_only=True)
+        return int(state["epoch"]), state
+    except pickle.UnpicklingError:  # weights_only met a Python object it will not build
+        reason = "it holds Python objects besides tensors and numbers; refused, since loading them could run code"
+        raise ResumeError(damaged_backup_message(backup, reason, run_dir, "last.pth")) from None
+    except Exception as error:  # torch.load raises zip and runtime errors alike for a damaged file
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        raise ResumeError(damaged_backup_message(backup, reason, run_dir, "last.pth")) from None
 
 
 def _restore(setup: RunSetup, model: DualNet, loop: Loop, scheduler) -> int:
-    """Load the run's backup (read by rank 0, sent to the others) into the model, optimizer, scaler and
-    scheduler; the epochs it holds."""
-    state = on_main(lambda: _read_backup(setup), loop.ranks)
+    """Load the run's backup (read by ``setup_run`` on rank 0, sent to the others with the setup) into the
+    model, optimizer, scaler and scheduler; the epochs it holds."""
+    state = setup.backup[1]
     with on_every_rank():  # every rank loads the same backup
         try:
             model.load_state_dict(state["model"])
@@ -314,6 +322,8 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
     start_epoch = 0
     if setup.resumed:
         start_epoch = _restore(setup, model, loop, scheduler)
+        if ranks.main:
+            setup.save_config()
         history.records = on_main(lambda: history.load(start_epoch), ranks)
         log(f"Resuming after epoch {start_epoch}")
     writer = ScalarWriter(run_dir / "tensorboard") if ranks.main else None
@@ -340,7 +350,7 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
     if stopped:
         log(stopped)
     if ranks.main:
-        finish_run(run_dir, len(history.records), early_stopped=len(history.records) < config.epochs)
+        finish_run(run_dir, len(history.records), len(history.records) < config.epochs, BACKUP_FILES)
     log_summary(history, run_dir, "best.pth", started, log)
 
 
