@@ -48,7 +48,7 @@ KILLED = [*FINE_TUNED, "--epochs", "3"]
 # errors every process meets alike: a flag's value, a batch that leaves a process empty (found once the run's
 # data is read), a data folder that does not exist (found by rank 0, which reads the data for every process)
 BAD_FLAG = [*FROZEN, "--epochs", "many"]
-BAD_SPLIT = [*FROZEN, "--batch-size", "15"]  # batches of 15 and 1 rows
+BAD_SPLIT = [*FROZEN, "--batch-size", "1"]  # batches of 1 row (a last batch of one pair alone is left out)
 NO_DATA = [*FROZEN, "--data", "/nonexistent/odir"]
 JOBS = {"frozen": FROZEN, "frozen_images": FROZEN_IMAGES, "fine_tuned": FINE_TUNED,
         "fine_tuned_small_step": FINE_TUNED_SMALL_STEP, "straight": RESUMED, "cut": RESUMED, "killed": KILLED,

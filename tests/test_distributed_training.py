@@ -33,7 +33,7 @@ CHECKPOINTS = {"torch": ("best.pth", "last.pth"), "keras": ("best.keras", "last.
 BACKUPS = {"torch": ttrain.BACKUP, "keras": BACKUP_METADATA}  # written last of an epoch's backup
 # what the error line of each failing job says (distributed_runs.JOBS)
 ERRORS = {"bad_flag": "error: argument --epochs: invalid int value: 'many'",
-          "bad_split": "error: --batch-size 15 over 2 processes: a training batch of 1 patient(s)",
+          "bad_split": "error: --batch-size 1 over 2 processes: a training batch of 1 patient(s)",
           "no_data": "error: --data /nonexistent/odir: not a prepared folder"}
 
 
