@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -24,7 +26,7 @@ import tomli_w
 
 from odir_core.atomic import atomic_write_text
 from odir_core.augment import MODES as AUGMENT_MODES
-from odir_core.errors import InputError
+from odir_core.errors import EXIT_USAGE, InputError
 from odir_core.layouts import is_prepared
 from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
@@ -46,6 +48,99 @@ TRAIN_METRICS = ("epoch", "clean")
 
 class ConfigError(InputError):
     """A configuration file or value that cannot be used (message says which and how to fix)."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field takes: finite, from ``low`` (excluded when ``low_open``) to ``high``;
+    ``whole``: an integer field."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    whole: bool = False
+
+    def allows(self, value: float) -> bool:
+        """Whether ``value`` is within the bounds (NaN and infinities never are)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def describe(self) -> str:
+        """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``."""
+        if self.whole:
+            return f"a whole number from {self.low} to {self.high}"
+        if self.high == math.inf:
+            return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+def _whole(low: int, high: int) -> Bounds:
+    return Bounds(low, high, whole=True)
+
+
+# Upper bounds of the whole-number fields: far above any real run, low enough that a mistyped value is refused
+# before it fails deep inside a trainer. A batch of 2**16 patients at 224 px is 79 GB of float32 input alone,
+# more than one accelerator holds (and more than ODIR-5K's 3500 patients); 4096 px is above the side of the
+# prepared images (512 by default) and of what ResNet50 trains on in one accelerator's memory.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 2**16
+MAX_IMAGE_SIZE = 4096
+MAX_PATIENTS = 100_000
+MAX_WORKERS = 256
+MAX_SEED = 2**32 - 1  # numpy's (keras.utils.set_random_seed) upper bound; torch.manual_seed takes more
+
+POSITIVE = Bounds(0.0, low_open=True)
+FRACTION = Bounds(0.0, 1.0)
+# The range of every numeric field, the same for both trainers: torch's own checks (SGD: momentum and
+# weight_decay >= 0; LinearLR: start_factor in (0, 1], end_factor in [0, 1]) and keras_odir's TorchSGD (momentum
+# <= 1) together. CyclicLR's gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1.
+NUMBER_RULES: dict[str, Bounds] = {
+    "demo_patients": _whole(1, MAX_PATIENTS),
+    "image_size": _whole(1, MAX_IMAGE_SIZE),
+    "crop_size": _whole(0, MAX_IMAGE_SIZE),
+    "batch_size": _whole(1, MAX_BATCH_SIZE),
+    "lr": POSITIVE,
+    "momentum": FRACTION,
+    "weight_decay": Bounds(0.0),
+    "linear_start_factor": Bounds(0.0, 1.0, low_open=True),
+    "linear_end_factor": FRACTION,
+    "linear_total_iters": _whole(0, MAX_EPOCHS),
+    "cyclic_base_lr": POSITIVE,
+    "cyclic_max_lr": POSITIVE,
+    "cyclic_step_size_up": _whole(1, MAX_EPOCHS),
+    "cyclic_gamma": Bounds(0.0, 1.0, low_open=True),
+    "cyclic_base_momentum": FRACTION,
+    "cyclic_max_momentum": FRACTION,
+    "epochs": _whole(1, MAX_EPOCHS),
+    "patience": _whole(0, MAX_EPOCHS),
+    "seed": _whole(0, MAX_SEED),
+    "workers": _whole(0, MAX_WORKERS),
+}
+# (field, field it must not exceed); a crop_size of 0 means no crop
+NOT_ABOVE = (("crop_size", "image_size"), ("cyclic_base_lr", "cyclic_max_lr"),
+             ("cyclic_base_momentum", "cyclic_max_momentum"))
+
+
+def check_experiment_name(name: str) -> None:
+    """Refuse an experiment name that is not one plain folder name (the run folder is RUN_DIR/<name>-<stamp>)."""
+    if (name in ("", ".", "..") or "/" in name or "\\" in name or PureWindowsPath(name).drive
+            or any(unicodedata.category(c) == "Cc" for c in name)):
+        raise ConfigError(
+            f"experiment = {name!r}: must be one folder name (not empty, . or .., no / or \\ or drive, no control "
+            "characters), as the run folder is RUN_DIR/<experiment>-<timestamp>; choose where with --run-dir"
+        )
+
+
+def check_numbers(config: "TrainConfig") -> None:
+    """Refuse a numeric field outside :data:`NUMBER_RULES` or above the field :data:`NOT_ABOVE` names."""
+    for name, bounds in NUMBER_RULES.items():
+        value = getattr(config, name)
+        if not bounds.allows(value):
+            raise ConfigError(f"{name} = {value}: must be {bounds.describe()}")
+    for name, limit in NOT_ABOVE:
+        if getattr(config, name) > getattr(config, limit):
+            raise ConfigError(f"{name} = {getattr(config, name)}: must not exceed {limit} ({getattr(config, limit)})")
 
 
 def _opt(default, help, choices=None, flag=None):  # noqa: A002 - mirrors argparse
@@ -158,17 +253,8 @@ class TrainConfig:
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        for name in ("image_size", "batch_size", "epochs", "demo_patients"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} = {getattr(self, name)}: must be at least 1")
-        if self.crop_size < 0 or self.crop_size > self.image_size:
-            raise ConfigError(
-                f"crop_size = {self.crop_size}: must be between 0 (no crop) and image_size ({self.image_size})"
-            )
-        if self.patience < 0 or self.workers < 0:
-            raise ConfigError("patience and workers must be >= 0")
-        if self.lr <= 0:
-            raise ConfigError(f"lr = {self.lr}: must be > 0")
+        check_experiment_name(self.experiment)
+        check_numbers(self)
 
     @property
     def input_size(self) -> int:
@@ -230,7 +316,10 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     for key, value in values.items():
         want = _field_type(FIELDS[key])
         if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(f"{source}: {key} = {value} is too large a number") from None
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(
                 f"{source}: {key} = {value!r} is a {type(value).__name__}, expected {want.__name__}"
@@ -375,7 +464,7 @@ def parse_args(argv=None, prog: str | None = None, description: str | None = Non
     try:
         config = from_dict(args, source="command line") if config_path is None else load_config(config_path, **args)
     except ConfigError as exc:
-        parser.error(str(exc))
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {exc}\n")
     if config_path is BEST_CONFIG and log is not None:
         log(best_recipe_banner(config, sorted(args)))
     return config

@@ -1,0 +1,183 @@
+"""Configuration values are checked where they are read: an experiment name is one folder name (the run folder
+stays under --run-dir) and every number is finite and in the range both trainers accept. A bad value is exit 2
+before anything is created."""
+
+import importlib
+import math
+import re
+from pathlib import Path
+
+import keras
+import pytest
+import torch
+
+from keras_odir.optimizers import TorchSGD
+from odir_core import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+NAN, INF = math.nan, math.inf
+
+
+def _refused(values: dict) -> str:
+    """The ConfigError message for ``values`` (fails the test when they are accepted)."""
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.from_dict(values)
+    return str(info.value)
+
+
+def _accepted(**values) -> bool:
+    try:
+        cfg.from_dict(values)
+    except cfg.ConfigError:
+        return False
+    return True
+
+
+REFUSED_NAMES = ["../escaped", "/abs/x", "runs/x", "a\\b", "..", ".", "", "C:x", "tab\there", "nul\x00", "bell\x07",
+                 "line\nbreak", "del\x7f"]
+KEPT_NAMES = ["experiment_15", "demo", "my run (2)", "résumé.v1", "..x", "a.b"]
+
+
+def test_experiment_name_is_one_folder_name():
+    for name in REFUSED_NAMES:
+        message = _refused({"experiment": name})
+        assert message.startswith(f"experiment = {name!r}: "), message
+        assert "--run-dir" in message and "\n" not in message
+    assert [cfg.from_dict({"experiment": name}).experiment for name in KEPT_NAMES] == KEPT_NAMES
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", NAN, "lr = nan: must be a finite number > 0"),
+    ("lr", INF, "lr = inf: must be a finite number > 0"),
+    ("lr", -INF, "lr = -inf: must be a finite number > 0"),
+    ("weight_decay", -1e308, "weight_decay = -1e+308: must be a finite number >= 0"),
+    ("weight_decay", INF, "weight_decay = inf: must be a finite number >= 0"),
+    ("momentum", -3.0, "momentum = -3.0: must be a number in [0, 1]"),
+    ("momentum", NAN, "momentum = nan: must be a number in [0, 1]"),
+    ("linear_start_factor", 0.0, "linear_start_factor = 0.0: must be a number in (0, 1]"),
+    ("linear_end_factor", 1.5, "linear_end_factor = 1.5: must be a number in [0, 1]"),
+    ("linear_total_iters", -1, "linear_total_iters = -1: must be a whole number from 0 to 100000"),
+    ("cyclic_base_lr", 0.0, "cyclic_base_lr = 0.0: must be a finite number > 0"),
+    ("cyclic_max_lr", INF, "cyclic_max_lr = inf: must be a finite number > 0"),
+    ("cyclic_step_size_up", 0, "cyclic_step_size_up = 0: must be a whole number from 1 to 100000"),
+    ("cyclic_gamma", 0.0, "cyclic_gamma = 0.0: must be a number in (0, 1]"),
+    ("cyclic_gamma", 2.0, "cyclic_gamma = 2.0: must be a number in (0, 1]"),
+    ("cyclic_base_momentum", -0.1, "cyclic_base_momentum = -0.1: must be a number in [0, 1]"),
+    ("cyclic_max_momentum", 1.5, "cyclic_max_momentum = 1.5: must be a number in [0, 1]"),
+    ("epochs", 10**9, "epochs = 1000000000: must be a whole number from 1 to 100000"),
+    ("patience", -1, "patience = -1: must be a whole number from 0 to 100000"),
+    ("workers", -1, "workers = -1: must be a whole number from 0 to 256"),
+    ("workers", 10**6, "workers = 1000000: must be a whole number from 0 to 256"),
+    ("image_size", 10**6, "image_size = 1000000: must be a whole number from 1 to 4096"),
+    ("crop_size", -1, "crop_size = -1: must be a whole number from 0 to 4096"),
+    ("batch_size", 2**62, "batch_size = 4611686018427387904: must be a whole number from 1 to 65536"),
+    ("demo_patients", 0, "demo_patients = 0: must be a whole number from 1 to 100000"),
+    ("seed", -1, "seed = -1: must be a whole number from 0 to 4294967295"),
+    ("seed", 2**40, "seed = 1099511627776: must be a whole number from 0 to 4294967295"),
+])
+def test_numbers_outside_their_range_are_refused_by_name(key, value, message):
+    assert _refused({key: value}) == message
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"cyclic_base_lr": 0.2, "cyclic_max_lr": 0.1}, "cyclic_base_lr = 0.2: must not exceed cyclic_max_lr (0.1)"),
+    ({"cyclic_base_momentum": 0.95, "cyclic_max_momentum": 0.9},
+     "cyclic_base_momentum = 0.95: must not exceed cyclic_max_momentum (0.9)"),
+    ({"image_size": 64, "crop_size": 96}, "crop_size = 96: must not exceed image_size (64)"),
+])
+def test_lower_bound_above_upper_bound_is_refused(values, message):
+    assert _refused(values) == message
+
+
+def test_every_numeric_field_has_a_rule():
+    numeric = {f.name for f in cfg.FIELDS.values() if type(f.default) in (int, float)}
+    assert set(cfg.NUMBER_RULES) == numeric
+
+
+def _keras_seed_ok(seed: int) -> bool:
+    try:
+        keras.utils.set_random_seed(seed)
+    except ValueError:
+        return False
+    return True
+
+
+def _torch_seed_ok(seed: int) -> bool:
+    try:
+        torch.manual_seed(seed)
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_seed_range_is_what_keras_and_torch_both_accept():
+    seeds = [-1, 0, 2**32 - 1, 2**32, 2**40]
+    assert [_accepted(seed=s) for s in seeds] == [_keras_seed_ok(s) and _torch_seed_ok(s) for s in seeds]
+
+
+def _torch_linear_ok(start: float, end: float) -> bool:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=end, total_iters=0)
+    except ValueError:
+        return False
+    return True
+
+
+def test_linear_factors_are_what_torch_linear_lr_accepts():
+    pairs = [(0.0, 0.1), (1e-9, 0.1), (1.0, 0.0), (1.5, 0.1), (1.0, 1.0), (1.0, -0.1), (1.0, 1.01)]
+    assert [_accepted(linear_start_factor=start, linear_end_factor=end, linear_total_iters=0) for start, end in pairs] \
+        == [_torch_linear_ok(start, end) for start, end in pairs]
+
+
+def _sgd_ok(momentum: float, weight_decay: float) -> bool:
+    """Whether both trainers' optimizers (torch SGD, keras_odir's TorchSGD) take these values."""
+    try:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=momentum, weight_decay=weight_decay)
+        TorchSGD(learning_rate=0.1, momentum=momentum, weight_decay=weight_decay)
+    except ValueError:
+        return False
+    return True
+
+
+def test_sgd_values_are_what_both_trainers_accept():
+    pairs = [(-3.0, 0.0), (0.0, 0.0), (1.0, 0.0), (3.0, 0.0), (0.9, -1e308), (0.9, 1e-4)]
+    assert [_accepted(momentum=m, weight_decay=wd) for m, wd in pairs] == [_sgd_ok(m, wd) for m, wd in pairs]
+
+
+def test_integer_too_large_for_a_float_key_names_file_and_key(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_text("lr = 1" + "0" * 400 + "\n")
+    with pytest.raises(cfg.ConfigError, match=rf"^{re.escape(str(path))}: lr = 10+ is too large"):
+        cfg.load_config(path)
+
+
+@pytest.mark.parametrize("module", ["torch_odir.train", "keras_odir.train"])
+@pytest.mark.parametrize("flags, config_text, key", [
+    (["--experiment", "../escaped"], None, "experiment"),
+    ([], 'experiment = "{root}/absolute"\n', "experiment"),
+    (["--lr", "nan"], None, "lr"),
+    ([], "lr = inf\n", "lr"),
+    (["--seed", "-1"], None, "seed"),
+    (["--seed", str(2**40)], None, "seed"),
+    (["--momentum", "-3"], None, "momentum"),
+    (["--weight-decay=-1e308"], None, "weight_decay"),
+    (["--batch-size", str(2**62)], None, "batch_size"),
+])
+def test_trainers_refuse_before_creating_anything(tmp_path, monkeypatch, capsys, module, flags, config_text, key):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "work"
+    root.mkdir()
+    argv = ["--data", "synthetic", "--demo-patients", "40", "--image-size", "32", "--epochs", "1",
+            "--backbone", "resnet18", "--weights", "none", "--run-dir", str(root / "runs"), *flags]
+    if config_text is not None:
+        config = tmp_path / "bad.toml"
+        config.write_text(config_text.format(root=root))
+        argv += ["--config", str(config)]
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(argv)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"error: {key} = " in lines[0], lines
+    assert list(root.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["work"] + (["bad.toml"] if config_text else []))
