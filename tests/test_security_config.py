@@ -1,10 +1,13 @@
-"""Configuration values are checked where they are read: an experiment name is one folder name (the run folder
-stays under --run-dir) and every number is finite and in the range both trainers accept. A bad value is exit 2
-before anything is created."""
+"""Configuration values and the backend name are checked where they are read: an experiment name is one folder
+name (the run folder stays under --run-dir), every number is finite and in the range both trainers accept, and a
+misspelt KERAS_BACKEND is one line before keras is imported. A bad value is exit 2 before anything is created."""
 
 import importlib
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -181,3 +184,57 @@ def test_trainers_refuse_before_creating_anything(tmp_path, monkeypatch, capsys,
     assert len(lines) == 1 and f"error: {key} = " in lines[0], lines
     assert list(root.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["work"] + (["bad.toml"] if config_text else []))
+
+
+def _keras_source_backends() -> set[str]:
+    """The backend names keras' own backend module imports (``if backend() == "NAME"``)."""
+    text = (Path(keras.__file__).parent / "src" / "backend" / "__init__.py").read_text()
+    return set(re.findall(r'backend\(\) == "(\w+)"', text))
+
+
+def test_backend_list_is_keras_own():
+    import keras_odir
+
+    assert set(keras_odir.KERAS_BACKENDS) == _keras_source_backends()
+
+
+def _python(*args: str, backend: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env={**os.environ, "KERAS_BACKEND": backend, **env},
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "predict", "convert"])
+def test_misspelt_backend_is_one_line_from_each_keras_cli(tool):
+    proc = _python("-m", f"keras_odir.{tool}", "--help", backend="pytorch")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "error: KERAS_BACKEND = 'pytorch' is not a Keras backend: set it to torch (the default when unset), jax, "
+        "tensorflow, numpy or openvino"]
+
+
+def test_misspelt_backend_from_an_installed_script():
+    script = Path(sys.executable).with_name("keras-odir-train")
+    if not script.is_file():
+        pytest.skip(f"{script} is not installed (pip install -e .)")
+    proc = subprocess.run([str(script), "--help"], env={**os.environ, "KERAS_BACKEND": "Torch"},
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: KERAS_BACKEND = 'Torch' is not a Keras backend")
+
+
+def test_misspelt_backend_from_a_library_import_raises_the_same_message():
+    proc = _python("-c", "import keras_odir", backend="jaxx")
+    assert proc.returncode == 1 and "Unable to import backend" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].endswith(
+        "KERAS_BACKEND = 'jaxx' is not a Keras backend: set it to torch (the default when unset), jax, tensorflow, "
+        "numpy or openvino")
+    probe = "import sys\ntry:\n    import keras_odir\nexcept ValueError:\n    print('keras' in sys.modules)"
+    assert _python("-c", probe, backend="jaxx").stdout.split() == ["False"]  # refused before keras is imported
+
+
+@pytest.mark.parametrize("environ, backend", [({}, "torch"), ({"KERAS_BACKEND": ""}, "torch"),
+                                              ({"KERAS_BACKEND": "jax"}, "jax")])
+def test_unset_or_empty_backend_means_the_default_torch(environ, backend):
+    import keras_odir
+
+    assert keras_odir.choose_backend(environ) == backend and environ == {"KERAS_BACKEND": backend}
