@@ -219,6 +219,7 @@ def _evaluate_probs(args) -> Evaluation:
         out = _free_dir(Path.cwd() / f"eval-{probs_path.parent.name}-{probs_path.stem}")
     info = {"title": f"{probs_path.parent.name}/{probs_path.name}", "probabilities": str(probs_path), "ground truth": truth_desc}
     y_prob = probs[list(LABELS)].to_numpy()
+    reports.check_inputs(probs["ID"].to_numpy(), y_true, y_prob, sources=(truth_desc, str(probs_path)))  # before tuning
     result = Evaluation(out, probs["ID"].to_numpy(), y_true, y_prob, info, load_pair=load_pair)
     if args.thresholds:
         result.tuned = load_thresholds(args.thresholds)

@@ -74,8 +74,11 @@ def write_submission_csv(path, ids: Sequence[int], probs) -> Path:
     return Path(path)
 
 
-def check_inputs(ids, y_true, y_prob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate IDs, 0/1 labels and probabilities; return them as arrays (int64, int64, float64)."""
+def check_inputs(ids, y_true, y_prob, sources=("ground truth", "probabilities")) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate IDs, 0/1 labels and probabilities; return them as arrays (int64, int64, float64).
+
+    ``sources`` (where the labels and the probabilities come from, e.g. file names) start the error
+    naming the first bad value's patient and label."""
     ids = np.asarray(ids)
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=np.float64)
@@ -88,12 +91,20 @@ def check_inputs(ids, y_true, y_prob) -> tuple[np.ndarray, np.ndarray, np.ndarra
     duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
     if duplicated:
         raise ReportError(f"duplicate patient IDs: {duplicated[:10]}")
-    if not np.isin(y_true, (0, 1)).all():
-        raise ReportError("ground-truth labels must be 0 or 1")
-    if not np.isfinite(y_prob).all() or (y_prob < 0).any() or (y_prob > 1).any():
-        bad = int(np.flatnonzero(~(np.isfinite(y_prob) & (y_prob >= 0) & (y_prob <= 1)).any(axis=1))[0])
-        raise ReportError(f"probabilities must lie in [0, 1]; patient {ids[bad]} has {y_prob[bad].tolist()}")
+    _check_cells(sources[0], ids, y_true, np.isin(y_true, (0, 1)), "a ground-truth label (0 or 1)", "fix the ground truth")
+    _check_cells(sources[1], ids, y_prob, (y_prob >= 0) & (y_prob <= 1), "a probability in [0, 1]",  # NaN fails both
+                 "fix the probabilities (a model's sigmoid outputs)")
     return ids.astype(np.int64), y_true.astype(np.int64), y_prob
+
+
+def _check_cells(source: str, ids, values: np.ndarray, good: np.ndarray, what: str, fix: str) -> None:
+    """Raise ReportError naming ``source`` and the first cell (patient ID, label) where ``good`` is False."""
+    bad = np.argwhere(~good)
+    if len(bad):
+        row, col = bad[0]
+        more = f" ({len(bad) - 1} more such value(s))" if len(bad) > 1 else ""
+        raise ReportError(f"{source}: patient {ids[row]}, label {LABELS[col]}: {float(values[row, col])} is not {what}"
+                          f"{more}; {fix}")
 
 
 def _number(value):
