@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,13 +27,32 @@ from odir_core.thresholds import as_thresholds  # noqa: E402
 
 # One colour per label, the same in every figure.
 LABEL_COLORS = dict(zip(LABELS, plt.get_cmap("tab10").colors))
+CAPTION_SIZE = 9  # pt
+CHAR_WIDTH = 0.6  # a caption character's mean width, in em (DejaVu Sans, generous)
+
+
+def literal_text(fig):
+    """Show every text of ``fig`` as the characters it holds: no mathtext (``$...$``) and no LaTeX, so file
+    names, paths and IDs with ``$``, ``^``, ``_`` or ``%`` appear as they are. Returns ``fig``."""
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
+
+
+def _caption_lines(fig, caption: str) -> str:
+    """``caption`` wrapped at spaces to about the figure's width (matplotlib's own ``wrap=True`` measures
+    each line holding paired ``$`` as mathtext whatever ``parse_math`` says, and fails on e.g. ``$^$``)."""
+    per_line = max(20, int(fig.get_figwidth() * 72 / (CHAR_WIDTH * CAPTION_SIZE)))
+    return textwrap.fill(caption, per_line, break_long_words=False, break_on_hyphens=False)
 
 
 def save_figure(fig, path, dpi: int = 110, caption: str = ""):
     """Save ``fig`` as PNG at ``path`` atomically and close it; ``caption``: a line under the figure
-    (e.g. what the model was trained on)."""
+    (e.g. what the model was trained on). Every text is drawn literally (literal_text)."""
     if caption:
-        fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=9, color="dimgray", wrap=True)
+        fig.text(0.5, 0.0, _caption_lines(fig, caption), ha="center", va="top", fontsize=CAPTION_SIZE, color="dimgray")
+    literal_text(fig)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
