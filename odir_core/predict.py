@@ -153,7 +153,7 @@ def _display_image(path, config) -> np.ndarray:
     """A photograph as a figure shows it: prepared as for the model but at least ``DISPLAY_SIZE`` px (the
     model's inputs may be far smaller), centre-cropped by the model's crop fraction."""
     size = max(config.image_size, DISPLAY_SIZE)
-    img = prepare_image(path, size)
+    img = prepare_image(path, size, check_size=False)  # the photograph passed the size rule at the model's size
     if config.crop_size and config.crop_size != config.image_size:
         img = center_crop(img, round(size * config.crop_size / config.image_size))
     return img

@@ -7,7 +7,8 @@ corners and given a black surround first, so the same chain applies to them.
 Before cropping, ``preprocess_fundus`` checks that the photograph looks like a
 colour fundus photograph (see ``fundus_problems``): random noise or an ordinary
 photograph raises NotFundusError, a blank (e.g. all-white) frame PreprocessError,
-naming what is wrong.
+naming what is wrong. A fundus that would be enlarged more than MAX_UPSCALE times to
+the output size is refused as too small (PreprocessError).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "NotFundusError",
     "PreprocessError",
     "blacken_background",
+    "check_fundus_size",
     "check_not_blank",
     "circle_crop",
     "fov_bounds",
@@ -49,6 +51,10 @@ __all__ = [
 
 WHITE_LEVEL = 200  # a background pixel of a white-surround image has every channel above this
 MIN_FOV_FRACTION = 0.1  # a fundus narrower than this share of the photo's short side is not a fundus
+# A fundus may be enlarged at most this many times to the output size: e.g. at least 16 px for 64 px model inputs,
+# 56 px for 224, 128 px for 512 (the study's size; the real samples' raw photographs have 160+ px fundi).
+# Below that a photograph (a thumbnail, an icon) holds too little detail to classify.
+MAX_UPSCALE = 4
 
 
 # The fundus check (fundus_stats / fundus_problems), on a copy shrunk to CHECK_SIZE px (long side).
@@ -248,8 +254,25 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interpolation)
 
 
+def check_fundus_size(fundus_hw: tuple[int, int], size: int) -> None:
+    """Raise PreprocessError when a fundus of (height, width) px would be enlarged more than MAX_UPSCALE
+    times to ``size`` px."""
+    height, width = fundus_hw
+    need = -(-size // MAX_UPSCALE)
+    if min(height, width) < need:
+        raise PreprocessError(
+            f"photograph too small: the fundus is {width}x{height} px, and enlarging it to {size} px would be more "
+            f"than {MAX_UPSCALE}x (at least {need} px needed); use the full-size photograph"
+        )
+
+
 def preprocess_fundus(
-    img: np.ndarray, size: int, tol: int = 7, notes: list[str] | None = None, check_fundus: bool = True
+    img: np.ndarray,
+    size: int,
+    tol: int = 7,
+    notes: list[str] | None = None,
+    check_fundus: bool = True,
+    check_size: bool = True,
 ) -> np.ndarray:
     """The study's chain on an RGB photograph: FOV crop, circle crop, FOV crop, resize to size x size.
 
@@ -257,7 +280,8 @@ def preprocess_fundus(
     one line per repair made (white surround, upscaling). Raises PreprocessError
     for a black, blank (e.g. all white) image or one with no fundus-sized bright region,
     and its subclass NotFundusError for one failing the fundus check (fundus_problems).
-    With ``check_fundus=False`` a failing image is processed anyway, with a note.
+    With ``check_fundus=False`` a failing image is processed anyway, with a note. A fundus too small
+    for ``size`` (check_fundus_size) raises PreprocessError unless ``check_size=False`` (a copy for display).
     """
     img = _check_rgb(img)
     check_not_blank(img, tol)
@@ -271,6 +295,8 @@ def preprocess_fundus(
             f"nearly black image: the pixels brighter than {tol} span only {cropped.shape[1]}x{cropped.shape[0]} px; "
             "replace the file or leave the patient out"
         )
+    if check_size:
+        check_fundus_size(cropped.shape[:2], size)
     problems = fundus_problems(img, tol)
     if problems and check_fundus:
         raise NotFundusError(
@@ -295,6 +321,7 @@ def prepare_image(
     tol: int = 7,
     notes: list[str] | None = None,
     check_fundus: bool = True,
+    check_size: bool = True,
 ) -> np.ndarray:
     """Decode a photograph (path or encoded bytes) and run preprocess_fundus to size x size.
 
@@ -314,7 +341,7 @@ def prepare_image(
             if min(bottom - top, right - left) >= size:
                 break
             factor //= 2
-        return preprocess_fundus(img, size, tol, notes, check_fundus)
+        return preprocess_fundus(img, size, tol, notes, check_fundus, check_size)
     except (ImageDecodeError, PreprocessError) as exc:
         kind = NotFundusError if isinstance(exc, NotFundusError) else PreprocessError
         raise kind(str(exc) if isinstance(source, bytes) else f"{source}: {exc}") from None
