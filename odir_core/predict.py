@@ -180,6 +180,33 @@ def predict_one(backend: Backend, args) -> int:
     return EXIT_OK
 
 
+def _figure_name(patient_id: str) -> str:
+    """The file name of a patient's --figures PNG: the id with characters other than letters, digits, _ . - as _."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', patient_id)}.png"
+
+
+def _rows(index) -> str:
+    return ", ".join(str(i + 2) for i in index)  # CSV rows as a spreadsheet numbers them (header = 1)
+
+
+def _check_unique_ids(frame: pd.DataFrame, path: Path, figures: bool) -> None:
+    """Refuse a --batch CSV whose ids repeat, or (with ``figures``) would share a figure file, naming ids and rows.
+
+    Figure names are compared ignoring case, as a case-insensitive file system would."""
+    repeated = frame[frame["id"].duplicated(keep=False)]
+    if not repeated.empty:
+        found = "; ".join(f"duplicate id {pid} in rows {_rows(rows.index)}" for pid, rows in repeated.groupby("id", sort=False))
+        raise InferenceError(f"--batch {path}: {found}; give each patient an id of its own")
+    if not figures:
+        return
+    names = frame["id"].map(_figure_name)
+    shared = frame[names.str.casefold().duplicated(keep=False)]
+    if not shared.empty:
+        found = "; ".join(f"ids {', '.join(map(repr, rows['id']))} in rows {_rows(rows.index)} share the figure file "
+                          f"{names[rows.index[0]]}" for _, rows in shared.groupby(names.str.casefold(), sort=False))
+        raise InferenceError(f"--batch {path}: {found}; give ids that differ in letters, digits, '_', '.' or '-'")
+
+
 def read_batch_csv(path: Path) -> pd.DataFrame:
     """The --batch CSV with columns id, left, right (absolute paths); id defaults to the row number."""
     try:
@@ -201,10 +228,10 @@ def read_batch_csv(path: Path) -> pd.DataFrame:
     return frame[["id", *BATCH_COLUMNS]].reset_index(drop=True)
 
 
-def predict_many(model: Model, args, thresholds) -> int:
-    """--batch: predict every row, skip and list unusable ones, write the predictions CSV atomically."""
+def predict_many(model: Model, args, thresholds, frame: pd.DataFrame) -> int:
+    """--batch: predict every row of ``frame`` (read_batch_csv), skip and list unusable ones, write the predictions
+    CSV atomically."""
     csv_path = Path(args.batch)
-    frame = read_batch_csv(csv_path)
     if args.out:
         out = _new_file(Path(args.out))
     else:
@@ -235,7 +262,7 @@ def predict_many(model: Model, args, thresholds) -> int:
             probs[rows] = predict_batch(model.predictor, left_x, right_x, args.tta)
             if figures is not None:
                 for k, i in enumerate(rows):
-                    target = figures / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', frame.at[i, 'id'])}.png"
+                    target = figures / _figure_name(frame.at[i, "id"])
                     if target.exists():
                         errors[i] = f"figure {target} already exists; not overwritten"
                         continue
@@ -283,7 +310,9 @@ def _predict_cli(backend: Backend, args) -> int:
             raise InferenceError(f"{path}: image file not found")
     if not args.batch:
         return predict_one(backend, args)
+    frame = read_batch_csv(Path(args.batch))
+    _check_unique_ids(frame, Path(args.batch), figures=bool(args.figures))
     model = load_model(backend, args.model, train_config=args.train_config)
     thresholds, threshold_text, warning = choose_thresholds(args, model)
     _report_model(model, threshold_text, warning)
-    return predict_many(model, args, thresholds)
+    return predict_many(model, args, thresholds, frame)
