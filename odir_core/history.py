@@ -17,6 +17,7 @@ import pandas as pd
 
 from odir_core.atomic import atomic_path
 from odir_core.metrics import MetricsWarning, challenge_metrics, study_metrics
+from odir_core.spreadsheets import write_xlsx
 
 STUDY_KEYS = ("loss", "kappa", "f1", "auc", "final_score")
 STUDY_COLUMNS = [f"{split}_{key}" for split in ("train", "val") for key in STUDY_KEYS]
@@ -110,7 +111,7 @@ class History:
         frame = self.frame()
         study = frame.reindex(columns=STUDY_COLUMNS)
         with atomic_path(self.run_dir / RESULTS_FILE) as tmp:
-            study.to_excel(tmp)  # unnamed 0-based index column, as the study's file
+            write_xlsx(study, tmp)  # unnamed 0-based index column, as the study's file
         if self.write_csv:
             numbered = frame.set_axis(pd.RangeIndex(1, len(frame) + 1, name="epoch"))
             with atomic_path(self.run_dir / HISTORY_FILE) as tmp:

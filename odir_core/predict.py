@@ -40,6 +40,7 @@ from odir_core.inference import (
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
 from odir_core.preprocess import prepare_image
+from odir_core.spreadsheets import quote_csv
 from odir_core.thresholds import (
     DEFAULT_THRESHOLD,
     THRESHOLDS_FILE,
@@ -276,7 +277,7 @@ def predict_many(model: Model, args, thresholds, frame: pd.DataFrame) -> int:
     result["predicted"] = [" ".join(_predicted(p, thresholds)) if not np.isnan(p).any() else "" for p in probs]
     result["error"] = errors
     with writing(out), atomic_path(out) as tmp:
-        result.to_csv(tmp, index=False, float_format="%.6f")
+        quote_csv(result).to_csv(tmp, index=False, float_format="%.6f")
     failed = [i for i, e in enumerate(errors) if e]
     ok = len(frame) - sum(1 for i in failed if np.isnan(probs[i]).any())
     print(f"{ok} of {len(frame)} patients predicted; written to {out}")

@@ -27,6 +27,7 @@ from odir_core.errors import InputError, writing
 from odir_core.labels import LABEL_NAMES, LABELS, NUM_LABELS
 from odir_core.metrics import binarize
 from odir_core.report_html import render_report
+from odir_core.spreadsheets import write_xlsx
 from odir_core.thresholds import DEFAULT_THRESHOLD, as_thresholds
 
 COLUMNS = ["ID", *LABELS]
@@ -63,7 +64,7 @@ def label_frame(ids: Sequence[int], values) -> pd.DataFrame:
 def write_label_xlsx(path, ids: Sequence[int], values) -> Path:
     """Write ID + N..O to an xlsx file in the study's format (no index column), atomically."""
     with atomic_path(path) as tmp:
-        label_frame(ids, values).to_excel(tmp, index=False, sheet_name="Sheet1")
+        write_xlsx(label_frame(ids, values), tmp, index=False, sheet_name="Sheet1")
     return Path(path)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from odir_core.atomic import atomic_write_text
 from odir_core.errors import run_cli, writing
 from odir_core.prepare import REPORT_COLUMNS
+from odir_core.spreadsheets import quote_csv
 from odir_core.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 
 REPORT_NAME = "build_report.csv"
@@ -74,7 +75,7 @@ def build(args) -> int:
     report = builder.info.metadata.get("report", [])
     if report:
         table = pd.DataFrame(report, columns=["split", *REPORT_COLUMNS])
-        atomic_write_text(target / REPORT_NAME, table.to_csv(index=False))
+        atomic_write_text(target / REPORT_NAME, quote_csv(table).to_csv(index=False))
         errors = int((table["status"] == "error").sum())
         print(f"{errors} image(s) skipped and {len(table) - errors} repaired (see {target / REPORT_NAME})")
     print(f"odir5k/{config.name} written to {target}")
