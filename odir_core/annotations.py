@@ -7,7 +7,7 @@ the OIA-ODIR training/off-site/on-site xlsx files, and our own xlsx/csv.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from .keywords import (
     patient_labels,
 )
 from .labels import LABELS, SPECIAL_IMAGES
+from .spreadsheets import quote_csv, unquote_csv, write_xlsx
 from .table_headers import HEADER_SEARCH_ROWS, csv_delimiter, header_key, names_patient_labels
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "AnnotationError",
     "read_annotations",
     "write_annotations",
+    "image_path",
     "label_matrix",
     "is_special",
     "eye_labels",
@@ -77,8 +79,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if suffix in (".xlsx", ".xlsm", ".xls"):
             return pd.read_excel(path, header=None, dtype=object)
         if suffix == ".csv":
-            return pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                               sep=csv_delimiter(path))
+            return unquote_csv(pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                                           sep=csv_delimiter(path)))
     except Exception as exc:  # any parser failure means the same thing to the user
         raise AnnotationError(
             f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}); "
@@ -144,18 +146,29 @@ def _where(path: Path, row: int, column: str) -> str:
     return f"{path}: row {row}, column {column!r}"
 
 
-def _to_int(path, body, rownums, column, *, fix, allowed=None) -> np.ndarray:
-    """A column as int64, one error naming the first bad cell."""
+def _whole_number(value) -> int | None:
+    """The whole number in a cell (exact for long digit strings, which a float would round), else None."""
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _to_int(path, body, rownums, column, *, fix, allowed=None, bits=64) -> np.ndarray:
+    """A column as int64, one error naming the first bad cell: blank, not a whole number, not ``allowed``,
+    or beyond a signed integer of ``bits`` bits."""
     out = np.empty(len(body), dtype=np.int64)
+    limit = 2 ** (bits - 1)
     for i, value in enumerate(body[column]):
-        number = None
-        if not _is_blank(value):
-            try:
-                f = float(str(value).strip())
-                if f.is_integer():
-                    number = int(f)
-            except ValueError:
-                pass
+        number = None if _is_blank(value) else _whole_number(value)
+        if number is not None and not -limit <= number < limit:
+            number = None
         if number is None or (allowed is not None and number not in allowed):
             shown = "an empty cell" if _is_blank(value) else repr(value)
             raise AnnotationError(f"{_where(path, rownums[i], column)}: got {shown}; {fix}")
@@ -195,7 +208,7 @@ def _id_order(pid: str) -> tuple:
         return (1, 0.0)
 
 
-def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFrame:
+def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray, id_bits: int = 64) -> pd.DataFrame:
     missing = [col for col in REQUIRED if col not in body.columns]
     if missing:
         found = [c for c in body.columns if not c.startswith("__unnamed_")]
@@ -204,7 +217,9 @@ def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFr
             f"add them: the file needs {', '.join(REQUIRED)}"
         )
     out = pd.DataFrame(index=pd.RangeIndex(len(body)))
-    out["ID"] = _to_int(path, body, rownums, "ID", fix="the ID must be a whole number: fill it in or delete the row")
+    out["ID"] = _to_int(path, body, rownums, "ID", bits=id_bits,
+                        fix=f"the ID must be a whole number from -2**{id_bits - 1} to 2**{id_bits - 1} - 1: fill it in, "
+                        "renumber the patient or delete the row")
     if "Patient Age" in body.columns:
         age = pd.to_numeric(body["Patient Age"].map(lambda v: None if _is_blank(v) else v), errors="coerce")
         out["Patient Age"] = age.astype("int64") if age.notna().all() and (age % 1 == 0).all() else age
@@ -219,7 +234,7 @@ def _normalise(path: Path, body: pd.DataFrame, rownums: np.ndarray) -> pd.DataFr
                 raise AnnotationError(
                     f"{_where(path, rownums[i], col)}: empty; put the image file name (e.g. 0_left.jpg) there"
                 )
-            values.append(str(value).strip())
+            values.append(plain_image_name(str(value).strip(), _where(path, rownums[i], col)))
         out[col] = values
     for col in KEYWORD_COLUMNS:
         out[col] = [normalise_keywords(v) for v in body[col]] if col in body.columns else ""
@@ -251,6 +266,24 @@ def _check_unique(path: Path, df: pd.DataFrame, rownums: np.ndarray) -> None:
             names[name] = (rownums[i], col)
 
 
+def plain_image_name(name: str, where: str) -> str:
+    """``name`` when it is a file name alone (no folder part, not absolute, not '.' or '..' on any system),
+    so that it names a file directly inside the image folder; else an AnnotationError starting with ``where``."""
+    if name in ("", ".", "..") or PurePosixPath(name).name != name or PureWindowsPath(name).name != name:
+        raise AnnotationError(
+            f"{where}: {name!r} is not a plain file name; images are read only from the image folder: "
+            "put the file's name alone there (e.g. 0_left.jpg) and the file in the image folder"
+        )
+    return name
+
+
+def image_path(folder, name: str, where: str) -> Path:
+    """The file ``name`` (an annotations' image name) inside the image ``folder``; a name that would reach
+    outside it (a path, '..') is refused, naming ``where`` (see :func:`plain_image_name`). The folder
+    itself may be a link, and so may the files in it: both are the user's own."""
+    return Path(folder) / plain_image_name(str(name), where)
+
+
 def is_special(df: pd.DataFrame) -> np.ndarray:
     """Boolean mask of patients with one of the 16 hospital-preprocessed images
     (matched by file stem, so prepared copies with another extension count)."""
@@ -258,26 +291,29 @@ def is_special(df: pd.DataFrame) -> np.ndarray:
     return (stems[0].isin(_SPECIAL_STEMS) | stems[1].isin(_SPECIAL_STEMS)).to_numpy()
 
 
-def read_annotations(path, *, exclude_special: bool = True) -> pd.DataFrame:
+def read_annotations(path, *, exclude_special: bool = True, id_bits: int = 64) -> pd.DataFrame:
     """Read and validate an annotations file of any supported layout.
 
     Returns one row per patient with exactly COLUMNS (ID int, labels int 0/1,
-    keyword cells in canonical form), in file order, with a RangeIndex.
+    keyword cells in canonical form, image names that are plain file names),
+    in file order, with a RangeIndex.
     Raises AnnotationError naming the file, row, column and fix on bad input.
     With exclude_special, patients with one of the 16 special images are dropped.
+    id_bits: IDs must fit a signed integer of this many bits (64 for the table; the odir5k TFDS records hold 32).
     """
     path = Path(path)
     body, rownums = _table(path)
     if "filename" in body.columns:
         body, rownums = _aggregate_images(path, body, rownums)
-    df = _normalise(path, body, rownums)
+    df = _normalise(path, body, rownums, id_bits)
     if exclude_special:
         df = df[~is_special(df)].reset_index(drop=True)
     return df
 
 
 def write_annotations(df: pd.DataFrame, path) -> Path:
-    """Write annotations (COLUMNS) to .xlsx or .csv by suffix, atomically."""
+    """Write annotations (COLUMNS) to .xlsx or .csv by suffix, atomically; text never becomes a spreadsheet
+    formula (odir_core.spreadsheets)."""
     path = Path(path)
     missing = [col for col in COLUMNS if col not in df.columns]
     if missing:
@@ -287,9 +323,9 @@ def write_annotations(df: pd.DataFrame, path) -> Path:
         raise AnnotationError(f"cannot write {path}: use a .xlsx or .csv file name")
     with atomic_path(path) as tmp:  # the user's umask applies, as for any other written file
         if suffix == ".xlsx":
-            df[COLUMNS].to_excel(tmp, index=False)
+            write_xlsx(df[COLUMNS], tmp, index=False)
         else:
-            df[COLUMNS].to_csv(tmp, index=False)
+            quote_csv(df[COLUMNS]).to_csv(tmp, index=False)
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odir_core.annotations import label_matrix
+from odir_core.annotations import image_path, label_matrix
 from odir_core.augment import augment_pair, center_crop, normalize
 from odir_core.errors import InputError
 from odir_core.layouts import PREPARED
@@ -80,7 +80,9 @@ class DualEyeDataset:
         return self.crop_size or self.image_size
 
     def _path(self, index: int, side: int) -> Path:
-        return self.images / str(self.frame.iloc[index][("Left-Fundus", "Right-Fundus")[side]])
+        column = ("Left-Fundus", "Right-Fundus")[side]
+        where = f"{self.root}: patient {self.ids[index]}, column {column!r}"
+        return image_path(self.images, self.frame.iloc[index][column], where)
 
     def _check_files(self) -> None:
         if self._tfds is not None:  # every record holds both images
