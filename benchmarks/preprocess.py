@@ -34,6 +34,7 @@ from PIL import Image
 from odir_core.imageio import encode_image
 from odir_core.layouts import GRAND_CHALLENGE
 from odir_core.preprocess import prepare_image, preprocess_fundus
+from odir_core.spreadsheets import write_xlsx
 from odir_core.synthetic import render_patient, sample_annotations
 
 SPAWN = multiprocessing.get_context("spawn")  # forked children can hang on inherited OpenCV locks
@@ -101,8 +102,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / GRAND_CHALLENGE.images
-        folder.mkdir()
+        source = Path(tmp) / "source"  # prepare's --out must lie outside its --source
+        folder = source / GRAND_CHALLENGE.images
+        folder.mkdir(parents=True)
         paths = make_photographs(folder, args.images, args.unique, args.workers)
         sizes = [Image.open(q).size for q in paths]
         mb = sum(q.stat().st_size for q in paths) / 1e6
@@ -120,12 +122,12 @@ def main(argv=None) -> None:
               f"max {np.max(mae):.2f} grey levels")
 
         n_patients = len(paths) // 2
-        sample_annotations(n_patients).to_excel(Path(tmp) / GRAND_CHALLENGE.annotations, index=False)
+        write_xlsx(sample_annotations(n_patients), source / GRAND_CHALLENGE.annotations, index=False)
         from odir_core.prepare import main as prepare_main
 
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            status = prepare_main(["--source", tmp, "--out", str(Path(tmp) / "out"), "--size", str(args.size),
+            status = prepare_main(["--source", str(source), "--out", str(Path(tmp) / "out"), "--size", str(args.size),
                                    "--workers", str(args.workers)])
         cli_s = time.perf_counter() - start
         print(f"prepare CLI end to end (PNG out, exit {status}): {2 * n_patients / cli_s:7.1f} images/s")

@@ -8,6 +8,10 @@ annotations.xlsx (patients whose two images were written) and prepare_report.csv
 JPEG damaged inside) or does not look like a colour fundus photograph (blank,
 noise, an ordinary photo) is skipped with its patient and reported; pass
 --keep-non-fundus to prepare the latter anyway. Reruns skip finished images.
+DIR must lie outside PATH, and PATH must not be DIR/images (PATH is only read;
+links to folders inside it are followed, each folder once). A
+prepare_report.csv in DIR that prepare did not write is renamed aside
+(prepare_report.csv.foreign-<time>), never deleted.
 An error writing the output (disk full, read-only or not writable folder, a
 file where a folder is needed) stops the job at once with one line and exit
 code 1; the images written so far are kept and a rerun resumes.
@@ -20,6 +24,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -42,6 +47,7 @@ from odir_core.errors import ignore_sigint as _ignore_sigint
 from odir_core.imageio import header_size, save_image
 from odir_core.layouts import detect_layout
 from odir_core.preprocess import NotFundusError, PreprocessError, prepare_image
+from odir_core.spreadsheets import quote_csv, unquote_csv
 
 REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
 SIDES = (("left", "Left-Fundus"), ("right", "Right-Fundus"))
@@ -64,10 +70,7 @@ class Source:
         """Relative paths of every file."""
         if self.is_zip:
             return [n for n in self._archive().namelist() if not n.endswith("/")]
-        root = self.path
-        return [
-            (Path(d) / f).relative_to(root).as_posix() for d, _, files in os.walk(root, followlinks=True) for f in files
-        ]
+        return _files_under(self.path)
 
     def read(self, name: str) -> bytes:
         """The bytes of one file (a zip member is read without extracting the archive)."""
@@ -82,6 +85,20 @@ class Source:
 
     def __getstate__(self):
         return {**self.__dict__, "_zip": None}
+
+
+def _files_under(root: Path) -> list[str]:
+    """Relative '/' paths of the files under ``root``, following links to folders (an image folder on another
+    disk) but entering each real folder once: a link back up the tree would make the walk endless."""
+    seen, names = set(), []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        names += [(Path(folder) / f).relative_to(root).as_posix() for f in files]
+    return names
 
 
 _WORKER: dict = {}
@@ -132,13 +149,13 @@ def _image_index(names: list[str], folder: str) -> dict[str, str]:
     return index
 
 
-def _read_source_annotations(source: Source, name: str, exclude_special: bool) -> pd.DataFrame:
+def _read_source_annotations(source: Source, name: str, exclude_special: bool, id_bits: int = 64) -> pd.DataFrame:
     if not source.is_zip:
-        return read_annotations(source.path / name, exclude_special=exclude_special)
+        return read_annotations(source.path / name, exclude_special=exclude_special, id_bits=id_bits)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / PurePosixPath(name).name
         local.write_bytes(source.read(name))
-        return read_annotations(local, exclude_special=exclude_special)
+        return read_annotations(local, exclude_special=exclude_special, id_bits=id_bits)
 
 
 def _run(tasks: list, source: Source, args) -> list[tuple]:
@@ -179,23 +196,61 @@ def _check_size(existing: Path, size: int) -> None:
         )
 
 
+def _check_out(source: Path, out: Path) -> None:
+    """Refuse an --out that is the source or inside it, or whose image folder is the source: prepare only
+    reads its source (links resolved). An --out that holds the source in another folder is fine."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise InputError(f"--out {out} is --source {source} or a folder inside it; prepare never writes into its "
+                         "source: choose an --out outside it")
+    if src == dst / "images":
+        raise InputError(f"--out {out} would write its images into --source {source}; choose another --out")
+
+
+def _previous_report(path: Path) -> pd.DataFrame:
+    """The report of an earlier run into this --out. Any other file of that name (another tool's, damaged) is
+    renamed aside, never deleted, and said so; the new report then starts empty."""
+    if not path.exists():
+        return pd.DataFrame(columns=REPORT_COLUMNS)
+    try:
+        old = unquote_csv(pd.read_csv(path))
+        if list(old.columns) != REPORT_COLUMNS:
+            problem = f"its columns are {list(old.columns)}, not {REPORT_COLUMNS}"
+        elif len(old) and not pd.api.types.is_integer_dtype(old["ID"]):
+            problem = "its ID column holds other values than patient IDs"
+        else:
+            return old
+    except (OSError, ValueError) as exc:  # a folder, unreadable, not csv
+        problem = f"it cannot be read as csv ({type(exc).__name__})"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.foreign-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.foreign-{stamp}-{n}")
+    with writing(aside):
+        path.rename(aside)
+    print(f"{path} is not a report of prepare ({problem}): renamed to {aside.name}; a new report is written")
+    return pd.DataFrame(columns=REPORT_COLUMNS)
+
+
 def prepare(args) -> int:
     """Run the whole preparation; returns the process exit status."""
     source = Source(args.source)
+    out = Path(args.out)
+    _check_out(source.path, out)
     names = source.names()
     found = detect_layout(names)
     print(f"found the {found.layout.name} layout in {source.path}: {found.annotations} + {found.images}/")
     df = _read_source_annotations(source, found.annotations, args.exclude_special)
     index = _image_index(names, found.images)
 
-    out = Path(args.out)
     images = out / "images"
     with writing(out):
         images.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(images)  # of an interrupted run; a user's own dot-files stay
     ext = "jpg" if args.format == "jpg" else "png"
     report_path = out / "prepare_report.csv"
-    old = pd.read_csv(report_path) if report_path.exists() else pd.DataFrame(columns=REPORT_COLUMNS)
+    old = _previous_report(report_path)
 
     tasks, rows, checked = [], [], False
     for pid, *files in df[["ID", "Left-Fundus", "Right-Fundus"]].itertuples(index=False):
@@ -224,7 +279,7 @@ def prepare(args) -> int:
         report = pd.concat([keep, new], ignore_index=True).sort_values(["ID", "side"], kind="stable")
         try:
             with writing(report_path):
-                atomic_write_text(report_path, report.to_csv(index=False))
+                atomic_write_text(report_path, quote_csv(report).to_csv(index=False))
         except OutputError:
             if not stopped:
                 raise  # else the first error is the one to report (a full disk fails both)

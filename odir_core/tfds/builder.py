@@ -36,6 +36,7 @@ from odir_core.splits import study_split
 
 SIDES = (("left", "Left-Fundus", "Left-Diagnostic Keywords"), ("right", "Right-Fundus", "Right-Diagnostic Keywords"))
 MIN_SIZE = 8
+ID_BITS = 32  # the records store the patient ID as an int32
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 ODIR-5K cannot be downloaded automatically (registration / licence acceptance).
@@ -253,7 +254,7 @@ class Odir5k(tfds.core.GeneratorBasedBuilder):
 
     def _table(self, source: Source, names, annotations: str, images: str, split: str):
         """(patients whose two files exist, file name -> member) of one annotations file; missing files reported."""
-        df = _read_source_annotations(source, annotations, exclude_special=False)
+        df = _read_source_annotations(source, annotations, exclude_special=False, id_bits=ID_BITS)
         index = _image_index(names, images)
         present = np.ones(len(df), dtype=bool)
         for i, (pid, *files) in enumerate(zip(df["ID"], *(df[column] for _, column, _ in SIDES))):
