@@ -277,13 +277,19 @@ def _read_table(path) -> pd.DataFrame:
     raise MetricsError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .xlsx with columns {','.join(LABEL_FILE_COLUMNS)}")
 
 
+def _shown(value) -> str:
+    """A cell's value as a message shows it: text quoted, a number as written (1e+30, nan)."""
+    return repr(value) if isinstance(value, str) else repr(float(value)) if isinstance(value, float) else str(value)
+
+
 def _normalise_ids(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """ID column as int64; raises MetricsError for missing, non-integer or duplicate IDs."""
-    ids = pd.to_numeric(df[ID_COLUMN], errors="coerce")
-    bad = ids.isna() | (ids != ids.round())
+    ids = pd.to_numeric(df[ID_COLUMN], errors="coerce").astype(np.float64)
+    bad = ids.isna() | (ids != ids.round()) | (ids.abs() >= 2.0**63)  # int64 holds the IDs
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise MetricsError(f"{where}: column ID, row {row + 2} (spreadsheet row): {df[ID_COLUMN].iloc[row]!r} is not an integer patient ID")
+        raise MetricsError(f"{where}: column ID, row {row + 2} (spreadsheet row): {_shown(df[ID_COLUMN].iloc[row])} is "
+                           "not an integer patient ID from -2**63 to 2**63 - 1")
     df = df.copy()
     df[ID_COLUMN] = ids.astype(np.int64)
     dup = df[ID_COLUMN].duplicated()
@@ -321,7 +327,8 @@ def _numeric_labels(df: pd.DataFrame, where: str) -> pd.DataFrame:
         values = pd.to_numeric(df[label], errors="coerce")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise MetricsError(f"{where}: column {label}, row {row + 2} (spreadsheet row): {df[label].iloc[row]!r} is empty or not a number")
+            raise MetricsError(f"{where}: column {label}, row {row + 2} (spreadsheet row): {_shown(df[label].iloc[row])} is "
+                               "empty or not a number")
         df[label] = values.astype(np.float64)
     return df
 

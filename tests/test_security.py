@@ -276,3 +276,13 @@ def test_sigterm_in_prepare_keeps_the_images_written_and_a_rerun_resumes(tmp_pat
     assert (out / "annotations.xlsx").is_file()
     for name in (".keep", "images/.keep"):
         assert (out / name).read_text() == "mine"
+
+
+@pytest.mark.parametrize("patient_id", ["1e30", "99999999999999999999", "-1e19"])
+def test_an_id_beyond_64_bits_in_a_label_file_is_named_not_wrapped(tmp_path, patient_id):
+    from odir_core.metrics import MetricsError, read_label_file
+
+    path = tmp_path / "probs.csv"
+    path.write_text("ID,N,D,G,C,A,H,M,O\n0,0,0,0,0,0,0,0,1\n" + patient_id + ",1,0,0,0,0,0,0,0\n")
+    with pytest.raises(MetricsError, match=r"probs.csv: column ID, row 3 .* is not an integer patient ID from -2\*\*63"):
+        read_label_file(path)
