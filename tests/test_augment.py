@@ -53,6 +53,17 @@ def test_hue_within_one_grey_level_of_torchvision(name):
         assert (diff > 0).mean() < 0.002  # measured: at most 0.03% of values differ, by 1
 
 
+def near_half_pixel(shape, angle: float, band: float = 1 / 64) -> np.ndarray:
+    """Output pixels whose source coordinate (float64, rotation about the centre) lies within ``band`` px of a
+    half-pixel tie, where nearest-neighbour rounding may go either way."""
+    h, w = shape[:2]
+    t = np.deg2rad(angle)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    x, y = xs - (w - 1) / 2, ys - (h - 1) / 2
+    source = (np.cos(t) * x - np.sin(t) * y + (w - 1) / 2, np.sin(t) * x + np.cos(t) * y + (h - 1) / 2)
+    return np.any([np.abs(c - np.floor(c) - 0.5) < band for c in source], axis=0)
+
+
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_rotate_equals_torchvision_nearest(name):
     img = IMAGES[name]
@@ -61,9 +72,11 @@ def test_rotate_equals_torchvision_nearest(name):
         ref = to_array(F.rotate(to_tensor(img), angle, interpolation=InterpolationMode.NEAREST, fill=0))
         assert ours.shape == img.shape
         mismatch = (ours != ref).any(axis=2)
-        # exact half-pixel ties round half-up in OpenCV, half-to-even in torch: measured at most
-        # 0.3% of pixels (odd sizes at +-30 degrees), about 1e-5 at 512 px
-        assert mismatch[2:-2, 2:-2].mean() < 0.005
+        # OpenCV computes warp coordinates in fixed point (1/32 px) and rounds ties its own way, torch in
+        # float32 rounding half to even: they may differ only within 1/64 px of a half-pixel tie (measured:
+        # 0.9% of pixels for odd sizes at +-30 degrees with OpenCV 5.1, 0.3% with 4.x), and agree everywhere else
+        assert not mismatch[~near_half_pixel(img.shape, angle)].any()
+        assert mismatch[2:-2, 2:-2].mean() < 0.01
 
 
 def test_rotate_crop_equals_torchvision_rotate_then_crop():
