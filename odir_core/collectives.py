@@ -93,13 +93,14 @@ def gather_rows(local: np.ndarray, batch_sizes: list[int], ranks: Ranks) -> np.n
 
 
 def from_main(value, ranks: Ranks):
-    """Rank 0's ``value`` on every rank."""
+    """Rank 0's ``value`` on every rank; rank 0 keeps its own object (a copy, as some engines return, would lose
+    what is not sent, such as the lock a run setup holds)."""
     if not ranks.distributed:
         return value
     box = [value]
     with _exchange():
         _dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return value if ranks.main else box[0]
 
 
 class MainFailed(OdirError):
