@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         args.batch = 32 * args.processes
         if args.processes < 2:
             sys.exit("distributed.py --gpu: needs at least two CUDA devices")
-    from odir_core.synthetic import generate
+    from odir_core.data.synthetic import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         data = generate(Path(tmp) / "set", patients=args.patients, size=args.size, seed=0)

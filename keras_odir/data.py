@@ -1,7 +1,7 @@
-"""Keras input pipeline: ``keras.utils.PyDataset`` over ``odir_core.dataset`` (no torch or tf data code).
+"""Keras input pipeline: ``keras.utils.PyDataset`` over ``odir_core.data.dataset`` (no torch or tf data code).
 
 Batches are ``({"left": (b, s, s, 3), "right": ...}, labels (b, 8))``, float32 NHWC; the
-epoch's sample order comes from ``odir_core.dataset.EpochOrder`` so it is the same in
+epoch's sample order comes from ``odir_core.data.dataset.EpochOrder`` so it is the same in
 ``torch_odir`` and after a resume.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import keras
 
-from odir_core.dataset import DualEyeDataset, EpochOrder
+from odir_core.data.dataset import DualEyeDataset, EpochOrder
 from odir_core.distributed import Ranks, batch_sizes, loss_share, rank_batch, rank_rows, training_rows
 from odir_core.feature_cache import FeatureBatch
 

@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odir_core import reports, splits
-from odir_core.annotations import label_matrix, read_annotations
+from odir_core import reports
 from odir_core.cli_config import add_config_option, parse_with_config
-from odir_core.dataset import DualEyeDataset
+from odir_core.data import splits
+from odir_core.data.annotations import label_matrix, read_annotations
+from odir_core.data.dataset import DualEyeDataset
+from odir_core.data.imageio import load_image
+from odir_core.data.layouts import PREPARED
+from odir_core.data.preprocess import resize_square
+from odir_core.data.splits import split_frames
+from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import OutputExistsError, run_cli
-from odir_core.imageio import load_image
 from odir_core.inference import (
     TRAIN_CONFIG_HELP,
     TTA_HELP,
@@ -35,12 +40,8 @@ from odir_core.inference import (
     predict_dataset,
 )
 from odir_core.labels import LABELS
-from odir_core.layouts import PREPARED
 from odir_core.metrics import check_submission, read_label_file
-from odir_core.preprocess import resize_square
 from odir_core.run import resolve_data
-from odir_core.splits import split_frames
-from odir_core.tfds import source as tfds_source
 from odir_core.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,

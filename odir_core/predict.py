@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from odir_core import plots
 from odir_core.atomic import atomic_path
-from odir_core.augment import center_crop
 from odir_core.cli_config import add_config_option, parse_with_config
+from odir_core.data.augment import center_crop
+from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
 from odir_core.inference import (
     TRAIN_CONFIG_HELP,
@@ -39,7 +40,6 @@ from odir_core.inference import (
 )
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
-from odir_core.preprocess import prepare_image
 from odir_core.spreadsheets import quote_csv
 from odir_core.thresholds import (
     DEFAULT_THRESHOLD,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from odir_core.dataset import DualEyeDataset
+from odir_core.data.dataset import DualEyeDataset
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""odir_core.augment against torchvision.transforms.functional on the same uint8 images and parameters."""
+"""odir_core.data.augment against torchvision.transforms.functional on the same uint8 images and parameters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torchvision.transforms.functional as F
 from fundus_images import draw_fundus
 from torchvision.transforms import ColorJitter, InterpolationMode, Normalize
 
-from odir_core import augment as A
+from odir_core.data import augment as A
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

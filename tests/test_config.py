@@ -139,7 +139,7 @@ def test_demo_config_is_the_default_and_small(tmp_path, monkeypatch):
 
 def _prepared_odir(root: Path) -> None:
     """A prepared ODIR-5K-like folder at root/data/odir5k (synthetic images, the prepared layout)."""
-    from odir_core.synthetic import generate
+    from odir_core.data.synthetic import generate
 
     generate(root / cfg.PREPARED_ODIR, patients=4, size=16, workers=1)
 

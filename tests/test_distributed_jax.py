@@ -12,7 +12,7 @@ import pytest
 
 from distributed_runs import TESTS
 from keras_odir.data_parallel import DistributedError, JaxJob, jax_job
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
 from training_runs import only_run
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from odir_core.collectives import LostProcess, batch_sum, on_main, process_group
-from odir_core.dataset import DataError
+from odir_core.data.dataset import DataError
 from odir_core.devices import DeviceError, resolve_device
 from odir_core.distributed import (
     DistributedError,

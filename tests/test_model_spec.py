@@ -11,7 +11,6 @@ import torchvision
 from torch import nn
 
 from odir_core import config as config_module
-from odir_core.augment import MODES
 from odir_core.checkpoints import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -19,6 +18,7 @@ from odir_core.checkpoints import (
     dual_state_dict,
     unwrap_state_dict,
 )
+from odir_core.data.augment import MODES
 from odir_core.model_spec import (
     BACKBONES,
     HEADS,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from odir_core.atomic import atomic_path, is_temporary, remove_stale_temporaries
+from odir_core.data.synthetic import generate
 from odir_core.errors import EXIT_TERMINATED, EXIT_USAGE
 from odir_core.run import remove_new_run
 from odir_core.run_lock import LOCK_FILE, RunInUseError, RunLock
-from odir_core.synthetic import generate
 from test_faults import _slow_source as slow_source
 from training_runs import only_run, tiny_train_args
 

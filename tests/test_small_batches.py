@@ -12,11 +12,11 @@ import keras_odir.callbacks as kcallbacks
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.data import feature_batches
-from odir_core.annotations import read_annotations
-from odir_core.dataset import EpochOrder
+from odir_core.data.annotations import read_annotations
+from odir_core.data.dataset import EpochOrder
+from odir_core.data.splits import save_split
+from odir_core.data.synthetic import generate
 from odir_core.distributed import DistributedError, check_batch_split
-from odir_core.splits import save_split
-from odir_core.synthetic import generate
 from torch_odir.data import EpochBatchSampler
 
 # where each trainer computes an epoch's record from the epoch's outputs

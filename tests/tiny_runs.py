@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from odir_core.annotations import COLUMNS, write_annotations
 from odir_core.config import TrainConfig, save_config
+from odir_core.data.annotations import COLUMNS, write_annotations
 from odir_core.labels import LABELS
 from reference_data import REAL_SAMPLES
 

@@ -1,4 +1,4 @@
-"""PyTorch input pipeline over ``odir_core.dataset``: a Dataset of (left, right, labels) and a DataLoader
+"""PyTorch input pipeline over ``odir_core.data.dataset``: a Dataset of (left, right, labels) and a DataLoader
 whose batches follow the shared epoch order (seeded shuffle or balanced sampler). Batches are NCHW float32
 in channels_last memory format (the NHWC arrays of odir_core, stacked once, seen as NCHW)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from odir_core.dataset import DualEyeDataset, EpochOrder, batch_slices
+from odir_core.data.dataset import DualEyeDataset, EpochOrder, batch_slices
 from odir_core.distributed import Ranks, rank_batch, training_rows
 from odir_core.feature_cache import FeatureBatch
 

@@ -1,7 +1,7 @@
 """Build the odir5k TensorFlow Datasets dataset: python -m odir_core.tfds build --manual-dir PATH.
 
 PATH is an ODIR-5K folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
-folder from odir_core.prepare), or a folder holding such a zip. The dataset is written to
+folder from python -m odir_core.prepare), or a folder holding such a zip. The dataset is written to
 DATA_DIR/odir5k/CONFIG/1.0.0 as ArrayRecord files; building an existing one does nothing.
 Bad images are reported and their patients skipped (DATA_DIR/odir5k/CONFIG/1.0.0/build_report.csv);
 an error writing DATA_DIR (disk full, read-only) stops the build with one line and exit code 1.
@@ -19,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from odir_core.atomic import atomic_write_text
+from odir_core.data.prepare import REPORT_COLUMNS
+from odir_core.data.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 from odir_core.errors import run_cli, writing
-from odir_core.prepare import REPORT_COLUMNS
 from odir_core.spreadsheets import quote_csv
-from odir_core.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 
 REPORT_NAME = "build_report.csv"
 

@@ -3,7 +3,7 @@
 Patients are drawn label-first from the label combinations of the real
 training annotations, each finding placed in one eye or both, then given
 per-eye diagnostic keywords from the dataset's vocabulary; images show a
-visible sign for every keyword (see ``odir_core.synthetic_draw``).
+visible sign for every keyword (see ``odir_core.data.synthetic_draw``).
 
 Patient ``k`` depends only on (seed, k): its labels, keywords and pixels are
 the same whatever the number of patients generated, and the same seed gives
@@ -29,16 +29,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .annotations import COLUMNS, write_annotations
-from .atomic import atomic_folder, atomic_path, atomic_write_text
-from .cli_help import DefaultsHelpFormatter
-from .errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
-from .imageio import encode_image
-from .keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
-from .labels import LABELS, SPECIAL_IMAGES
-from .layouts import LAYOUTS, PREPARED, Layout
-from .prepare import REPORT_COLUMNS
-from .synthetic_draw import Camera, draw_eye, random_camera
+from odir_core.atomic import atomic_folder, atomic_path, atomic_write_text
+from odir_core.cli_help import DefaultsHelpFormatter
+from odir_core.data.annotations import COLUMNS, write_annotations
+from odir_core.data.imageio import encode_image
+from odir_core.data.keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_labels, patient_labels
+from odir_core.data.layouts import LAYOUTS, PREPARED, Layout
+from odir_core.data.prepare import REPORT_COLUMNS
+from odir_core.data.synthetic_draw import Camera, draw_eye, random_camera
+from odir_core.errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
+from odir_core.labels import LABELS, SPECIAL_IMAGES
 
 # ----------------------------------------------------------------------------- statistics of the real set
 # Measured once on the ODIR-5K training annotations (3500 patients,
@@ -99,7 +99,7 @@ MALE_RATE, MALE_SHIFT = 0.555, {"C": -0.13, "M": -0.18}
 # White-cornered hospital-preprocessed images: 16 of 7000 in the real set.
 SPECIAL_RATE = 16 / 7000
 
-# Keyword -> (drawn sign, strength); see odir_core.synthetic_draw.
+# Keyword -> (drawn sign, strength); see odir_core.data.synthetic_draw.
 KEYWORD_SIGNS = {
     "mild nonproliferative retinopathy": ("dr", 0.6),
     "moderate non proliferative retinopathy": ("dr", 1.0),
@@ -145,7 +145,7 @@ KAGGLE_FULL_DF = "full_df.csv"
 PREPARE_REPORT = "prepare_report.csv"
 SYNTHETIC_MARKER = "synthetic.json"  # in a generated prepared folder: its images are not real photographs
 KAGGLE_FILEPATH_PREFIX = "../input/ocular-disease-recognition-odir5k/ODIR-5K/Training Images/"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- patients

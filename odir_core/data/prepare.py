@@ -32,9 +32,12 @@ import cv2
 import pandas as pd
 from tqdm import tqdm
 
-from odir_core.annotations import read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text, remove_stale_temporaries
 from odir_core.cli_help import DefaultsHelpFormatter
+from odir_core.data.annotations import read_annotations, write_annotations
+from odir_core.data.imageio import header_size, save_image
+from odir_core.data.layouts import detect_layout
+from odir_core.data.preprocess import NotFundusError, PreprocessError, prepare_image
 from odir_core.errors import (
     InputError,
     OutputError,
@@ -44,9 +47,6 @@ from odir_core.errors import (
     writing,
 )
 from odir_core.errors import ignore_sigint as _ignore_sigint
-from odir_core.imageio import header_size, save_image
-from odir_core.layouts import detect_layout
-from odir_core.preprocess import NotFundusError, PreprocessError, prepare_image
 from odir_core.spreadsheets import quote_csv, unquote_csv
 
 REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-non-fundus",
         action="store_true",
         help="prepare images that fail the fundus check (no dark surround around a round field of view, or not "
-        "red/orange; see odir_core.preprocess.fundus_problems) instead of skipping their patient; they are "
+        "red/orange; see odir_core.data.preprocess.fundus_problems) instead of skipping their patient; they are "
         "listed in the report as repaired, with the reason",
     )
     return parser

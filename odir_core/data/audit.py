@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .annotations import label_matrix, read_annotations
-from .errors import run_cli
-from .keywords import (
+from odir_core.data.annotations import label_matrix, read_annotations
+from odir_core.data.keywords import (
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
     NON_DECISIVE_KEYWORDS,
@@ -26,7 +25,8 @@ from .keywords import (
     patient_labels,
     split_keywords,
 )
-from .labels import LABEL_NAMES, LABELS, SPECIAL_IMAGES
+from odir_core.errors import run_cli
+from odir_core.labels import LABEL_NAMES, LABELS, SPECIAL_IMAGES
 
 EYES = (("left", "Left-Fundus", "Left-Diagnostic Keywords"), ("right", "Right-Fundus", "Right-Diagnostic Keywords"))
 
