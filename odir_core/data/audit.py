@@ -8,7 +8,6 @@ disagree with the dataset's keyword rules.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +167,3 @@ def _audit_cli(args) -> int:
     df = read_annotations(args.annotations, exclude_special=args.exclude_special)
     print(format_audit(audit(df), args.annotations))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 import zipfile
@@ -334,7 +333,3 @@ def main(argv=None) -> int:
     if args.size < 8 or not 1 <= args.quality <= 100:
         build_parser().error("--size must be >= 8 and --quality within 1..100")
     return run_cli(prepare, args, interrupted="interrupted; the images written so far are kept and a rerun resumes")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -493,7 +492,3 @@ def _generate_cli(args) -> int:
         with writing(args.preview):
             print(f"wrote contact sheet {write_preview(args.preview, args.seed, severity=args.severity)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

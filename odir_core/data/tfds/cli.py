@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -88,7 +87,3 @@ def main(argv=None) -> int:
     if args.workers < 1:
         build_parser().error("--workers must be at least 1")
     return run_cli(build, args)  # bad input: exit 2; an unwritable --data-dir (an OSError): exit 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
