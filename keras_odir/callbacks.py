@@ -14,13 +14,13 @@ import keras
 import numpy as np
 
 from keras_odir.data_parallel import one_program, this_process_only
-from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
 from odir_core.collectives import all_true
 from odir_core.console import epoch_line
 from odir_core.distributed import Ranks
 from odir_core.epoch_record import diverged, epoch_record
 from odir_core.history import History, early_stopping_state
+from odir_core.model import provenance
 from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.tensorboard import ScalarWriter
 
@@ -117,7 +117,7 @@ def all_finite(model: keras.Model) -> bool:
 
 class _AtomicSaver:
     """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, adds what it was
-    trained on at ``epoch`` (``odir_core.provenance``), then renames."""
+    trained on at ``epoch`` (``odir_core.model.provenance``), then renames."""
 
     def __init__(self, target: keras.Model, trained_on: dict | None):
         self.target = target

@@ -28,9 +28,9 @@ from odir_core.atomic import atomic_write_text
 from odir_core.data.augment import MODES as AUGMENT_MODES
 from odir_core.data.layouts import is_prepared
 from odir_core.errors import EXIT_USAGE, InputError
-from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
-from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
-from odir_core.model_spec import HEADS as HEAD_SPECS
+from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
+from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
+from odir_core.model.model_spec import HEADS as HEAD_SPECS
 from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

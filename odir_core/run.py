@@ -44,7 +44,7 @@ from odir_core.distributed import Ranks
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, interrupt_exit_code, run_cli, write_failure, writing
 from odir_core.history import HISTORY_FILE
 from odir_core.labels import LABELS
-from odir_core.provenance import training_record
+from odir_core.model.provenance import training_record
 from odir_core.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"
@@ -95,7 +95,7 @@ def damaged_backup_message(backup: Path, reason: str, run_dir: Path, last_model:
 @dataclass
 class RunSetup:
     """Everything a trainer needs besides the network: resolved config, folders, split, weights, and what
-    its checkpoints record they were trained on (``odir_core.provenance``)."""
+    its checkpoints record they were trained on (``odir_core.model.provenance``)."""
 
     config: TrainConfig
     run_dir: Path

@@ -11,15 +11,15 @@ import torchvision
 from torch import nn
 
 from odir_core import config as config_module
-from odir_core.checkpoints import (
+from odir_core.data.augment import MODES
+from odir_core.model.checkpoints import (
     CheckpointError,
     CheckpointNotFoundError,
     download_checkpoint,
     dual_state_dict,
     unwrap_state_dict,
 )
-from odir_core.data.augment import MODES
-from odir_core.model_spec import (
+from odir_core.model.model_spec import (
     BACKBONES,
     HEADS,
     ArchitectureError,

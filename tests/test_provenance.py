@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from keras_odir.weights import torch_load
-from odir_core import provenance
 from odir_core.config import TrainConfig
 from odir_core.data.synthetic import SYNTHETIC_MARKER, demo_dataset, generate, is_synthetic
+from odir_core.model import provenance
 from odir_core.run import setup_run
 
 RECORD = {"data": "/data/odir5k", "synthetic": False, "run": "/runs/experiment_15-20250101-120000",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from odir_core import evaluate
-from odir_core.checkpoints import TORCH_SUFFIXES
 from odir_core.inference import Backend
+from odir_core.model.checkpoints import TORCH_SUFFIXES
 
 BACKEND = Backend(name="torch_odir", model_suffixes=TORCH_SUFFIXES, loader="torch_odir.inference:load_predictor",
                   torch_load="torch_odir.model:torch_load")

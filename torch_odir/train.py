@@ -24,9 +24,8 @@ import torch.distributed
 from torch import nn
 from tqdm import tqdm
 
-from odir_core import devices, provenance
+from odir_core import devices
 from odir_core.atomic import atomic_path
-from odir_core.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.config import TrainConfig
 from odir_core.console import early_stopping_line, epoch_line
@@ -35,7 +34,9 @@ from odir_core.epoch_record import diverged, epoch_record
 from odir_core.errors import on_every_rank
 from odir_core.feature_cache import FeatureBatch, build_feature_cache
 from odir_core.history import History, early_stopping_state, should_stop
-from odir_core.model_spec import ArchitectureError, check_architecture
+from odir_core.model import provenance
+from odir_core.model.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
+from odir_core.model.model_spec import ArchitectureError, check_architecture
 from odir_core.run import (
     ResumeError,
     RunSetup,
@@ -72,7 +73,7 @@ def build_model(config: TrainConfig) -> DualNet:
     """The DualNet of ``config`` with its starting weights: ``none``, ``imagenet``, a torchvision
     backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own). What the weights
     leave random (the head; the backbone too with ``none``) is drawn from ``config.seed`` by
-    ``odir_core.initial_weights``, the same numbers as keras_odir.train's."""
+    ``odir_core.model.initial_weights``, the same numbers as keras_odir.train's."""
     freeze = not config.fine_tune
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from odir_core.checkpoints import KERAS_SUFFIX
+from odir_core.model.checkpoints import KERAS_SUFFIX
 
 KERAS_ENTRY = "odir_trained_on.json"
 TORCH_KEY = "trained_on"
