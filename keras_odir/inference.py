@@ -11,10 +11,10 @@ from keras import ops
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_keras_model, weight_table
-from odir_core.config import TrainConfig
 from odir_core.inference import InferenceError, choose_gradcam_stage, gradcam_map
 from odir_core.model.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.model.model_spec import infer_backbone
+from odir_core.training.config import TrainConfig
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from odir_core import reports
-from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.data import splits
 from odir_core.data.annotations import label_matrix, read_annotations
 from odir_core.data.dataset import DualEyeDataset
@@ -41,7 +40,6 @@ from odir_core.inference import (
 )
 from odir_core.labels import LABELS
 from odir_core.metrics import check_submission, read_label_file
-from odir_core.run import resolve_data
 from odir_core.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,
@@ -50,6 +48,8 @@ from odir_core.thresholds import (
     save_thresholds,
     tune_thresholds,
 )
+from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.training.run import resolve_data
 
 SPLITS = ("val", "test", "all")
 DISPLAY_SIZE = 256  # side of the eye images in the qualitative figure

@@ -15,7 +15,6 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from odir_core.config import ConfigError, TrainConfig, load_config
 from odir_core.data.annotations import AnnotationError
 from odir_core.data.augment import center_crop, normalize
 from odir_core.data.dataset import DataError
@@ -25,8 +24,9 @@ from odir_core.data.splits import SplitError
 from odir_core.errors import InputError, OdirError
 from odir_core.metrics import MetricsError
 from odir_core.model import provenance
-from odir_core.run import CONFIG_FILE, DataSourceError
 from odir_core.thresholds import THRESHOLDS_FILE, ThresholdError
+from odir_core.training.config import ConfigError, TrainConfig, load_config
+from odir_core.training.run import CONFIG_FILE, DataSourceError
 
 TTA_MODES = ("none", "hflip", "vflip", "both")
 TTA_HELP = (

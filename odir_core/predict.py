@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from odir_core import plots
 from odir_core.atomic import atomic_path
-from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.data.augment import center_crop
 from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
@@ -48,6 +47,7 @@ from odir_core.thresholds import (
     load_thresholds,
     thresholds_origin,
 )
+from odir_core.training.cli_config import add_config_option, parse_with_config
 
 BATCH_COLUMNS = ("left", "right")
 DISPLAY_SIZE = 256  # px: the least side of the eyes in a prediction figure

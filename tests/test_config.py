@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from odir_core import config as cfg
+from odir_core.training import config as cfg
 from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]

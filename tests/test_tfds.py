@@ -262,7 +262,7 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
     from keras_odir.data import image_batches
     from odir_core.data.dataset import DualEyeDataset
     from odir_core.data.splits import split_frames
-    from odir_core.run import resolve_data
+    from odir_core.training.run import resolve_data
 
     data_dir, folder = _built_and_prepared(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
@@ -304,7 +304,7 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
 
 
 def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypatch):
-    from odir_core.run import DataSourceError, resolve_data
+    from odir_core.training.run import DataSourceError, resolve_data
 
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails as if not installed
     folder = generate(tmp_path / "prepared", 3, size=32, seed=1, layout="prepared", workers=1)
@@ -314,7 +314,7 @@ def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypat
 
 
 def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
-    from odir_core.run import DataSourceError, resolve_data
+    from odir_core.training.run import DataSourceError, resolve_data
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(DataSourceError, match="python -m odir_core.tfds build --manual-dir PATH --config prepared_224"):
@@ -335,7 +335,7 @@ def _train(package: str, data: str, run_dir: Path, *extra: str) -> Path:
 
 
 def _history(run: Path) -> pd.DataFrame:
-    from odir_core.history import HISTORY_FILE
+    from odir_core.training.history import HISTORY_FILE
 
     history = pd.read_csv(run / HISTORY_FILE)
     return history.drop(columns=[c for c in history if "time" in c])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from odir_core.config import TrainConfig, save_config
 from odir_core.data.annotations import COLUMNS, write_annotations
 from odir_core.labels import LABELS
+from odir_core.training.config import TrainConfig, save_config
 from reference_data import REAL_SAMPLES
 
 

@@ -31,9 +31,9 @@ from odir_core.errors import EXIT_USAGE, InputError
 from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
-from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
+from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # The embedded defaults of the training CLIs (no --config): the demo, or the study's best recipe when
 # neither --data is given and a prepared ODIR-5K is found at PREPARED_ODIR (relative to the working folder).
 DEFAULT_CONFIG = EXPERIMENTS / "demo.toml"

@@ -3,7 +3,7 @@
 ``setup_run(config)`` resolves the data source, reads the annotations, splits them, computes
 ``pos_weight``, creates (or reopens, for ``--resume``) the run folder and writes ``config.toml``.
 
-A run folder's life: the lock (``run.lock``, ``odir_core.run_lock``: one process per run folder) and
+A run folder's life: the lock (``run.lock``, ``odir_core.training.run_lock``: one process per run folder) and
 ``config.toml`` first; per finished epoch the history, the checkpoints and then the backup (``backup/``, the
 trainer's own format, each file replaced atomically); at the end ``finished.json``, written last, then the
 backup's files are removed and the lock released. So ``--resume`` can tell a finished run (``finished.json``),
@@ -33,19 +33,19 @@ import numpy as np
 import pandas as pd
 
 from odir_core.atomic import atomic_write_text, remove_stale_temporaries
-from odir_core.class_weights import pos_weight_from_labels
-from odir_core.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
-from odir_core.console import duration
 from odir_core.data.annotations import label_matrix, read_annotations
 from odir_core.data.layouts import PREPARED, is_prepared
 from odir_core.data.splits import check_training_split, split_frames
 from odir_core.data.tfds import source as tfds_source
-from odir_core.distributed import Ranks
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, interrupt_exit_code, run_cli, write_failure, writing
-from odir_core.history import HISTORY_FILE
 from odir_core.labels import LABELS
 from odir_core.model.provenance import training_record
-from odir_core.run_lock import RunLock
+from odir_core.training.class_weights import pos_weight_from_labels
+from odir_core.training.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
+from odir_core.training.console import duration
+from odir_core.training.distributed import Ranks
+from odir_core.training.history import HISTORY_FILE
+from odir_core.training.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"
 FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)

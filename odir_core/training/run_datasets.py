@@ -18,7 +18,7 @@ class RunDatasets:
 
 
 def run_datasets(setup) -> RunDatasets:
-    """The datasets of ``setup`` (an ``odir_core.run.RunSetup``)."""
+    """The datasets of ``setup`` (an ``odir_core.training.run.RunSetup``)."""
     config = setup.config
     common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
                   seed=config.seed)
