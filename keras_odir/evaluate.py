@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from odir_core import evaluate
-from odir_core.inference import Backend
+from odir_core.evaluation import evaluate
+from odir_core.evaluation.inference import Backend
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES
 
 BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIXES), loader="keras_odir.inference:load_predictor",
@@ -13,7 +13,7 @@ BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIX
 
 
 def main(argv=None) -> int:
-    """Command-line entry point (see odir_core.evaluate)."""
+    """Command-line entry point (see odir_core.evaluation.evaluate)."""
     return evaluate.main(BACKEND, argv)
 
 

@@ -23,7 +23,7 @@ from training_runs import only_run, tiny_train_args
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
 import odir_core.data.prepare as prepare_mod
 import odir_core.data.synthetic as synthetic_mod
-import odir_core.reports as reports_mod
+import odir_core.evaluation.reports as reports_mod
 import torch_odir.train as ttrain
 from keras_odir.convert import main as convert
 from keras_odir.evaluate import main as keras_evaluate

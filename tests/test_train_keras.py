@@ -17,7 +17,7 @@ import keras_odir.train as ktrain
 from keras_odir.evaluate import BACKEND
 from keras_odir.parts import dual_parts
 from odir_core.data.synthetic import generate
-from odir_core.inference import load_model
+from odir_core.evaluation.inference import load_model
 from odir_core.model import provenance
 from odir_core.training.config import TrainConfig, load_config
 from odir_core.training.history import STUDY_COLUMNS
