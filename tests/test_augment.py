@@ -10,6 +10,7 @@ from fundus_images import draw_fundus
 from torchvision.transforms import ColorJitter, InterpolationMode, Normalize
 
 from odir_core.data import augment as A
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -104,7 +105,7 @@ def test_jitter_params_follow_colorjitter_ranges_and_order():
 
 def test_normalize_equals_to_tensor_then_normalize():
     img = IMAGES["fundus"]
-    ref = Normalize(A.IMAGENET_MEAN.tolist(), A.IMAGENET_STD.tolist())(F.to_tensor(img))
+    ref = Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist())(F.to_tensor(img))
     out = A.normalize(img)
     assert out.dtype == np.float32 and out.shape == img.shape
     np.testing.assert_allclose(out, to_array(ref), atol=1e-5)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from odir_core.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
 
