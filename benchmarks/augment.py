@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/augment.py [--pairs 200] [--workers N]
 
-odir_core.augment.augment_pair (OpenCV) on synthetic prepared 512 px pairs,
+odir_core.data.augment.augment_pair (OpenCV) on synthetic prepared 512 px pairs,
 with and without ImageNet normalisation to float32, on one core (one process,
 OpenCV single-threaded) and on all cores (one process per core), next to the
 study's path on one core: the same recipe with torchvision.transforms.functional
@@ -20,8 +20,8 @@ import time
 import cv2
 import numpy as np
 
-from odir_core.augment import augment_pair, normalize
-from odir_core.synthetic import render_patient
+from odir_core.data.augment import augment_pair, normalize
+from odir_core.data.synthetic import render_patient
 
 SPAWN = multiprocessing.get_context("spawn")  # forked children can hang on inherited OpenCV locks
 CROP = 448

@@ -36,10 +36,10 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     import torch_odir.train as ttrain
-    from odir_core.collectives import from_main, process_group
-    from odir_core.config import TrainConfig
-    from odir_core.distributed import Ranks
-    from odir_core.run import setup_run
+    from odir_core.training.collectives import from_main, process_group
+    from odir_core.training.config import TrainConfig
+    from odir_core.training.distributed import Ranks
+    from odir_core.training.run import setup_run
 
     ranks = Ranks.from_env()
     device = ttrain.resolve_device(args.device, ranks)
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         args.batch = 32 * args.processes
         if args.processes < 2:
             sys.exit("distributed.py --gpu: needs at least two CUDA devices")
-    from odir_core.synthetic import generate
+    from odir_core.data.synthetic import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         data = generate(Path(tmp) / "set", patients=args.patients, size=args.size, seed=0)

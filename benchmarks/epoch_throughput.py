@@ -39,9 +39,9 @@ from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
-from odir_core.annotations import read_annotations
-from odir_core.dataset import DualEyeDataset
-from odir_core.synthetic import generate
+from odir_core.data.annotations import read_annotations
+from odir_core.data.dataset import DualEyeDataset
+from odir_core.data.synthetic import generate
 
 MODEL_ONLY = "model only"
 

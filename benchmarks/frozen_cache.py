@@ -21,8 +21,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_odir.train import train  # noqa: E402
-from odir_core.config import TrainConfig  # noqa: E402
-from odir_core.synthetic import generate  # noqa: E402
+from odir_core.data.synthetic import generate  # noqa: E402
+from odir_core.training.config import TrainConfig  # noqa: E402
 
 
 def _head(run: Path) -> list[np.ndarray]:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     raw, tables = throughput(args)
 
-    from odir_core.synthetic import generate
+    from odir_core.data.synthetic import generate
 
     data = args.out / "synthetic"
     if not data.exists():

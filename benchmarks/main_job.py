@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", help="flags passed to both jobs (after --)")
     args = parser.parse_args(argv)
 
-    from odir_core.synthetic import demo_dataset
+    from odir_core.data.synthetic import demo_dataset
 
     demo_dataset(patients=300)  # generated once, before any timing
     times: dict[str, list[float]] = {args.revision: [], "this checkout": []}

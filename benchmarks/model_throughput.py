@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("float32", "bf16", "fp16"), default="float32",
                         help="bf16/fp16: Keras mixed_bfloat16/mixed_float16 policy vs torch autocast")
     parser.add_argument("--device", default="cpu", help="torch_odir's device: cpu or cuda")
-    parser.add_argument("--backbone", default="resnet50", help="backbone of odir_core.model_spec")
+    parser.add_argument("--backbone", default="resnet50", help="backbone of odir_core.model.model_spec")
     parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(DEFAULT_BACKENDS),
                         help="Keras backends to compare with torch_odir")
     parser.add_argument("--json", type=Path, help="also write the raw per-round times here")

@@ -1,4 +1,4 @@
-"""Speed of preparing raw photographs to 512 px: odir_core.preprocess.prepare_image vs the straightforward path.
+"""Speed of preparing raw photographs to 512 px: odir_core.data.preprocess.prepare_image vs the straightforward path.
 
     .venv/bin/python benchmarks/preprocess.py [--images 200] [--size 512] [--workers N]
 
@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from odir_core.imageio import encode_image
-from odir_core.layouts import GRAND_CHALLENGE
-from odir_core.preprocess import prepare_image, preprocess_fundus
+from odir_core.data.imageio import encode_image
+from odir_core.data.layouts import GRAND_CHALLENGE
+from odir_core.data.preprocess import prepare_image, preprocess_fundus
+from odir_core.data.synthetic import render_patient, sample_annotations
 from odir_core.spreadsheets import write_xlsx
-from odir_core.synthetic import render_patient, sample_annotations
 
 SPAWN = multiprocessing.get_context("spawn")  # forked children can hang on inherited OpenCV locks
 
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
 
         n_patients = len(paths) // 2
         write_xlsx(sample_annotations(n_patients), source / GRAND_CHALLENGE.annotations, index=False)
-        from odir_core.prepare import main as prepare_main
+        from odir_core.data.prepare import main as prepare_main
 
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from odir_core.data.sampler import MultilabelBalancedSampler
 from odir_core.labels import LABELS
-from odir_core.sampler import MultilabelBalancedSampler
 
 # the study's reference folder: $ODIR_REFERENCE, else ../shared/reference beside the repository (as the tests)
 REFERENCE = Path(os.environ.get("ODIR_REFERENCE") or Path(__file__).resolve().parents[2] / "shared" / "reference")

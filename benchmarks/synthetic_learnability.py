@@ -25,8 +25,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from odir_core import synthetic
-from odir_core.annotations import label_matrix, read_annotations
+from odir_core.data import synthetic
+from odir_core.data.annotations import label_matrix, read_annotations
 from odir_core.labels import LABELS
 from odir_core.metrics import challenge_metrics
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from odir_core import synthetic
+from odir_core.data import synthetic
 
 
 def cpu_seconds() -> float:

@@ -1,7 +1,7 @@
 """Image loading from a built odir5k TFDS dataset vs the prepared folder of the same images.
 
-Makes one synthetic grand-challenge source, prepares it (``odir_core.prepare``) and builds it
-(``odir_core.tfds``) at the same size, then times decoding every training image once, uncached,
+Makes one synthetic grand-challenge source, prepares it (``odir_core.data.prepare``) and builds it
+(``odir_core.data.tfds``) at the same size, then times decoding every training image once, uncached,
 through ``DualEyeDataset`` from each, side by side in this process, and prints the ratio.
 Run: ``python benchmarks/tfds_read.py [--patients 200] [--size 224] [--repeats 3]``.
 """
@@ -13,13 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from odir_core.annotations import read_annotations
-from odir_core.dataset import DualEyeDataset
-from odir_core.prepare import main as prepare_main
-from odir_core.splits import split_frames
-from odir_core.synthetic import generate
-from odir_core.tfds import source as tfds_source
-from odir_core.tfds.__main__ import main as tfds_main
+from odir_core.data.annotations import read_annotations
+from odir_core.data.dataset import DualEyeDataset
+from odir_core.data.prepare import main as prepare_main
+from odir_core.data.splits import split_frames
+from odir_core.data.synthetic import generate
+from odir_core.data.tfds import source as tfds_source
+from odir_core.data.tfds.cli import main as tfds_main
 
 
 def epoch_seconds(dataset: DualEyeDataset) -> float:

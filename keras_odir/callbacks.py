@@ -14,15 +14,15 @@ import keras
 import numpy as np
 
 from keras_odir.data_parallel import one_program, this_process_only
-from odir_core import provenance
 from odir_core.atomic import atomic_path, atomic_write_text
-from odir_core.collectives import all_true
-from odir_core.console import epoch_line
-from odir_core.distributed import Ranks
-from odir_core.epoch_record import diverged, epoch_record
-from odir_core.history import History, early_stopping_state
-from odir_core.run import BACKUP_DIR, ResumeError, damaged_backup_message
-from odir_core.tensorboard import ScalarWriter
+from odir_core.model import provenance
+from odir_core.training.collectives import all_true
+from odir_core.training.console import epoch_line
+from odir_core.training.distributed import Ranks
+from odir_core.training.epoch_record import diverged, epoch_record
+from odir_core.training.history import History, early_stopping_state
+from odir_core.training.run import BACKUP_DIR, ResumeError, damaged_backup_message
+from odir_core.training.tensorboard import ScalarWriter
 
 BACKUP_METADATA = Path(BACKUP_DIR) / "training_metadata.json"  # written last: names the epoch's weights file
 BACKUP_FILES = (BACKUP_METADATA.name, "epoch-*.weights.h5")
@@ -60,7 +60,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     the unweighted validation loss and the study's and challenge's metrics on both, put them in
     the epoch logs (``val_loss`` for early stopping and the best checkpoint), append them to the
     run's history files and TensorBoard (step = epoch number from 1), and log the epoch's console
-    line (``odir_core.console.epoch_line``, as torch_odir.train).
+    line (``odir_core.training.console.epoch_line``, as torch_odir.train).
 
     A non-finite training loss (``TerminateOnNaN`` stops mid-epoch) or validation logits stop the
     run (``stopped_on_nan``); the checkpoints skip non-finite weights, so earlier ones are kept.
@@ -117,7 +117,7 @@ def all_finite(model: keras.Model) -> bool:
 
 class _AtomicSaver:
     """What ModelCheckpoint sees as its model: saves ``target`` to a temporary file, adds what it was
-    trained on at ``epoch`` (``odir_core.provenance``), then renames."""
+    trained on at ``epoch`` (``odir_core.model.provenance``), then renames."""
 
     def __init__(self, target: keras.Model, trained_on: dict | None):
         self.target = target
@@ -216,7 +216,7 @@ def read_backup(run_dir: Path) -> tuple[int, Path]:
     """(epochs done, weights file) of the run's backup, checked down to every array; a damaged one raises
     ResumeError. The backup is JSON and HDF5 (read as numbers): no file of it can execute code.
 
-    The run must have ``BACKUP_METADATA`` (``odir_core.run.check_resumable`` checks that first).
+    The run must have ``BACKUP_METADATA`` (``odir_core.training.run.check_resumable`` checks that first).
     """
     meta = run_dir / BACKUP_METADATA
 
@@ -248,7 +248,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     cannot be read. Here each epoch's weights go to a new ``epoch-NNNN.weights.h5`` (written under a
     temporary name, then renamed), and ``training_metadata.json``, which names that file, is replaced
     after it; the previous epoch's file is removed last. The backup stays after training:
-    ``odir_core.run.finish_run`` removes it once the run is marked finished. ``write=False`` only restores
+    ``odir_core.training.run.finish_run`` removes it once the run is marked finished. ``write=False`` only restores
     (the ranks of a distributed run other than 0).
     """
 

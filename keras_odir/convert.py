@@ -3,7 +3,7 @@
 
 A ``.pth`` may be torch_odir's (``best.pth``) or the study's own (``classifier.*`` head keys);
 its backbone and head are read from its keys. What the model was trained on
-(``odir_core.provenance``) goes with it: a ``.pth`` that records it becomes torch_odir's
+(``odir_core.model.provenance``) goes with it: a ``.pth`` that records it becomes torch_odir's
 ``{"state_dict", "trained_on"}``, otherwise a bare state_dict.
 """
 
@@ -23,11 +23,11 @@ from keras_odir.weights import (
     to_numpy,
     torch_load,
 )
-from odir_core import provenance
 from odir_core.atomic import atomic_path
-from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
 from odir_core.errors import InputError, OutputExistsError, run_cli, writing
-from odir_core.model_spec import HEADS, infer_architecture
+from odir_core.model import provenance
+from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
+from odir_core.model.model_spec import HEADS, infer_architecture
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None,

@@ -19,7 +19,7 @@ from keras import layers
 
 from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth, image_input
 from keras_odir.parts import POOL
-from odir_core.model_spec import BackboneSpec
+from odir_core.model.model_spec import BackboneSpec
 
 EPSILON = 1e-6
 LAYER_SCALE = 1e-6  # the initial layer_scale

@@ -1,4 +1,4 @@
-"""The cross-eye spatial correlation of the ``scm`` head (``odir_core.model_spec.CrossEyeCorrelation``)."""
+"""The cross-eye spatial correlation of the ``scm`` head (``odir_core.model.model_spec.CrossEyeCorrelation``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class CorrelationFusion(layers.Layer):
 
     For every position of each eye's map, a softmax over its scaled dot products with all positions of the
     other eye's map aggregates that map; each map plus its aggregate is average-pooled (equations:
-    ``odir_core.model_spec.CrossEyeCorrelation``). Computes in the dtype policy's variable dtype (float32
+    ``odir_core.model.model_spec.CrossEyeCorrelation``). Computes in the dtype policy's variable dtype (float32
     under mixed precision), as softmax wants.
     """
 

@@ -1,12 +1,12 @@
 """Data-parallel training for keras_odir.train on the engines of each backend.
 
 torch: torchrun starts one process per device; each trains its slice of every global batch
-(``odir_core.distributed``) and ``TorchSGD`` averages the gradients over ``torch.distributed`` before each
+(``odir_core.training.distributed``) and ``TorchSGD`` averages the gradients over ``torch.distributed`` before each
 step (Keras has no ``keras.distribution`` on torch). jax: ``keras.distribution.DataParallel`` over every
 device; the SPMD program splits each global batch over the devices, averages the gradients and normalises
 BatchNorm over the global batch. Several jax processes (one per machine, say) join one job through
 ``keras.distribution.initialize`` when the environment names it (``jax_job``); each feeds its slice of every
-global batch (``odir_core.distributed``), which Keras assembles into the global batch
+global batch (``odir_core.training.distributed``), which Keras assembles into the global batch
 (``jax.make_array_from_process_local_data``). tensorflow: one device.
 """
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from odir_core import devices
-from odir_core.collectives import process_group
-from odir_core.config import TrainConfig
-from odir_core.distributed import DistributedError, Ranks, batch_sizes
+from odir_core.training import devices
+from odir_core.training.collectives import process_group
+from odir_core.training.config import TrainConfig
+from odir_core.training.distributed import DistributedError, Ranks, batch_sizes
 
 
 # The environment variables that make a process one of a multi-process jax job, in order of precedence: the
@@ -96,14 +96,14 @@ def _join(job: JaxJob) -> None:
 
 def _jax_devices() -> list:
     """Every device of the jax job, those of process 0 first, then process 1's, ...: process ``r``'s block of
-    each global batch is then its slice ``odir_core.distributed.rank_slice``."""
+    each global batch is then its slice ``odir_core.training.distributed.rank_slice``."""
     import jax
 
     return sorted(jax.devices(), key=lambda device: device.process_index)
 
 
 class _JaxObjects:
-    """The object collectives ``odir_core.collectives`` uses (torch.distributed's names), over the processes
+    """The object collectives ``odir_core.training.collectives`` uses (torch.distributed's names), over the processes
     of the jax job: pickled objects gathered through ``multihost_utils.process_allgather``."""
 
     @staticmethod
@@ -227,7 +227,7 @@ def one_program(ranks: Ranks) -> bool:
 def predict(model: keras.Model, batches, verbose=0) -> np.ndarray:
     """``model.predict(batches)``: the outputs of the rows this process fed. Under one jax program over several
     processes the outputs span them all, which ``predict`` cannot bring to numpy; each process keeps its rows
-    (``odir_core.collectives.gather_rows`` then gathers them, as on torch)."""
+    (``odir_core.training.collectives.gather_rows`` then gathers them, as on torch)."""
     if _over_processes() is None:
         return model.predict(batches, verbose=verbose)
     model.make_predict_function()

@@ -1,7 +1,7 @@
 """EfficientNet (V1) backbones in Keras 3, layer for layer torchvision's ``efficientnet_b*`` up to
 ``classifier.1`` (the Linear it replaces by ``Identity``).
 
-torchvision's network: a 3x3/2 conv stem, MBConv blocks (``odir_core.model_spec.efficientnet_blocks``:
+torchvision's network: a 3x3/2 conv stem, MBConv blocks (``odir_core.model.model_spec.efficientnet_blocks``:
 1x1 expansion, depthwise conv, squeeze-excitation, 1x1 projection, plus the input through stochastic
 depth when the shape is kept), a 1x1 conv to four times the last block's width, global average pooling
 and ``classifier.0``, the dropout before the replaced Linear. Convolutions are followed by BatchNorm
@@ -28,7 +28,7 @@ from keras_odir.layers import (
     image_input,
 )
 from keras_odir.parts import POOL
-from odir_core.model_spec import BackboneSpec, MBConv, efficientnet_blocks
+from odir_core.model.model_spec import BackboneSpec, MBConv, efficientnet_blocks
 
 # torchvision's init: kaiming_normal_(mode="fan_out") for every conv. A depthwise kernel is (C, 1, k, k) in
 # torch, fan_out C*k*k; Keras' (k, k, C, 1) has that as its fan_in.

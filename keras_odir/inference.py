@@ -11,10 +11,10 @@ from keras import ops
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_keras_model, weight_table
-from odir_core.checkpoints import TORCH_SUFFIXES, check_finite
-from odir_core.config import TrainConfig
-from odir_core.inference import InferenceError, choose_gradcam_stage, gradcam_map
-from odir_core.model_spec import infer_backbone
+from odir_core.evaluation.inference import InferenceError, choose_gradcam_stage, gradcam_map
+from odir_core.model.checkpoints import TORCH_SUFFIXES, check_finite
+from odir_core.model.model_spec import infer_backbone
+from odir_core.training.config import TrainConfig
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def gradients(fn, *arrays: np.ndarray) -> list[np.ndarray]:
 
 
 class KerasPredictor:
-    """A dual-eye keras.Model (inputs {"left", "right"}, 8 logits) as an odir_core.inference.Predictor."""
+    """A dual-eye keras.Model (inputs {"left", "right"}, 8 logits) as an odir_core.evaluation.inference.Predictor."""
 
     def __init__(self, model: keras.Model):
         self.model = model

@@ -1,4 +1,4 @@
-"""Starting weights of a Keras dual model from ``odir_core.initial_weights`` (the same numbers torch_odir gets)."""
+"""Starting weights of a Keras dual model from ``odir_core.model.initial_weights`` (the same numbers torch_odir gets)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_odir.parts import dual_parts
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.initial_weights import initial_state
+from odir_core.model.initial_weights import initial_state
 
 
 def load_initial_weights(model: keras.Model, backbone: str, seed: int, *, draw_backbone: bool) -> keras.Model:

@@ -1,8 +1,8 @@
-"""Keras callback stepping an ``odir_core.schedules`` schedule once per epoch, as torch does."""
+"""Keras callback stepping an ``odir_core.training.schedules`` schedule once per epoch, as torch does."""
 
 import keras
 
-from odir_core.schedules import Schedule
+from odir_core.training.schedules import Schedule
 
 
 class EpochSchedule(keras.callbacks.LearningRateScheduler):

@@ -1,4 +1,4 @@
-"""The dual-eye model in Keras, built from ``odir_core.model_spec``: one backbone shared by both eyes,
+"""The dual-eye model in Keras, built from ``odir_core.model.model_spec``: one backbone shared by both eyes,
 features [left, right] -> head -> 8 logits. Its parts: ``keras_odir.parts.dual_parts(model)``."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import keras_odir.layers  # noqa: F401  (registers the custom layers a saved mod
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
-from odir_core.checkpoints import dual_state_dict
-from odir_core.model_spec import (
+from odir_core.model.checkpoints import dual_state_dict
+from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
     CrossEyeCorrelation,
     Dropout,
@@ -38,7 +38,7 @@ def _dense(units, fan_in, name, dtype=None):
 
 
 def build_head(head: str, in_features: int) -> keras.Model:
-    """The head ``head`` of ``odir_core.model_spec.HEADS`` as a model on the features (input ``features``).
+    """The head ``head`` of ``odir_core.model.model_spec.HEADS`` as a model on the features (input ``features``).
 
     Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
     policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
@@ -84,7 +84,7 @@ def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, free
                      data_format: str | None = None) -> keras.Model:
     """Dual-eye model: inputs ``{"left", "right"}`` (normalised float32) -> 8 logits.
 
-    ``backbone``/``head``: names from ``odir_core.model_spec``. ``image_size``: fixed square input
+    ``backbone``/``head``: names from ``odir_core.model.model_spec``. ``image_size``: fixed square input
     size, or None for any size. ``weights``: backbone weights, None / ``"imagenet"`` / a torchvision
     checkpoint path. ``freeze_backbone``: the backbone gets ``trainable = False``, so it also runs in
     inference mode (BatchNorm uses its moving statistics) whatever ``training`` the model is called with.

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 from keras_odir.evaluate import BACKEND
-from odir_core import predict
+from odir_core.evaluation import predict
 
 
 def main(argv=None) -> int:
-    """Command-line entry point (see odir_core.predict)."""
+    """Command-line entry point (see odir_core.evaluation.predict)."""
     return predict.main(BACKEND, argv)
 
 

@@ -1,6 +1,6 @@
 """Train the dual-eye ResNet50 in Keras: ``KERAS_BACKEND=torch python -m keras_odir.train [--config F] [flags]``.
 
-Every option is a field of ``odir_core.config.TrainConfig`` (``--help``). A run writes one folder
+Every option is a field of ``odir_core.training.config.TrainConfig`` (``--help``). A run writes one folder
 ``runs/<experiment>-<timestamp>/``: ``config.toml``, ``best.keras`` (lowest validation loss),
 ``last.keras``, ``train_results.xlsx`` (the study's columns), ``history.csv``, ``tensorboard/``
 and, while it runs, ``backup/`` for ``--resume RUN_DIR``. With a frozen backbone and no
@@ -30,17 +30,16 @@ from keras_odir.optimizers import TorchSGD
 from keras_odir.parts import dual_parts
 from keras_odir.precision import dtype_policy
 from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
-from odir_core.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
-from odir_core.config import TrainConfig
-from odir_core.collectives import gather_rows, on_main
-from odir_core.console import early_stopping_line
-from odir_core.distributed import Ranks, check_batch_split, training_rows
 from odir_core.errors import on_every_rank
-from odir_core.feature_cache import build_feature_cache
-from odir_core.history import History, bce_with_logits
-from odir_core.model_spec import backbone_spec, check_architecture
-from odir_core.run_datasets import run_datasets
-from odir_core.run import (
+from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
+from odir_core.model.model_spec import backbone_spec, check_architecture
+from odir_core.training.collectives import gather_rows, on_main
+from odir_core.training.config import TrainConfig
+from odir_core.training.console import early_stopping_line
+from odir_core.training.distributed import Ranks, check_batch_split, training_rows
+from odir_core.training.feature_cache import build_feature_cache
+from odir_core.training.history import History, bce_with_logits
+from odir_core.training.run import (
     RunSetup,
     TrainingDiverged,
     diverged_message,
@@ -50,8 +49,9 @@ from odir_core.run import (
     run_training_cli,
     setup_run,
 )
-from odir_core.schedules import make_schedule
-from odir_core.tensorboard import ScalarWriter
+from odir_core.training.run_datasets import run_datasets
+from odir_core.training.schedules import make_schedule
+from odir_core.training.tensorboard import ScalarWriter
 
 
 def build_model(config: TrainConfig) -> keras.Model:
@@ -60,7 +60,7 @@ def build_model(config: TrainConfig) -> keras.Model:
     ``weights``: ``none``; ``imagenet`` (torchvision checkpoint, backbone); a torchvision ``.pth``
     (backbone); a whole-model ``.pth`` (torch_odir's or the study's own), ``.keras`` or ``.weights.h5``.
     What the weights leave random (the head; the backbone too with ``none``) is drawn from ``config.seed``
-    by ``odir_core.initial_weights``, the same numbers as torch_odir.train's.
+    by ``odir_core.model.initial_weights``, the same numbers as torch_odir.train's.
     """
     build = dict(freeze_backbone=not config.fine_tune, image_size=config.input_size)
     if config.weights in ("none", "imagenet"):

@@ -21,9 +21,9 @@ import keras
 import numpy as np
 
 from keras_odir.parts import dual_parts, is_dual_model
-from odir_core.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
 from odir_core.errors import InputError
-from odir_core.model_spec import BackboneSpec
+from odir_core.model.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
+from odir_core.model.model_spec import BackboneSpec
 
 # keras variable attribute per torch BatchNorm parameter
 _BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -154,7 +154,7 @@ def torch_load(path):
 
 
 def read_torch_state(path: str | os.PathLike) -> dict:
-    """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.checkpoints``)."""
+    """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.model.checkpoints``)."""
     return read_checkpoint(path, torch_load)
 
 

@@ -11,7 +11,7 @@ __all__ = ["LABELS", "LABEL_NAMES", "NUM_LABELS", "demo_dataset"]
 def __getattr__(name):
     # The demo generator pulls in OpenCV; import it only when asked for.
     if name == "demo_dataset":
-        from odir_core.synthetic import demo_dataset
+        from odir_core.data.synthetic import demo_dataset
 
         return demo_dataset
     raise AttributeError(f"module 'odir_core' has no attribute {name!r}")

@@ -30,9 +30,9 @@ import keras_odir.convnext
 from keras_odir.layers import SqueezeExcitation, StochasticDepth, TorchBatchNormalization
 from keras_odir.model import build_backbone, dual_model_from_state
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.class_weights import pos_weight_from_labels
-from odir_core.model_spec import BACKBONES as REGISTERED
-from odir_core.model_spec import backbone_spec, infer_architecture, infer_backbone
+from odir_core.model.model_spec import BACKBONES as REGISTERED
+from odir_core.model.model_spec import backbone_spec, infer_architecture, infer_backbone
+from odir_core.training.class_weights import pos_weight_from_labels
 from parity_helpers import float64_error, images, nchw
 from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit, labels, torch_fit
 from torch_odir.model import DualNet

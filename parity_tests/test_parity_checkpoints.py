@@ -17,9 +17,9 @@ from keras_odir.model import build_dual_model
 from keras_odir.parts import dual_parts
 from keras_odir.predict import main as keras_predict
 from keras_odir.train import build_model as keras_build_model
-from odir_core.config import TrainConfig, save_config
-from odir_core.inference import load_model
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.evaluation.inference import load_model
+from odir_core.training.config import TrainConfig, save_config
 from parity_helpers import IS_CHILD, images, nchw
 
 # The study's heads, written as its script wrote them (v0 a bare Linear, v1/v2 Sequentials).

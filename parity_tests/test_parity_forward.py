@@ -12,7 +12,7 @@ import torchvision
 
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.weights import keras_to_numpy_state, keras_to_torch_state, torch_to_keras_state, weight_table
-from odir_core.model_spec import HEADS as HEAD_SPECS
+from odir_core.model.model_spec import HEADS as HEAD_SPECS
 from parity_helpers import dropout_off, float64_error, images, nchw
 from torch_odir.model import DualResNet50
 

@@ -20,7 +20,7 @@ import torchvision
 
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.model_spec import backbone_spec, infer_backbone
+from odir_core.model.model_spec import backbone_spec, infer_backbone
 from parity_helpers import calibrated_backbone, float64_error, images, nchw
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone

@@ -1,7 +1,7 @@
 """The ``scm`` head (cross-eye spatial correlation) in Keras and torch, against its equations and each other.
 
 The fusion itself against a NumPy float64 transcription of the equations in
-``odir_core.model_spec.CrossEyeCorrelation`` (values and gradients), then on every registered backbone:
+``odir_core.model.model_spec.CrossEyeCorrelation`` (values and gradients), then on every registered backbone:
 the dual model's logits in inference, training-mode logits with BatchNorm batch statistics and dropout
 off, and one SGD step of the head (frozen backbone), Keras against torch_odir with the same weights.
 """
@@ -19,7 +19,7 @@ from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.model_spec import BACKBONES
+from odir_core.model.model_spec import BACKBONES
 from parity_helpers import calibrated_backbone, dropout_off, float64_error, images, nchw
 from torch_odir.model import CorrelationFusion as TorchCorrelationFusion
 from torch_odir.model import DualNet

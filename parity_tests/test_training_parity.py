@@ -39,8 +39,8 @@ from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.class_weights import pos_weight_from_labels
-from odir_core.schedules import make_schedule
+from odir_core.training.class_weights import pos_weight_from_labels
+from odir_core.training.schedules import make_schedule
 from parity_helpers import dropout_off, images, keras_float64, nchw
 from torch_odir.model import DualResNet50
 

@@ -98,7 +98,7 @@ def torch_patches(point: str) -> None:
 
 
 def finish_patch() -> None:
-    import odir_core.run as run
+    import odir_core.training.run as run
 
     write_text = run.atomic_write_text
 

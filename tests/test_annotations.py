@@ -1,4 +1,4 @@
-"""odir_core.annotations and odir_core.keywords: every layout, validation, keyword rules."""
+"""odir_core.data.annotations and odir_core.data.keywords: every layout, validation, keyword rules."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from odir_core.annotations import (
+from odir_core.data.annotations import (
     COLUMNS,
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
@@ -20,7 +20,7 @@ from odir_core.annotations import (
     read_annotations,
     write_annotations,
 )
-from odir_core.keywords import split_keywords
+from odir_core.data.keywords import split_keywords
 from odir_core.labels import LABELS
 from reference_data import ANNOTATIONS as REAL_XLSX
 from reference_data import require

@@ -1,4 +1,4 @@
-"""odir_core.audit: the report on the real file and on small hand-made files, and the CLI."""
+"""odir_core.data.audit: the report on the real file and on small hand-made files, and the CLI."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from odir_core.annotations import COLUMNS, read_annotations
-from odir_core.audit import audit, main
+from odir_core.data.annotations import COLUMNS, read_annotations
+from odir_core.data.audit import audit, main
 from odir_core.labels import LABELS, SPECIAL_IMAGES
 from reference_data import ANNOTATIONS as REAL_XLSX
 from reference_data import require

@@ -1,4 +1,4 @@
-"""odir_core.augment against torchvision.transforms.functional on the same uint8 images and parameters."""
+"""odir_core.data.augment against torchvision.transforms.functional on the same uint8 images and parameters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torchvision.transforms.functional as F
 from fundus_images import draw_fundus
 from torchvision.transforms import ColorJitter, InterpolationMode, Normalize
 
-from odir_core import augment as A
+from odir_core.data import augment as A
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -117,7 +118,7 @@ def test_jitter_params_follow_colorjitter_ranges_and_order():
 
 def test_normalize_equals_to_tensor_then_normalize():
     img = IMAGES["fundus"]
-    ref = Normalize(A.IMAGENET_MEAN.tolist(), A.IMAGENET_STD.tolist())(F.to_tensor(img))
+    ref = Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist())(F.to_tensor(img))
     out = A.normalize(img)
     assert out.dtype == np.float32 and out.shape == img.shape
     np.testing.assert_allclose(out, to_array(ref), atol=1e-5)

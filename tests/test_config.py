@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from odir_core import config as cfg
+from odir_core.training import config as cfg
 from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_demo_config_is_the_default_and_small(tmp_path, monkeypatch):
 
 def _prepared_odir(root: Path) -> None:
     """A prepared ODIR-5K-like folder at root/data/odir5k (synthetic images, the prepared layout)."""
-    from odir_core.synthetic import generate
+    from odir_core.data.synthetic import generate
 
     generate(root / cfg.PREPARED_ODIR, patients=4, size=16, workers=1)
 

@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
-from odir_core.console import duration, early_stopping_line, epoch_line
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.training.console import duration, early_stopping_line, epoch_line
 from training_runs import only_run, tiny_train_args
 
 TRAINERS = {"keras": ktrain.main, "torch": ttrain.main}

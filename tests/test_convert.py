@@ -15,7 +15,7 @@ from keras_odir.convert import main
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
 from keras_odir.weights import WeightConversionError, keras_to_numpy_state, torch_to_keras_state
-from odir_core.checkpoints import (
+from odir_core.model.checkpoints import (
     CheckpointNotFoundError,
     find_imagenet_checkpoint,
     load_imagenet_backbone_state,
@@ -216,7 +216,7 @@ def test_cli_output_keeps_the_umask(tmp_path):
 
 
 def test_conversion_keeps_what_the_model_was_trained_on(tmp_path):
-    from odir_core import provenance
+    from odir_core.model import provenance
 
     record = provenance.at_epoch(provenance.training_record("data/demo", True, "runs/demo-1", "demo"), 3)
     src = tmp_path / "best.pth"

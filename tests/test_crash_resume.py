@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise; registers its layers)
-from odir_core.run import FINISHED_FILE
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.training.run import FINISHED_FILE
 from training_runs import only_run, tiny_train_args
 
 SCRIPT = Path(__file__).with_name("crash_run.py")

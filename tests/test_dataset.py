@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from odir_core.annotations import read_annotations
-from odir_core.dataset import DataError, DualEyeDataset, EpochOrder, batch_slices
-from odir_core.sampler import MultilabelBalancedSampler
-from odir_core.synthetic import generate
+from odir_core.data.annotations import read_annotations
+from odir_core.data.dataset import DataError, DualEyeDataset, EpochOrder, batch_slices
+from odir_core.data.sampler import MultilabelBalancedSampler
+from odir_core.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

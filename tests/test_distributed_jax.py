@@ -12,7 +12,7 @@ import pytest
 
 from distributed_runs import TESTS
 from keras_odir.data_parallel import DistributedError, JaxJob, jax_job
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
 from training_runs import only_run
 
 
@@ -160,7 +160,7 @@ def test_what_cannot_run_is_refused_with_one_line(monkeypatch):
     import keras
 
     from keras_odir import data_parallel
-    from odir_core.config import TrainConfig
+    from odir_core.training.config import TrainConfig
 
     for name in ("JAX_NUM_PROCESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES"):
         monkeypatch.delenv(name, raising=False)

@@ -1,15 +1,16 @@
-"""odir_core.distributed: how a global batch is split over ranks and put back together, checked against
+"""odir_core.training.distributed: how a global batch is split over ranks and put back together, checked against
 np.array_split and one process's order; the device choice; BCE with pos_weight against torch; which process
-prints an error (odir_core.errors.run_cli, odir_core.collectives), with a stand-in for torch.distributed."""
+prints an error (odir_core.errors.run_cli, odir_core.training.collectives), with a stand-in for torch.distributed."""
 
 import numpy as np
 import pytest
 import torch
 
-from odir_core.collectives import LostProcess, batch_sum, on_main, process_group
-from odir_core.dataset import DataError
-from odir_core.devices import DeviceError, resolve_device
-from odir_core.distributed import (
+from odir_core.data.dataset import DataError
+from odir_core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, on_every_rank, run_cli
+from odir_core.training.collectives import LostProcess, batch_sum, on_main, process_group
+from odir_core.training.devices import DeviceError, resolve_device
+from odir_core.training.distributed import (
     DistributedError,
     Ranks,
     batch_sizes,
@@ -19,9 +20,8 @@ from odir_core.distributed import (
     rank_batch,
     rank_slice,
 )
-from odir_core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, on_every_rank, run_cli
-from odir_core.history import bce_with_logits
-from odir_core.run import DataSourceError
+from odir_core.training.history import bce_with_logits
+from odir_core.training.run import DataSourceError
 
 
 @pytest.mark.parametrize("size,world", [(7, 2), (8, 2), (2, 2), (10, 4), (5, 8)])

@@ -24,8 +24,8 @@ import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from distributed_runs import TESTS, job_args, rank_output, torchrun, train_and_kill
 from keras_odir.callbacks import BACKUP_METADATA, read_backup
-from odir_core.run import FINISHED_FILE
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.training.run import FINISHED_FILE
 from training_runs import only_run
 
 TRAINERS = {"torch": ttrain.main, "keras": ktrain.main}

@@ -15,10 +15,10 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from keras_odir.evaluate import main as keras_evaluate
-from odir_core import plots
+from odir_core.data.splits import save_split
+from odir_core.evaluation import plots
+from odir_core.evaluation.thresholds import load_thresholds
 from odir_core.labels import LABELS
-from odir_core.splits import save_split
-from odir_core.thresholds import load_thresholds
 from reference_data import REAL_SAMPLES, needs
 from tiny_runs import CROP_SIZE, HEAD, IMAGE_SIZE, new_run, recording_run, run_config, shared_models
 from torch_odir.evaluate import main as torch_evaluate

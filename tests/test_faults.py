@@ -21,18 +21,21 @@ import torch
 from training_runs import only_run, tiny_train_args
 
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
-import odir_core.prepare as prepare_mod
-import odir_core.reports as reports_mod
-import odir_core.synthetic as synthetic_mod
+import odir_core.data.prepare as prepare_mod
+import odir_core.data.synthetic as synthetic_mod
+import odir_core.evaluation.reports as reports_mod
 import torch_odir.train as ttrain
 from keras_odir.convert import main as convert
 from keras_odir.evaluate import main as keras_evaluate
 from keras_odir.model import build_dual_model
 from keras_odir.predict import main as keras_predict
-from odir_core.annotations import COLUMNS, read_annotations, write_annotations
 from odir_core.atomic import atomic_write_text
-from odir_core.audit import main as audit
-from odir_core.config import TrainConfig, load_config, save_config
+from odir_core.data.annotations import COLUMNS, read_annotations, write_annotations
+from odir_core.data.audit import main as audit
+from odir_core.data.prepare import main as prepare
+from odir_core.data.splits import save_split
+from odir_core.data.synthetic import generate
+from odir_core.data.synthetic import main as synthetic
 from odir_core.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -43,11 +46,8 @@ from odir_core.errors import (
     run_cli,
 )
 from odir_core.labels import LABELS
-from odir_core.prepare import main as prepare
-from odir_core.run import ResumeError, TrainingDiverged
-from odir_core.splits import save_split
-from odir_core.synthetic import generate
-from odir_core.synthetic import main as synthetic
+from odir_core.training.config import TrainConfig, load_config, save_config
+from odir_core.training.run import ResumeError, TrainingDiverged
 from torch_odir.evaluate import main as torch_evaluate
 from torch_odir.model import DualResNet50
 from torch_odir.predict import main as torch_predict
@@ -304,7 +304,7 @@ def test_file_as_run_folder_is_one_line_and_exit_1_in_the_trainer(data, a_file, 
 
 def test_tfds_build_into_a_file_is_one_line_and_exit_1(data, a_file, capsys):
     pytest.importorskip("tensorflow_datasets")
-    from odir_core.tfds.__main__ import main as tfds_main
+    from odir_core.data.tfds.cli import main as tfds_main
 
     rc = tfds_main(["build", "--manual-dir", str(data), "--config", "prepared_32", "--data-dir", str(a_file / "tfds"),
                     "--workers", "1"])
@@ -494,7 +494,7 @@ def test_disk_full_in_the_run_folder_names_it_and_keeps_what_was_saved(trainer, 
     import contextlib
 
     import keras_odir.train as ktrain
-    import odir_core.history as history_mod
+    import odir_core.training.history as history_mod
 
     module = ktrain if trainer == "keras" else ttrain
     real_atomic_path, calls = history_mod.atomic_path, []
@@ -535,7 +535,7 @@ def test_resume_of_a_folder_that_is_not_a_run_is_one_error(data, tmp_path, capsy
 def test_resume_without_a_backup_after_saved_epochs_points_to_the_last_model(tmp_path):
     """A backup removed by hand after epochs were saved (before: 'stopped before the backup of its first
     epoch was written', which was false)."""
-    from odir_core.run import check_resumable
+    from odir_core.training.run import check_resumable
 
     for name in ("config.toml", "history.csv", "last.pth"):
         (tmp_path / name).write_text("x")

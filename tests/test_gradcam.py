@@ -9,8 +9,8 @@ import torch
 from keras_odir.inference import KerasPredictor
 from keras_odir.model import build_dual_model
 from keras_odir.weights import torch_to_keras_state
-from odir_core import plots
-from odir_core.inference import choose_gradcam_stage
+from odir_core.evaluation import plots
+from odir_core.evaluation.inference import choose_gradcam_stage
 from reference_data import REAL_SAMPLES, needs
 from torch_odir.inference import TorchPredictor
 from torch_odir.model import DualNet

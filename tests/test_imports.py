@@ -1,5 +1,6 @@
 """The package import graph: odir_core imports no framework, keras_odir never imports torch_odir or
-torchvision, and no module imports itself back through a cycle (imports inside functions included)."""
+torchvision, odir_core's layers import only downwards, and no module imports itself back through a cycle
+(imports inside functions included)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("odir_core", "keras_odir", "torch_odir")
 FORBIDDEN = {
@@ -17,6 +20,10 @@ FORBIDDEN = {
     "keras_odir": {"torch_odir", "torchvision"},
     "torch_odir": {"keras", "keras_odir"},
 }
+LAYERS = ("data", "model", "training", "evaluation")  # odir_core's layer folders, lowest first, above its root
+# The package's face (a lazy demo_dataset) and the commands kept at the root: above every layer.
+ENTRY_POINTS = {"odir_core", "odir_core.audit", "odir_core.prepare", "odir_core.synthetic", "odir_core.tfds",
+                "odir_core.tfds.__main__"}
 
 
 def _modules() -> dict[str, Path]:
@@ -64,6 +71,34 @@ def test_package_graph_has_no_cycles_and_both_build_on_odir_core():
     edges = {(a.split(".")[0], b.split(".")[0]) for a, targets in _graph().items() for b in targets}
     edges = {(a, b) for a, b in edges if a != b}
     assert edges == {("keras_odir", "odir_core"), ("torch_odir", "odir_core")}
+
+
+def _layer(module: str, path: Path) -> int:
+    """Rank of an odir_core module: 0 at the root, 1 + the index in LAYERS of its folder, top for ENTRY_POINTS."""
+    if module in ENTRY_POINTS:
+        return len(LAYERS) + 1
+    folders = path.relative_to(ROOT / "odir_core").parts[:-1]
+    assert not folders or folders[0] in LAYERS, f"{module}: odir_core/{folders[0]}/ is not a layer folder"
+    return 1 + LAYERS.index(folders[0]) if folders else 0
+
+
+def test_layer_comes_from_the_folder():
+    core = ROOT / "odir_core"
+    paths = {"odir_core.labels": "labels.py", "odir_core.data.tfds.builder": "data/tfds/builder.py",
+             "odir_core.model": "model/__init__.py", "odir_core.training.new": "training/new.py",
+             "odir_core.evaluation.new": "evaluation/new.py", "odir_core.prepare": "prepare.py"}
+    assert [_layer(module, core / path) for module, path in paths.items()] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(AssertionError, match="not a layer folder"):
+        _layer("odir_core.extra", core / "extra" / "__init__.py")
+
+
+def test_odir_core_layers_import_only_their_own_and_lower_layers():
+    """root < data < model < training < evaluation; no module imports an entry point (importing the
+    package itself, odir_core, goes with importing any of its modules)."""
+    rank = {name: _layer(name, path) for name, path in _modules().items() if name.split(".")[0] == "odir_core"}
+    offences = [f"{name} imports {target}" for name, targets in _graph().items() if name in rank
+                for target in sorted(targets) if target in rank and target != "odir_core" and rank[target] > rank[name]]
+    assert not offences
 
 
 def test_module_graph_has_no_cycles():

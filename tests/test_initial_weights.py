@@ -10,9 +10,9 @@ import torchvision
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.weights import keras_to_numpy_state
-from odir_core.config import TrainConfig
-from odir_core.initial_weights import initial_state
-from odir_core.model_spec import backbone_spec
+from odir_core.model.initial_weights import initial_state
+from odir_core.model.model_spec import backbone_spec
+from odir_core.training.config import TrainConfig
 
 
 def _torchvision_state(name: str) -> dict[str, np.ndarray]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from keras_odir.losses import WeightedBCEWithLogits
-from odir_core.class_weights import pos_weight_from_labels
 from odir_core.labels import LABELS
+from odir_core.training.class_weights import pos_weight_from_labels
 from reference_data import ANNOTATIONS, require
 
 import keras  # noqa: E402  (after keras_odir, which picks the default backend)

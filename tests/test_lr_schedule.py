@@ -6,7 +6,7 @@ import torch
 
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.optimizers import TorchSGD
-from odir_core.schedules import make_schedule
+from odir_core.training.schedules import make_schedule
 
 import keras  # noqa: E402  (after keras_odir, which picks the default backend)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from keras_odir.weights import torch_to_keras_state, weight_table
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
-from odir_core.model_spec import HEADS, infer_head
+from keras_odir.weights import torch_to_keras_state, weight_table
+from odir_core.model.model_spec import HEADS, infer_head
 from torch_odir.model import DualResNet50
 
 

@@ -10,16 +10,15 @@ import torch
 import torchvision
 from torch import nn
 
-from odir_core import config as config_module
-from odir_core.augment import MODES
-from odir_core.checkpoints import (
+from odir_core.data.augment import MODES
+from odir_core.model.checkpoints import (
     CheckpointError,
     CheckpointNotFoundError,
     download_checkpoint,
     dual_state_dict,
     unwrap_state_dict,
 )
-from odir_core.model_spec import (
+from odir_core.model.model_spec import (
     BACKBONES,
     HEADS,
     ArchitectureError,
@@ -32,7 +31,8 @@ from odir_core.model_spec import (
     infer_architecture,
     infer_backbone,
 )
-from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
+from odir_core.training import config as config_module
+from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
 from torch_odir.model import CorrelationFusion, DualNet, build_head
 
 

@@ -18,10 +18,10 @@ from fundus_images import landscape_image, noise_image, zero_middle_of_scan
 
 from keras_odir.evaluate import BACKEND as KERAS
 from keras_odir.predict import main as keras_predict
-from odir_core import plots
-from odir_core.inference import load_model, model_input, prepare_photo
+from odir_core.evaluation import plots
+from odir_core.evaluation.inference import load_model, model_input, prepare_photo
+from odir_core.evaluation.thresholds import save_thresholds
 from odir_core.labels import LABELS
-from odir_core.thresholds import save_thresholds
 from reference_data import REAL_SAMPLES, needs
 from tiny_runs import new_run, recording_run, run_config, shared_models
 from torch_odir.evaluate import BACKEND as TORCH
@@ -73,7 +73,7 @@ def test_raw_photographs_same_prediction_in_both_frameworks(runs, tmp_path, caps
 GRADCAM_SCRIPT = """
 import sys, numpy as np, keras
 from keras_odir.evaluate import BACKEND
-from odir_core.inference import load_model, model_input, prepare_photo
+from odir_core.evaluation.inference import load_model, model_input, prepare_photo
 assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
 model = load_model(BACKEND, sys.argv[2])
 left, right = [model_input(prepare_photo(p, model.config), model.config)[None] for p in sys.argv[3:5]]

@@ -1,4 +1,4 @@
-"""odir_core.prepare end to end on small ODIR-like distributions, and layout detection."""
+"""odir_core.data.prepare end to end on small ODIR-like distributions, and layout detection."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from fundus_images import draw_fundus, noise_image, write_jpeg, zero_middle_of_scan
 
-from odir_core.annotations import read_annotations
-from odir_core.layouts import (
+from odir_core.data.annotations import read_annotations
+from odir_core.data.layouts import (
     GRAND_CHALLENGE,
     KAGGLE,
     OIA,
@@ -21,8 +21,8 @@ from odir_core.layouts import (
     LayoutError,
     detect_layout,
 )
-from odir_core.prepare import main
-from odir_core.synthetic import generate
+from odir_core.data.prepare import main
+from odir_core.data.synthetic import generate
 
 LAYOUTS = {"grand-challenge": GRAND_CHALLENGE, "kaggle": KAGGLE, "oia": OIA, "oia-underscores": OIA}
 

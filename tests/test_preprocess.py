@@ -1,4 +1,4 @@
-"""odir_core.preprocess / imageio: the study's FOV/circle chain, special inputs, reduced JPEG decoding."""
+"""odir_core.data.preprocess / imageio: the study's FOV/circle chain, special inputs, reduced JPEG decoding."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from fundus_images import (
 )
 from PIL import Image, ImageOps
 
-from odir_core.imageio import (
+from odir_core.data.imageio import (
     ImageDecodeError,
     decode_image,
     encode_image,
     load_image,
     reduction_factor,
 )
-from odir_core.preprocess import (
+from odir_core.data.preprocess import (
     MAX_BLUE,
     MAX_SURROUND,
     MIN_FILL,
@@ -255,7 +255,7 @@ def test_fundus_check_accepts_every_real_photograph():
 
 
 def test_fundus_check_accepts_synthetic_photographs():
-    from odir_core.synthetic import render_patient
+    from odir_core.data.synthetic import render_patient
 
     for pid in range(24):
         for raw in (True, False):  # camera frames (some white-surround, some cut at top and bottom) and crops

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from keras_odir.weights import torch_load
-from odir_core import provenance
-from odir_core.config import TrainConfig
-from odir_core.run import setup_run
-from odir_core.synthetic import SYNTHETIC_MARKER, demo_dataset, generate, is_synthetic
+from odir_core.data.synthetic import SYNTHETIC_MARKER, demo_dataset, generate, is_synthetic
+from odir_core.model import provenance
+from odir_core.training.config import TrainConfig
+from odir_core.training.run import setup_run
 
 RECORD = {"data": "/data/odir5k", "synthetic": False, "run": "/runs/experiment_15-20250101-120000",
           "experiment": "experiment_15", "epoch": 42}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from odir_core import plots, reports
+from odir_core.evaluation import plots, reports
 from odir_core.labels import LABELS
 
 

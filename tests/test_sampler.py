@@ -1,11 +1,11 @@
-"""odir_core.sampler: hand-derived sequences on tiny label matrices, and balance on the real annotations."""
+"""odir_core.data.sampler: hand-derived sequences on tiny label matrices, and balance on the real annotations."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from odir_core.data.sampler import MultilabelBalancedSampler, SamplerError
 from odir_core.labels import LABELS
-from odir_core.sampler import MultilabelBalancedSampler, SamplerError
 from reference_data import ANNOTATIONS, require
 
 

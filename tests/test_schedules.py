@@ -1,11 +1,11 @@
-"""odir_core.schedules against torch's LinearLR / CyclicLR stepped once per epoch."""
+"""odir_core.training.schedules against torch's LinearLR / CyclicLR stepped once per epoch."""
 
 import math
 
 import pytest
 import torch
 
-from odir_core.schedules import (
+from odir_core.training.schedules import (
     ConstantSchedule,
     CyclicSchedule,
     LinearSchedule,

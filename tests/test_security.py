@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from odir_core.atomic import atomic_path, is_temporary, remove_stale_temporaries
+from odir_core.data.synthetic import generate
 from odir_core.errors import EXIT_TERMINATED, EXIT_USAGE
-from odir_core.run import remove_new_run
-from odir_core.run_lock import LOCK_FILE, RunInUseError, RunLock
-from odir_core.synthetic import generate
+from odir_core.training.run import remove_new_run
+from odir_core.training.run_lock import LOCK_FILE, RunInUseError, RunLock
 from test_faults import _slow_source as slow_source
 from training_runs import only_run, tiny_train_args
 
@@ -215,14 +215,14 @@ def test_a_run_lock_is_one_process_at_a_time(tmp_path):
     owner = json.loads((tmp_path / LOCK_FILE).read_text())
     assert owner == {"pid": os.getpid(), "host": socket.gethostname()}
     # another process cannot take it while this one holds it
-    code = ("import sys; from odir_core.run_lock import RunLock, RunInUseError\n"
+    code = ("import sys; from odir_core.training.run_lock import RunLock, RunInUseError\n"
             "try:\n    RunLock(sys.argv[1]).acquire()\nexcept RunInUseError as e:\n    print(e); sys.exit(3)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 3 and f"process {os.getpid()}" in proc.stdout
     first.release()
     assert not (tmp_path / LOCK_FILE).exists()
     # a process that dies holding it leaves the file, and the lock is free
-    proc = subprocess.run([sys.executable, "-c", "import os, sys; from odir_core.run_lock import RunLock; "
+    proc = subprocess.run([sys.executable, "-c", "import os, sys; from odir_core.training.run_lock import RunLock; "
                            "RunLock(sys.argv[1]).acquire(); os._exit(0)", str(tmp_path)], cwd=REPO)
     assert proc.returncode == 0 and (tmp_path / LOCK_FILE).exists()
     RunLock(tmp_path).acquire().release()

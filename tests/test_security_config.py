@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from keras_odir.optimizers import TorchSGD
-from odir_core import config as cfg
+from odir_core.training import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = math.nan, math.inf

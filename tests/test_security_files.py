@@ -19,14 +19,14 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from odir_core.annotations import AnnotationError, read_annotations, write_annotations
-from odir_core.audit import main as audit_main
-from odir_core.dataset import DualEyeDataset
+from odir_core.data.annotations import AnnotationError, read_annotations, write_annotations
+from odir_core.data.audit import main as audit_main
+from odir_core.data.dataset import DualEyeDataset
+from odir_core.data.layouts import GRAND_CHALLENGE
+from odir_core.data.prepare import main as prepare_main
+from odir_core.data.synthetic import generate
 from odir_core.errors import InputError
 from odir_core.labels import LABELS
-from odir_core.layouts import GRAND_CHALLENGE
-from odir_core.prepare import main as prepare_main
-from odir_core.synthetic import generate
 
 PATIENTS = 4
 FORMULA_LIKE = ['=HYPERLINK("http://example.invalid/x","click")', "+1+1", "-2+3", "@SUM(1)"]
@@ -130,7 +130,7 @@ def _grand_challenge(tmp_path: Path, cells: dict) -> Path:
 
 def _tfds_build(source: Path, data_dir: Path) -> int:
     pytest.importorskip("tensorflow_datasets", reason="needs the optional tfds extra (tensorflow-datasets)")
-    from odir_core.tfds.__main__ import main as tfds_main
+    from odir_core.data.tfds.cli import main as tfds_main
 
     return tfds_main(["build", "--manual-dir", str(source), "--config", "prepared_32", "--data-dir", str(data_dir),
                       "--workers", "1"])

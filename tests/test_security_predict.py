@@ -15,15 +15,15 @@ from fundus_images import write_jpeg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from odir_core import plots, reports
-from odir_core.annotations import read_annotations
-from odir_core.evaluate import main as evaluate_main
-from odir_core.inference import Backend
+from odir_core.data.annotations import read_annotations
+from odir_core.data.layouts import GRAND_CHALLENGE
+from odir_core.data.prepare import main as prepare_main
+from odir_core.data.preprocess import PreprocessError, prepare_image
+from odir_core.data.synthetic import generate
+from odir_core.evaluation import plots, reports
+from odir_core.evaluation.evaluate import main as evaluate_main
+from odir_core.evaluation.inference import Backend
 from odir_core.labels import LABELS
-from odir_core.layouts import GRAND_CHALLENGE
-from odir_core.prepare import main as prepare_main
-from odir_core.preprocess import PreprocessError, prepare_image
-from odir_core.synthetic import generate
 from reference_data import REAL_SAMPLES, needs
 from tiny_runs import new_run, run_config, shared_models
 from torch_odir.predict import main as torch_predict

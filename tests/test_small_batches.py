@@ -1,7 +1,7 @@
 """A last training batch of one pair and data sets too small to train on.
 
 A training epoch leaves out a last batch of one pair (BatchNorm in training mode cannot normalise it), the same in
-both trainers and over several processes (odir_core.distributed.training_rows); validation and evaluation batches of
+both trainers and over several processes (odir_core.training.distributed.training_rows); validation and evaluation batches of
 one are kept. A data set or split too small to train on is one line naming it and how many patients it needs.
 """
 
@@ -12,11 +12,11 @@ import keras_odir.callbacks as kcallbacks
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.data import feature_batches
-from odir_core.annotations import read_annotations
-from odir_core.dataset import EpochOrder
-from odir_core.distributed import DistributedError, check_batch_split
-from odir_core.splits import save_split
-from odir_core.synthetic import generate
+from odir_core.data.annotations import read_annotations
+from odir_core.data.dataset import EpochOrder
+from odir_core.data.splits import save_split
+from odir_core.data.synthetic import generate
+from odir_core.training.distributed import DistributedError, check_batch_split
 from torch_odir.data import EpochBatchSampler
 
 # where each trainer computes an epoch's record from the epoch's outputs

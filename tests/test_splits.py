@@ -1,4 +1,4 @@
-"""odir_core.splits: the study's exact split, iterative stratification, test sets, split files."""
+"""odir_core.data.splits: the study's exact split, iterative stratification, test sets, split files."""
 
 import json
 
@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from odir_core.annotations import COLUMNS, label_matrix, read_annotations
-from odir_core.labels import LABELS
-from odir_core.layouts import OIA
-from odir_core.splits import (
+from odir_core.data.annotations import COLUMNS, label_matrix, read_annotations
+from odir_core.data.layouts import OIA
+from odir_core.data.splits import (
     SplitError,
     iterative_stratification,
     load_split,
@@ -19,6 +18,7 @@ from odir_core.splits import (
     stratified_split,
     study_split,
 )
+from odir_core.labels import LABELS
 from reference_data import ANNOTATIONS as REAL_XLSX
 from reference_data import EXPERIMENTS, require
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odir_core import synthetic
-from odir_core.annotations import COLUMNS, PER_IMAGE_COLUMNS, read_annotations
-from odir_core.keywords import KEYWORD_SEPARATOR, eye_labels, patient_labels
+from odir_core.data import synthetic
+from odir_core.data.annotations import COLUMNS, PER_IMAGE_COLUMNS, read_annotations
+from odir_core.data.keywords import KEYWORD_SEPARATOR, eye_labels, patient_labels
+from odir_core.data.layouts import GRAND_CHALLENGE, KAGGLE, OIA, PREPARED
+from odir_core.data.preprocess import preprocess_fundus
 from odir_core.labels import LABELS, SPECIAL_IMAGES
-from odir_core.layouts import GRAND_CHALLENGE, KAGGLE, OIA, PREPARED
-from odir_core.preprocess import preprocess_fundus
 from reference_data import ANNOTATIONS, needs
 
 # Published positive counts of the 3500 ODIR-5K training patients (reference README).
@@ -271,7 +271,7 @@ def test_help_says_each_default_once():
 
 @pytest.mark.parametrize("layout", ["kaggle", "oia"])
 def test_prepare_reads_generated_zip(tmp_path, layout):
-    from odir_core import prepare
+    from odir_core.data import prepare
 
     src = synthetic.generate(tmp_path / "src", 2, size=200, seed=7, layout=layout, zip=True, workers=1)
     assert prepare.main(["--source", str(src), "--out", str(tmp_path / "prep"), "--size", "32",

@@ -21,14 +21,14 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets", reason="needs the optional tfds extra (tensorflow-datasets)")
 pytest.importorskip("array_record", reason="needs the optional tfds extra (array-record)")
 
-from odir_core.annotations import eye_labels, is_special, read_annotations, write_annotations  # noqa: E402
-from odir_core.imageio import decode_image  # noqa: E402
+from odir_core.data.annotations import eye_labels, is_special, read_annotations, write_annotations  # noqa: E402
+from odir_core.data.imageio import decode_image  # noqa: E402
+from odir_core.data.layouts import LAYOUTS  # noqa: E402
+from odir_core.data.preprocess import prepare_image  # noqa: E402
+from odir_core.data.splits import study_split  # noqa: E402
+from odir_core.data.synthetic import generate  # noqa: E402
+from odir_core.data.tfds.cli import main as tfds_main  # noqa: E402
 from odir_core.labels import LABELS  # noqa: E402
-from odir_core.layouts import LAYOUTS  # noqa: E402
-from odir_core.preprocess import prepare_image  # noqa: E402
-from odir_core.splits import study_split  # noqa: E402
-from odir_core.synthetic import generate  # noqa: E402
-from odir_core.tfds.__main__ import main as tfds_main  # noqa: E402
 from reference_data import ANNOTATIONS, EXPERIMENTS, needs  # noqa: E402
 
 SIZE = 32
@@ -66,7 +66,7 @@ def _make_special(folder: Path, layout) -> int:
 
 def _check_split(records, frame: pd.DataFrame, images: Path, special: bool, size=SIZE) -> None:
     """Every record equals its annotation row: features, keyword-rule eye labels and the image
-    prepared from the source file by odir_core.preprocess (or decoded as is for raw)."""
+    prepared from the source file by odir_core.data.preprocess (or decoded as is for raw)."""
     assert len(records) == len(frame)
     for i, row in frame.iterrows():
         r = records[i]
@@ -247,8 +247,8 @@ def test_real_annotations_give_the_study_validation_split(tmp_path):
 
 
 def _built_and_prepared(tmp_path, patients=12):
-    """The same synthetic source built as odir5k/prepared_32 and prepared by odir_core.prepare at 32 px."""
-    from odir_core.prepare import main as prepare_main
+    """The same synthetic source built as odir5k/prepared_32 and prepared by odir_core.data.prepare at 32 px."""
+    from odir_core.data.prepare import main as prepare_main
 
     src = generate(tmp_path / "src", patients, size=64, seed=11, layout="grand-challenge", workers=1)
     data_dir = tmp_path / "tfds"
@@ -260,16 +260,16 @@ def _built_and_prepared(tmp_path, patients=12):
 
 def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatch):
     from keras_odir.data import image_batches
-    from odir_core.dataset import DualEyeDataset
-    from odir_core.run import resolve_data
-    from odir_core.splits import split_frames
+    from odir_core.data.dataset import DualEyeDataset
+    from odir_core.data.splits import split_frames
+    from odir_core.training.run import resolve_data
 
     data_dir, folder = _built_and_prepared(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
     root, _ = resolve_data(f"tfds:odir5k/{CONFIG}")
     assert root == data_dir / "odir5k" / CONFIG / "1.0.0"
 
-    from odir_core.tfds.source import split_frames as tfds_split_frames
+    from odir_core.data.tfds.source import split_frames as tfds_split_frames
 
     same = ["ID", "Patient Age", "Patient Sex", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords", *LABELS]
     folder_frames = split_frames(read_annotations(folder / "annotations.xlsx"), "study")
@@ -278,7 +278,7 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
         pd.testing.assert_frame_equal(ours[same], theirs[same])
 
     # a split file picks the same patients from both sources
-    from odir_core.splits import save_split
+    from odir_core.data.splits import save_split
 
     ids = folder_frames[0]["ID"].tolist() + folder_frames[1]["ID"].tolist()
     split_file = save_split(tmp_path / "split.json", ids[3:], ids[:3])
@@ -304,7 +304,7 @@ def test_tfds_source_gives_the_folder_path_rows_and_batches(tmp_path, monkeypatc
 
 
 def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypatch):
-    from odir_core.run import DataSourceError, resolve_data
+    from odir_core.training.run import DataSourceError, resolve_data
 
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails as if not installed
     folder = generate(tmp_path / "prepared", 3, size=32, seed=1, layout="prepared", workers=1)
@@ -314,7 +314,7 @@ def test_training_data_without_tensorflow_datasets_installed(tmp_path, monkeypat
 
 
 def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
-    from odir_core.run import DataSourceError, resolve_data
+    from odir_core.training.run import DataSourceError, resolve_data
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(DataSourceError, match="python -m odir_core.tfds build --manual-dir PATH --config prepared_224"):
@@ -335,7 +335,7 @@ def _train(package: str, data: str, run_dir: Path, *extra: str) -> Path:
 
 
 def _history(run: Path) -> pd.DataFrame:
-    from odir_core.history import HISTORY_FILE
+    from odir_core.training.history import HISTORY_FILE
 
     history = pd.read_csv(run / HISTORY_FILE)
     return history.drop(columns=[c for c in history if "time" in c])

@@ -16,11 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import keras_odir.train as ktrain
 from keras_odir.evaluate import BACKEND
 from keras_odir.parts import dual_parts
-from odir_core import provenance
-from odir_core.config import TrainConfig, load_config
-from odir_core.history import STUDY_COLUMNS
-from odir_core.inference import load_model
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.evaluation.inference import load_model
+from odir_core.model import provenance
+from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.history import STUDY_COLUMNS
 from reference_data import EXPERIMENTS
 from training_runs import only_run, tiny_train_args
 
@@ -93,10 +93,10 @@ def test_validation_loss_is_unweighted_bce(data, tmp_path):
     of the best model's validation logits."""
     import torch
 
-    from odir_core.annotations import label_matrix, read_annotations, write_annotations
-    from odir_core.dataset import DualEyeDataset
+    from odir_core.data.annotations import label_matrix, read_annotations, write_annotations
+    from odir_core.data.dataset import DualEyeDataset
+    from odir_core.data.splits import save_split
     from odir_core.labels import LABELS
-    from odir_core.splits import save_split
 
     df = read_annotations(data / "annotations.xlsx")
     for i, label in enumerate(LABELS):  # every label positive in the training part
@@ -192,7 +192,7 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(data, tmp_path, capsys):
 def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     assert ktrain.main(["--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "not a prepared folder" in err and "odir_core.prepare" in err
+    assert "not a prepared folder" in err and "python -m odir_core.prepare" in err
 
 
 @pytest.mark.slow  # 75 s; resume on torch runs in the default suite (here and tests/test_crash_resume.py)

@@ -10,8 +10,8 @@ import pytest
 
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
-from odir_core.config import TrainConfig
-from odir_core.synthetic import generate
+from odir_core.data.synthetic import generate
+from odir_core.training.config import TrainConfig
 
 TRAINERS = {"keras": ktrain.train, "torch": ttrain.train}
 TRAIN_METRICS = ["train_kappa", "train_f1", "train_auc", "train_final_score"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from odir_core.annotations import COLUMNS, write_annotations
-from odir_core.config import TrainConfig, save_config
+from odir_core.data.annotations import COLUMNS, write_annotations
 from odir_core.labels import LABELS
+from odir_core.training.config import TrainConfig, save_config
 from reference_data import REAL_SAMPLES
 
 
@@ -77,10 +77,10 @@ def new_run(run_dir: Path, model: Path, config: TrainConfig) -> Path:
 
 def recording_run(run_dir: Path, model: Path, record: dict) -> Path:
     """A run folder of its own holding a copy of ``model`` that records ``record`` as what it was trained on
-    (odir_core.provenance), with the tiny models' config.toml."""
+    (odir_core.model.provenance), with the tiny models' config.toml."""
     import torch
 
-    from odir_core import provenance
+    from odir_core.model import provenance
 
     model = model.resolve()  # the shared model, beside the shared data folder
     target = new_run(run_dir, model, run_config(model.parent.parent / "data"))

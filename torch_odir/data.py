@@ -1,4 +1,4 @@
-"""PyTorch input pipeline over ``odir_core.dataset``: a Dataset of (left, right, labels) and a DataLoader
+"""PyTorch input pipeline over ``odir_core.data.dataset``: a Dataset of (left, right, labels) and a DataLoader
 whose batches follow the shared epoch order (seeded shuffle or balanced sampler). Batches are NCHW float32
 in channels_last memory format (the NHWC arrays of odir_core, stacked once, seen as NCHW)."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from odir_core.dataset import DualEyeDataset, EpochOrder, batch_slices
-from odir_core.distributed import Ranks, rank_batch, training_rows
-from odir_core.feature_cache import FeatureBatch
+from odir_core.data.dataset import DualEyeDataset, EpochOrder, batch_slices
+from odir_core.training.distributed import Ranks, rank_batch, training_rows
+from odir_core.training.feature_cache import FeatureBatch
 
 
 class PairDataset(Dataset):
@@ -49,9 +49,9 @@ def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 class EpochBatchSampler(Sampler):
     """Batches of ``(row, epoch, position)`` keys in the epoch's order; call ``set_epoch`` before each epoch.
-    Under several processes, this rank's slice of each global batch (``odir_core.distributed``; an empty
+    Under several processes, this rank's slice of each global batch (``odir_core.training.distributed``; an empty
     slice of a short last batch is left out). ``training``: a last batch of one pair is left out
-    (``odir_core.distributed.training_rows``)."""
+    (``odir_core.training.distributed.training_rows``)."""
 
     def __init__(self, order: EpochOrder, batch_size: int, ranks: Ranks = Ranks(), training: bool = False):
         self.order = order

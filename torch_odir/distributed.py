@@ -1,11 +1,11 @@
-"""DDP for torch_odir.train under torchrun (the collectives both trainers share are ``odir_core.collectives``)."""
+"""DDP for torch_odir.train under torchrun (the collectives both trainers share are ``odir_core.training.collectives``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from odir_core.distributed import Ranks
+from odir_core.training.distributed import Ranks
 
 
 def wrap(module: nn.Module, ranks: Ranks, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from odir_core.checkpoints import check_finite
-from odir_core.config import TrainConfig
-from odir_core.inference import choose_gradcam_stage, gradcam_map
+from odir_core.evaluation.inference import choose_gradcam_stage, gradcam_map
+from odir_core.model.checkpoints import check_finite
+from odir_core.training.config import TrainConfig
 from torch_odir.model import DualNet, dual_model_from_state, read_torch_state
 
 
@@ -23,7 +23,7 @@ def _device(config: TrainConfig) -> torch.device:
 
 
 class TorchPredictor:
-    """A DualNet in eval mode as an odir_core.inference.Predictor (NHWC numpy in, NCHW to the model)."""
+    """A DualNet in eval mode as an odir_core.evaluation.inference.Predictor (NHWC numpy in, NCHW to the model)."""
 
     def __init__(self, model: DualNet, device: torch.device):
         self.model = model.to(device).eval()

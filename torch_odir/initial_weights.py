@@ -1,10 +1,10 @@
-"""Starting weights of a DualNet from ``odir_core.initial_weights`` (the same numbers keras_odir gets)."""
+"""Starting weights of a DualNet from ``odir_core.model.initial_weights`` (the same numbers keras_odir gets)."""
 
 from __future__ import annotations
 
 import torch
 
-from odir_core.initial_weights import HEAD_PREFIX, initial_state
+from odir_core.model.initial_weights import HEAD_PREFIX, initial_state
 from torch_odir.model import DualNet
 
 

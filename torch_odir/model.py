@@ -1,4 +1,4 @@
-"""The dual-eye model in PyTorch, built from ``odir_core.model_spec``: one torchvision backbone (its
+"""The dual-eye model in PyTorch, built from ``odir_core.model.model_spec``: one torchvision backbone (its
 classifier replaced by ``Identity``) shared by both eyes, features [left, right] -> head -> logits.
 
 Its state_dict is ``backbone.`` + the torchvision model's own keys, plus ``head.<i>.*``.
@@ -14,13 +14,13 @@ import torch
 import torchvision
 from torch import nn
 
-from odir_core.checkpoints import (
+from odir_core.model.checkpoints import (
     CheckpointNotFoundError,
     dual_state_dict,
     load_imagenet_backbone_state,
     read_checkpoint,
 )
-from odir_core.model_spec import (
+from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
     CrossEyeCorrelation,
     Dropout,
@@ -36,7 +36,7 @@ torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True
 
 
 class CorrelationFusion(nn.Module):
-    """``odir_core.model_spec.CrossEyeCorrelation``: left and right feature maps (B, C, H, W) -> (B, 2C)."""
+    """``odir_core.model.model_spec.CrossEyeCorrelation``: left and right feature maps (B, C, H, W) -> (B, 2C)."""
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         left, right = left.flatten(2).transpose(1, 2), right.flatten(2).transpose(1, 2)  # (B, N, C)
@@ -57,7 +57,7 @@ class MapHead(nn.Sequential):
 
 
 def build_head(head: str, in_features: int) -> nn.Sequential:
-    """The head ``head`` of ``odir_core.model_spec.HEADS``; its Sequential indices are Keras' ``head_<i>``.
+    """The head ``head`` of ``odir_core.model.model_spec.HEADS``; its Sequential indices are Keras' ``head_<i>``.
 
     ``in_features``: the width of the [left, right] features (twice the backbone's).
     """
@@ -94,7 +94,7 @@ def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike 
 class DualNet(nn.Module):
     """Both eyes through one backbone, features [left, right] -> head -> logits.
 
-    ``backbone``/``head``: names from ``odir_core.model_spec``. ``weights``: backbone weights, None
+    ``backbone``/``head``: names from ``odir_core.model.model_spec``. ``weights``: backbone weights, None
     (random), ``"imagenet"`` or a torchvision checkpoint path. ``freeze_backbone``: backbone parameters
     get no gradient and the backbone stays in eval mode (BatchNorm uses its running statistics) even
     after ``model.train()``. Weights are in channels_last memory format (NHWC in memory, the layout
@@ -159,7 +159,7 @@ class DualResNet50(DualNet):
 
 
 def read_torch_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.checkpoints``)."""
+    """The state_dict in a ``.pth``/``.pt`` file, unwrapped (see ``odir_core.model.checkpoints``)."""
     return read_checkpoint(path, torch_load)
 
 

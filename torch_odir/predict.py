@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from odir_core import predict
+from odir_core.evaluation import predict
 from torch_odir.evaluate import BACKEND
 
 
 def main(argv=None) -> int:
-    """Command-line entry point (see odir_core.predict)."""
+    """Command-line entry point (see odir_core.evaluation.predict)."""
     return predict.main(BACKEND, argv)
 
 

@@ -24,19 +24,20 @@ import torch.distributed
 from torch import nn
 from tqdm import tqdm
 
-from odir_core import devices, provenance
 from odir_core.atomic import atomic_path
-from odir_core.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
-from odir_core.collectives import batch_sum, gather_batches, on_main, process_group
-from odir_core.config import TrainConfig
-from odir_core.console import early_stopping_line, epoch_line
-from odir_core.distributed import DistributedError, Ranks, check_batch_split, loss_share
-from odir_core.epoch_record import diverged, epoch_record
 from odir_core.errors import on_every_rank
-from odir_core.feature_cache import FeatureBatch, build_feature_cache
-from odir_core.history import History, early_stopping_state, should_stop
-from odir_core.model_spec import ArchitectureError, check_architecture
-from odir_core.run import (
+from odir_core.model import provenance
+from odir_core.model.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
+from odir_core.model.model_spec import ArchitectureError, check_architecture
+from odir_core.training import devices
+from odir_core.training.collectives import batch_sum, gather_batches, on_main, process_group
+from odir_core.training.config import TrainConfig
+from odir_core.training.console import early_stopping_line, epoch_line
+from odir_core.training.distributed import DistributedError, Ranks, check_batch_split, loss_share
+from odir_core.training.epoch_record import diverged, epoch_record
+from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
+from odir_core.training.history import History, early_stopping_state, should_stop
+from odir_core.training.run import (
     ResumeError,
     RunSetup,
     TrainingDiverged,
@@ -48,9 +49,9 @@ from odir_core.run import (
     run_training_cli,
     setup_run,
 )
-from odir_core.run_datasets import run_datasets
-from odir_core.schedules import make_schedule
-from odir_core.tensorboard import ScalarWriter
+from odir_core.training.run_datasets import run_datasets
+from odir_core.training.schedules import make_schedule
+from odir_core.training.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
 from torch_odir.distributed import wrap
 from torch_odir.initial_weights import load_initial_weights
@@ -63,7 +64,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
     """``auto``: the first CUDA device when available (under torchrun the local rank's), else the CPU
-    (``odir_core.devices``)."""
+    (``odir_core.training.devices``)."""
     local = ranks.local_rank if ranks.distributed else None
     return torch.device(devices.resolve_device(name, torch.cuda.is_available(), local))
 
@@ -72,7 +73,7 @@ def build_model(config: TrainConfig) -> DualNet:
     """The DualNet of ``config`` with its starting weights: ``none``, ``imagenet``, a torchvision
     backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own). What the weights
     leave random (the head; the backbone too with ``none``) is drawn from ``config.seed`` by
-    ``odir_core.initial_weights``, the same numbers as keras_odir.train's."""
+    ``odir_core.model.initial_weights``, the same numbers as keras_odir.train's."""
     freeze = not config.fine_tune
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
@@ -170,7 +171,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
     """One pass over the epoch's training batches: (mean loss over the global batches, this rank's labels
     and training-mode logits per batch). Stops at the first non-finite loss (the mean is then not finite).
 
-    Each rank's mean loss is weighted by its share of the global batch (``odir_core.distributed.loss_share``)
+    Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.distributed.loss_share``)
     so that DDP's gradient average is the gradient of the global batch's mean loss."""
     loop.forward.train()
     loop.train_loader.batch_sampler.set_epoch(epoch)
@@ -202,7 +203,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
 
 def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray, y_val: np.ndarray,
              train_metrics: str) -> dict[str, float]:
-    """The epoch's record (``odir_core.epoch_record``) from the outputs of ``train_one_epoch``: train metrics
+    """The epoch's record (``odir_core.training.epoch_record``) from the outputs of ``train_one_epoch``: train metrics
     from the epoch's training-mode outputs (as the study) or a clean pass, validation metrics from a pass over
     the validation split; every rank predicts its slices and gets the same record."""
     loss, y_epoch, epoch_logits = trained

@@ -1,10 +1,1 @@
-"""ODIR-5K as a TensorFlow Datasets dataset (``odir5k``), built and read without TensorFlow.
-
-- ``odir_core.tfds.builder``: the ``Odir5k`` builder (configs ``prepared_224``,
-  ``prepared_512``, ``raw``; ArrayRecord files; manual download of any ODIR-5K layout).
-- ``python -m odir_core.tfds build --manual-dir PATH``: build it from the command line.
-- ``odir_core.tfds.source``: a built dataset as training data (``--data tfds:odir5k/prepared_512``).
-
-Needs the optional ``tensorflow-datasets`` and ``array-record`` packages (``pip install .[tfds]``);
-nothing else in ``odir_core`` imports them.
-"""
+"""The python -m odir_core.tfds command (odir_core.data.tfds.cli)."""

@@ -14,8 +14,8 @@ import pandas as pd
 
 from odir_core.errors import InputError
 
-from .atomic import atomic_path
-from .keywords import (
+from odir_core.atomic import atomic_path
+from odir_core.data.keywords import (
     IGNORED_KEYWORDS,
     KEYWORD_LABELS,
     KEYWORD_SEPARATOR,
@@ -24,9 +24,9 @@ from .keywords import (
     normalise_keywords,
     patient_labels,
 )
-from .labels import LABELS, SPECIAL_IMAGES
-from .spreadsheets import quote_csv, unquote_csv, write_xlsx
-from .table_headers import HEADER_SEARCH_ROWS, csv_delimiter, header_key, names_patient_labels
+from odir_core.labels import LABELS, SPECIAL_IMAGES
+from odir_core.spreadsheets import quote_csv, unquote_csv, write_xlsx
+from odir_core.table_headers import HEADER_SEARCH_ROWS, csv_delimiter, header_key, names_patient_labels
 
 __all__ = [
     "COLUMNS",

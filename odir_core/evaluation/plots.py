@@ -21,9 +21,9 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from odir_core.atomic import atomic_path  # noqa: E402
+from odir_core.evaluation.thresholds import as_thresholds  # noqa: E402
 from odir_core.labels import LABEL_NAMES, LABELS  # noqa: E402
 from odir_core.metrics import binarize  # noqa: E402
-from odir_core.thresholds import as_thresholds  # noqa: E402
 
 # One colour per label, the same in every figure.
 LABEL_COLORS = dict(zip(LABELS, plt.get_cmap("tab10").colors))
@@ -149,7 +149,7 @@ def qualitative_figure(examples, thresholds=0.5, title: str = "", notes=()):
 
     ``examples``: sequence of dicts with keys label, id, left, right (uint8 RGB), truth (8,), prob (8,);
     ``label`` is the label the patient was chosen for. ``notes``: lines under the title, e.g. the labels
-    without an example (``odir_core.reports.missing_examples``).
+    without an example (``odir_core.evaluation.reports.missing_examples``).
     """
     t = as_thresholds(thresholds)
     if not examples:

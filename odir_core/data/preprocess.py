@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from odir_core.errors import InputError
-from odir_core.imageio import (  # load_image is re-exported (see __all__)
+from odir_core.data.imageio import (  # load_image is re-exported (see __all__)
     ImageDecodeError,
     decode_image,
     header_size,
@@ -29,6 +28,7 @@ from odir_core.imageio import (  # load_image is re-exported (see __all__)
     read_bytes,
     reduction_factor,
 )
+from odir_core.errors import InputError
 
 __all__ = [
     "FundusStats",

@@ -15,18 +15,18 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from odir_core import provenance
-from odir_core.annotations import AnnotationError
-from odir_core.augment import center_crop, normalize
-from odir_core.config import ConfigError, TrainConfig, load_config
-from odir_core.dataset import DataError
+from odir_core.data.annotations import AnnotationError
+from odir_core.data.augment import center_crop, normalize
+from odir_core.data.dataset import DataError
+from odir_core.data.imageio import ImageDecodeError
+from odir_core.data.preprocess import PreprocessError, prepare_image
+from odir_core.data.splits import SplitError
 from odir_core.errors import InputError, OdirError
-from odir_core.imageio import ImageDecodeError
+from odir_core.evaluation.thresholds import THRESHOLDS_FILE, ThresholdError
 from odir_core.metrics import MetricsError
-from odir_core.preprocess import PreprocessError, prepare_image
-from odir_core.run import CONFIG_FILE, DataSourceError
-from odir_core.splits import SplitError
-from odir_core.thresholds import THRESHOLDS_FILE, ThresholdError
+from odir_core.model import provenance
+from odir_core.training.config import ConfigError, TrainConfig, load_config
+from odir_core.training.run import CONFIG_FILE, DataSourceError
 
 TTA_MODES = ("none", "hflip", "vflip", "both")
 TTA_HELP = (
@@ -71,7 +71,7 @@ class Backend:
     ``loader``: "module:function" of ``function(path, config) -> Predictor``, imported only when a
     model is loaded, so that --help and --probs evaluation do not import the framework.
     ``torch_load``: "module:function" reading what a torch checkpoint file holds (``torch.load``), for the
-    record of what it was trained on (``odir_core.provenance``).
+    record of what it was trained on (``odir_core.model.provenance``).
     """
 
     name: str  # e.g. "keras_odir"
@@ -88,7 +88,7 @@ class Backend:
         return _function(self.loader)(path, config)
 
     def trained_on(self, path: Path) -> dict | None:
-        """What the model file records it was trained on (``odir_core.provenance``), None when nothing."""
+        """What the model file records it was trained on (``odir_core.model.provenance``), None when nothing."""
         return provenance.read(path, _function(self.torch_load) if self.torch_load else None)
 
 
@@ -104,7 +104,7 @@ class Model:
     path: Path
     config: TrainConfig
     predictor: Predictor
-    trained_on: dict | None = None  # odir_core.provenance record; None: the file does not say
+    trained_on: dict | None = None  # odir_core.model.provenance record; None: the file does not say
 
     @property
     def training_note(self) -> str:
@@ -177,7 +177,7 @@ def model_input(img: np.ndarray, config: TrainConfig) -> np.ndarray:
 def prepare_photo(path, config: TrainConfig) -> np.ndarray:
     """A raw (or already prepared) fundus photograph -> uint8 (image_size, image_size, 3), the training chain.
 
-    Raises odir_core.preprocess.PreprocessError for missing, unreadable or non-fundus images.
+    Raises odir_core.data.preprocess.PreprocessError for missing, unreadable or non-fundus images.
     """
     return prepare_image(path, config.image_size)
 
@@ -211,7 +211,7 @@ def predict_batch(predictor: Predictor, left: np.ndarray, right: np.ndarray, tta
 
 
 def predict_dataset(predictor: Predictor, dataset, batch_size: int = 16, tta: str = "none", desc: str = "predict") -> np.ndarray:
-    """Probabilities for every patient of an odir_core.dataset.DualEyeDataset (validation mode), in its order."""
+    """Probabilities for every patient of an odir_core.data.dataset.DualEyeDataset (validation mode), in its order."""
     order = np.arange(len(dataset))
     out = []
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):

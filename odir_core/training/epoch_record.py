@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from odir_core.history import bce_with_logits, split_metrics
+from odir_core.training.history import bce_with_logits, split_metrics
 
 
 def epoch_record(train_loss: float, outputs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],

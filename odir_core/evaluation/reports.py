@@ -21,14 +21,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from odir_core import metrics, plots
+from odir_core import metrics
 from odir_core.atomic import atomic_folder, atomic_path, atomic_write_text
 from odir_core.errors import InputError, writing
+from odir_core.evaluation import plots
+from odir_core.evaluation.report_html import render_report
+from odir_core.evaluation.thresholds import DEFAULT_THRESHOLD, as_thresholds
 from odir_core.labels import LABEL_NAMES, LABELS, NUM_LABELS
 from odir_core.metrics import binarize
-from odir_core.report_html import render_report
 from odir_core.spreadsheets import write_xlsx
-from odir_core.thresholds import DEFAULT_THRESHOLD, as_thresholds
 
 COLUMNS = ["ID", *LABELS]
 FILES = {

@@ -2,7 +2,7 @@
 
 Two sources of probabilities: a trained model on a prepared folder's split (``--model``), or an
 existing probabilities file (``--probs``, e.g. the study's probs.xlsx) with its ground truth.
-Both end in the same evaluation folder (odir_core.reports.write_evaluation).
+Both end in the same evaluation folder (odir_core.evaluation.reports.write_evaluation).
 """
 
 from __future__ import annotations
@@ -19,13 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odir_core import reports, splits
-from odir_core.annotations import label_matrix, read_annotations
-from odir_core.cli_config import add_config_option, parse_with_config
-from odir_core.dataset import DualEyeDataset
+from odir_core.data import splits
+from odir_core.data.annotations import label_matrix, read_annotations
+from odir_core.data.dataset import DualEyeDataset
+from odir_core.data.imageio import load_image
+from odir_core.data.layouts import PREPARED
+from odir_core.data.preprocess import resize_square
+from odir_core.data.splits import split_frames
+from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import OutputExistsError, run_cli
-from odir_core.imageio import load_image
-from odir_core.inference import (
+from odir_core.evaluation import reports
+from odir_core.evaluation.inference import (
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -34,14 +38,7 @@ from odir_core.inference import (
     load_model,
     predict_dataset,
 )
-from odir_core.labels import LABELS
-from odir_core.layouts import PREPARED
-from odir_core.metrics import check_submission, read_label_file
-from odir_core.preprocess import resize_square
-from odir_core.run import resolve_data
-from odir_core.splits import split_frames
-from odir_core.tfds import source as tfds_source
-from odir_core.thresholds import (
+from odir_core.evaluation.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,
     VALIDATION_SOURCE,
@@ -49,6 +46,10 @@ from odir_core.thresholds import (
     save_thresholds,
     tune_thresholds,
 )
+from odir_core.labels import LABELS
+from odir_core.metrics import check_submission, read_label_file
+from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.training.run import resolve_data
 
 SPLITS = ("val", "test", "all")
 DISPLAY_SIZE = 256  # side of the eye images in the qualitative figure
@@ -57,7 +58,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 @dataclass
 class Evaluation:
-    """What goes into an evaluation folder (see odir_core.reports.write_evaluation)."""
+    """What goes into an evaluation folder (see odir_core.evaluation.reports.write_evaluation)."""
 
     out: Path
     ids: np.ndarray

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from odir_core.dataset import DualEyeDataset
+from odir_core.data.dataset import DualEyeDataset
 
 MESSAGE = "Frozen backbone and no augmentation: computing backbone features once per image"
 

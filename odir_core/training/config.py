@@ -25,15 +25,15 @@ else:  # pragma: no cover - Python 3.10
 import tomli_w
 
 from odir_core.atomic import atomic_write_text
-from odir_core.augment import MODES as AUGMENT_MODES
+from odir_core.data.augment import MODES as AUGMENT_MODES
+from odir_core.data.layouts import is_prepared
 from odir_core.errors import EXIT_USAGE, InputError
-from odir_core.layouts import is_prepared
-from odir_core.model_spec import BACKBONES as BACKBONE_SPECS
-from odir_core.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
-from odir_core.model_spec import HEADS as HEAD_SPECS
-from odir_core.schedules import CYCLIC_MODES, SCHEDULERS
+from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
+from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
+from odir_core.model.model_spec import HEADS as HEAD_SPECS
+from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # The embedded defaults of the training CLIs (no --config): the demo, or the study's best recipe when
 # neither --data is given and a prepared ODIR-5K is found at PREPARED_ODIR (relative to the working folder).
 DEFAULT_CONFIG = EXPERIMENTS / "demo.toml"
@@ -160,7 +160,7 @@ class TrainConfig:
     # data
     data: str = _opt(
         "",
-        "a prepared folder (annotations.xlsx + images/, from odir_core.prepare), 'synthetic', or "
+        "a prepared folder (annotations.xlsx + images/, from python -m odir_core.prepare), 'synthetic', or "
         "tfds:odir5k/CONFIG (built by python -m odir_core.tfds; data dir $TFDS_DATA_DIR); "
         "empty: data/odir5k when prepared there, else the synthetic demo set",
         flag="--data",
@@ -169,7 +169,7 @@ class TrainConfig:
     split: str = _opt(
         "study",
         "'study' (drop the 16 special-image patients, sklearn train_test_split 20%% with seed 42) "
-        "or the path of a split file saved by odir_core.splits.save_split (train/val IDs)",
+        "or the path of a split file saved by odir_core.data.splits.save_split (train/val IDs)",
     )
     image_size: int = _opt(224, "side in pixels the prepared images are resized to when loaded")
     crop_size: int = _opt(

@@ -26,7 +26,7 @@ import numpy as np
 
 from odir_core.atomic import atomic_path
 from odir_core.errors import InputError
-from odir_core.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
+from odir_core.model.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
 KERAS_SUFFIX = ".keras"  # keras_odir's saved models

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .labels import LABELS, NUM_LABELS
+from odir_core.labels import LABELS, NUM_LABELS
 
 KEYWORD_SEPARATOR = "，"
 

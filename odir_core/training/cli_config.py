@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from odir_core.config import ConfigError, read_toml
+from odir_core.training.config import ConfigError, read_toml
 
 CONFIG_HELP = "TOML file whose keys are this command's options (with '_' for '-', e.g. tta = \"hflip\"); flags override it"
 

@@ -4,7 +4,7 @@
 ``--data DATA_DIR/odir5k/CONFIG/VERSION`` names a dataset built by ``python -m odir_core.tfds
 build``. Its splits become annotation tables with the columns of ``read_annotations`` (records
 in stored order), and its images are read through ``tfds.data_source`` and decoded exactly as
-``odir_core.imageio.load_image`` decodes the files of a prepared folder, so a prepared folder and
+``odir_core.data.imageio.load_image`` decodes the files of a prepared folder, so a prepared folder and
 a TFDS build of the same images give the same arrays.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odir_core.annotations import COLUMNS
+from odir_core.data.annotations import COLUMNS
+from odir_core.data.imageio import decode_image, header_size, is_jpeg, reduction_factor
+from odir_core.data.splits import split_frames as by_split_file
 from odir_core.errors import InputError
-from odir_core.imageio import decode_image, header_size, is_jpeg, reduction_factor
 from odir_core.labels import LABELS
-from odir_core.splits import split_frames as by_split_file
 
 PREFIX = "tfds:"
 INFO_FILE = "dataset_info.json"
@@ -166,7 +166,7 @@ def open_images(path) -> TfdsImages:
 
 def split_frames(path, split: str = "study") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, val) annotation tables of a built dataset: its ``train`` / ``validation`` splits for
-    ``split="study"``, else the IDs of a split file (``odir_core.splits.save_split``) taken from
+    ``split="study"``, else the IDs of a split file (``odir_core.data.splits.save_split``) taken from
     the training patients (train + validation + special)."""
     frames = open_images(path).frames()
     if split == "study":

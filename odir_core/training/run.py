@@ -3,7 +3,7 @@
 ``setup_run(config)`` resolves the data source, reads the annotations, splits them, computes
 ``pos_weight``, creates (or reopens, for ``--resume``) the run folder and writes ``config.toml``.
 
-A run folder's life: the lock (``run.lock``, ``odir_core.run_lock``: one process per run folder) and
+A run folder's life: the lock (``run.lock``, ``odir_core.training.run_lock``: one process per run folder) and
 ``config.toml`` first; per finished epoch the history, the checkpoints and then the backup (``backup/``, the
 trainer's own format, each file replaced atomically); at the end ``finished.json``, written last, then the
 backup's files are removed and the lock released. So ``--resume`` can tell a finished run (``finished.json``),
@@ -32,20 +32,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from odir_core.annotations import label_matrix, read_annotations
 from odir_core.atomic import atomic_write_text, remove_stale_temporaries
-from odir_core.class_weights import pos_weight_from_labels
-from odir_core.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
-from odir_core.console import duration
-from odir_core.distributed import Ranks
+from odir_core.data.annotations import label_matrix, read_annotations
+from odir_core.data.layouts import PREPARED, is_prepared
+from odir_core.data.splits import check_training_split, split_frames
+from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, interrupt_exit_code, run_cli, write_failure, writing
 from odir_core.labels import LABELS
-from odir_core.history import HISTORY_FILE
-from odir_core.layouts import PREPARED, is_prepared
-from odir_core.provenance import training_record
-from odir_core.run_lock import RunLock
-from odir_core.splits import check_training_split, split_frames
-from odir_core.tfds import source as tfds_source
+from odir_core.model.provenance import training_record
+from odir_core.training.class_weights import pos_weight_from_labels
+from odir_core.training.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
+from odir_core.training.console import duration
+from odir_core.training.distributed import Ranks
+from odir_core.training.history import HISTORY_FILE
+from odir_core.training.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"
 FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)
@@ -95,7 +95,7 @@ def damaged_backup_message(backup: Path, reason: str, run_dir: Path, last_model:
 @dataclass
 class RunSetup:
     """Everything a trainer needs besides the network: resolved config, folders, split, weights, and what
-    its checkpoints record they were trained on (``odir_core.provenance``)."""
+    its checkpoints record they were trained on (``odir_core.model.provenance``)."""
 
     config: TrainConfig
     run_dir: Path
@@ -149,7 +149,7 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
         )
         data = "synthetic"
     if data == "synthetic":
-        from odir_core.synthetic import demo_dataset
+        from odir_core.data.synthetic import demo_dataset
 
         path = Path(demo_dataset(patients=demo_patients))
         return path, f"synthetic demo set in {path}"
@@ -208,7 +208,7 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
     else:
         run_dir = new_run_dir(config.run_dir, config.experiment)
         lock = RunLock(run_dir).acquire()
-    from odir_core.synthetic import is_synthetic
+    from odir_core.data.synthetic import is_synthetic
 
     trained_on = training_record(data, is_synthetic(data_dir), run_dir, config.experiment)
     setup = RunSetup(resolved, run_dir, data_dir, train_df, val_df, pos_weight, resumed, trained_on, lock)

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from odir_core import plots
 from odir_core.atomic import atomic_path
-from odir_core.augment import center_crop
-from odir_core.cli_config import add_config_option, parse_with_config
+from odir_core.data.augment import center_crop
+from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
-from odir_core.inference import (
+from odir_core.evaluation import plots
+from odir_core.evaluation.inference import (
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -37,17 +37,17 @@ from odir_core.inference import (
     predict_batch,
     prepare_photo,
 )
-from odir_core.labels import LABEL_NAMES, LABELS
-from odir_core.metrics import binarize
-from odir_core.preprocess import prepare_image
-from odir_core.spreadsheets import quote_csv
-from odir_core.thresholds import (
+from odir_core.evaluation.thresholds import (
     DEFAULT_THRESHOLD,
     THRESHOLDS_FILE,
     as_thresholds,
     load_thresholds,
     thresholds_origin,
 )
+from odir_core.labels import LABEL_NAMES, LABELS
+from odir_core.metrics import binarize
+from odir_core.spreadsheets import quote_csv
+from odir_core.training.cli_config import add_config_option, parse_with_config
 
 BATCH_COLUMNS = ("left", "right")
 DISPLAY_SIZE = 256  # px: the least side of the eyes in a prediction figure

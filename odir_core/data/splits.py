@@ -13,9 +13,9 @@ from sklearn.model_selection import train_test_split
 
 from odir_core.errors import InputError
 
-from .annotations import is_special, label_matrix, read_annotations
-from .atomic import atomic_write_text
-from .layouts import OIA, Layout
+from odir_core.atomic import atomic_write_text
+from odir_core.data.annotations import is_special, label_matrix, read_annotations
+from odir_core.data.layouts import OIA, Layout
 
 SPLIT_NAMES = ("train", "val", "test")
 # a training set of one patient is one batch of one pair, which training leaves out (distributed.training_rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from odir_core.dataset import DualEyeDataset
+from odir_core.data.dataset import DualEyeDataset
 
 
 @dataclass
@@ -18,7 +18,7 @@ class RunDatasets:
 
 
 def run_datasets(setup) -> RunDatasets:
-    """The datasets of ``setup`` (an ``odir_core.run.RunSetup``)."""
+    """The datasets of ``setup`` (an ``odir_core.training.run.RunSetup``)."""
     config = setup.config
     common = dict(image_size=config.image_size, crop_size=config.crop_size, normalize=config.normalize,
                   seed=config.seed)

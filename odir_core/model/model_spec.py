@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from odir_core.augment import IMAGENET_MEAN, IMAGENET_STD
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
 
@@ -126,7 +126,7 @@ class BackboneSpec:
     pooling that normalises each feature vector (ConvNeXt's ``classifier.0``), which a head on feature
     maps applies at every position of the map instead; ``earlier_stages``: the torchvision modules ending
     the earlier resolutions, early to late, which Grad-CAM explains instead when the last feature map is
-    too small (``odir_core.inference.choose_gradcam_stage``).
+    too small (``odir_core.evaluation.inference.choose_gradcam_stage``).
     """
 
     name: str

@@ -30,8 +30,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 MODES = ("none", "dual", "independent")
 MAX_ROTATION = 30
 BRIGHTNESS = CONTRAST = SATURATION = 0.2

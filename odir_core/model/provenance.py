@@ -1,7 +1,7 @@
 """What a model was trained on: recorded in every checkpoint by both trainers, stated by predict and evaluate.
 
 A record is a dict: ``data`` (the prepared folder as an absolute path, or the TFDS dataset),
-``synthetic`` (its images were generated, ``odir_core.synthetic.is_synthetic``), ``run`` (the run
+``synthetic`` (its images were generated, ``odir_core.data.synthetic.is_synthetic``), ``run`` (the run
 folder, absolute), ``experiment`` and ``epoch`` (1-based, as the training log counts).
 torch_odir's ``.pth`` holds it as its ``"trained_on"`` entry. A keras_odir ``.keras`` file is a zip
 archive (Keras' ``config.json``, ``metadata.json``, ``model.weights.h5``); the record is one more
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from odir_core.checkpoints import KERAS_SUFFIX
+from odir_core.model.checkpoints import KERAS_SUFFIX
 
 KERAS_ENTRY = "odir_trained_on.json"
 TORCH_KEY = "trained_on"

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from odir_core.errors import InputError
-from odir_core.model_spec import backbone_spec
+from odir_core.model.model_spec import backbone_spec
 
 BACKBONE_PREFIX, HEAD_PREFIX = "backbone.", "head."
 # How each family draws a convolution's weight: ("normal", fan mode) = kaiming normal with gain sqrt(2);

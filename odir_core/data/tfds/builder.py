@@ -1,7 +1,7 @@
 """The ``odir5k`` TensorFlow Datasets builder (ArrayRecord files; builds and reads without TensorFlow).
 
 One example per patient. Configs: ``prepared_224`` / ``prepared_512`` store each photograph
-after FOV crop -> circle crop -> FOV crop -> resize (``odir_core.preprocess``) as PNG;
+after FOV crop -> circle crop -> FOV crop -> resize (``odir_core.data.preprocess``) as PNG;
 ``raw`` stores the original files. Any other ``prepared_<N>`` is built with
 ``Odir5kConfig.prepared(N)``. Splits: ``train`` / ``validation`` (the study split, special
 patients dropped), ``special`` (the patients with one of the 16 hospital-preprocessed images),
@@ -25,14 +25,14 @@ import pandas as pd
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from odir_core.annotations import eye_labels, is_special, label_matrix
+from odir_core.data.annotations import eye_labels, is_special, label_matrix
+from odir_core.data.imageio import decode_image, encode_image
+from odir_core.data.layouts import DetectedLayout, Layout, LayoutError, detect_layout
+from odir_core.data.prepare import REPORT_COLUMNS, Source, _image_index, _read_source_annotations
+from odir_core.data.preprocess import prepare_image
+from odir_core.data.splits import study_split
 from odir_core.errors import ignore_sigint, sigint_ignored
-from odir_core.imageio import decode_image, encode_image
 from odir_core.labels import LABELS, NUM_LABELS
-from odir_core.layouts import DetectedLayout, Layout, LayoutError, detect_layout
-from odir_core.prepare import REPORT_COLUMNS, Source, _image_index, _read_source_annotations
-from odir_core.preprocess import prepare_image
-from odir_core.splits import study_split
 
 SIDES = (("left", "Left-Fundus", "Left-Diagnostic Keywords"), ("right", "Right-Fundus", "Right-Diagnostic Keywords"))
 MIN_SIZE = 8
@@ -82,7 +82,7 @@ class Odir5kConfig(tfds.core.BuilderConfig):
         return cls(
             name=f"prepared_{size}",
             size=size,
-            description=f"FOV crop -> circle crop -> FOV crop -> {size}x{size} (odir_core.preprocess), PNG",
+            description=f"FOV crop -> circle crop -> FOV crop -> {size}x{size} (odir_core.data.preprocess), PNG",
         )
 
 
@@ -125,7 +125,7 @@ def find_source(path) -> tuple[Source, DetectedLayout]:
 def encode_eye(data: bytes, size: int | None, notes: list[str] | None = None) -> bytes:
     """The encoded image stored for one photograph: preprocessed to size x size as PNG, or
     (size None) the original bytes when they decode to the same RGB pixels as
-    ``odir_core.imageio.decode_image``, else that decoding as PNG.
+    ``odir_core.data.imageio.decode_image``, else that decoding as PNG.
     Raises PreprocessError / ImageDecodeError for an unusable photograph."""
     if size:
         return encode_image(prepare_image(data, size, notes=notes), "png")

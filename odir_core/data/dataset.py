@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odir_core.annotations import image_path, label_matrix
-from odir_core.augment import augment_pair, center_crop, normalize
+from odir_core.data.annotations import image_path, label_matrix
+from odir_core.data.augment import augment_pair, center_crop, normalize
+from odir_core.data.layouts import PREPARED
+from odir_core.data.preprocess import load_image, resize_square
+from odir_core.data.sampler import MultilabelBalancedSampler
+from odir_core.data.tfds.source import is_tfds_source, open_images
 from odir_core.errors import InputError
-from odir_core.layouts import PREPARED
-from odir_core.preprocess import load_image, resize_square
-from odir_core.sampler import MultilabelBalancedSampler
-from odir_core.tfds.source import is_tfds_source, open_images
 
 CACHE_LIMIT_BYTES = 1 << 30  # keep decoded images in memory when they take at most this much
 
