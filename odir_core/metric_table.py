@@ -6,8 +6,8 @@ A per-split row is recorded once per split as ``<split>_<key>`` (``train_final_s
 unsplit row (``lr``, ``momentum``) as its key. ``score`` names the value in
 :func:`odir_core.metrics.study_metrics` (or :func:`~odir_core.metrics.challenge_metrics` where
 ``challenge``) that the row records; the loss has none (the trainer computes it). ``console`` lists
-the splits shown on the epoch line. The order of the rows is the order of the history.csv columns
-within a split, of the console fields and of the TensorBoard tags.
+the splits shown on the epoch line (None: an unsplit row's value). The order of the rows is the
+order of the history.csv columns within a split, of the console fields and of the TensorBoard tags.
 """
 
 from __future__ import annotations
