@@ -18,9 +18,9 @@ from keras_odir.evaluate import BACKEND
 from keras_odir.parts import dual_parts
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
+from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.model import provenance
 from odir_core.training.config import TrainConfig, load_config
-from odir_core.training.history import STUDY_COLUMNS
 from reference_data import EXPERIMENTS
 from training_runs import only_run, tiny_train_args
 

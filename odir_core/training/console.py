@@ -4,24 +4,20 @@ Epochs are numbered from 1, as in ``history.csv`` and the TensorBoard steps. One
 
     Epoch 3/8  loss 0.4123 | val loss 0.3901 kappa 0.123 F1 0.457 AUC 0.789 final 0.456 challenge final 0.612 | lr 0.0081 momentum 0.9
 
-``loss`` is the training loss (``train_loss`` in ``history.csv``); the ``val`` group shows the
-validation columns ``val_loss``, ``val_kappa``, ``val_f1``, ``val_auc``, ``val_final_score`` and
-``val_challenge_final``; then ``lr`` and ``momentum``. Absent values (a diverged epoch has no
-metrics) are left out; the training metrics are in ``history.csv`` and TensorBoard.
+The fields, their labels and formats are the rows of :mod:`odir_core.metric_table` that show a
+split on the console: first the training values without a group name (``loss`` is ``train_loss``),
+then the ``val`` group, then the unsplit values (``lr``, ``momentum``). Absent values (a diverged
+epoch has no metrics) are left out; the training metrics are in ``history.csv`` and TensorBoard.
 """
 
 from __future__ import annotations
 
 import math
 
-# (group name, ((history key, shown name, format), ...)) of the epoch line, in order
-EPOCH_GROUPS = (
-    ("", (("train_loss", "loss", ".4f"),)),
-    ("val", (("val_loss", "loss", ".4f"), ("val_kappa", "kappa", ".3f"), ("val_f1", "F1", ".3f"),
-             ("val_auc", "AUC", ".3f"), ("val_final_score", "final", ".3f"),
-             ("val_challenge_final", "challenge final", ".3f"))),
-    ("", (("lr", "lr", ".3g"), ("momentum", "momentum", ".3g"))),
-)
+from odir_core.metric_table import METRICS
+
+# (split, group name) of the epoch line's groups, in order; None: the unsplit values
+EPOCH_GROUPS = (("train", ""), ("val", "val"), (None, ""))
 
 
 def _value(value, fmt: str) -> str:
@@ -32,8 +28,9 @@ def _value(value, fmt: str) -> str:
 def epoch_line(epoch: int, epochs: int, record: dict[str, float]) -> str:
     """One compact line for epoch ``epoch`` (1-based) of ``epochs``, from its history record."""
     groups = []
-    for group, fields in EPOCH_GROUPS:
-        parts = [f"{name} {_value(record[key], fmt)}" for key, name, fmt in fields if record.get(key) is not None]
+    for split, group in EPOCH_GROUPS:
+        fields = [(m.column(split), m) for m in METRICS if split in m.console]
+        parts = [f"{m.label} {_value(record[key], m.fmt)}" for key, m in fields if record.get(key) is not None]
         if parts:
             groups.append(" ".join([group, *parts] if group else parts))
     return f"Epoch {epoch}/{epochs}  " + " | ".join(groups)

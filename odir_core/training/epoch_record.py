@@ -12,7 +12,8 @@ from odir_core.training.history import bce_with_logits, split_metrics
 
 def epoch_record(train_loss: float, outputs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
                  y_val: np.ndarray, lr: float | None, momentum: float | None) -> dict[str, float]:
-    """The history record of an epoch whose mean training loss is ``train_loss``.
+    """The history record of an epoch whose mean training loss is ``train_loss``, keyed as the rows of
+    odir_core.metric_table.
 
     ``outputs() -> (y_train, train_logits, val_logits)`` is called only when the loss is finite. A
     non-finite loss or non-finite logits give ``val_loss`` NaN and no metrics: the run has diverged

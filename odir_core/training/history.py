@@ -1,10 +1,11 @@
 """Per-epoch training history: metrics from predictions, ``train_results.xlsx`` and ``history.csv``.
 
-``train_results.xlsx`` has exactly the study's layout (an unnamed index column, then
-``train_loss, train_kappa, train_f1, train_auc, train_final_score, val_loss, val_kappa, val_f1,
-val_auc, val_final_score``); its index is the study's 0-based one, the only place where the first
-epoch is 0. ``history.csv`` has every logged value (also the challenge metrics, learning rate and
-momentum) with an ``epoch`` column numbered from 1, as the console and the TensorBoard steps.
+``train_results.xlsx`` has exactly the study's layout (an unnamed index column, then the study's
+columns of :mod:`odir_core.metric_table`: ``train_loss, train_kappa, train_f1, train_auc,
+train_final_score, val_loss, val_kappa, val_f1, val_auc, val_final_score``); its index is the study's
+0-based one, the only place where the first epoch is 0. ``history.csv`` has every logged value (also
+the challenge metrics, learning rate and momentum) with an ``epoch`` column numbered from 1, as the
+console and the TensorBoard steps.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from odir_core.atomic import atomic_path
+from odir_core.metric_table import SCORES, STUDY_COLUMNS
 from odir_core.metrics import MetricsWarning, challenge_metrics, study_metrics
 from odir_core.spreadsheets import write_xlsx
 
-STUDY_KEYS = ("loss", "kappa", "f1", "auc", "final_score")
-STUDY_COLUMNS = [f"{split}_{key}" for split in ("train", "val") for key in STUDY_KEYS]
-CHALLENGE_KEYS = ("challenge_kappa", "challenge_f1", "challenge_auc", "challenge_final")
 RESULTS_FILE = "train_results.xlsx"
 HISTORY_FILE = "history.csv"
 
@@ -43,8 +42,9 @@ def bce_with_logits(logits, targets, pos_weight=None) -> float:
     return float(np.mean(w * y * np.logaddexp(0.0, -x) + (1.0 - y) * np.logaddexp(0.0, x)))
 
 
-def split_metrics(prefix: str, y_true, logits) -> dict[str, float]:
-    """The study's and the challenge's metrics of one split's logits, keys ``<prefix>_<metric>``.
+def split_metrics(split: str, y_true, logits) -> dict[str, float]:
+    """The study's and the challenge's metrics of one split's logits, keys ``<split>_<metric>``
+    (the scores of odir_core.metric_table, in its order).
 
     Labels absent from a small split make some scores undefined; those are averaged out
     (odir_core.metrics) without a warning per epoch.
@@ -52,16 +52,8 @@ def split_metrics(prefix: str, y_true, logits) -> dict[str, float]:
     prob = sigmoid(logits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricsWarning)
-        study = study_metrics(y_true, prob)
-        challenge = challenge_metrics(y_true, prob)
-    out = {
-        f"{prefix}_kappa": study["kappa"],
-        f"{prefix}_f1": study["f1"],
-        f"{prefix}_auc": study["auc"],
-        f"{prefix}_final_score": study["final"],
-    }
-    out.update({f"{prefix}_challenge_{k}": challenge[k] for k in ("kappa", "f1", "auc", "final")})
-    return out
+        sets = {False: study_metrics(y_true, prob), True: challenge_metrics(y_true, prob)}
+    return {m.column(split): sets[m.challenge][m.score] for m in SCORES}
 
 
 class History:

@@ -39,6 +39,7 @@ from odir_core.data.splits import check_training_split, split_frames
 from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import EXIT_INTERRUPTED, InputError, OdirError, interrupt_exit_code, run_cli, write_failure, writing
 from odir_core.labels import LABELS
+from odir_core.metric_table import SCORES
 from odir_core.model.provenance import training_record
 from odir_core.training.class_weights import pos_weight_from_labels
 from odir_core.training.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
@@ -344,13 +345,16 @@ def guarded_run(setup: RunSetup, log: Callable[[str], None] = print):
 
 
 def log_summary(history, run_dir: Path, model_file: str, started: float, log: Callable[[str], None] = print) -> None:
-    """Last lines of a run: duration, run folder, and the best epoch's validation scores."""
+    """Last lines of a run: duration, run folder, and the best epoch's validation loss and study scores
+    (odir_core.metric_table)."""
     log(f"Done in {duration(time.perf_counter() - started)}, {len(history.records)} epochs. Run folder: {run_dir}")
     best = history.best_epoch()
     if best is not None:
         rec = history.records[best]
-        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val final {rec['val_final_score']:.4f} "
-            f"(kappa {rec['val_kappa']:.4f}, F1 {rec['val_f1']:.4f}, AUC {rec['val_auc']:.4f}) -> {run_dir / model_file}")
+        scores = {m.score: f"{m.label} {rec[m.column('val')]:.4f}" for m in SCORES if m.study}
+        final = scores.pop("final")
+        log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val {final} ({', '.join(scores.values())}) "
+            f"-> {run_dir / model_file}")
 
 
 def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str,

@@ -2,9 +2,10 @@
 
 The layout is that of ``SummaryWriter.add_scalars(tag, {"train": a, "val": b}, step)``, which the
 study used: one event file per series under ``<logdir>/<Tag>_<series>/``, all with the scalar tag
-``<Tag>``, so TensorBoard draws train and val of a tag in one chart. Both trainers log the same tags
-(``EPOCH_TAGS`` as train/val pairs, then ``lr`` and ``momentum``); the step is the epoch number
-counted from 1, as in the console and ``history.csv``.
+``<Tag>``, so TensorBoard draws train and val of a tag in one chart. Both trainers log the same tags,
+those of :mod:`odir_core.metric_table` (per-split values as train/val pairs, ``lr`` and ``momentum``
+as one series under their own name); the step is the epoch number counted from 1, as in the console
+and ``history.csv``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-# The study's chart tags and the history keys they show (train_<key> / val_<key>).
-STUDY_TAGS = {"Loss": "loss", "Kappa": "kappa", "F1": "f1", "AUC": "auc", "FINAL": "final_score"}
-# The ODIR-2019 challenge's scores of the same epochs.
-CHALLENGE_TAGS = {"Challenge_Kappa": "challenge_kappa", "Challenge_F1": "challenge_f1",
-                  "Challenge_AUC": "challenge_auc", "Challenge_FINAL": "challenge_final"}
-EPOCH_TAGS = {**STUDY_TAGS, **CHALLENGE_TAGS}
-SCALAR_KEYS = ("lr", "momentum")  # logged under their own name, one series
+from odir_core.metric_table import PER_SPLIT, SPLITS, UNSPLIT
 
 _file_numbers = itertools.count()
 
@@ -74,15 +69,15 @@ class ScalarWriter:
             self.add_scalar(tag, value, step, series=series)
 
     def log_epoch(self, epoch: int, record: dict[str, float]) -> None:
-        """Log one epoch's history record at step ``epoch`` (counted from 1): the study's and the
-        challenge's tags as train/val pairs, the learning rate and the momentum."""
-        for tag, key in EPOCH_TAGS.items():
-            pair = {s: record[f"{s}_{key}"] for s in ("train", "val") if f"{s}_{key}" in record}
+        """Log one epoch's history record at step ``epoch`` (counted from 1): the per-split values as
+        train/val pairs, then the learning rate and the momentum."""
+        for metric in PER_SPLIT:
+            pair = {s: record[metric.column(s)] for s in SPLITS if metric.column(s) in record}
             if pair:
-                self.add_scalars(tag, pair, epoch)
-        for key in SCALAR_KEYS:
-            if record.get(key) is not None:
-                self.add_scalar(key, record[key], epoch)
+                self.add_scalars(metric.tag, pair, epoch)
+        for metric in UNSPLIT:
+            if record.get(metric.key) is not None:
+                self.add_scalar(metric.tag, record[metric.key], epoch)
         self.flush()
 
     def flush(self) -> None:
