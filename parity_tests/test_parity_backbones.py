@@ -26,7 +26,7 @@ from torchvision.models.convnext import LayerNorm2d
 from torchvision.ops import SqueezeExcitation as TorchSqueezeExcitation
 from torchvision.ops import StochasticDepth as TorchStochasticDepth
 
-import keras_odir.convnext
+import keras_odir.families.convnext
 from keras_odir.layers import SqueezeExcitation, StochasticDepth, TorchBatchNormalization
 from keras_odir.model import build_backbone, dual_model_from_state
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
@@ -307,7 +307,7 @@ def test_layer_norm_2d_as_torchvision(record, data_format):
     x = np.random.default_rng(2).normal(3.0, 1.0, (2, 48, 6, 6)).astype(np.float32)
     first = data_format == "channels_first"
     inputs = keras.Input(x.shape[1:] if first else (6, 6, 48))
-    model = keras.Model(inputs, keras_odir.convnext._layer_norm_2d(inputs, "norm", data_format))
+    model = keras.Model(inputs, keras_odir.families.convnext._layer_norm_2d(inputs, "norm", data_format))
     torch_to_keras_state(model, {f"norm.{k}": v for k, v in reference.state_dict().items()})
     with torch.no_grad():
         want = reference(torch.from_numpy(x)).numpy()
