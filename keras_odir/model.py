@@ -3,7 +3,6 @@ features [left, right] -> head -> 8 logits. Its parts: ``keras_odir.parts.dual_p
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from keras import layers
 
 import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
 from keras_odir.correlation import CorrelationFusion
+from keras_odir.families import BUILDERS
 from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
 from odir_core.model.checkpoints import dual_state_dict
@@ -72,8 +72,7 @@ def build_backbone(backbone: str = DEFAULT_BACKBONE, input_shape=None, *, data_f
     from the torch hub folder) or the path of a torchvision checkpoint file (or a folder holding one).
     """
     spec = backbone_spec(backbone)
-    family = importlib.import_module(f"keras_odir.{spec.family}")
-    model = family.build_backbone(spec, input_shape, data_format=data_format, name=name)
+    model = BUILDERS[spec.family](spec, input_shape, data_format=data_format, name=name)
     if weights is not None:
         load_imagenet_weights(model, spec, None if weights == "imagenet" else weights)
     return model

@@ -62,11 +62,12 @@ def build_model(config: TrainConfig) -> keras.Model:
     What the weights leave random (the head; the backbone too with ``none``) is drawn from ``config.seed``
     by ``odir_core.model.initial_weights``, the same numbers as torch_odir.train's.
     """
+    spec = backbone_spec(config.backbone)
     build = dict(freeze_backbone=not config.fine_tune, image_size=config.input_size)
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
         model = build_dual_model(config.backbone, config.head, weights=weights, **build)
-        return load_initial_weights(model, config.backbone, config.seed, draw_backbone=weights is None)
+        return load_initial_weights(model, spec, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file (use imagenet, none or a model file)")
@@ -74,9 +75,8 @@ def build_model(config: TrainConfig) -> keras.Model:
     if path.suffix in TORCH_SUFFIXES:
         state = dual_state_dict(read_torch_state(path))
         if not is_dual_state(state):  # a torchvision checkpoint of the backbone alone
-            spec = backbone_spec(config.backbone)
             torch_to_keras_state(dual_parts(model).backbone, backbone_state_dict(state, spec), source=str(path))
-            return load_initial_weights(model, config.backbone, config.seed, draw_backbone=False)
+            return load_initial_weights(model, spec, config.seed, draw_backbone=False)
         check_architecture(state, config.backbone, config.head, f"--weights {path}")
         torch_to_keras_state(model, state, source=str(path))
     elif path.name.endswith(".weights.h5"):

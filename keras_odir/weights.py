@@ -23,7 +23,7 @@ import numpy as np
 from keras_odir.parts import dual_parts, is_dual_model
 from odir_core.errors import InputError
 from odir_core.model.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
-from odir_core.model.model_spec import BackboneSpec
+from odir_core.model.backbone import BackboneSpec
 
 # keras variable attribute per torch BatchNorm parameter
 _BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}

@@ -1,4 +1,5 @@
-"""EfficientNet-B0/B3 and ConvNeXt-Tiny in Keras against torchvision's own models, same weights, 64 px.
+"""The registered backbones of the families besides ResNet and DenseNet (EfficientNet-B0/B3, ConvNeXt-Tiny)
+in Keras against torchvision's own models, same weights, 64 px.
 
 Per backbone, from one torchvision-format checkpoint file written here (torchvision's constructor, its
 classifier included, with trained-looking weights): both frameworks' ``build_backbone(weights=PATH)``
@@ -26,7 +27,7 @@ from torchvision.models.convnext import LayerNorm2d
 from torchvision.ops import SqueezeExcitation as TorchSqueezeExcitation
 from torchvision.ops import StochasticDepth as TorchStochasticDepth
 
-import keras_odir.convnext
+import keras_odir.families.convnext
 from keras_odir.layers import SqueezeExcitation, StochasticDepth, TorchBatchNormalization
 from keras_odir.model import build_backbone, dual_model_from_state
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
@@ -34,13 +35,14 @@ from odir_core.model.model_spec import BACKBONES as REGISTERED
 from odir_core.model.model_spec import backbone_spec, infer_architecture, infer_backbone
 from odir_core.training.class_weights import pos_weight_from_labels
 from parity_helpers import float64_error, images, nchw
+from test_parity_resnet_densenet import FAMILIES as RESNET_DENSENET
 from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit, labels, torch_fit
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
 
 pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
 
-BACKBONES = ["efficientnet_b0", "efficientnet_b3", "convnext_tiny"]
+BACKBONES = [name for name, spec in REGISTERED.items() if spec.family not in RESNET_DENSENET]
 SIZE, BATCH = 64, 2
 SAMPLES = 1000  # samples for a drop rate: within 5 binomial standard deviations of the rate
 TORCH_BACKEND = keras.backend.backend() == "torch"
@@ -307,7 +309,7 @@ def test_layer_norm_2d_as_torchvision(record, data_format):
     x = np.random.default_rng(2).normal(3.0, 1.0, (2, 48, 6, 6)).astype(np.float32)
     first = data_format == "channels_first"
     inputs = keras.Input(x.shape[1:] if first else (6, 6, 48))
-    model = keras.Model(inputs, keras_odir.convnext._layer_norm_2d(inputs, "norm", data_format))
+    model = keras.Model(inputs, keras_odir.families.convnext._layer_norm_2d(inputs, "norm", data_format))
     torch_to_keras_state(model, {f"norm.{k}": v for k, v in reference.state_dict().items()})
     with torch.no_grad():
         want = reference(torch.from_numpy(x)).numpy()

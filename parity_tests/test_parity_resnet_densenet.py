@@ -1,4 +1,5 @@
-"""ResNet-18/34/101 and DenseNet-121 in Keras against torchvision's own models, same weights, 64 px.
+"""The registered ResNets (ResNet-50 aside: test_parity_forward.py) and DenseNets in Keras against
+torchvision's own models, same weights, 64 px.
 
 Per backbone: pooled features in inference and with training-mode BatchNorm (relative to their
 largest value, within 1e-4 or twice torch's own float32-vs-float64 error), BatchNorm running
@@ -20,14 +21,16 @@ import torchvision
 
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
-from odir_core.model.model_spec import backbone_spec, infer_backbone
+from odir_core.model.model_spec import BACKBONES as REGISTERED
+from odir_core.model.model_spec import DEFAULT_BACKBONE, backbone_spec, infer_backbone
 from parity_helpers import calibrated_backbone, float64_error, images, nchw
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
 
 pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
 
-BACKBONES = ("resnet18", "resnet34", "resnet101", "densenet121")
+FAMILIES = ("resnet", "densenet")  # the others: test_parity_backbones.py
+BACKBONES = tuple(name for name, spec in REGISTERED.items() if spec.family in FAMILIES and name != DEFAULT_BACKBONE)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from odir_core.model.initial_weights import initial_state
 from odir_core.model.model_spec import backbone_spec
 from odir_core.training.config import TrainConfig
 
+RESNET50 = backbone_spec("resnet50")
+
 
 def _torchvision_state(name: str) -> dict[str, np.ndarray]:
     """A freshly initialised torchvision backbone (classifier dropped), as ``backbone.*`` numpy arrays."""
@@ -27,7 +29,7 @@ def _torchvision_state(name: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", ["resnet50", "densenet121", "efficientnet_b0", "convnext_tiny"])
 def test_backbone_draws_follow_torchvision_initialisation(name):
     reference = _torchvision_state(name)
-    drawn = initial_state({k: v.shape for k, v in reference.items()}, name, seed=0, draw_backbone=True)
+    drawn = initial_state({k: v.shape for k, v in reference.items()}, backbone_spec(name), seed=0, draw_backbone=True)
     assert drawn.keys() == reference.keys()
     for key, ours in drawn.items():
         theirs = reference[key]
@@ -42,7 +44,7 @@ def test_backbone_draws_follow_torchvision_initialisation(name):
 
 def test_head_draws_follow_torch_linear_and_depend_on_the_seed():
     shapes = {"head.0.weight": (128, 4096), "head.0.bias": (128,), "head.3.weight": (8, 64), "head.3.bias": (8,)}
-    drawn = initial_state(shapes, "resnet50", seed=3, draw_backbone=True)
+    drawn = initial_state(shapes, RESNET50, seed=3, draw_backbone=True)
     for key, fan_in in (("head.0", 4096), ("head.3", 64)):
         reference = torch.nn.Linear(fan_in, shapes[f"{key}.weight"][0])  # reset_parameters: the bounds below
         bound = 1 / math.sqrt(fan_in)
@@ -51,8 +53,8 @@ def test_head_draws_follow_torch_linear_and_depend_on_the_seed():
             assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
         assert np.abs(drawn[f"{key}.weight"]).max() > 0.95 * bound  # filled up to the bound: uniform, not narrower
         assert abs(drawn[f"{key}.weight"].std() / reference.weight.detach().numpy().std() - 1) < 0.1
-    again = initial_state(shapes, "resnet50", seed=3, draw_backbone=False)
-    other = initial_state(shapes, "resnet50", seed=4, draw_backbone=True)
+    again = initial_state(shapes, RESNET50, seed=3, draw_backbone=False)
+    other = initial_state(shapes, RESNET50, seed=4, draw_backbone=True)
     assert all(np.array_equal(again[k], drawn[k]) for k in shapes)
     assert not np.allclose(other["head.0.weight"], drawn["head.0.weight"])
 
@@ -75,7 +77,7 @@ def test_both_trainers_start_from_the_same_random_weights():
     config = TrainConfig(image_size=32, head="v2", weights="none", fine_tune=True, seed=5)
     keras_state, torch_state = _both_trainers(config)
     _assert_same(keras_state, torch_state)
-    drawn = initial_state({k: v.shape for k, v in torch_state.items()}, "resnet50", 5, draw_backbone=True)
+    drawn = initial_state({k: v.shape for k, v in torch_state.items()}, RESNET50, 5, draw_backbone=True)
     np.testing.assert_array_equal(torch_state["backbone.layer3.2.conv2.weight"], drawn["backbone.layer3.2.conv2.weight"])
 
 
@@ -91,5 +93,5 @@ def test_both_trainers_take_a_torchvision_backbone_file_and_draw_the_same_head(t
     _assert_same(keras_state, torch_state)
     np.testing.assert_array_equal(torch_state["backbone.bn1.running_mean"], backbone.bn1.running_mean.numpy())
     np.testing.assert_array_equal(torch_state["backbone.conv1.weight"], backbone.conv1.weight.detach().numpy())
-    head = initial_state({"head.1.weight": (8, 4096), "head.1.bias": (8,)}, "resnet50", 2, draw_backbone=False)
+    head = initial_state({"head.1.weight": (8, 4096), "head.1.bias": (8,)}, RESNET50, 2, draw_backbone=False)
     np.testing.assert_array_equal(torch_state["head.1.weight"], head["head.1.weight"])

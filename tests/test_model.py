@@ -9,16 +9,23 @@ import pytest
 import torch
 import torchvision
 
+from keras_odir.families import BUILDERS
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
 from keras_odir.weights import torch_to_keras_state, weight_table
-from odir_core.model.model_spec import HEADS, infer_head
+from odir_core.model.families import FAMILIES
+from odir_core.model.model_spec import BACKBONES, HEADS, infer_head
 from torch_odir.model import DualResNet50
 
 
 def _torchvision_backbone_keys() -> list[str]:
     state = torchvision.models.resnet50(weights=None).state_dict()
     return [k for k in state if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+
+
+def test_every_family_has_a_keras_builder_and_every_backbone_a_family():
+    assert BUILDERS.keys() == FAMILIES.keys()
+    assert {spec.family for spec in BACKBONES.values()} == FAMILIES.keys()
 
 
 @pytest.fixture(scope="module")

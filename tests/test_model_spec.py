@@ -79,10 +79,15 @@ def test_architecture_is_read_from_keys(head):
 
 
 def test_keys_of_another_network_are_refused():
-    resnet152 = torchvision.models.resnet152(weights=None).state_dict()  # not registered
-    # ResNet-152 is ResNet-101 with 17 more bottlenecks (4 in layer2, 13 in layer3) of 15 keys each
-    with pytest.raises(ArchitectureError, match=r"closest resnet101: 255 unknown .* 0 missing"):
-        infer_backbone(k for k in resnet152 if not k.startswith("fc."))
+    # torchvision's ResNet with one bottleneck more in layer3 than the deepest registered one: not registered
+    deepest = max((spec for spec in BACKBONES.values() if spec.family == "resnet" and spec.bottleneck),
+                  key=lambda spec: sum(spec.blocks))
+    blocks = [*deepest.blocks[:2], deepest.blocks[2] + 1, *deepest.blocks[3:]]
+    with torch.device("meta"):
+        deeper = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, blocks).state_dict()
+    # a bottleneck holds 15 keys: three convs, each with a BatchNorm of four tensors (its counter aside)
+    with pytest.raises(ArchitectureError, match=rf"closest {deepest.name}: 15 unknown .* 0 missing"):
+        infer_backbone(k for k in deeper if not k.startswith("fc."))
     state = {f"backbone.{k}": v for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
              if not k.startswith("fc.")}
     with pytest.raises(ArchitectureError, match=r"head layers \[\] match no head"):

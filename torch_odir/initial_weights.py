@@ -13,7 +13,7 @@ def load_initial_weights(model: DualNet, seed: int, *, draw_backbone: bool) -> D
     (random, not pretrained, backbone) its backbone's too. Returns ``model``."""
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     state = {key: torch.from_numpy(value)
-             for key, value in initial_state(shapes, model.spec.name, seed, draw_backbone=draw_backbone).items()}
+             for key, value in initial_state(shapes, model.spec, seed, draw_backbone=draw_backbone).items()}
     if draw_backbone:
         model.load_state_dict(state)
     else:

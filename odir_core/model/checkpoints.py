@@ -159,20 +159,14 @@ def dual_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     return {(_study_head_key(k) if k.startswith("classifier.") else k): v for k, v in state.items()}
 
 
-# torchvision's DenseNet checkpoints keep the key names of its first release (``norm.1``, ``conv.2``);
-# torchvision renames them on loading (``norm1``, ``conv2``), and so does this module
-_DENSENET_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-
-
 def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec = DEFAULT_BACKBONE) -> dict[str, Any]:
     """A torchvision model's state_dict without its ImageNet classifier (``fc.*`` for ResNet), with the key
-    names of torchvision's current modules."""
+    names of torchvision's current modules (``spec.renamed_keys``)."""
     spec = _spec(backbone)
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    if spec.family == "densenet":
-        state = {_DENSENET_LEGACY_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    for pattern, replacement in spec.renamed_keys:
+        state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
     return state
 
 

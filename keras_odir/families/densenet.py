@@ -18,7 +18,7 @@ from keras import layers
 
 from keras_odir.layers import ChannelsLastConv2D, TorchBatchNormalization, image_input
 from keras_odir.parts import POOL
-from odir_core.model.model_spec import BackboneSpec
+from odir_core.model.backbone import BackboneSpec
 
 GROWTH_RATE = 32
 BN_SIZE = 4

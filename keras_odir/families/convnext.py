@@ -19,13 +19,13 @@ from keras import layers
 
 from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth, image_input
 from keras_odir.parts import POOL
-from odir_core.model.model_spec import BackboneSpec
+from odir_core.model.backbone import BackboneSpec
+from odir_core.model.families.convnext import LAYER_SCALE, WEIGHT_STD
 
 EPSILON = 1e-6
-LAYER_SCALE = 1e-6  # the initial layer_scale
 # torchvision's init for every Conv2d and Linear: trunc_normal_(std=0.02) truncated at +-2, i.e. 100 standard
 # deviations: a plain normal (Keras' TruncatedNormal cuts at 2 standard deviations)
-_INIT = keras.initializers.RandomNormal(stddev=0.02)
+_INIT = keras.initializers.RandomNormal(stddev=WEIGHT_STD)
 
 
 def _channels_last(x, name, data_format):

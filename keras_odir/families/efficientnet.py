@@ -1,7 +1,7 @@
 """EfficientNet (V1) backbones in Keras 3, layer for layer torchvision's ``efficientnet_b*`` up to
 ``classifier.1`` (the Linear it replaces by ``Identity``).
 
-torchvision's network: a 3x3/2 conv stem, MBConv blocks (``odir_core.model.model_spec.efficientnet_blocks``:
+torchvision's network: a 3x3/2 conv stem, MBConv blocks (``odir_core.model.families.efficientnet.mbconv_blocks``:
 1x1 expansion, depthwise conv, squeeze-excitation, 1x1 projection, plus the input through stochastic
 depth when the shape is kept), a 1x1 conv to four times the last block's width, global average pooling
 and ``classifier.0``, the dropout before the replaced Linear. Convolutions are followed by BatchNorm
@@ -28,7 +28,8 @@ from keras_odir.layers import (
     image_input,
 )
 from keras_odir.parts import POOL
-from odir_core.model.model_spec import BackboneSpec, MBConv, efficientnet_blocks
+from odir_core.model.backbone import BackboneSpec
+from odir_core.model.families.efficientnet import MBConv, mbconv_blocks
 
 # torchvision's init: kaiming_normal_(mode="fan_out") for every conv. A depthwise kernel is (C, 1, k, k) in
 # torch, fan_out C*k*k; Keras' (k, k, C, 1) has that as its fan_in.
@@ -85,7 +86,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     channels_first. Random weights with torchvision's initialisation.
     """
     inputs, data_format = image_input(input_shape, data_format)
-    blocks = efficientnet_blocks(spec)
+    blocks = mbconv_blocks(spec)
     x = layers.ZeroPadding2D(1, data_format=data_format, name="features_0_pad")(inputs)
     x = ChannelsLastConv2D(blocks[0].in_channels, 3, strides=2, use_bias=False, name="features_0_0",
                            data_format=data_format, kernel_initializer=_CONV_INIT)(x)

@@ -21,7 +21,7 @@ from keras import layers
 
 from keras_odir.layers import ChannelsLastConv2D, ResidualReLU, TorchBatchNormalization, image_input
 from keras_odir.parts import POOL
-from odir_core.model.model_spec import BackboneSpec
+from odir_core.model.backbone import BackboneSpec
 
 WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4
 EXPANSION = 4

@@ -1,0 +1,64 @@
+"""What a registered backbone is, framework-free: :class:`BackboneSpec`, and the torch key layouts its
+families share (``odir_core.model.families``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from odir_core.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+NORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var")  # a torch BatchNorm's keys, counter aside
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone: how each framework builds it, what it outputs, which weights it takes.
+
+    ``family``: its family's name in ``odir_core.model.families.FAMILIES`` (Keras:
+    ``keras_odir.families.BUILDERS``); ``torchvision``: the constructor in ``torchvision.models``;
+    ``classifier``: the torchvision module
+    replaced by ``Identity`` (its keys are not part of the backbone); ``imagenet_checkpoints``:
+    torchvision's file names and URLs, preferred first; ``gradcam_stage``: the torchvision module whose
+    output (the last feature map, the input of the global pooling) Grad-CAM explains; ``mean``/``std``:
+    the input normalisation its weights expect; ``blocks``/``bottleneck``: the family's depth settings;
+    ``widths``: channels per stage (ConvNeXt); ``width_mult``/``depth_mult``: EfficientNet's scaling of B0's
+    channels and blocks; ``dropout``: the dropout before torchvision's replaced Linear, kept in the backbone
+    (EfficientNet); ``stochastic_depth``: torchvision's ``stochastic_depth_prob``, which each block scales
+    by its depth;
+    ``map_relu``: a ReLU follows ``gradcam_stage`` inside torchvision's ``forward`` (functional, so not
+    part of that module's output), before the pooling; ``map_norm``: the torchvision module after the
+    pooling that normalises each feature vector (ConvNeXt's ``classifier.0``), which a head on feature
+    maps applies at every position of the map instead; ``earlier_stages``: the torchvision modules ending
+    the earlier resolutions, early to late, which Grad-CAM explains instead when the last feature map is
+    too small (``odir_core.evaluation.inference.choose_gradcam_stage``); ``renamed_keys``: (pattern,
+    replacement) regular expressions turning the key names of older torchvision checkpoints into today's;
+    ``state_keys``: its torchvision state_dict keys, classifier and ``num_batches_tracked`` aside.
+    """
+
+    name: str
+    family: str
+    features: int
+    torchvision: str
+    classifier: str
+    imagenet_checkpoints: dict[str, str]
+    gradcam_stage: str
+    earlier_stages: tuple[str, ...] = ()
+    blocks: tuple[int, ...] = ()
+    bottleneck: bool = False
+    widths: tuple[int, ...] = ()
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
+    std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
+    map_relu: bool = False
+    map_norm: str = ""
+    renamed_keys: tuple[tuple[str, str], ...] = ()
+    state_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+def norm_keys(prefix: str) -> list[str]:
+    """The keys of the torch BatchNorm at ``prefix`` (``num_batches_tracked`` aside)."""
+    return [f"{prefix}.{p}" for p in NORM_PARAMETERS]
