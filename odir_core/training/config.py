@@ -234,7 +234,8 @@ class TrainConfig:
         "under several processes, BatchNorm over the global batch (torch SyncBatchNorm, CUDA only; jax already "
         "normalises over the global batch); default: each process normalises its own slice, as DDP does",
     )
-    device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
+    device: str = _opt("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; an unavailable one is an "
+                       "error (keras_odir: on the torch backend; jax and tensorflow take auto only)")
     precision: str = _opt(
         "float32",
         "compute precision: float32, or bf16 / fp16 mixed precision (Keras dtype policy, torch autocast; "
@@ -397,13 +398,11 @@ def _defaults_text() -> tuple[str, dict[str, Any]]:
     return text, {"file": path, **values}
 
 
-def build_parser(prog: str | None = None, description: str | None = None,
-                 hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` plus one flag per TrainConfig field.
 
     Flags default to "not given" so that only the flags on the command line override the file. The help
-    shows the defaults of the config file that applies without ``--config``; ``hidden`` fields are
-    accepted but not shown (e.g. ``device`` in keras_odir).
+    shows the defaults of the config file that applies without ``--config``.
     """
     defaults_text, defaults = _defaults_text()
     source = defaults.pop("file")
@@ -419,9 +418,7 @@ def build_parser(prog: str | None = None, description: str | None = None,
     )
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
-        if f.name in hidden:
-            help_text = argparse.SUPPRESS
-        elif f.name in defaults:
+        if f.name in defaults:
             help_text = f.metadata["help"] + f" (default: {defaults[f.name]!r} from {source.name})"
         else:
             help_text = f.metadata["help"] + f" (default: {f.default!r})"
@@ -438,8 +435,7 @@ def build_parser(prog: str | None = None, description: str | None = None,
     return parser
 
 
-def parse_args(argv=None, prog: str | None = None, description: str | None = None,
-               hidden: tuple[str, ...] = (), log=None) -> TrainConfig:
+def parse_args(argv=None, prog: str | None = None, description: str | None = None, log=None) -> TrainConfig:
     """Resolve the config of a training CLI: built-in defaults < config file < flags.
 
     With ``--resume RUN_DIR`` the base is that run's ``config.toml`` (``--config`` is then an error).
@@ -447,7 +443,7 @@ def parse_args(argv=None, prog: str | None = None, description: str | None = Non
     given and ``data/odir5k`` holds a prepared ODIR-5K (``log`` gets a line saying so), else
     ``experiments/demo.toml``.
     """
-    parser = build_parser(prog, description, hidden)
+    parser = build_parser(prog, description)
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     if args.get("resume"):
