@@ -3,16 +3,16 @@ backend (``keras.device``) and refuses anything but ``auto`` on the others; an u
 
 from __future__ import annotations
 
+import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
+import keras
 import pytest
 import torch
 
-import keras_odir.train as ktrain  # chooses the torch backend when KERAS_BACKEND is unset, before keras loads
+import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.devices import chosen_device, on_device
 from odir_core.training.devices import DeviceError
 from training_runs import tiny_train_args
-
-keras = ktrain.keras
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
