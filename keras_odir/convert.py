@@ -28,7 +28,7 @@ from odir_core.errors import InputError, OutputExistsError, run_cli, writing
 from odir_core.model import provenance
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
 from odir_core.model.model_spec import BACKBONES, HEADS, infer_architecture
-from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.cli_config import add_config_option, parse_with_config
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: str | None = None,

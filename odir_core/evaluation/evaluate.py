@@ -49,7 +49,7 @@ from odir_core.evaluation.thresholds import (
 )
 from odir_core.labels import LABELS
 from odir_core.metrics import check_submission, read_label_file
-from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.training.run import resolve_data
 
 SPLITS = ("val", "test", "all")

@@ -48,7 +48,7 @@ from odir_core.evaluation.thresholds import (
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
 from odir_core.spreadsheets import quote_csv
-from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.cli_config import add_config_option, parse_with_config
 
 BATCH_COLUMNS = ("left", "right")
 DISPLAY_SIZE = 256  # px: the least side of the eyes in a prediction figure

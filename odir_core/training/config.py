@@ -11,23 +11,18 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 import tomli_w
 
 from odir_core.atomic import atomic_write_text
+from odir_core.cli_config import ConfigError, read_toml
 from odir_core.data.augment import MODES as AUGMENT_MODES
 from odir_core.data.layouts import is_prepared
-from odir_core.errors import EXIT_USAGE, InputError
+from odir_core.errors import EXIT_USAGE
 from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
@@ -44,10 +39,6 @@ HEADS = tuple(HEAD_SPECS)
 BACKBONES = tuple(BACKBONE_SPECS)
 PRECISIONS = ("float32", "bf16", "fp16")
 TRAIN_METRICS = ("epoch", "clean")
-
-
-class ConfigError(InputError):
-    """A configuration file or value that cannot be used (message says which and how to fix)."""
 
 
 @dataclass(frozen=True)
@@ -327,18 +318,6 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
             )
         clean[key] = value
     return TrainConfig(**clean)
-
-
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML file into a dict; one clear error naming the file when it is missing or invalid."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
