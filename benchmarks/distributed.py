@@ -36,13 +36,14 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     import torch_odir.train as ttrain
+    from torch_odir.devices import resolve_device
     from odir_core.training.collectives import from_main, process_group
     from odir_core.training.config import TrainConfig
     from odir_core.training.distributed import Ranks
     from odir_core.training.run import setup_run
 
     ranks = Ranks.from_env()
-    device = ttrain.resolve_device(args.device, ranks)
+    device = resolve_device(args.device, ranks)
     config = TrainConfig(data=args.data, run_dir=args.runs, experiment="bench", backbone=args.backbone, head="v0",
                          fine_tune=True, weights="none", image_size=args.size, batch_size=args.batch,
                          epochs=args.epochs + 1, device=args.device, workers=args.workers, lr=0.001)

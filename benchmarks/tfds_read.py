@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         src = generate(tmp / "src", args.patients, size=max(args.size * 2, 256), seed=0, layout="grand-challenge")
         folder = tmp / "prepared"
         prepare_main(["--source", str(src), "--out", str(folder), "--size", str(args.size)])
-        tfds_main(["build", "--manual-dir", str(src), "--config", f"prepared_{args.size}",
+        tfds_main(["build", "--source", str(src), "--variant", f"prepared_{args.size}",
                    "--data-dir", str(tmp / "tfds")])
         built = tmp / "tfds" / "odir5k" / f"prepared_{args.size}" / "1.0.0"
         start = time.perf_counter()

@@ -27,12 +27,15 @@ from odir_core.atomic import atomic_path
 from odir_core.errors import InputError, OutputExistsError, run_cli, writing
 from odir_core.model import provenance
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
-from odir_core.model.model_spec import HEADS, infer_architecture
+from odir_core.model.model_spec import BACKBONES, HEADS, infer_architecture
+from odir_core.cli_config import add_config_option, parse_with_config
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None,
-                 freeze_backbone: bool = False, image_size: int | None = None, force: bool = False) -> Path:
-    """Convert a dual model's ``.pth`` into a keras_odir ``.keras`` or back; returns ``dst``."""
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: str | None = None,
+                 head: str | None = None, fine_tune: bool = True, image_size: int | None = None,
+                 force: bool = False) -> Path:
+    """Convert a dual model's ``.pth`` into a keras_odir ``.keras`` or back; returns ``dst``. ``backbone``,
+    ``head``: refuse a model that holds others; ``fine_tune`` False builds the Keras model with a frozen backbone."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist.")
@@ -44,10 +47,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | 
     if dst.suffix == KERAS_SUFFIX:
         state = dual_state_dict(read_torch_state(src))
         check_finite(((k, to_numpy(v)) for k, v in state.items()), str(src))
-        _, found = infer_architecture(state)
-        if head is not None and head != found:
-            raise WeightConversionError(f"{src} holds head {found}, not the requested {head}.")
-        model = dual_model_from_state(state, source=str(src), freeze_backbone=freeze_backbone, image_size=image_size)
+        _check_requested(state, src, backbone, head)
+        model = dual_model_from_state(state, source=str(src), freeze_backbone=not fine_tune, image_size=image_size)
         trained_on = provenance.read(src, torch_load)
         with writing(dst), atomic_path(dst) as tmp:
             model.save(tmp)
@@ -58,10 +59,20 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | 
 
         state = keras_to_torch_state(read_keras_model(src))
         check_finite(((k, v.numpy()) for k, v in state.items()), str(src))
+        _check_requested(state, src, backbone, head)
         trained_on = provenance.read(src)
         with writing(dst), atomic_path(dst) as tmp:  # a bare state_dict, or torch_odir's layout with the record
             torch.save({"state_dict": state, provenance.TORCH_KEY: trained_on} if trained_on else state, tmp)
     return dst
+
+
+def _check_requested(state: dict, src: Path, backbone: str | None, head: str | None) -> None:
+    """Refuse a model whose backbone or head is not the requested one (None: any)."""
+    spec, found = infer_architecture(state)
+    if backbone is not None and backbone != spec.name:
+        raise WeightConversionError(f"{src} holds backbone {spec.name}, not the requested {backbone}.")
+    if head is not None and head != found:
+        raise WeightConversionError(f"{src} holds head {found}, not the requested {head}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,20 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m keras_odir.convert",
         description="Convert a dual model between a torch state_dict (.pth/.pt: torch_odir's or the study's "
                     "own) and a keras_odir model (.keras), in the direction given by the file suffixes; "
-                    "backbone and head are read from the checkpoint.")
+                    "backbone and head are read from the checkpoint. Every flag is also a key of --config FILE.toml.")
+    add_config_option(parser)
     parser.add_argument("src", type=Path, help="input file: a torch_odir or study .pth/.pt, or a keras_odir .keras")
     parser.add_argument("dst", type=Path, help="output file: .keras when SRC is .pth/.pt, .pth/.pt when SRC is .keras")
-    parser.add_argument("--head", choices=tuple(HEADS),
-                        help="torch -> keras: fail unless the checkpoint holds this head (default: detected)")
-    parser.add_argument("--freeze-backbone", action="store_true",
-                        help="torch -> keras: build the Keras model with a frozen backbone (inference-mode BatchNorm)")
+    parser.add_argument("--backbone", choices=tuple(BACKBONES),
+                        help="fail unless the model holds this backbone (default: detected)")
+    parser.add_argument("--head", choices=tuple(HEADS), help="fail unless the model holds this head (default: detected)")
+    parser.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch -> keras: build the Keras model with a trainable backbone (default), or with "
+                        "--no-fine-tune a frozen one (BatchNorm in inference mode), as training's fine_tune")
     parser.add_argument("--image-size", type=int, default=None,
                         help="torch -> keras: fix the Keras input size to N x N (default: any size)")
     parser.add_argument("--force", action="store_true", help="overwrite DST when it exists")
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
 
     def convert() -> None:
-        out = convert_file(args.src, args.dst, head=args.head, freeze_backbone=args.freeze_backbone,
+        out = convert_file(args.src, args.dst, backbone=args.backbone, head=args.head, fine_tune=args.fine_tune,
                            image_size=args.image_size, force=args.force)
         print(f"wrote {out}")
 

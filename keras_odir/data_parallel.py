@@ -164,7 +164,7 @@ def processes(ranks: Ranks, config: TrainConfig):
     import torch
     import torch.distributed
 
-    device = devices.resolve_device("auto", torch.cuda.is_available(), ranks.local_rank)
+    device = devices.resolve_device(config.device, torch.cuda.is_available(), ranks.local_rank)
     with process_group(ranks, device, torch.distributed, torch.cuda.set_device):
         yield
 

@@ -8,13 +8,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_odir.devices import chosen_device, on_device
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_keras_model, weight_table
 from odir_core.evaluation.inference import InferenceError, choose_gradcam_stage, gradcam_map
 from odir_core.model.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.model.model_spec import infer_backbone
-from odir_core.training.config import TrainConfig
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -49,8 +49,9 @@ def gradients(fn, *arrays: np.ndarray) -> list[np.ndarray]:
 class KerasPredictor:
     """A dual-eye keras.Model (inputs {"left", "right"}, 8 logits) as an odir_core.evaluation.inference.Predictor."""
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, device: str | None = None):
         self.model = model
+        self.device = device  # keras_odir.devices.chosen_device: where its inputs go (None: Keras' default)
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
         parts = dual_parts(model)
         self.inference = parts.inference_model(model)  # both eyes in one backbone batch
@@ -63,7 +64,8 @@ class KerasPredictor:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        logits = self.inference.predict_on_batch({"left": self._layout(left), "right": self._layout(right)})
+        with on_device(self.device):
+            logits = self.inference.predict_on_batch({"left": self._layout(left), "right": self._layout(right)})
         return _sigmoid(ops.convert_to_numpy(logits))
 
     def _logit(self, label: int):
@@ -90,7 +92,8 @@ class KerasPredictor:
         image = np.zeros((1, *size, 3), np.float32)
         out = []
         for name in (*self.spec.earlier_stages, self.spec.gradcam_stage):
-            shape = ops.shape(self._stage(name)[0].predict_on_batch(self._layout(image)))
+            with on_device(self.device):
+                shape = ops.shape(self._stage(name)[0].predict_on_batch(self._layout(image)))
             out.append((name, tuple(int(n) for n in (shape[2:] if self.channels_first else shape[1:3]))))
         return out
 
@@ -98,7 +101,8 @@ class KerasPredictor:
                 stage: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         stage = stage or choose_gradcam_stage(self.gradcam_stages(left.shape[1:3]))[0]
         to_map, to_last = self._stage(stage)
-        maps = [ops.convert_to_numpy(to_map.predict_on_batch(self._layout(x))) for x in (left, right)]
+        with on_device(self.device):
+            maps = [ops.convert_to_numpy(to_map.predict_on_batch(self._layout(x))) for x in (left, right)]
         logit = self._logit(label)
 
         def fn(a_left, a_right):  # the stage's maps -> the logit (through the rest of the backbone)
@@ -106,16 +110,17 @@ class KerasPredictor:
                 return logit(a_left, a_right)
             return logit(to_last(a_left, training=False), to_last(a_right, training=False))
 
-        grads = gradients(fn, *maps)
+        with on_device(self.device):
+            grads = gradients(fn, *maps)
         return tuple(gradcam_map(a[0], g[0], channels_last=not self.channels_first) for a, g in zip(maps, grads))
 
 
-def load_predictor(path: Path, config: TrainConfig) -> KerasPredictor:
+def load_predictor(path: Path, device: str = "auto") -> KerasPredictor:
     """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state, or a torch
-    checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly."""
-    if path.suffix in TORCH_SUFFIXES:
-        model = load_dual_checkpoint(path)
-    else:
-        model = read_keras_model(path)
+    checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly, onto ``--device``
+    (``keras_odir.devices``)."""
+    chosen = chosen_device(device)
+    with on_device(chosen):
+        model = load_dual_checkpoint(path) if path.suffix in TORCH_SUFFIXES else read_keras_model(path)
     check_finite(((w.path, ops.convert_to_numpy(w)) for w in model.weights), str(path))
-    return KerasPredictor(model)
+    return KerasPredictor(model, chosen)

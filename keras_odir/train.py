@@ -20,6 +20,7 @@ import numpy as np
 from keras_odir import data_parallel
 
 from keras_odir.callbacks import BACKUP_FILES, BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
+from keras_odir.devices import chosen_device, on_device
 from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.initial_weights import load_initial_weights
@@ -99,7 +100,8 @@ def train(config: TrainConfig, log=print) -> Path:
     started = time.perf_counter()
     ranks = data_parallel.ranks()
     log = ranks.log(log)
-    with data_parallel.processes(ranks, config):
+    device = chosen_device(config.device, ranks.local_rank if ranks.distributed else None)
+    with data_parallel.processes(ranks, config), on_device(device):
         log(f"keras_odir.train: backend {keras.backend.backend()}, experiment {config.experiment}"
             f"{data_parallel.describe(ranks)}")
         setup: RunSetup = on_main(lambda: setup_run(config, BACKUP_METADATA, log, read_backup), ranks)
@@ -205,7 +207,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    return run_training_cli(train, argv, prog="python -m keras_odir.train", hidden=("device",),
+    return run_training_cli(train, argv, prog="python -m keras_odir.train",
                             description="Train the dual-eye ResNet50 with Keras 3 on the backend KERAS_BACKEND "
                             "names (torch, jax or tensorflow; default torch).")
 

@@ -199,12 +199,12 @@ def test_help_shows_the_defaults_that_apply(tmp_path, monkeypatch, capsys, prepa
     assert "built-in default" not in out
 
 
-@pytest.mark.parametrize("module, shows_device", [("keras_odir.train", False), ("torch_odir.train", True)])
-def test_training_cli_help_is_plain_text(capsys, module, shows_device):
+@pytest.mark.parametrize("module", ["keras_odir.train", "torch_odir.train"])
+def test_training_cli_help_is_plain_text(capsys, module):
     import importlib
 
     with pytest.raises(SystemExit):
         importlib.import_module(module).main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "``" not in out and "Defaults: without --config" in out
-    assert ("--device" in out) == shows_device
+    assert "--device" in out

@@ -14,7 +14,7 @@ import torchvision
 from keras_odir.convert import main
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
-from keras_odir.weights import WeightConversionError, keras_to_numpy_state, torch_to_keras_state
+from keras_odir.weights import WeightConversionError, keras_to_numpy_state, read_keras_model, torch_to_keras_state
 from odir_core.model.checkpoints import (
     CheckpointNotFoundError,
     find_imagenet_checkpoint,
@@ -169,7 +169,28 @@ def test_cli_refuses_to_overwrite_and_bad_requests(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    assert "--freeze-backbone" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--backbone", "--fine-tune", "--no-fine-tune", "--config"))
+
+
+def test_cli_refuses_another_backbone_and_reads_its_flags_from_a_config_file(tmp_path, capsys):
+    src = tmp_path / "model.pth"
+    torch.save(DualResNet50("v0").state_dict(), src)
+    assert main([str(src), str(tmp_path / "x.keras"), "--backbone", "resnet18"]) == 2
+    assert "holds backbone resnet50, not the requested resnet18" in capsys.readouterr().err
+    config = tmp_path / "convert.toml"
+    config.write_text('backbone = "resnet50"\nhead = "v0"\nfine_tune = false\nimage_size = 64\n')
+    assert main(["--config", str(config), str(src), str(tmp_path / "x.keras")]) == 0
+    model = read_keras_model(tmp_path / "x.keras")
+    assert model.inputs[0].shape[1:3] == (64, 64)
+    assert not dual_parts(model).backbone.trainable  # fine_tune = false: a frozen backbone
+    config.write_text('backbone = "resnet18"\n')
+    assert main(["--config", str(config), str(src), str(tmp_path / "y.keras")]) == 2
+    assert "not the requested resnet18" in capsys.readouterr().err
+    config.write_text('freeze_backbone = true\n')
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), str(src), str(tmp_path / "y.keras")])
+    assert "unknown key(s) freeze_backbone" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,content,expect", [

@@ -306,7 +306,7 @@ def test_tfds_build_into_a_file_is_one_line_and_exit_1(data, a_file, capsys):
     pytest.importorskip("tensorflow_datasets")
     from odir_core.data.tfds.cli import main as tfds_main
 
-    rc = tfds_main(["build", "--manual-dir", str(data), "--config", "prepared_32", "--data-dir", str(a_file / "tfds"),
+    rc = tfds_main(["build", "--source", str(data), "--variant", "prepared_32", "--data-dir", str(a_file / "tfds"),
                     "--workers", "1"])
     assert rc == EXIT_FAILURE
     assert_one_line(capsys.readouterr().err, f"cannot write {a_file}", "Not a directory", "choose another output path")

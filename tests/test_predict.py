@@ -246,3 +246,16 @@ def test_prediction_says_which_thresholds_and_warns_when_tuned_on_the_runs_own_p
     captured = capsys.readouterr()
     assert f"thresholds: {other} (given with --thresholds; per-label kappa tuned on val split" in captured.out
     assert "warning" not in captured.err  # another run's validation patients
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("which", ["keras", "torch"])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_unavailable_device_is_one_line(runs, capsys, which, command):
+    """Evaluate and predict take --device as training does: an unavailable one is refused, never replaced."""
+    model = runs[0] if which == "keras" else runs[1]
+    main = importlib.import_module(f"{which}_odir.{command}").main
+    photos = [str(RAW / "raw_0.png"), str(RAW / "raw_2.png")] if command == "predict" else []
+    assert main(["--model", str(model), *photos, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("--device cuda: no CUDA device is available; use --device cpu or auto")

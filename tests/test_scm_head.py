@@ -38,8 +38,8 @@ def test_torch_trained_scm_converts_and_predicts_the_same_in_keras(data, tmp_pat
     convert_file(run / "best.pth", tmp_path / "best.keras")
     config = load_config(run / "config.toml")
     pair = [model_input(prepare_photo(p, config), config)[None] for p in sorted((data / "images").iterdir())[:2]]
-    want = torch_predictor(run / "best.pth", config).predict(*pair)
-    got = keras_predictor(tmp_path / "best.keras", config).predict(*pair)
+    want = torch_predictor(run / "best.pth").predict(*pair)
+    got = keras_predictor(tmp_path / "best.keras").predict(*pair)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 

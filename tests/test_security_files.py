@@ -132,7 +132,7 @@ def _tfds_build(source: Path, data_dir: Path) -> int:
     pytest.importorskip("tensorflow_datasets", reason="needs the optional tfds extra (tensorflow-datasets)")
     from odir_core.data.tfds.cli import main as tfds_main
 
-    return tfds_main(["build", "--manual-dir", str(source), "--config", "prepared_32", "--data-dir", str(data_dir),
+    return tfds_main(["build", "--source", str(source), "--variant", "prepared_32", "--data-dir", str(data_dir),
                       "--workers", "1"])
 
 

@@ -40,7 +40,7 @@ SKIP = {"left": tfds.decode.SkipDecoding(), "right": tfds.decode.SkipDecoding()}
 
 
 def _build(manual_dir, data_dir, config=CONFIG, workers=1) -> int:
-    return tfds_main(["build", "--manual-dir", str(manual_dir), "--config", config,
+    return tfds_main(["build", "--source", str(manual_dir), "--variant", config,
                       "--data-dir", str(data_dir), "--workers", str(workers)])
 
 
@@ -214,8 +214,25 @@ def test_cli_help_explains_every_flag():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-m", "odir_core.tfds", "build", "--help"], cwd=root,
                          capture_output=True, text=True, check=True).stdout
-    for flag in ("--manual-dir", "--config", "--data-dir", "--workers"):
+    for flag in ("--source", "--variant", "--config", "--data-dir", "--workers"):
         assert flag in out
+    assert "--manual-dir" not in out and "FILE.toml" in out  # --config is a TOML file, as in every command
+
+
+def test_cli_takes_its_flags_from_a_config_file(tmp_path, capsys):
+    """--config FILE.toml: its keys are build's flags; a missing source or an unknown key is one parser error."""
+    config = tmp_path / "build.toml"
+    config.write_text(f'source = "{tmp_path / "nothing"}"\nvariant = "prepared_32"\ndata_dir = "{tmp_path / "tfds"}"\n')
+    assert tfds_main(["build", "--config", str(config)]) == 2  # the source has no ODIR-5K: it was read from the file
+    assert "no ODIR-5K dataset found" in capsys.readouterr().err
+    config.write_text('variant = "prepared_32"\n')
+    with pytest.raises(SystemExit):
+        tfds_main(["build", "--config", str(config)])
+    assert "--source is required" in capsys.readouterr().err
+    config.write_text('manual_dir = "x"\n')
+    with pytest.raises(SystemExit):
+        tfds_main(["build", "--config", str(config)])
+    assert "unknown key(s) manual_dir" in capsys.readouterr().err
 
 
 @needs(ANNOTATIONS)
@@ -317,7 +334,7 @@ def test_tfds_source_not_built_says_how_to_build(tmp_path, monkeypatch):
     from odir_core.training.run import DataSourceError, resolve_data
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataSourceError, match="python -m odir_core.tfds build --manual-dir PATH --config prepared_224"):
+    with pytest.raises(DataSourceError, match="python -m odir_core.tfds build --source PATH --variant prepared_224"):
         resolve_data("tfds:odir5k/prepared_224")
     with pytest.raises(DataSourceError, match="no built TFDS dataset"):
         resolve_data("tfds:odir5k/prepared_77")

@@ -9,17 +9,8 @@ import torch
 
 from odir_core.evaluation.inference import choose_gradcam_stage, gradcam_map
 from odir_core.model.checkpoints import check_finite
-from odir_core.training.config import TrainConfig
+from torch_odir.devices import resolve_device
 from torch_odir.model import DualNet, dual_model_from_state, read_torch_state
-
-
-def _device(config: TrainConfig) -> torch.device:
-    if config.device in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return device
 
 
 class TorchPredictor:
@@ -75,8 +66,9 @@ class TorchPredictor:
         )
 
 
-def load_predictor(path: Path, config: TrainConfig) -> TorchPredictor:
-    """Load a dual model's .pth (torch_odir's best.pth, the study's own); backbone and head from its keys."""
+def load_predictor(path: Path, device: str = "auto") -> TorchPredictor:
+    """Load a dual model's .pth (torch_odir's best.pth, the study's own) onto ``--device``; backbone and head from
+    its keys."""
     state = read_torch_state(path)
     check_finite(((k, v.float()) for k, v in state.items() if v.is_floating_point()), str(path))
-    return TorchPredictor(dual_model_from_state(state), _device(config))
+    return TorchPredictor(dual_model_from_state(state), resolve_device(device))

@@ -29,7 +29,6 @@ from odir_core.errors import on_every_rank
 from odir_core.model import provenance
 from odir_core.model.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.model.model_spec import ArchitectureError, check_architecture
-from odir_core.training import devices
 from odir_core.training.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.training.config import TrainConfig
 from odir_core.training.console import early_stopping_line, epoch_line
@@ -53,6 +52,7 @@ from odir_core.training.run_datasets import run_datasets
 from odir_core.training.schedules import make_schedule
 from odir_core.training.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
+from torch_odir.devices import resolve_device
 from torch_odir.distributed import wrap
 from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
@@ -60,13 +60,6 @@ from torch_odir.model import DualNet, read_torch_state
 BACKUP = Path("backup") / "state.pth"
 BACKUP_FILES = (BACKUP.name,)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
-    """``auto``: the first CUDA device when available (under torchrun the local rank's), else the CPU
-    (``odir_core.training.devices``)."""
-    local = ranks.local_rank if ranks.distributed else None
-    return torch.device(devices.resolve_device(name, torch.cuda.is_available(), local))
 
 
 def build_model(config: TrainConfig) -> DualNet:

@@ -30,6 +30,7 @@ from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import OutputExistsError, run_cli
 from odir_core.evaluation import reports
 from odir_core.evaluation.inference import (
+    DEVICE_HELP,
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -48,7 +49,7 @@ from odir_core.evaluation.thresholds import (
 )
 from odir_core.labels import LABELS
 from odir_core.metrics import check_submission, read_label_file
-from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.training.run import resolve_data
 
 SPLITS = ("val", "test", "all")
@@ -106,6 +107,7 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                    "(or eval-<name> beside --probs), numbered -2, -3... when taken")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument("--batch-size", type=int, default=16, help="patients per forward pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--thresholds", metavar="FILE",
                    help=f"per-label thresholds JSON reported beside 0.5; default {THRESHOLDS_FILE} beside the model when present")
     p.add_argument("--tune-thresholds", action="store_true",
@@ -234,7 +236,7 @@ def _evaluate_probs(args) -> Evaluation:
 
 
 def _evaluate_model(args, backend: Backend, log) -> Evaluation:
-    model = load_model(backend, args.model, train_config=args.train_config)
+    model = load_model(backend, args.model, train_config=args.train_config, device=args.device)
     config = model.config
     data, _ = resolve_data(args.data or config.data, log)
     frame = _split_frame(data, args.split, config.split)

@@ -68,8 +68,8 @@ class Predictor(Protocol):
 class Backend:
     """What a framework package provides to the shared CLIs.
 
-    ``loader``: "module:function" of ``function(path, config) -> Predictor``, imported only when a
-    model is loaded, so that --help and --probs evaluation do not import the framework.
+    ``loader``: "module:function" of ``function(path, device) -> Predictor`` (``device``: ``--device``, checked
+    by ``odir_core.training.devices``), imported only when a model is loaded, so that --help and --probs evaluation do not import the framework.
     ``torch_load``: "module:function" reading what a torch checkpoint file holds (``torch.load``), for the
     record of what it was trained on (``odir_core.model.provenance``).
     """
@@ -84,8 +84,8 @@ class Backend:
         """The suffix of the models its own training writes."""
         return self.model_suffixes[0]
 
-    def load(self, path: Path, config: TrainConfig) -> Predictor:
-        return _function(self.loader)(path, config)
+    def load(self, path: Path, device: str = "auto") -> Predictor:
+        return _function(self.loader)(path, device)
 
     def trained_on(self, path: Path) -> dict | None:
         """What the model file records it was trained on (``odir_core.model.provenance``), None when nothing."""
@@ -120,6 +120,8 @@ class Model:
         return self.path.parent / THRESHOLDS_FILE
 
 
+DEVICE_HELP = ("where the model runs: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; an unavailable one is "
+               "an error (keras_odir: on the torch backend; jax and tensorflow take auto only)")
 TRAIN_CONFIG_HELP = (f"training config of a model with no {CONFIG_FILE} beside it (e.g. the study's own .pth): "
                      "the experiments/experiment_NN.toml it was trained with (image size, crop, normalisation, data)")
 
@@ -152,12 +154,14 @@ def model_config(backend: Backend, path, train_config=None) -> TrainConfig:
     return run_config(path, train_config)
 
 
-def load_model(backend: Backend, path, config: TrainConfig | None = None, train_config=None) -> Model:
-    """Load a model file with its run config; clear errors for a missing or wrong file."""
+def load_model(backend: Backend, path, config: TrainConfig | None = None, train_config=None,
+               device: str = "auto") -> Model:
+    """Load a model file with its run config onto ``device`` (``--device``); clear errors for a missing or wrong
+    file or an unavailable device."""
     path = Path(path)
     config = config or model_config(backend, path, train_config)
     try:
-        predictor = backend.load(path, config)
+        predictor = backend.load(path, device)
     except OdirError:
         raise  # already one line naming the file
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -23,6 +23,7 @@ from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
 from odir_core.evaluation import plots
 from odir_core.evaluation.inference import (
+    DEVICE_HELP,
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -47,7 +48,7 @@ from odir_core.evaluation.thresholds import (
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.metrics import binarize
 from odir_core.spreadsheets import quote_csv
-from odir_core.training.cli_config import add_config_option, parse_with_config
+from odir_core.cli_config import add_config_option, parse_with_config
 
 BATCH_COLUMNS = ("left", "right")
 DISPLAY_SIZE = 256  # px: the least side of the eyes in a prediction figure
@@ -84,6 +85,7 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     p.add_argument("--thresholds", metavar="FILE",
                    help=f"per-label thresholds JSON; default {THRESHOLDS_FILE} beside the model when present, else 0.5")
     p.add_argument("--batch-size", type=int, default=8, help="with --batch: patients per forward pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p
 
 
@@ -168,7 +170,7 @@ def predict_one(backend: Backend, args) -> int:
     config = model_config(backend, args.model, args.train_config)
     left_img, right_img = (prepare_photo(path, config) for path in args.images)
     left_x, right_x = model_input(left_img, config), model_input(right_img, config)
-    model = load_model(backend, args.model, config)
+    model = load_model(backend, args.model, config, device=args.device)
     thresholds, threshold_text, warning = choose_thresholds(args, model)
     probs = predict_batch(model.predictor, left_x[None], right_x[None], args.tta)[0]
     _report_model(model, threshold_text, warning)
@@ -313,7 +315,7 @@ def _predict_cli(backend: Backend, args) -> int:
         return predict_one(backend, args)
     frame = read_batch_csv(Path(args.batch))
     _check_unique_ids(frame, Path(args.batch), figures=bool(args.figures))
-    model = load_model(backend, args.model, train_config=args.train_config)
+    model = load_model(backend, args.model, train_config=args.train_config, device=args.device)
     thresholds, threshold_text, warning = choose_thresholds(args, model)
     _report_model(model, threshold_text, warning)
     return predict_many(model, args, thresholds, frame)

@@ -11,23 +11,18 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 import tomli_w
 
 from odir_core.atomic import atomic_write_text
+from odir_core.cli_config import ConfigError, read_toml
 from odir_core.data.augment import MODES as AUGMENT_MODES
 from odir_core.data.layouts import is_prepared
-from odir_core.errors import EXIT_USAGE, InputError
+from odir_core.errors import EXIT_USAGE
 from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
@@ -44,10 +39,6 @@ HEADS = tuple(HEAD_SPECS)
 BACKBONES = tuple(BACKBONE_SPECS)
 PRECISIONS = ("float32", "bf16", "fp16")
 TRAIN_METRICS = ("epoch", "clean")
-
-
-class ConfigError(InputError):
-    """A configuration file or value that cannot be used (message says which and how to fix)."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +225,8 @@ class TrainConfig:
         "under several processes, BatchNorm over the global batch (torch SyncBatchNorm, CUDA only; jax already "
         "normalises over the global batch); default: each process normalises its own slice, as DDP does",
     )
-    device: str = _opt("auto", "torch_odir only: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
+    device: str = _opt("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; an unavailable one is an "
+                       "error (keras_odir: on the torch backend; jax and tensorflow take auto only)")
     precision: str = _opt(
         "float32",
         "compute precision: float32, or bf16 / fp16 mixed precision (Keras dtype policy, torch autocast; "
@@ -328,18 +320,6 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return TrainConfig(**clean)
 
 
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML file into a dict; one clear error naming the file when it is missing or invalid."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
 def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
     """Load a TOML config file (keys = TrainConfig fields), then apply ``overrides``."""
     values = read_toml(path)
@@ -397,13 +377,11 @@ def _defaults_text() -> tuple[str, dict[str, Any]]:
     return text, {"file": path, **values}
 
 
-def build_parser(prog: str | None = None, description: str | None = None,
-                 hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` plus one flag per TrainConfig field.
 
     Flags default to "not given" so that only the flags on the command line override the file. The help
-    shows the defaults of the config file that applies without ``--config``; ``hidden`` fields are
-    accepted but not shown (e.g. ``device`` in keras_odir).
+    shows the defaults of the config file that applies without ``--config``.
     """
     defaults_text, defaults = _defaults_text()
     source = defaults.pop("file")
@@ -419,9 +397,7 @@ def build_parser(prog: str | None = None, description: str | None = None,
     )
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
-        if f.name in hidden:
-            help_text = argparse.SUPPRESS
-        elif f.name in defaults:
+        if f.name in defaults:
             help_text = f.metadata["help"] + f" (default: {defaults[f.name]!r} from {source.name})"
         else:
             help_text = f.metadata["help"] + f" (default: {f.default!r})"
@@ -438,8 +414,7 @@ def build_parser(prog: str | None = None, description: str | None = None,
     return parser
 
 
-def parse_args(argv=None, prog: str | None = None, description: str | None = None,
-               hidden: tuple[str, ...] = (), log=None) -> TrainConfig:
+def parse_args(argv=None, prog: str | None = None, description: str | None = None, log=None) -> TrainConfig:
     """Resolve the config of a training CLI: built-in defaults < config file < flags.
 
     With ``--resume RUN_DIR`` the base is that run's ``config.toml`` (``--config`` is then an error).
@@ -447,7 +422,7 @@ def parse_args(argv=None, prog: str | None = None, description: str | None = Non
     given and ``data/odir5k`` holds a prepared ODIR-5K (``log`` gets a line saying so), else
     ``experiments/demo.toml``.
     """
-    parser = build_parser(prog, description, hidden)
+    parser = build_parser(prog, description)
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     if args.get("resume"):

@@ -357,11 +357,9 @@ def log_summary(history, run_dir: Path, model_file: str, started: float, log: Ca
             f"-> {run_dir / model_file}")
 
 
-def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str,
-                     hidden: tuple[str, ...] = ()) -> int:
+def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
     """Parse flags and train through the shared runner (``odir_core.errors.run_cli``): user errors give one
-    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130. ``hidden``:
-    options accepted but left out of ``--help`` (another framework's).
+    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130.
 
     Under torchrun every process parses the same flags and rank 0 alone prints what they lead to (their
     errors, ``--help``); an error in training is printed once as ``run_cli`` tells for a distributed run."""
@@ -370,7 +368,7 @@ def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, desc
         if not ranks.main:
             quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
             quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        config = parse_args(argv, prog=prog, description=description, hidden=hidden, log=print)
+        config = parse_args(argv, prog=prog, description=description, log=print)
 
     def run(config: TrainConfig) -> int:
         train(config)  # returns the run folder

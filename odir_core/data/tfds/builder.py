@@ -50,7 +50,7 @@ Get one of these and put it (the folder, or the zip as downloaded) in the manual
     off_site_test / on_site_test splits, "Off-site Test Set/" and "On-site Test Set/")
   - a folder written by `python -m odir_core.prepare`
 A wrapping top folder is fine, and '_' may stand for spaces. Then run
-  python -m odir_core.tfds build --manual-dir PATH
+  python -m odir_core.tfds build --source PATH
 """
 
 CITATION = """\
@@ -99,7 +99,7 @@ def config_by_name(name: str) -> Odir5kConfig:
     match = re.fullmatch(r"prepared_(\d+)", name)
     if match:
         return Odir5kConfig.prepared(int(match.group(1)))
-    raise ValueError(f"unknown config {name!r}: use {', '.join(c.name for c in CONFIGS)} or prepared_<size>")
+    raise ValueError(f"unknown odir5k variant {name!r}: use {', '.join(c.name for c in CONFIGS)} or prepared_<size>")
 
 
 def find_source(path) -> tuple[Source, DetectedLayout]:

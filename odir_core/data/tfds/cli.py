@@ -1,12 +1,13 @@
-"""Build the odir5k TensorFlow Datasets dataset: python -m odir_core.tfds build --manual-dir PATH.
+"""Build the odir5k TensorFlow Datasets dataset: python -m odir_core.tfds build --source PATH [--variant NAME].
 
 PATH is an ODIR-5K folder or zip in any layout (grand-challenge, Kaggle, OIA-ODIR, or a
 folder from python -m odir_core.prepare), or a folder holding such a zip. The dataset is written to
-DATA_DIR/odir5k/CONFIG/1.0.0 as ArrayRecord files; building an existing one does nothing.
-Bad images are reported and their patients skipped (DATA_DIR/odir5k/CONFIG/1.0.0/build_report.csv);
+DATA_DIR/odir5k/VARIANT/1.0.0 as ArrayRecord files (VARIANT: the TFDS builder config); building an
+existing one does nothing. Every flag is also a key of --config FILE.toml.
+Bad images are reported and their patients skipped (DATA_DIR/odir5k/VARIANT/1.0.0/build_report.csv);
 an error writing DATA_DIR (disk full, read-only) stops the build with one line and exit code 1.
-Read it with tfds.data_source("odir5k/CONFIG", data_dir=DATA_DIR), or train on it with
---data tfds:odir5k/CONFIG (set TFDS_DATA_DIR=DATA_DIR when DATA_DIR is not the default).
+Read it with tfds.data_source("odir5k/VARIANT", data_dir=DATA_DIR), or train on it with
+--data tfds:odir5k/VARIANT (set TFDS_DATA_DIR=DATA_DIR when DATA_DIR is not the default).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from odir_core.data.prepare import REPORT_COLUMNS
 from odir_core.data.tfds.builder import CONFIGS, Odir5k, config_by_name, find_source
 from odir_core.errors import run_cli, writing
 from odir_core.spreadsheets import quote_csv
+from odir_core.cli_config import add_config_option, parse_with_config
 
 REPORT_NAME = "build_report.csv"
 
@@ -36,14 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the odir5k dataset from a manual download",
         description="Build the odir5k dataset (one config) from a manual download of ODIR-5K.",
     )
+    add_config_option(build)
     build.add_argument(
-        "--manual-dir", required=True,
-        help="ODIR-5K folder or zip in any known layout, or a folder holding such a zip",
+        "--source", metavar="PATH",
+        help="ODIR-5K folder or zip in any known layout, or a folder holding such a zip (required)",
     )
     build.add_argument(
-        "--config", default="prepared_512",
-        help=f"builder config: {', '.join(c.name for c in CONFIGS)} (original files), or prepared_<size> "
-        "(default: prepared_512)",
+        "--variant", default="prepared_512",
+        help=f"which dataset (the TFDS builder config): {', '.join(c.name for c in CONFIGS)} (original files), or "
+        "prepared_<size> (default: prepared_512)",
     )
     build.add_argument(
         "--data-dir", default=None,
@@ -55,18 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build(args) -> int:
     """Build one config; returns the process exit status."""
-    config = config_by_name(args.config)
-    builder = Odir5k(config=config, data_dir=args.data_dir, workers=args.workers, source=args.manual_dir)
+    config = config_by_name(args.variant)
+    builder = Odir5k(config=config, data_dir=args.data_dir, workers=args.workers, source=args.source)
     target = Path(builder.data_path)
     if builder.is_prepared():
         print(f"odir5k/{config.name} is already built in {target}; nothing to do")
         return 0
-    find_source(args.manual_dir)  # fail early, with the download instructions, on a wrong folder
+    find_source(args.source)  # fail early, with the download instructions, on a wrong folder
     with writing(target.parent):  # an unwritable data folder fails here, before any image is read
         target.parent.mkdir(parents=True, exist_ok=True)
     import tensorflow_datasets as tfds
 
-    manual_dir = Path(args.manual_dir)
+    manual_dir = Path(args.source)
     manual_dir = manual_dir if manual_dir.is_dir() else manual_dir.parent  # TFDS wants a folder
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     for name, split in builder.info.splits.items():
@@ -83,7 +86,11 @@ def build(args) -> int:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    build_command = parser._subparsers._group_actions[0].choices["build"]
+    args = parse_with_config(parser, argv, options=build_command)
+    if not args.source:
+        build_command.error("--source is required (on the command line or as source in --config)")
     if args.workers < 1:
-        build_parser().error("--workers must be at least 1")
+        build_command.error("--workers must be at least 1")
     return run_cli(build, args)  # bad input: exit 2; an unwritable --data-dir (an OSError): exit 1

@@ -54,7 +54,7 @@ def resolve(data) -> Path:
     name = text[len(PREFIX):]
     config = name.split("/", 1)[1].split(":")[0] if "/" in name else "CONFIG"
     how = (
-        f"build it with `python -m odir_core.tfds build --manual-dir PATH --config {config}` "
+        f"build it with `python -m odir_core.tfds build --source PATH --variant {config}` "
         "(and set TFDS_DATA_DIR when you build with --data-dir)"
     )
     try:
