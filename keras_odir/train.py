@@ -36,17 +36,13 @@ from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_s
 from odir_core.model.model_spec import backbone_spec, check_architecture
 from odir_core.training.collectives import gather_rows, on_main
 from odir_core.training.config import TrainConfig
-from odir_core.training.console import early_stopping_line
 from odir_core.training.distributed import Ranks, check_batch_split, training_rows
 from odir_core.training.feature_cache import build_feature_cache
 from odir_core.training.history import History, bce_with_logits
 from odir_core.training.run import (
     RunSetup,
-    TrainingDiverged,
-    diverged_message,
-    finish_run,
+    end_run,
     guarded_run,
-    log_summary,
     run_training_cli,
     setup_run,
 )
@@ -195,14 +191,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks,
                   verbose=1 if ranks.main else 0)
-    if evaluation.stopped_on_nan is not None:
-        raise TrainingDiverged(diverged_message(evaluation.stopped_on_nan, history.best_epoch(), "best.keras"))
-    stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
-    if stopped:
-        log(stopped)
-    if ranks.main:
-        finish_run(run_dir, len(history.records), len(history.records) < config.epochs, BACKUP_FILES)
-    log_summary(history, run_dir, "best.keras", started, log)
+    end_run(setup, history, evaluation.stopped_on_nan, "best.keras", BACKUP_FILES, started, ranks, log)
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ from odir_core.model.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dua
 from odir_core.model.model_spec import ArchitectureError, check_architecture
 from odir_core.training.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.training.config import TrainConfig
-from odir_core.training.console import early_stopping_line, epoch_line
+from odir_core.training.console import epoch_line
 from odir_core.training.distributed import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.training.epoch_record import diverged, epoch_record
 from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
@@ -39,12 +39,9 @@ from odir_core.training.history import History, early_stopping_state, should_sto
 from odir_core.training.run import (
     ResumeError,
     RunSetup,
-    TrainingDiverged,
     damaged_backup_message,
-    diverged_message,
-    finish_run,
+    end_run,
     guarded_run,
-    log_summary,
     run_training_cli,
     setup_run,
 )
@@ -338,14 +335,7 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
             break
     if writer is not None:
         writer.close()
-    if diverged_epoch is not None:
-        raise TrainingDiverged(diverged_message(diverged_epoch, history.best_epoch(), "best.pth"))
-    stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
-    if stopped:
-        log(stopped)
-    if ranks.main:
-        finish_run(run_dir, len(history.records), len(history.records) < config.epochs, BACKUP_FILES)
-    log_summary(history, run_dir, "best.pth", started, log)
+    end_run(setup, history, diverged_epoch, "best.pth", BACKUP_FILES, started, ranks, log)
 
 
 def main(argv=None) -> int:

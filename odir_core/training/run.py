@@ -43,7 +43,7 @@ from odir_core.metric_table import SCORES
 from odir_core.model.provenance import training_record
 from odir_core.training.class_weights import pos_weight_from_labels
 from odir_core.training.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
-from odir_core.training.console import duration
+from odir_core.training.console import duration, early_stopping_line
 from odir_core.training.distributed import Ranks
 from odir_core.training.history import HISTORY_FILE
 from odir_core.training.run_lock import RunLock
@@ -355,6 +355,22 @@ def log_summary(history, run_dir: Path, model_file: str, started: float, log: Ca
         final = scores.pop("final")
         log(f"Best epoch {best + 1}: val_loss {rec['val_loss']:.4f}, val {final} ({', '.join(scores.values())}) "
             f"-> {run_dir / model_file}")
+
+
+def end_run(setup: RunSetup, history, diverged_epoch: int | None, best_file: str, backup_files: tuple[str, ...],
+            started: float, ranks: Ranks, log: Callable[[str], None] = print) -> None:
+    """The end of a trainer's epochs: ``TrainingDiverged`` when the loss became NaN or infinite in
+    ``diverged_epoch`` (0-based); else the early-stopping line, the run marked finished by rank 0
+    (:func:`finish_run`, removing ``backup_files``) and :func:`log_summary` naming ``best_file``."""
+    config, run_dir = setup.config, setup.run_dir
+    if diverged_epoch is not None:
+        raise TrainingDiverged(diverged_message(diverged_epoch, history.best_epoch(), best_file))
+    stopped = early_stopping_line(len(history.records), config.epochs, config.patience)
+    if stopped:
+        log(stopped)
+    if ranks.main:
+        finish_run(run_dir, len(history.records), len(history.records) < config.epochs, backup_files)
+    log_summary(history, run_dir, best_file, started, log)
 
 
 def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
