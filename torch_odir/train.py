@@ -68,7 +68,7 @@ def build_model(config: TrainConfig) -> DualNet:
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
         model = DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
-        return load_initial_weights(model, config.seed, draw_backbone=weights is None)
+        return load_initial_weights(model, model.spec, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     if path.suffix not in TORCH_SUFFIXES:
         raise ValueError(f"--weights {path}: torch_odir starts from PyTorch files ({', '.join(TORCH_SUFFIXES)}); "
@@ -81,7 +81,7 @@ def build_model(config: TrainConfig) -> DualNet:
             model.load_state_dict(state)
         else:  # a torchvision checkpoint of the backbone alone
             model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
-            load_initial_weights(model, config.seed, draw_backbone=False)
+            load_initial_weights(model, model.spec, config.seed, draw_backbone=False)
     except RuntimeError as error:  # load_state_dict lists every missing, unexpected and mis-shaped key
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
         raise ArchitectureError(f"--weights {path} does not fit backbone {config.backbone} with head {config.head} "
