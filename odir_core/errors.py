@@ -134,17 +134,23 @@ def _raise_terminated(signum, frame):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Terminated` (main thread only; a no-op elsewhere)."""
+def _handled(signum: int, handler) -> Iterator[None]:
+    """``handler`` for signal ``signum`` within the block, the previous one restored after it (main thread
+    only; a no-op elsewhere)."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signum, handler)
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
+
+
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises :class:`Terminated` (main thread only; a no-op elsewhere)."""
+    return _handled(signal.SIGTERM, _raise_terminated)
 
 
 def ignore_sigint() -> None:
@@ -152,19 +158,10 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@contextlib.contextmanager
-def sigint_ignored() -> Iterator[None]:
+def sigint_ignored():
     """Ignore Ctrl-C while worker processes start, so they inherit the ignored SIGINT even before their
     initializer runs; the parent's handler is restored afterwards (main thread only; a no-op elsewhere)."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _handled(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
