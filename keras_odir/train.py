@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras  # keras_odir/__init__ has chosen the backend
@@ -106,6 +107,97 @@ def train(config: TrainConfig, log=print) -> Path:
     return setup.run_dir
 
 
+@dataclass
+class Loop:
+    """What ``fit`` trains and what each epoch's evaluation predicts: ``trainable`` (the dual model, or its
+    head on backbone features computed once), ``network`` (the model the evaluation predicts with), this
+    rank's batches of the training epochs and of the two evaluation passes, and the metric that keeps the
+    epoch's training-mode outputs."""
+
+    trainable: keras.Model
+    network: keras.Model
+    train_batches: EpochBatches
+    train_eval: EpochBatches
+    val_eval: EpochBatches
+    epoch_outputs: EpochOutputs
+    ranks: Ranks
+
+    def predict(self, batches: EpochBatches) -> np.ndarray:
+        """``network``'s outputs for every row of ``batches``: this rank's slices, gathered in order."""
+        return gather_rows(data_parallel.predict(self.network, batches), batches.sizes, self.ranks)
+
+    def epoch_outputs_of_every_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, logits) of the epoch's training batches, every rank's rows in order."""
+        labels, logits = self.epoch_outputs.outputs()
+        if data_parallel.one_program(self.ranks):  # jax over several processes: the metric saw every row
+            return labels, logits
+        sizes = self.train_batches.sizes
+        return gather_rows(labels, sizes, self.ranks), gather_rows(logits, sizes, self.ranks)
+
+
+def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ranks, log) -> Loop:
+    """The batches (over images, or over backbone features computed once) and the model ``fit`` trains."""
+    config = setup.config
+    data = run_datasets(setup)
+    batch, workers = config.batch_size, config.workers
+    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
+                 start_epoch=start_epoch, epochs=config.epochs, ranks=ranks, training=True)
+    if config.uses_feature_cache:
+        parts = dual_parts(model)
+        extractor = parts.feature_model(model)
+
+        def extract(dataset, description):
+            batches = image_batches(dataset, batch, workers=workers, ranks=ranks)
+            return gather_rows(data_parallel.predict(extractor, batches, verbose=1 if ranks.main else 0),
+                               batches.sizes, ranks)
+
+        cache = build_feature_cache(extract, data.train_plain, data.val, log)
+        trainable = network = parts.head
+        train_batches = feature_batches(cache.train, setup.y_train, batch, **order)
+        train_eval = feature_batches(cache.train, setup.y_train, batch, ranks=ranks)
+        val_eval = feature_batches(cache.val, setup.y_val, batch, ranks=ranks)
+    else:
+        trainable, network = model, dual_parts(model).inference_model(model)
+        train_batches = image_batches(data.train, batch, workers=workers, **order)
+        train_eval, val_eval = (image_batches(d, batch, workers=workers, ranks=ranks)
+                                for d in (data.train_plain, data.val))
+    outputs = EpochOutputs(train_batches.steps_per_epoch * batch)
+    return Loop(trainable, network, train_batches, train_eval, val_eval, outputs, ranks)
+
+
+def compile_loop(loop: Loop, setup: RunSetup) -> None:
+    """Compile ``loop.trainable`` with TorchSGD (gradients averaged over the processes where there are several)
+    and the weighted BCE; the epoch-outputs metric where the epoch's train metrics or loss need it."""
+    config = setup.config
+    optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer.reduce_gradients = data_parallel.gradient_reducer(loop.ranks)
+    keep_outputs = config.train_metrics == "epoch" or loop.ranks.distributed
+    loop.trainable.compile(optimizer=optimizer, loss=WeightedBCEWithLogits(setup.pos_weight),
+                           metrics=[loop.epoch_outputs] if keep_outputs else None)
+    # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
+    x0, y0 = loop.train_batches[0][:2]
+    loop.trainable.compute_loss(x0, y0, loop.trainable(x0, training=False))
+
+
+def epoch_evaluation(setup: RunSetup, loop: Loop, history: History, log) -> EpochEvaluation:
+    """The callback that scores each epoch: train metrics from the epoch's training-mode outputs (as the study)
+    or a clean pass (``--train-metrics clean``), validation metrics from a pass over the validation split;
+    under several processes the training loss is the mean over every rank's rows."""
+    if setup.config.train_metrics == "epoch":
+        train_outputs = loop.epoch_outputs_of_every_rank
+    else:
+        def train_outputs():
+            return setup.y_train, loop.predict(loop.train_eval)
+    train_loss = None
+    if loop.ranks.distributed:  # every rank's rows, as one process's loss tracker would average them
+        def train_loss(logs):
+            labels, logits = loop.epoch_outputs_of_every_rank()
+            return bce_with_logits(logits, labels, setup.pos_weight)
+    writer = ScalarWriter(setup.run_dir / "tensorboard") if loop.ranks.main else None
+    return EpochEvaluation(train_outputs, lambda: loop.predict(loop.val_eval), setup.y_val, history, writer, log,
+                           train_loss)
+
+
 def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     config, run_dir = setup.config, setup.run_dir
     with on_every_rank():  # every rank reads the same backup, history and --weights
@@ -117,80 +209,22 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
         check_batch_split(len(setup.train_df), config.batch_size, ranks.world)
         data_parallel.check_batches({"training": training_rows(len(setup.train_df), config.batch_size),
                                      "validation": len(setup.val_df)}, config.batch_size)
-
         keras.utils.set_random_seed(config.seed)
         with dtype_policy(config.precision):
             model = build_model(config)
-    y_train, y_val = setup.y_train, setup.y_val
-    data = run_datasets(setup)
-    order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
-                 start_epoch=start_epoch, epochs=config.epochs, ranks=ranks, training=True)
-
-    def predict(network: keras.Model, batches: EpochBatches) -> np.ndarray:
-        """``network``'s outputs for every row of ``batches``: this rank's slices, gathered in order."""
-        return gather_rows(data_parallel.predict(network, batches), batches.sizes, ranks)
-
-    if config.uses_feature_cache:
-        parts = dual_parts(model)
-        extractor = parts.feature_model(model)
-
-        def extract(dataset, description):
-            batches = image_batches(dataset, config.batch_size, workers=config.workers, ranks=ranks)
-            return gather_rows(data_parallel.predict(extractor, batches, verbose=1 if ranks.main else 0),
-                               batches.sizes, ranks)
-
-        cache = build_feature_cache(extract, data.train_plain, data.val, log)
-        trainable = parts.head
-        train_batches = feature_batches(cache.train, y_train, config.batch_size, **order)
-        train_eval = feature_batches(cache.train, y_train, config.batch_size, ranks=ranks)
-        val_eval = feature_batches(cache.val, y_val, config.batch_size, ranks=ranks)
-        network = trainable
-    else:
-        trainable = model
-        network = dual_parts(model).inference_model(model)
-        train_batches = image_batches(data.train, config.batch_size, workers=config.workers, **order)
-        train_eval, val_eval = (image_batches(d, config.batch_size, workers=config.workers, ranks=ranks)
-                                for d in (data.train_plain, data.val))
-
-    epoch_outputs = EpochOutputs(train_batches.steps_per_epoch * config.batch_size)
-
-    def gathered_outputs():
-        labels, logits = epoch_outputs.outputs()
-        if data_parallel.one_program(ranks):  # jax over several processes: the metric saw every row
-            return labels, logits
-        return gather_rows(labels, train_batches.sizes, ranks), gather_rows(logits, train_batches.sizes, ranks)
-
-    if config.train_metrics == "epoch":
-        train_outputs = gathered_outputs
-    else:
-        def train_outputs():
-            return y_train, predict(network, train_eval)
-    train_loss = None
-    if ranks.distributed:  # every rank's rows, as one process's loss tracker would average them
-        def train_loss(logs):
-            labels, logits = gathered_outputs()
-            return bce_with_logits(logits, labels, setup.pos_weight)
-
-    optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    optimizer.reduce_gradients = data_parallel.gradient_reducer(ranks)
-    trainable.compile(optimizer=optimizer, loss=WeightedBCEWithLogits(setup.pos_weight),
-                      metrics=[epoch_outputs] if config.train_metrics == "epoch" or ranks.distributed else None)
-    # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
-    x0, y0 = train_batches[0][:2]
-    trainable.compute_loss(x0, y0, trainable(x0, training=False))
-
+    loop = build_loop(setup, model, start_epoch, ranks, log)
+    compile_loop(loop, setup)
+    evaluation = epoch_evaluation(setup, loop, history, log)
     schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
-    evaluation = EpochEvaluation(train_outputs, lambda: predict(network, val_eval), y_val, history,
-                                 ScalarWriter(run_dir / "tensorboard") if ranks.main else None, log, train_loss)
     callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
                                    seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on,
                                    ranks=ranks)
     if setup.resumed and ranks.main:  # config.toml once the backup (the callback before) is restored
         callbacks.append(keras.callbacks.LambdaCallback(on_train_begin=lambda logs: setup.save_config()))
-    trainable.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks,
-                  verbose=1 if ranks.main else 0)
+    loop.trainable.fit(loop.train_batches, epochs=config.epochs, initial_epoch=start_epoch,
+                       steps_per_epoch=loop.train_batches.steps_per_epoch, shuffle=False, callbacks=callbacks,
+                       verbose=1 if ranks.main else 0)
     end_run(setup, history, evaluation.stopped_on_nan, "best.keras", BACKUP_FILES, started, ranks, log)
 
 
