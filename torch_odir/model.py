@@ -14,12 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from odir_core.model.checkpoints import (
-    CheckpointNotFoundError,
-    dual_state_dict,
-    load_imagenet_backbone_state,
-    read_checkpoint,
-)
+from odir_core.model.checkpoints import dual_state_dict, load_imagenet_backbone_state, read_checkpoint
 from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
     BackboneSpec,
@@ -180,4 +175,4 @@ def dual_model_from_state(state: Mapping[str, torch.Tensor], *, freeze_backbone:
 
 
 __all__ = ["DualNet", "DualResNet50", "build_backbone", "build_head", "dual_model_from_state", "read_torch_state",
-           "torch_load", "CheckpointNotFoundError"]
+           "torch_load"]
