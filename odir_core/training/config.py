@@ -181,8 +181,9 @@ class TrainConfig:
     fine_tune: bool = _opt(False, "train the backbone too (else frozen, BatchNorm in inference mode)")
     weights: str = _opt(
         "imagenet",
-        "backbone weights: 'imagenet' (local torchvision resnet50 checkpoint), 'none' (random), "
-        "or the path of a model file (.pth; keras_odir also .keras/.weights.h5)",
+        "backbone weights: 'imagenet' (torchvision's ImageNet checkpoint of the backbone, from the torch hub "
+        "folder, downloaded when missing), 'none' (random), or the path of a model file (.pth: a whole model or "
+        "a torchvision backbone; keras_odir also .keras/.weights.h5)",
     )
     # optimisation
     batch_size: int = _opt(32, "patients per batch")
