@@ -27,15 +27,26 @@ from odir_core.atomic import atomic_path
 from odir_core.errors import InputError, OutputExistsError, run_cli, writing
 from odir_core.model import provenance
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
-from odir_core.model.model_spec import BACKBONES, HEADS, infer_architecture
+from odir_core.model.model_spec import (
+    BACKBONES,
+    HEADS,
+    BackboneSpec,
+    HeadSpec,
+    backbone_spec,
+    head_spec,
+    infer_architecture,
+)
 from odir_core.cli_config import add_config_option, parse_with_config
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: str | None = None,
-                 head: str | None = None, fine_tune: bool = True, image_size: int | None = None,
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: BackboneSpec | str | None = None,
+                 head: HeadSpec | str | None = None, fine_tune: bool = True, image_size: int | None = None,
                  force: bool = False) -> Path:
     """Convert a dual model's ``.pth`` into a keras_odir ``.keras`` or back; returns ``dst``. ``backbone``,
-    ``head``: refuse a model that holds others; ``fine_tune`` False builds the Keras model with a frozen backbone."""
+    ``head`` (specs or registered names): refuse a model that holds others; ``fine_tune`` False builds the
+    Keras model with a frozen backbone."""
+    backbone = None if backbone is None else backbone_spec(backbone)
+    head = None if head is None else head_spec(head)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist.")
@@ -66,13 +77,13 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: st
     return dst
 
 
-def _check_requested(state: dict, src: Path, backbone: str | None, head: str | None) -> None:
+def _check_requested(state: dict, src: Path, backbone: BackboneSpec | None, head: HeadSpec | None) -> None:
     """Refuse a model whose backbone or head is not the requested one (None: any)."""
-    spec, found = infer_architecture(state)
-    if backbone is not None and backbone != spec.name:
-        raise WeightConversionError(f"{src} holds backbone {spec.name}, not the requested {backbone}.")
-    if head is not None and head != found:
-        raise WeightConversionError(f"{src} holds head {found}, not the requested {head}.")
+    found_backbone, found_head = infer_architecture(state)
+    if backbone is not None and backbone != found_backbone:
+        raise WeightConversionError(f"{src} holds backbone {found_backbone.name}, not the requested {backbone.name}.")
+    if head is not None and head != found_head:
+        raise WeightConversionError(f"{src} holds head {found_head.name}, not the requested {head.name}.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,14 +18,15 @@ from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to
 from odir_core.model.checkpoints import dual_state_dict
 from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
+    BackboneSpec,
     CrossEyeCorrelation,
     Dropout,
+    HeadSpec,
     Linear,
     ReLU,
     backbone_spec,
-    head_layers,
+    head_spec,
     infer_architecture,
-    uses_feature_maps,
 )
 
 
@@ -37,25 +38,24 @@ def _dense(units, fan_in, name, dtype=None):
                         bias_initializer=keras.initializers.RandomUniform(-bound, bound))
 
 
-def build_head(head: str, in_features: int) -> keras.Model:
-    """The head ``head`` of ``odir_core.model.model_spec.HEADS`` as a model on the features (input ``features``).
+def build_head(head: HeadSpec, in_features: int) -> keras.Model:
+    """Head ``head`` (a ``HeadSpec`` of ``odir_core.model.model_spec``) as a model on the features (input
+    ``features``).
 
     Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
     policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
     (and float64 under a float64 one). A head on feature maps (``scm``) takes both eyes' maps concatenated
     on channels, (H, W, ``in_features``), channels_last.
     """
-    maps = uses_feature_maps(head)
-    inputs = keras.Input(shape=(None, None, in_features) if maps else (in_features,), name=FEATURES)
+    inputs = keras.Input(shape=(None, None, in_features) if head.uses_maps else (in_features,), name=FEATURES)
     x, width = inputs, in_features
     logits_dtype = keras.config.dtype_policy().variable_dtype
-    spec = head_layers(head)
-    for i, layer in enumerate(spec):
+    for i, layer in enumerate(head.layers):
         name = f"head_{i}"
         if isinstance(layer, CrossEyeCorrelation):
             x = CorrelationFusion(name=name, dtype=logits_dtype)(x)
         elif isinstance(layer, Linear):
-            dtype = logits_dtype if i == len(spec) - 1 else None
+            dtype = logits_dtype if i == len(head.layers) - 1 else None
             x, width = _dense(layer.units, width, name, dtype)(x), layer.units
         elif isinstance(layer, ReLU):
             x = layers.ReLU(name=name)(x)
@@ -64,9 +64,10 @@ def build_head(head: str, in_features: int) -> keras.Model:
     return keras.Model(inputs, x, name=HEAD)
 
 
-def build_backbone(backbone: str = DEFAULT_BACKBONE, input_shape=None, *, data_format: str | None = None,
-                   weights: str | os.PathLike | None = None, name: str = BACKBONE) -> keras.Model:
-    """A registered backbone: images (normalised float32) -> pooled features.
+def build_backbone(backbone: BackboneSpec | str = DEFAULT_BACKBONE, input_shape=None, *,
+                   data_format: str | None = None, weights: str | os.PathLike | None = None,
+                   name: str = BACKBONE) -> keras.Model:
+    """A backbone (its spec, or a registered name): images (normalised float32) -> pooled features.
 
     ``weights``: None (random, torchvision's initialisation), ``"imagenet"`` (torchvision's checkpoint
     from the torch hub folder) or the path of a torchvision checkpoint file (or a folder holding one).
@@ -78,29 +79,31 @@ def build_backbone(backbone: str = DEFAULT_BACKBONE, input_shape=None, *, data_f
     return model
 
 
-def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, freeze_backbone: bool = False,
-                     image_size: int | None = None, weights: str | os.PathLike | None = None,
-                     data_format: str | None = None) -> keras.Model:
+def build_dual_model(backbone: BackboneSpec | str = DEFAULT_BACKBONE, head: HeadSpec | str = "v0", *,
+                     freeze_backbone: bool = False, image_size: int | None = None,
+                     weights: str | os.PathLike | None = None, data_format: str | None = None) -> keras.Model:
     """Dual-eye model: inputs ``{"left", "right"}`` (normalised float32) -> 8 logits.
 
-    ``backbone``/``head``: names from ``odir_core.model.model_spec``. ``image_size``: fixed square input
-    size, or None for any size. ``weights``: backbone weights, None / ``"imagenet"`` / a torchvision
-    checkpoint path. ``freeze_backbone``: the backbone gets ``trainable = False``, so it also runs in
-    inference mode (BatchNorm uses its moving statistics) whatever ``training`` the model is called with.
+    ``backbone``/``head``: specs of ``odir_core.model.model_spec`` (``BackboneSpec``, ``HeadSpec``) or
+    registered names, resolved here once. ``image_size``: fixed square input size, or None for any size.
+    ``weights``: backbone weights, None / ``"imagenet"`` / a torchvision checkpoint path.
+    ``freeze_backbone``: the backbone gets ``trainable = False``, so it also runs in inference mode
+    (BatchNorm uses its moving statistics) whatever ``training`` the model is called with.
     ``data_format``: ``channels_last`` (NHWC, default) or ``channels_first`` (NCHW; not with a head on
     feature maps). With a head on feature maps the ``backbone`` part ends at the last feature map, before
     its pooling (``parts.DualParts.uses_maps``).
     """
-    spec = backbone_spec(backbone)
+    spec, head = backbone_spec(backbone), head_spec(head)
     head_model = build_head(head, 2 * spec.features)
     data_format = data_format or keras.config.image_data_format()
-    maps = uses_feature_maps(head)
+    maps = head.uses_maps
     if maps and data_format != "channels_last":
-        raise ValueError(f"head {head} works on channels_last feature maps; build it with data_format='channels_last'")
+        raise ValueError(f"head {head.name} works on channels_last feature maps; "
+                         "build it with data_format='channels_last'")
     shape = (image_size, image_size, 3) if data_format == "channels_last" else (3, image_size, image_size)
     left = keras.Input(shape=shape, name="left")
     right = keras.Input(shape=shape, name="right")
-    shared = build_backbone(spec.name, shape, data_format=data_format, weights=weights)
+    shared = build_backbone(spec, shape, data_format=data_format, weights=weights)
     if maps:  # the same layers up to the last feature map (normalised at every position where the spec says)
         feature_map = shared.get_layer(POOL).input
         if spec.map_norm:
@@ -109,7 +112,7 @@ def build_dual_model(backbone: str = DEFAULT_BACKBONE, head: str = "v0", *, free
     if freeze_backbone:
         shared.trainable = False
     features = layers.Concatenate(name=FEATURES)([shared(left), shared(right)])
-    return keras.Model({"left": left, "right": right}, head_model(features), name=f"dual_{spec.name}_{head}")
+    return keras.Model({"left": left, "right": right}, head_model(features), name=f"dual_{spec.name}_{head.name}")
 
 
 def dual_model_from_state(state: Mapping, *, source: str = "state_dict", **build_kwargs) -> keras.Model:
@@ -119,8 +122,7 @@ def dual_model_from_state(state: Mapping, *, source: str = "state_dict", **build
     :func:`build_dual_model` (``freeze_backbone``, ``image_size``, ``data_format``).
     """
     state = dual_state_dict(state)
-    spec, head = infer_architecture(state)
-    model = build_dual_model(spec.name, head, **build_kwargs)
+    model = build_dual_model(*infer_architecture(state), **build_kwargs)
     return torch_to_keras_state(model, state, source=source)
 
 

@@ -34,7 +34,7 @@ from keras_odir.precision import dtype_policy
 from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.errors import on_every_rank
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
-from odir_core.model.model_spec import backbone_spec, check_architecture
+from odir_core.model.model_spec import check_architecture
 from odir_core.training.collectives import gather_rows, on_main
 from odir_core.training.config import TrainConfig
 from odir_core.training.distributed import Ranks, check_batch_split, training_rows
@@ -60,28 +60,28 @@ def build_model(config: TrainConfig) -> keras.Model:
     What the weights leave random (the head; the backbone too with ``none``) is drawn from ``config.seed``
     by ``odir_core.model.initial_weights``, the same numbers as torch_odir.train's.
     """
-    spec = backbone_spec(config.backbone)
+    spec, head = config.backbone_spec, config.head_spec
     build = dict(freeze_backbone=not config.fine_tune, image_size=config.input_size)
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
-        model = build_dual_model(config.backbone, config.head, weights=weights, **build)
+        model = build_dual_model(spec, head, weights=weights, **build)
         return load_initial_weights(model, spec, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file (use imagenet, none or a model file)")
-    model = build_dual_model(config.backbone, config.head, **build)
+    model = build_dual_model(spec, head, **build)
     if path.suffix in TORCH_SUFFIXES:
         state = dual_state_dict(read_torch_state(path))
         if not is_dual_state(state):  # a torchvision checkpoint of the backbone alone
             torch_to_keras_state(dual_parts(model).backbone, backbone_state_dict(state, spec), source=str(path))
             return load_initial_weights(model, spec, config.seed, draw_backbone=False)
-        check_architecture(state, config.backbone, config.head, f"--weights {path}")
+        check_architecture(state, spec, head, f"--weights {path}")
         torch_to_keras_state(model, state, source=str(path))
     elif path.name.endswith(".weights.h5"):
         model.load_weights(path)
     elif path.suffix == KERAS_SUFFIX:
         saved = read_keras_model(path)
-        check_architecture(keras_to_numpy_state(saved), config.backbone, config.head, f"--weights {path}")
+        check_architecture(keras_to_numpy_state(saved), spec, head, f"--weights {path}")
         model.set_weights(saved.get_weights())
     else:
         raise ValueError(f"--weights {path}: unknown file type; use .keras, .weights.h5 or .pth")

@@ -413,4 +413,4 @@ def test_every_registered_backbone_is_told_apart_by_its_keys():
         keys = [k for k in keys if not k.startswith(spec.classifier + ".")]
         assert infer_backbone(keys).name == name
         spec_found, head = infer_architecture([f"backbone.{k}" for k in keys] + ["head.0.weight", "head.0.bias"])
-        assert (spec_found.name, head) == (name, "v0")
+        assert (spec_found, head.name) == (spec, "v0")

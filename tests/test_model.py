@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
 import keras
 import numpy as np
@@ -14,8 +16,8 @@ from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
 from keras_odir.weights import torch_to_keras_state, weight_table
 from odir_core.model.families import FAMILIES
-from odir_core.model.model_spec import BACKBONES, HEADS, infer_head
-from torch_odir.model import DualResNet50
+from odir_core.model.model_spec import BACKBONES, HEADS, Dropout, HeadSpec, Linear, infer_head
+from torch_odir.model import DualNet, DualResNet50
 
 
 def _torchvision_backbone_keys() -> list[str]:
@@ -61,7 +63,7 @@ def test_dual_model_keys_match_torch_model(head):
     model = build_dual_model(head=head, image_size=32)
     torch_keys = [k for k in DualResNet50(head).state_dict() if not k.endswith("num_batches_tracked")]
     assert sorted(weight_table(model)) == sorted(torch_keys)
-    assert infer_head(DualResNet50(head).state_dict()) == head
+    assert infer_head(DualResNet50(head).state_dict()) is HEADS[head]
     logits = model({"left": np.zeros((2, 32, 32, 3), "float32"), "right": np.ones((2, 32, 32, 3), "float32")})
     assert tuple(logits.shape) == (2, 8)
     assert sorted(model.input) == ["left", "right"]
@@ -85,6 +87,22 @@ def test_unknown_head_is_rejected():
         build_dual_model(head="v3")
     with pytest.raises(ValueError, match="v3"):
         DualResNet50("v3")
+
+
+def test_specs_outside_the_registries_are_built_as_given():
+    """A spec object goes down to the builders as it is: one that no registry holds builds in both frameworks."""
+    backbone = dataclasses.replace(BACKBONES["resnet18"], name="resnet18_copy")
+    head = HeadSpec("narrow", (Dropout(0.1), Linear(16), Linear()))
+    model = build_dual_model(backbone, head, image_size=32)
+    assert model.name == "dual_resnet18_copy_narrow"
+    torch_model = DualNet(backbone, head)
+    assert torch_model.spec is backbone and torch_model.head_spec is head
+    torch_keys = [k for k in torch_model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert sorted(weight_table(model)) == sorted(torch_keys)
+    assert {k for k in torch_keys if k.startswith("head.")} == head.state_keys == {
+        "head.1.weight", "head.1.bias", "head.2.weight", "head.2.bias"}
+    logits = model({"left": np.zeros((1, 32, 32, 3), "float32"), "right": np.zeros((1, 32, 32, 3), "float32")})
+    assert tuple(logits.shape) == (1, 8)
 
 
 def test_frozen_keras_backbone_runs_in_inference_mode():

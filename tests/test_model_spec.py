@@ -26,8 +26,9 @@ from odir_core.model.model_spec import (
     Dropout,
     Linear,
     ReLU,
+    backbone_spec,
     check_architecture,
-    head_keys,
+    head_spec,
     infer_architecture,
     infer_backbone,
 )
@@ -57,9 +58,10 @@ def test_registry_matches_torchvision(name):
 
 @pytest.mark.parametrize("head", list(HEADS))
 def test_torch_head_follows_the_spec(head):
-    modules = list(build_head(head, 4096))
-    assert len(modules) == len(HEADS[head])
-    for module, layer in zip(modules, HEADS[head]):
+    spec = HEADS[head]
+    modules = list(build_head(spec, 4096))
+    assert len(modules) == len(spec.layers)
+    for module, layer in zip(modules, spec.layers):
         if isinstance(layer, Linear):
             assert isinstance(module, nn.Linear) and module.out_features == layer.units
         elif isinstance(layer, Dropout):
@@ -69,13 +71,28 @@ def test_torch_head_follows_the_spec(head):
         else:
             assert isinstance(layer, ReLU) and isinstance(module, nn.ReLU)
     assert modules[-1].out_features == 8
-    assert {f"head.{k}" for k in build_head(head, 4096).state_dict()} == head_keys(head)
+    assert {f"head.{k}" for k in build_head(spec, 4096).state_dict()} == spec.state_keys
+    assert spec.uses_maps == isinstance(spec.layers[0], CrossEyeCorrelation)
 
 
 @pytest.mark.parametrize("head", list(HEADS))
 def test_architecture_is_read_from_keys(head):
     spec, found = infer_architecture(DualNet("resnet50", head).state_dict())
-    assert (spec.name, found) == ("resnet50", head)
+    assert (spec, found) == (BACKBONES["resnet50"], HEADS[head])
+
+
+def test_resolvers_look_names_up_and_pass_specs_through():
+    for name, spec in BACKBONES.items():
+        assert backbone_spec(name) is spec and backbone_spec(spec) is spec
+    for name, spec in HEADS.items():
+        assert head_spec(name) is spec and head_spec(spec) is spec
+    with pytest.raises(ValueError, match="Unknown backbone 'resnet9'; choose one of resnet18, "):
+        backbone_spec("resnet9")
+    with pytest.raises(ValueError, match="Unknown head 'v3'; choose one of v0, v1, v2, scm"):
+        head_spec("v3")
+    assert [name for name, spec in HEADS.items() if spec.uses_maps] == ["scm"]
+    config = config_module.TrainConfig(backbone="resnet18", head="scm")
+    assert config.backbone_spec is BACKBONES["resnet18"] and config.head_spec is HEADS["scm"]
 
 
 def test_keys_of_another_network_are_refused():
@@ -94,8 +111,13 @@ def test_keys_of_another_network_are_refused():
         infer_architecture(state)
     with pytest.raises(ArchitectureError, match="keys outside backbone"):
         infer_architecture({**state, "fc.weight": 0})
+    v2 = DualNet("resnet50", "v2").state_dict()
     with pytest.raises(ArchitectureError, match="pass --backbone resnet50 --head v2"):
-        check_architecture(DualNet("resnet50", "v2").state_dict(), "resnet50", "v0", "study.pth")
+        check_architecture(v2, "resnet50", "v0", "study.pth")
+    with pytest.raises(ArchitectureError, match="holds backbone resnet50 with head v2, not resnet18 with v2"):
+        check_architecture(v2, BACKBONES["resnet18"], HEADS["v2"], "study.pth")
+    check_architecture(v2, BACKBONES["resnet50"], HEADS["v2"])
+    check_architecture(v2, "resnet50", "v2")
 
 
 def test_every_list_of_choices_is_declared_once():
@@ -112,7 +134,7 @@ def _study_model(head: str) -> nn.Module:
     model = nn.Module()
     model.backbone = torchvision.models.resnet50(weights=None)
     model.backbone.fc = nn.Identity()
-    model.classifier = nn.Linear(4096, 8) if head == "v0" else build_head(head, 4096)
+    model.classifier = nn.Linear(4096, 8) if head == "v0" else build_head(HEADS[head], 4096)
     return model
 
 
@@ -121,10 +143,10 @@ def test_study_state_dict_becomes_torch_odirs(head):
     torch.manual_seed(0)
     study = _study_model(head).state_dict()
     state = dual_state_dict(study)
-    assert infer_architecture(state)[1] == head
+    assert infer_architecture(state)[1] is HEADS[head]
     reference = DualNet("resnet50", head)
     reference.load_state_dict(state)  # strict: every key known, none missing
-    suffix = "weight" if head == "v0" else f"{len(HEADS[head]) - 1}.weight"
+    suffix = "weight" if head == "v0" else f"{len(HEADS[head].layers) - 1}.weight"
     assert torch.equal(reference.head[-1].weight, study[f"classifier.{suffix}"])
 
 

@@ -12,7 +12,7 @@ from keras_odir.convert import convert_file
 from keras_odir.inference import load_predictor as keras_predictor
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import model_input, prepare_photo
-from odir_core.model.model_spec import head_keys
+from odir_core.model.model_spec import HEADS
 from odir_core.training.config import TrainConfig, load_config
 from torch_odir.inference import load_predictor as torch_predictor
 from training_runs import only_run, tiny_train_args
@@ -34,7 +34,7 @@ def test_torch_trained_scm_converts_and_predicts_the_same_in_keras(data, tmp_pat
     assert ttrain.main(args) == 0
     run = only_run(tmp_path / "runs")
     state = torch.load(run / "best.pth", weights_only=False)["state_dict"]
-    assert {k for k in state if k.startswith("head.")} == head_keys("scm") == {"head.2.weight", "head.2.bias"}
+    assert {k for k in state if k.startswith("head.")} == HEADS["scm"].state_keys == {"head.2.weight", "head.2.bias"}
     convert_file(run / "best.pth", tmp_path / "best.keras")
     config = load_config(run / "config.toml")
     pair = [model_input(prepare_photo(p, config), config)[None] for p in sorted((data / "images").iterdir())[:2]]

@@ -14,22 +14,18 @@ import torch
 import torchvision
 from torch import nn
 
-from odir_core.model.checkpoints import (
-    CheckpointNotFoundError,
-    dual_state_dict,
-    load_imagenet_backbone_state,
-    read_checkpoint,
-)
+from odir_core.model.checkpoints import dual_state_dict, load_imagenet_backbone_state, read_checkpoint
 from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
+    BackboneSpec,
     CrossEyeCorrelation,
     Dropout,
+    HeadSpec,
     Linear,
     ReLU,
     backbone_spec,
-    head_layers,
+    head_spec,
     infer_architecture,
-    uses_feature_maps,
 )
 
 torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True)
@@ -56,13 +52,14 @@ class MapHead(nn.Sequential):
         return x
 
 
-def build_head(head: str, in_features: int) -> nn.Sequential:
-    """The head ``head`` of ``odir_core.model.model_spec.HEADS``; its Sequential indices are Keras' ``head_<i>``.
+def build_head(head: HeadSpec, in_features: int) -> nn.Sequential:
+    """Head ``head`` (a ``HeadSpec`` of ``odir_core.model.model_spec``); its Sequential indices are Keras'
+    ``head_<i>``.
 
     ``in_features``: the width of the [left, right] features (twice the backbone's).
     """
     modules, width = [], in_features
-    for layer in head_layers(head):
+    for layer in head.layers:
         if isinstance(layer, Linear):
             modules.append(nn.Linear(width, layer.units))
             width = layer.units
@@ -72,11 +69,13 @@ def build_head(head: str, in_features: int) -> nn.Sequential:
             modules.append(nn.Dropout(layer.rate))
         elif isinstance(layer, CrossEyeCorrelation):
             modules.append(CorrelationFusion())
-    return (MapHead if uses_feature_maps(head) else nn.Sequential)(*modules)
+    return (MapHead if head.uses_maps else nn.Sequential)(*modules)
 
 
-def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None) -> nn.Module:
-    """torchvision's constructor of ``backbone`` with its classifier replaced by ``Identity``.
+def build_backbone(backbone: BackboneSpec | str = DEFAULT_BACKBONE,
+                   weights: str | os.PathLike | None = None) -> nn.Module:
+    """torchvision's constructor of ``backbone`` (its spec, or a registered name) with its classifier replaced
+    by ``Identity``.
 
     ``weights``: None (random), ``"imagenet"`` (torch hub folder, downloaded when missing) or the
     path of a torchvision checkpoint file (or a folder holding one).
@@ -94,21 +93,22 @@ def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike 
 class DualNet(nn.Module):
     """Both eyes through one backbone, features [left, right] -> head -> logits.
 
-    ``backbone``/``head``: names from ``odir_core.model.model_spec``. ``weights``: backbone weights, None
-    (random), ``"imagenet"`` or a torchvision checkpoint path. ``freeze_backbone``: backbone parameters
-    get no gradient and the backbone stays in eval mode (BatchNorm uses its running statistics) even
-    after ``model.train()``. Weights are in channels_last memory format (NHWC in memory, the layout
+    ``backbone``/``head``: specs of ``odir_core.model.model_spec`` (``BackboneSpec``, ``HeadSpec``) or
+    registered names, resolved here once (kept as ``spec`` and ``head_spec``). ``weights``: backbone
+    weights, None (random), ``"imagenet"`` or a torchvision checkpoint path. ``freeze_backbone``: backbone
+    parameters get no gradient and the backbone stays in eval mode (BatchNorm uses its running statistics)
+    even after ``model.train()``. Weights are in channels_last memory format (NHWC in memory, the layout
     oneDNN and cuDNN convolve fastest); inputs in either format give the same result.
     """
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, head: str = "v0", freeze_backbone: bool = False,
-                 weights: str | os.PathLike | None = None):
+    def __init__(self, backbone: BackboneSpec | str = DEFAULT_BACKBONE, head: HeadSpec | str = "v0",
+                 freeze_backbone: bool = False, weights: str | os.PathLike | None = None):
         super().__init__()
         self.spec = backbone_spec(backbone)
-        self.head_name = head
+        self.head_spec = head_spec(head)
         self.freeze_backbone = freeze_backbone
-        self.backbone = build_backbone(backbone, weights)
-        self.head = build_head(head, 2 * self.spec.features)
+        self.backbone = build_backbone(self.spec, weights)
+        self.head = build_head(self.head_spec, 2 * self.spec.features)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -154,7 +154,8 @@ class DualNet(nn.Module):
 class DualResNet50(DualNet):
     """The study's model: :class:`DualNet` with the ``resnet50`` backbone."""
 
-    def __init__(self, head: str = "v0", freeze_backbone: bool = False, weights: str | os.PathLike | None = None):
+    def __init__(self, head: HeadSpec | str = "v0", freeze_backbone: bool = False,
+                 weights: str | os.PathLike | None = None):
         super().__init__("resnet50", head, freeze_backbone=freeze_backbone, weights=weights)
 
 
@@ -167,11 +168,11 @@ def dual_model_from_state(state: Mapping[str, torch.Tensor], *, freeze_backbone:
     """A :class:`DualNet` built for a dual-model state_dict (backbone and head read from its keys) holding
     its weights; torch_odir's layout or the study's own (``classifier.*``)."""
     state = dual_state_dict(state)
-    spec, head = infer_architecture(state)
-    model = DualNet(spec.name, head, freeze_backbone=freeze_backbone)
+    backbone, head = infer_architecture(state)
+    model = DualNet(backbone, head, freeze_backbone=freeze_backbone)
     model.load_state_dict(state)
     return model
 
 
 __all__ = ["DualNet", "DualResNet50", "build_backbone", "build_head", "dual_model_from_state", "read_torch_state",
-           "torch_load", "CheckpointNotFoundError"]
+           "torch_load"]

@@ -64,27 +64,27 @@ def build_model(config: TrainConfig) -> DualNet:
     backbone checkpoint, or a whole-model ``.pth`` (torch_odir's or the study's own). What the weights
     leave random (the head; the backbone too with ``none``) is drawn from ``config.seed`` by
     ``odir_core.model.initial_weights``, the same numbers as keras_odir.train's."""
-    freeze = not config.fine_tune
+    freeze, spec, head = not config.fine_tune, config.backbone_spec, config.head_spec
     if config.weights in ("none", "imagenet"):
         weights = None if config.weights == "none" else "imagenet"
-        model = DualNet(config.backbone, config.head, freeze_backbone=freeze, weights=weights)
+        model = DualNet(spec, head, freeze_backbone=freeze, weights=weights)
         return load_initial_weights(model, model.spec, config.seed, draw_backbone=weights is None)
     path = Path(config.weights)
     if path.suffix not in TORCH_SUFFIXES:
         raise ValueError(f"--weights {path}: torch_odir starts from PyTorch files ({', '.join(TORCH_SUFFIXES)}); "
                          f"convert a Keras model first: python -m keras_odir.convert {path} {path.stem}.pth")
     state = dual_state_dict(read_torch_state(path))
-    model = DualNet(config.backbone, config.head, freeze_backbone=freeze)
+    model = DualNet(spec, head, freeze_backbone=freeze)
     try:
         if is_dual_state(state):
-            check_architecture(state, config.backbone, config.head, f"--weights {path}")
+            check_architecture(state, spec, head, f"--weights {path}")
             model.load_state_dict(state)
         else:  # a torchvision checkpoint of the backbone alone
-            model.backbone.load_state_dict(backbone_state_dict(state, config.backbone))
+            model.backbone.load_state_dict(backbone_state_dict(state, spec))
             load_initial_weights(model, model.spec, config.seed, draw_backbone=False)
     except RuntimeError as error:  # load_state_dict lists every missing, unexpected and mis-shaped key
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise ArchitectureError(f"--weights {path} does not fit backbone {config.backbone} with head {config.head} "
+        raise ArchitectureError(f"--weights {path} does not fit backbone {spec.name} with head {head.name} "
                                 f"({first}); pass the --backbone and --head it was trained with") from None
     return model
 

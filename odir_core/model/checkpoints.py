@@ -49,10 +49,6 @@ def torch_hub_checkpoint_dir() -> Path:
     return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
-def _spec(backbone: str | BackboneSpec) -> BackboneSpec:
-    return backbone if isinstance(backbone, BackboneSpec) else backbone_spec(backbone)
-
-
 def find_imagenet_checkpoint(path: str | os.PathLike | None = None,
                              backbone: str | BackboneSpec = DEFAULT_BACKBONE) -> Path | None:
     """The ImageNet checkpoint of ``backbone`` on disk, or None when there is none.
@@ -61,7 +57,7 @@ def find_imagenet_checkpoint(path: str | os.PathLike | None = None,
     torchvision files; without it the torch hub checkpoint folder is searched. An explicit path
     that does not exist, or a folder without the file, raises ``CheckpointNotFoundError``.
     """
-    spec = _spec(backbone)
+    spec = backbone_spec(backbone)
     if path is not None:
         path = Path(path).expanduser()
         if path.is_file():
@@ -83,7 +79,7 @@ def find_imagenet_checkpoint(path: str | os.PathLike | None = None,
 
 def missing_checkpoint_message(backbone: str | BackboneSpec = DEFAULT_BACKBONE, folder: Path | None = None) -> str:
     """One line saying which file to download and where to put it."""
-    spec = _spec(backbone)
+    spec = backbone_spec(backbone)
     folder = folder or torch_hub_checkpoint_dir()
     (name, url), *others = spec.imagenet_checkpoints.items()
     alternatives = f" (or {', '.join(n for n, _ in others)})" if others else ""
@@ -113,7 +109,7 @@ def imagenet_checkpoint(path: str | os.PathLike | None = None, backbone: str | B
     Without a file on disk it is downloaded when ``download`` is true and the network answers
     within ``timeout`` seconds; otherwise ``CheckpointNotFoundError`` names the file and where to put it.
     """
-    spec = _spec(backbone)
+    spec = backbone_spec(backbone)
     found = find_imagenet_checkpoint(path, spec)
     if found is not None:
         return found
@@ -162,7 +158,7 @@ def dual_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
 def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec = DEFAULT_BACKBONE) -> dict[str, Any]:
     """A torchvision model's state_dict without its ImageNet classifier (``fc.*`` for ResNet), with the key
     names of torchvision's current modules (``spec.renamed_keys``)."""
-    spec = _spec(backbone)
+    spec = backbone_spec(backbone)
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     for pattern, replacement in spec.renamed_keys:
@@ -211,7 +207,7 @@ def load_imagenet_backbone_state(path: str | os.PathLike | None, backbone: str |
     ``path``: the checkpoint file or a folder holding it; None: the torch hub folder (downloaded there
     when missing and ``download``). A damaged file is a ``CheckpointNotFoundError`` saying to replace it.
     """
-    spec = _spec(backbone)
+    spec = backbone_spec(backbone)
     found = imagenet_checkpoint(path, spec, download=download)
     try:
         state = read_checkpoint(found, load)

@@ -1,4 +1,4 @@
-"""The dual-eye model as data (framework-free): heads as layer lists and a backbone registry.
+"""The dual-eye model as data (framework-free): a head registry (layer lists) and a backbone registry.
 
 ``keras_odir.model`` and ``torch_odir.model`` both build from these declarations, and both
 read a checkpoint's architecture from its keys alone (:func:`infer_architecture`). A dual
@@ -8,8 +8,12 @@ then a head ending in ``NUM_LABELS`` logits. A torch state_dict of it holds
 ``head.<i>.weight|bias`` for the i-th layer of the head.
 
 Adding a backbone of a registered family: one entry in ``BACKBONES``; a new family: one module in
-``odir_core.model.families`` and its Keras builder in ``keras_odir.families``. Adding a head: one entry
-in ``HEADS``.
+``odir_core.model.families`` and its Keras builder in ``keras_odir.families``. Adding a head: one
+:class:`HeadSpec` in ``HEADS``. A name is resolved once, where it enters (a config, a command line): the
+resolvers :func:`backbone_spec` and :func:`head_spec` look it up (and return a spec unchanged), and
+from there the spec objects are passed down (``keras_odir.model``, ``torch_odir.model``, the checkpoint
+helpers), so a spec outside the registries builds too; :func:`infer_architecture` reads the registered
+specs from a state_dict's keys.
 """
 
 from __future__ import annotations
@@ -62,33 +66,45 @@ class CrossEyeCorrelation:
 
 
 HeadLayer = Linear | ReLU | Dropout | CrossEyeCorrelation
-HEADS: dict[str, tuple[HeadLayer, ...]] = {
-    "v0": (Linear(),),
-    "v1": (Dropout(0.2), Linear()),
-    "v2": (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear()),
-    "scm": (CrossEyeCorrelation(), Dropout(0.2), Linear()),
-}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head: its name and its layers; layer i is torch's ``head.<i>`` and Keras' ``head_<i>``."""
+
+    name: str
+    layers: tuple[HeadLayer, ...]
+
+    @property
+    def uses_maps(self) -> bool:
+        """Whether it works on both eyes' feature maps (it starts with ``CrossEyeCorrelation``)."""
+        return bool(self.layers) and isinstance(self.layers[0], CrossEyeCorrelation)
+
+    @property
+    def state_keys(self) -> frozenset[str]:
+        """Its torch state_dict keys: ``head.<i>.weight|bias`` of each Linear."""
+        return frozenset(f"head.{i}.{p}" for i, layer in enumerate(self.layers) if isinstance(layer, Linear)
+                         for p in ("weight", "bias"))
+
+
+HEADS: dict[str, HeadSpec] = {head.name: head for head in (
+    HeadSpec("v0", (Linear(),)),
+    HeadSpec("v1", (Dropout(0.2), Linear())),
+    HeadSpec("v2", (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear())),
+    HeadSpec("scm", (CrossEyeCorrelation(), Dropout(0.2), Linear())),
+)}
 HEAD_HELP = ("classifier head: v0 Linear(8); v1 Dropout(0.2)+Linear(8); v2 MLP 128-64-8 (ReLU, Dropout 0.5); "
              "scm cross-eye spatial correlation of the last feature maps + Dropout(0.2)+Linear(8)")
 
 
-def uses_feature_maps(head: str) -> bool:
-    """Whether head ``head`` works on both eyes' feature maps (it starts with ``CrossEyeCorrelation``)."""
-    return isinstance(head_layers(head)[0], CrossEyeCorrelation)
-
-
-def head_layers(name: str) -> tuple[HeadLayer, ...]:
-    """The layer list of head ``name``; index i is torch's ``head.<i>`` and Keras' ``head_<i>``."""
+def head_spec(head: str | HeadSpec) -> HeadSpec:
+    """``head`` itself when it is a :class:`HeadSpec`, else the registry entry of that name."""
+    if isinstance(head, HeadSpec):
+        return head
     try:
-        return HEADS[name]
+        return HEADS[head]
     except KeyError:
-        raise ValueError(f"Unknown head {name!r}; choose one of {', '.join(HEADS)}.") from None
-
-
-def head_keys(name: str) -> set[str]:
-    """The torch state_dict keys of head ``name`` (``head.<i>.weight|bias`` of each Linear)."""
-    return {f"head.{i}.{p}" for i, layer in enumerate(head_layers(name)) if isinstance(layer, Linear)
-            for p in ("weight", "bias")}
+        raise ValueError(f"Unknown head {head!r}; choose one of {', '.join(HEADS)}.") from None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -122,12 +138,14 @@ BACKBONES: dict[str, BackboneSpec] = {
 DEFAULT_BACKBONE = "resnet50"
 
 
-def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry of backbone ``name``."""
+def backbone_spec(backbone: str | BackboneSpec) -> BackboneSpec:
+    """``backbone`` itself when it is a :class:`BackboneSpec`, else the registry entry of that name."""
+    if isinstance(backbone, BackboneSpec):
+        return backbone
     try:
-        return BACKBONES[name]
+        return BACKBONES[backbone]
     except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.") from None
+        raise ValueError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.") from None
 
 
 class ArchitectureError(InputError):
@@ -148,17 +166,17 @@ def infer_backbone(keys: Iterable[str]) -> BackboneSpec:
         f"(e.g. {', '.join(missing[:3]) or '-'})")
 
 
-def infer_head(keys: Iterable[str]) -> str:
+def infer_head(keys: Iterable[str]) -> HeadSpec:
     """The head whose ``head.*`` keys are exactly the ``head.*`` keys among ``keys``."""
-    found = {k for k in keys if k.startswith("head.")}
-    for name in HEADS:
-        if found == head_keys(name):
-            return name
+    found = frozenset(k for k in keys if k.startswith("head."))
+    for head in HEADS.values():
+        if found == head.state_keys:
+            return head
     layers = sorted({int(k.split(".")[1]) for k in found if k.split(".")[1].isdigit()})
     raise ArchitectureError(f"head layers {layers} match no head of {', '.join(HEADS)}")
 
 
-def infer_architecture(keys: Iterable[str]) -> tuple[BackboneSpec, str]:
+def infer_architecture(keys: Iterable[str]) -> tuple[BackboneSpec, HeadSpec]:
     """(backbone, head) of a dual-model state_dict (keys ``backbone.*`` and ``head.*``)."""
     keys = list(keys)
     others = [k for k in keys if not k.startswith(("backbone.", "head."))]
@@ -168,9 +186,13 @@ def infer_architecture(keys: Iterable[str]) -> tuple[BackboneSpec, str]:
     return backbone, infer_head(keys)
 
 
-def check_architecture(keys: Iterable[str], backbone: str, head: str, source: str = "checkpoint") -> None:
-    """Raise ``ArchitectureError`` unless a dual-model state_dict's keys hold ``backbone`` and ``head``."""
-    spec, found = infer_architecture(keys)
-    if (spec.name, found) != (backbone, head):
-        raise ArchitectureError(f"{source} holds backbone {spec.name} with head {found}, not {backbone} with "
-                                f"{head}: pass --backbone {spec.name} --head {found}")
+def check_architecture(keys: Iterable[str], backbone: str | BackboneSpec, head: str | HeadSpec,
+                       source: str = "checkpoint") -> None:
+    """Raise ``ArchitectureError`` unless a dual-model state_dict's keys hold ``backbone`` and ``head``
+    (specs, or registered names)."""
+    backbone, head = backbone_spec(backbone), head_spec(head)
+    found_backbone, found_head = infer_architecture(keys)
+    if (found_backbone, found_head) != (backbone, head):
+        raise ArchitectureError(f"{source} holds backbone {found_backbone.name} with head {found_head.name}, not "
+                                f"{backbone.name} with {head.name}: pass --backbone {found_backbone.name} "
+                                f"--head {found_head.name}")

@@ -23,8 +23,9 @@ from odir_core.cli_config import ConfigError, read_toml
 from odir_core.data.augment import MODES as AUGMENT_MODES
 from odir_core.data.layouts import is_prepared
 from odir_core.errors import EXIT_USAGE
+from odir_core.model import model_spec
 from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
-from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, uses_feature_maps
+from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, BackboneSpec, HeadSpec
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
 from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
 
@@ -180,8 +181,9 @@ class TrainConfig:
     fine_tune: bool = _opt(False, "train the backbone too (else frozen, BatchNorm in inference mode)")
     weights: str = _opt(
         "imagenet",
-        "backbone weights: 'imagenet' (local torchvision resnet50 checkpoint), 'none' (random), "
-        "or the path of a model file (.pth; keras_odir also .keras/.weights.h5)",
+        "backbone weights: 'imagenet' (torchvision's ImageNet checkpoint of the backbone, from the torch hub "
+        "folder, downloaded when missing), 'none' (random), or the path of a model file (.pth: a whole model or "
+        "a torchvision backbone; keras_odir also .keras/.weights.h5)",
     )
     # optimisation
     batch_size: int = _opt(32, "patients per batch")
@@ -254,11 +256,20 @@ class TrainConfig:
         return self.crop_size if self.crop_size else self.image_size
 
     @property
+    def backbone_spec(self) -> BackboneSpec:
+        """The spec of ``backbone`` (``odir_core.model.model_spec.BACKBONES``)."""
+        return model_spec.backbone_spec(self.backbone)
+
+    @property
+    def head_spec(self) -> HeadSpec:
+        """The spec of ``head`` (``odir_core.model.model_spec.HEADS``)."""
+        return model_spec.head_spec(self.head)
+
+    @property
     def uses_feature_cache(self) -> bool:
         """Whether backbone features can be computed once (frozen backbone, no augmentation, a head on pooled
         features: the feature maps a correlation head needs are too large to keep)."""
-        return (self.feature_cache and not self.fine_tune and self.augment == "none"
-                and not uses_feature_maps(self.head))
+        return self.feature_cache and not self.fine_tune and self.augment == "none" and not self.head_spec.uses_maps
 
     def scheduler_params(self) -> dict[str, Any]:
         """Keyword arguments of the chosen schedule (torch scheduler parameter names)."""
