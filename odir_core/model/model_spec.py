@@ -19,7 +19,7 @@ specs from a state_dict's keys.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
@@ -70,10 +70,12 @@ HeadLayer = Linear | ReLU | Dropout | CrossEyeCorrelation
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head: its name and its layers; layer i is torch's ``head.<i>`` and Keras' ``head_<i>``."""
+    """One head: its name, its layers (layer i is torch's ``head.<i>`` and Keras' ``head_<i>``) and the words
+    ``--help`` shows for it."""
 
     name: str
     layers: tuple[HeadLayer, ...]
+    description: str = field(default="", compare=False)
 
     @property
     def uses_maps(self) -> bool:
@@ -88,13 +90,14 @@ class HeadSpec:
 
 
 HEADS: dict[str, HeadSpec] = {head.name: head for head in (
-    HeadSpec("v0", (Linear(),)),
-    HeadSpec("v1", (Dropout(0.2), Linear())),
-    HeadSpec("v2", (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear())),
-    HeadSpec("scm", (CrossEyeCorrelation(), Dropout(0.2), Linear())),
+    HeadSpec("v0", (Linear(),), "Linear(8)"),
+    HeadSpec("v1", (Dropout(0.2), Linear()), "Dropout(0.2)+Linear(8)"),
+    HeadSpec("v2", (Linear(128), ReLU(), Dropout(0.5), Linear(64), ReLU(), Dropout(0.5), Linear()),
+             "MLP 128-64-8 (ReLU, Dropout 0.5)"),
+    HeadSpec("scm", (CrossEyeCorrelation(), Dropout(0.2), Linear()),
+             "cross-eye spatial correlation of the last feature maps + Dropout(0.2)+Linear(8)"),
 )}
-HEAD_HELP = ("classifier head: v0 Linear(8); v1 Dropout(0.2)+Linear(8); v2 MLP 128-64-8 (ReLU, Dropout 0.5); "
-             "scm cross-eye spatial correlation of the last feature maps + Dropout(0.2)+Linear(8)")
+HEAD_HELP = "classifier head: " + "; ".join(f"{head.name} {head.description}".strip() for head in HEADS.values())
 
 
 def head_spec(head: str | HeadSpec) -> HeadSpec:
