@@ -1,6 +1,6 @@
 """The GPU report in one run: model throughput and a real training epoch of each trainer.
 
-    bash benchmarks/gpu.sh                          # on a CUDA machine: 224 and 448 px, float32 and bf16
+    bash benchmarks/gpu.sh                          # on a CUDA machine: launch-bound (32 px, 2 pairs), 224 and 448 px
     bash benchmarks/gpu.sh --device cpu --quick     # the same steps, small (ResNet18), on any machine
 
 Writes ``gpu.json`` (every number) and ``gpu.md`` (the tables) into ``--out``. Throughput comes
@@ -32,20 +32,26 @@ def _backbone(args) -> str:
 
 
 def throughput(args) -> tuple[dict, list[str]]:
-    """Every size and precision: the per-round times and the printed table."""
+    """Every regime, size and precision: the per-round times and the printed tables. The launch-bound regime
+    (``model_throughput.REGIMES["launch"]``: 32 px, 2 pairs, 1 thread) comes first: the framework's own cost
+    per layer, which a GPU exposes at every size; then 224 and 448 px at batch 32."""
     raw, tables = {}, []
-    sizes = [32] if args.quick else [224, 448]
-    for precision in ("float32", "bf16"):
-        bench = argparse.Namespace(
-            batch=2 if args.quick else 32, rounds=1 if args.quick else 5, iters=1 if args.quick else 3,
-            warmup=1 if args.quick else 3, threads=os.cpu_count(), precision=precision, device=args.device,
-            backbone=_backbone(args), timeout=args.timeout)
-        results = {}
-        for size in sizes:
-            for backend in model_throughput.DEFAULT_BACKENDS:
-                results[size, backend] = model_throughput.run_backend(backend, size, bench)
-                raw[f"{precision} {size} {backend}"] = results[size, backend]
-        tables.append(model_throughput.table(results, bench))
+    if args.quick:
+        regimes = [("quick", [32], 2, os.cpu_count())]
+    else:
+        regimes = [("launch", *model_throughput.REGIMES["launch"]), ("large", [224, 448], 32, os.cpu_count())]
+    for regime, sizes, batch, threads in regimes:
+        for precision in ("float32", "bf16"):
+            bench = argparse.Namespace(
+                batch=batch, rounds=1 if args.quick else 7, iters=1 if args.quick else 3,
+                warmup=1 if args.quick else 3, threads=threads, precision=precision, device=args.device,
+                backbone=_backbone(args), timeout=args.timeout)
+            results = {}
+            for size in sizes:
+                for backend in model_throughput.DEFAULT_BACKENDS:
+                    results[size, backend] = model_throughput.run_backend(backend, size, bench)
+                    raw[f"{regime} {precision} {size} {backend}"] = results[size, backend]
+            tables.append(model_throughput.table(results, bench))
     return raw, tables
 
 

@@ -8,6 +8,8 @@ that times torch_odir again beside it (tensorflow likewise, when asked for). Pri
 the median ratio to torch_odir in the same rounds with its range (> 1 is faster than torch_odir).
 
     python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
+    python benchmarks/model_throughput.py --regime launch       # 32 px, 2 pairs, 1 thread: the framework's own cost
+    python benchmarks/model_throughput.py --backbone all --sizes 64   # every registered backbone
     python benchmarks/model_throughput.py --precision bf16 --sizes 224 --rounds 7
     python benchmarks/model_throughput.py --device cuda --sizes 224 448 --batch 32
     python benchmarks/model_throughput.py --backbone efficientnet_b0 --sizes 64 --backends torch jax tensorflow
@@ -32,6 +34,9 @@ CONFIGS_BY_BACKEND = {
     "tensorflow": ("torch_odir", "keras/tensorflow"),
 }
 DEFAULT_BACKENDS = ("torch", "jax")  # tensorflow-cpu has no GPU build: asked for by name
+# Named settings of (sizes, batch, threads). "launch": so little compute per layer that a step takes as long as
+# the Python that launches its kernels, the regime a GPU puts every size in; "compute": the CPU's own regime.
+REGIMES = {"launch": ([32], 2, 1), "compute": ([64, 224], 8, 2)}
 
 
 def _batch(batch: int, size: int, seed: int = 0):
@@ -179,6 +184,9 @@ def table(results: dict, args) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", choices=list(REGIMES),
+                        help="preset sizes, batch and threads: launch = 32 px, 2 pairs, 1 thread (per-layer framework "
+                        "cost, as on a GPU); compute = 64 and 224 px, 8 pairs, 2 threads; flags given as well override it")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="square image sizes to run")
     parser.add_argument("--batch", type=int, default=8, help="pairs (left + right images) per step")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
@@ -188,25 +196,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("float32", "bf16", "fp16"), default="float32",
                         help="bf16/fp16: Keras mixed_bfloat16/mixed_float16 policy vs torch autocast")
     parser.add_argument("--device", default="cpu", help="torch_odir's device: cpu or cuda")
-    parser.add_argument("--backbone", default="resnet50", help="backbone of odir_core.model.model_spec")
+    parser.add_argument("--backbone", default="resnet50",
+                        help="backbone of odir_core.model.model_spec, or all: every registered backbone in turn")
     parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(DEFAULT_BACKENDS),
                         help="Keras backends to compare with torch_odir")
     parser.add_argument("--json", type=Path, help="also write the raw per-round times here")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per backend and size")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.regime:
+        given = set(argv if argv is not None else sys.argv[1:])
+        sizes, batch, threads = REGIMES[args.regime]
+        args.sizes = args.sizes if "--sizes" in given else sizes
+        args.batch = args.batch if "--batch" in given else batch
+        args.threads = args.threads if "--threads" in given else threads
     if args.worker:
         args.size = args.sizes[0]
         worker(args)
         return 0
-    results = {}
-    for size in args.sizes:
-        for backend in args.backends:
-            print(f"{size} px, {backend} backend ...", file=sys.stderr, flush=True)
-            results[size, backend] = run_backend(backend, size, args)
-    print(table(results, args))
+    from odir_core.model.model_spec import BACKBONES
+
+    backbones = list(BACKBONES) if args.backbone == "all" else [args.backbone]
+    raw = {}
+    for backbone in backbones:
+        bench = argparse.Namespace(**{**vars(args), "backbone": backbone})
+        results = {}
+        for size in args.sizes:
+            for backend in args.backends:
+                print(f"{backbone}, {size} px, {backend} backend ...", file=sys.stderr, flush=True)
+                results[size, backend] = run_backend(backend, size, bench)
+                raw[f"{backbone} {size} {backend}"] = results[size, backend]
+        print(table(results, bench), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({f"{s} {b}": r for (s, b), r in results.items()}, indent=1))
+        args.json.write_text(json.dumps(raw, indent=1))
     return 0
 
 
