@@ -14,7 +14,7 @@ def test_gpu_report_runs_on_cpu(tmp_path):
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads((tmp_path / "gpu.json").read_text())
-    assert set(report["throughput"]) == {f"{p} 32 {b}" for p in ("float32", "bf16") for b in ("torch", "jax")}
+    assert set(report["throughput"]) == {f"quick {p} 32 {b}" for p in ("float32", "bf16") for b in ("torch", "jax")}
     for times in report["throughput"].values():
         assert all(len(kinds["train"]) == 1 and kinds["infer"][0] > 0 for kinds in times.values())
     for epoch in report["training_epoch"].values():
