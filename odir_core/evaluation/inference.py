@@ -23,7 +23,7 @@ from odir_core.data.preprocess import PreprocessError, prepare_image
 from odir_core.data.splits import SplitError
 from odir_core.errors import InputError, OdirError
 from odir_core.evaluation.thresholds import THRESHOLDS_FILE, ThresholdError
-from odir_core.metrics import MetricsError
+from odir_core.scores import MetricsError
 from odir_core.model import provenance
 from odir_core.training.config import ConfigError, TrainConfig, load_config
 from odir_core.training.run import CONFIG_FILE, DataSourceError

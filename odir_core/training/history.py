@@ -18,7 +18,7 @@ import pandas as pd
 
 from odir_core.atomic import atomic_path
 from odir_core.metric_table import SCORES, STUDY_COLUMNS
-from odir_core.metrics import MetricsWarning, challenge_metrics, study_metrics
+from odir_core.scores import MetricsWarning, challenge_metrics, study_metrics
 from odir_core.spreadsheets import write_xlsx
 
 RESULTS_FILE = "train_results.xlsx"
@@ -47,7 +47,7 @@ def split_metrics(split: str, y_true, logits) -> dict[str, float]:
     (the scores of odir_core.metric_table, in its order).
 
     Labels absent from a small split make some scores undefined; those are averaged out
-    (odir_core.metrics) without a warning per epoch.
+    (odir_core.scores) without a warning per epoch.
     """
     prob = sigmoid(logits)
     with warnings.catch_warnings():
