@@ -19,7 +19,8 @@ from keras_odir.predict import main as keras_predict
 from keras_odir.train import build_model as keras_build_model
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
-from odir_core.training.config import TrainConfig, save_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import save_config
 from parity_helpers import IS_CHILD, images, nchw
 
 # The study's heads, written as its script wrote them (v0 a bare Linear, v1/v2 Sequentials).

@@ -20,7 +20,8 @@ from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
 from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.model import provenance
-from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from reference_data import EXPERIMENTS
 from training_runs import only_run, tiny_train_args
 

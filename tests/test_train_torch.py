@@ -8,7 +8,8 @@ import torch
 import torch_odir.train as ttrain
 from odir_core.data.synthetic import generate
 from odir_core.metric_table import STUDY_COLUMNS
-from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from torch_odir.model import DualResNet50
 from training_runs import only_run, tiny_train_args
 
