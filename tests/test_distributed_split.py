@@ -20,7 +20,7 @@ from odir_core.training.distributed import (
     rank_batch,
     rank_slice,
 )
-from odir_core.training.history import bce_with_logits
+from odir_core.training.epoch_metrics import bce_with_logits
 from odir_core.training.run import DataSourceError
 
 

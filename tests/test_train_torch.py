@@ -64,10 +64,10 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
 
     original = ttrain.early_stopping_state  # called after the epoch's backup is written
 
-    def interrupt_after_first_epoch(losses, patience):
+    def interrupt_after_first_epoch(losses):
         if len(losses) == 1:
             raise KeyboardInterrupt
-        return original(losses, patience)
+        return original(losses)
 
     monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_first_epoch)
     assert ttrain.main(tiny_train_args(data, tmp_path / "cut", *extra)) == 130

@@ -33,9 +33,10 @@ from odir_core.training.collectives import batch_sum, gather_batches, on_main, p
 from odir_core.training.config import TrainConfig
 from odir_core.training.console import epoch_line
 from odir_core.training.distributed import DistributedError, Ranks, check_batch_split, loss_share
-from odir_core.training.epoch_record import diverged, epoch_record
+from odir_core.training.early_stopping import early_stopping_state, should_stop
+from odir_core.training.epoch_metrics import diverged, epoch_record
 from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
-from odir_core.training.history import History, early_stopping_state, should_stop
+from odir_core.training.history import History
 from odir_core.training.run import (
     ResumeError,
     RunSetup,
@@ -193,7 +194,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
 
 def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray, y_val: np.ndarray,
              train_metrics: str) -> dict[str, float]:
-    """The epoch's record (``odir_core.training.epoch_record``) from the outputs of ``train_one_epoch``: train metrics
+    """The epoch's record (``odir_core.training.epoch_metrics``) from the outputs of ``train_one_epoch``: train metrics
     from the epoch's training-mode outputs (as the study) or a clean pass, validation metrics from a pass over
     the validation split; every rank predicts its slices and gets the same record."""
     loss, y_epoch, epoch_logits = trained
@@ -330,7 +331,7 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
             diverged_epoch = epoch
             break
         save_epoch(setup, model, loop, scheduler, history, epoch)
-        _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
+        _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records])
         if should_stop(wait, config.patience):
             break
     if writer is not None:
