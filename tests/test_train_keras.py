@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_odir.train as ktrain
-from keras_odir.evaluate import BACKEND
+from keras_odir.cli_backend import BACKEND
 from keras_odir.parts import dual_parts
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
