@@ -36,10 +36,10 @@ from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_s
 from odir_core.model.model_spec import backbone_spec, check_architecture
 from odir_core.training.collectives import gather_rows, on_main
 from odir_core.training.config import TrainConfig
-from odir_core.training.distributed import Ranks, check_batch_split, training_rows
 from odir_core.training.epoch_metrics import bce_with_logits
 from odir_core.training.feature_cache import build_feature_cache
 from odir_core.training.history import History
+from odir_core.training.ranks import Ranks, check_batch_split, training_rows
 from odir_core.training.run import (
     RunSetup,
     end_run,

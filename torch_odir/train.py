@@ -32,11 +32,11 @@ from odir_core.model.model_spec import ArchitectureError, check_architecture
 from odir_core.training.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.training.config import TrainConfig
 from odir_core.training.console import epoch_line
-from odir_core.training.distributed import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.training.early_stopping import early_stopping_state, should_stop
 from odir_core.training.epoch_metrics import diverged, epoch_record
 from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
 from odir_core.training.history import History
+from odir_core.training.ranks import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.training.run import (
     ResumeError,
     RunSetup,
@@ -50,8 +50,8 @@ from odir_core.training.run_datasets import run_datasets
 from odir_core.training.schedules import make_schedule
 from odir_core.training.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
+from torch_odir.data_parallel import wrap
 from torch_odir.devices import resolve_device
-from torch_odir.distributed import wrap
 from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
 
@@ -162,7 +162,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
     """One pass over the epoch's training batches: (mean loss over the global batches, this rank's labels
     and training-mode logits per batch). Stops at the first non-finite loss (the mean is then not finite).
 
-    Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.distributed.loss_share``)
+    Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.ranks.loss_share``)
     so that DDP's gradient average is the gradient of the global batch's mean loss."""
     loop.forward.train()
     loop.train_loader.batch_sampler.set_epoch(epoch)

@@ -47,8 +47,8 @@ from odir_core.training.config import FIELDS, PREPARED_ODIR, TrainConfig
 from odir_core.training.config_files import load_config, save_config
 from odir_core.training.config_flags import parse_args
 from odir_core.training.console import duration, early_stopping_line
-from odir_core.training.distributed import Ranks
 from odir_core.training.history import HISTORY_FILE
+from odir_core.training.ranks import Ranks
 from odir_core.training.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"
