@@ -1,4 +1,4 @@
-"""Train the dual-eye ResNet50 in PyTorch: ``python -m torch_odir.train [--config F] [flags]``.
+"""Train the dual-eye model in PyTorch: ``python -m torch_odir.train [--config F] [flags]``.
 
 The same options, configs and run folder as ``keras_odir.train`` (``--help``): ``config.toml``,
 ``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
@@ -342,8 +342,8 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
 def main(argv=None) -> int:
     """Command-line entry point."""
     return run_training_cli(train, argv, prog="python -m torch_odir.train",
-                            description="Train the dual-eye ResNet50 with PyTorch, the reference implementation "
-                            "(the same options, configs and run folder as keras_odir.train).")
+                            description="Train the dual-eye classifier (ResNet50 by default) with PyTorch, the "
+                            "reference implementation (the same options, configs and run folder as keras_odir.train).")
 
 
 if __name__ == "__main__":

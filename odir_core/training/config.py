@@ -171,8 +171,8 @@ class TrainConfig:
     fine_tune: bool = _opt(False, "train the backbone too (else frozen, BatchNorm in inference mode)")
     weights: str = _opt(
         "imagenet",
-        "backbone weights: 'imagenet' (local torchvision resnet50 checkpoint), 'none' (random), "
-        "or the path of a model file (.pth; keras_odir also .keras/.weights.h5)",
+        "backbone weights: 'imagenet' (the backbone's torchvision checkpoint, found locally or downloaded), "
+        "'none' (random), or the path of a model file (.pth; keras_odir also .keras/.weights.h5)",
     )
     # optimisation
     batch_size: int = _opt(32, "patients per batch")
