@@ -35,11 +35,11 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from odir_core.training.ranks import Ranks
     import torch_odir.train as ttrain
     from torch_odir.devices import resolve_device
     from odir_core.training.collectives import from_main, process_group
     from odir_core.training.config import TrainConfig
-    from odir_core.training.distributed import Ranks
     from odir_core.training.run import setup_run
 
     ranks = Ranks.from_env()

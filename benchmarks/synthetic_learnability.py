@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from odir_core.data import synthetic
 from odir_core.data.annotations import label_matrix, read_annotations
 from odir_core.labels import LABELS
-from odir_core.metrics import challenge_metrics
+from odir_core.scores import challenge_metrics
 
 
 def eye_features(img: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""keras-odir: dual-eye ResNet50 for ODIR-5K in Keras 3 (torch, jax or tensorflow backend).
+"""keras-odir: the dual-eye ODIR-5K classifier (ResNet50 by default) in Keras 3 (torch, jax or tensorflow backend).
 
 The torch backend is the default: ``KERAS_BACKEND`` is set to ``torch`` here when the
 user has not chosen one (unset or empty), before keras is imported anywhere in this package; a name

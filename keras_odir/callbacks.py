@@ -18,9 +18,10 @@ from odir_core.atomic import atomic_path, atomic_write_text
 from odir_core.model import provenance
 from odir_core.training.collectives import all_true
 from odir_core.training.console import epoch_line
-from odir_core.training.distributed import Ranks
-from odir_core.training.epoch_record import diverged, epoch_record
-from odir_core.training.history import History, early_stopping_state
+from odir_core.training.early_stopping import early_stopping_state
+from odir_core.training.epoch_metrics import diverged, epoch_record
+from odir_core.training.history import History
+from odir_core.training.ranks import Ranks
 from odir_core.training.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.training.tensorboard import ScalarWriter
 
@@ -197,7 +198,7 @@ class RestoreState(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not self.val_losses:
             return
-        best, wait, best_epoch = early_stopping_state(self.val_losses, 0)
+        best, wait, best_epoch = early_stopping_state(self.val_losses)
         if self.early_stopping is not None:
             self.early_stopping.best = best
             self.early_stopping.wait = wait

@@ -11,8 +11,8 @@ import numpy as np
 import keras
 
 from odir_core.data.dataset import DualEyeDataset, EpochOrder
-from odir_core.training.distributed import Ranks, batch_sizes, loss_share, rank_batch, rank_rows, training_rows
 from odir_core.training.feature_cache import FeatureBatch
+from odir_core.training.ranks import Ranks, batch_sizes, loss_share, rank_batch, rank_rows, training_rows
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -24,9 +24,9 @@ class EpochBatches(keras.utils.PyDataset):
     ``make_batch(indices, epoch, start) -> (inputs, labels)`` builds a batch from dataset rows;
     ``shuffle``/``balanced`` choose the order (seeded permutation / balanced sampler on ``labels``).
     Under several processes (``ranks``) each batch is this rank's slice of the global batch, with a
-    per-row weight (``odir_core.training.distributed.loss_share``) that makes the mean of the ranks' gradients the
+    per-row weight (``odir_core.training.ranks.loss_share``) that makes the mean of the ranks' gradients the
     global batch's; a short last batch that leaves this rank no row is not part of it (evaluation only).
-    ``training``: the batches trained on, without a last batch of one pair (``odir_core.training.distributed.training_rows``).
+    ``training``: the batches trained on, without a last batch of one pair (``odir_core.training.ranks.training_rows``).
     """
 
     def __init__(

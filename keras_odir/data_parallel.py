@@ -1,12 +1,12 @@
 """Data-parallel training for keras_odir.train on the engines of each backend.
 
 torch: torchrun starts one process per device; each trains its slice of every global batch
-(``odir_core.training.distributed``) and ``TorchSGD`` averages the gradients over ``torch.distributed`` before each
+(``odir_core.training.ranks``) and ``TorchSGD`` averages the gradients over ``torch.distributed`` before each
 step (Keras has no ``keras.distribution`` on torch). jax: ``keras.distribution.DataParallel`` over every
 device; the SPMD program splits each global batch over the devices, averages the gradients and normalises
 BatchNorm over the global batch. Several jax processes (one per machine, say) join one job through
 ``keras.distribution.initialize`` when the environment names it (``jax_job``); each feeds its slice of every
-global batch (``odir_core.training.distributed``), which Keras assembles into the global batch
+global batch (``odir_core.training.ranks``), which Keras assembles into the global batch
 (``jax.make_array_from_process_local_data``). tensorflow: one device.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from odir_core.training import devices
 from odir_core.training.collectives import process_group
 from odir_core.training.config import TrainConfig
-from odir_core.training.distributed import DistributedError, Ranks, batch_sizes
+from odir_core.training.ranks import DistributedError, Ranks, batch_sizes
 
 
 # The environment variables that make a process one of a multi-process jax job, in order of precedence: the
@@ -96,7 +96,7 @@ def _join(job: JaxJob) -> None:
 
 def _jax_devices() -> list:
     """Every device of the jax job, those of process 0 first, then process 1's, ...: process ``r``'s block of
-    each global batch is then its slice ``odir_core.training.distributed.rank_slice``."""
+    each global batch is then its slice ``odir_core.training.ranks.rank_slice``."""
     import jax
 
     return sorted(jax.devices(), key=lambda device: device.process_index)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from keras_odir.cli_backend import BACKEND
 from odir_core.evaluation import evaluate
-from odir_core.evaluation.inference import Backend
-from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES
-
-BACKEND = Backend(name="keras_odir", model_suffixes=(KERAS_SUFFIX, *TORCH_SUFFIXES), loader="keras_odir.inference:load_predictor",
-                  torch_load="keras_odir.weights:torch_load")
 
 
 def main(argv=None) -> int:

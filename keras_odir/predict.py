@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from keras_odir.evaluate import BACKEND
+from keras_odir.cli_backend import BACKEND
 from odir_core.evaluation import predict
 
 

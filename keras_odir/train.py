@@ -1,4 +1,4 @@
-"""Train the dual-eye ResNet50 in Keras: ``KERAS_BACKEND=torch python -m keras_odir.train [--config F] [flags]``.
+"""Train the dual-eye model in Keras: ``KERAS_BACKEND=torch python -m keras_odir.train [--config F] [flags]``.
 
 Every option is a field of ``odir_core.training.config.TrainConfig`` (``--help``). A run writes one folder
 ``runs/<experiment>-<timestamp>/``: ``config.toml``, ``best.keras`` (lowest validation loss),
@@ -37,9 +37,10 @@ from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_s
 from odir_core.model.model_spec import check_architecture
 from odir_core.training.collectives import gather_rows, on_main
 from odir_core.training.config import TrainConfig
-from odir_core.training.distributed import Ranks, check_batch_split, training_rows
+from odir_core.training.epoch_metrics import bce_with_logits
 from odir_core.training.feature_cache import build_feature_cache
-from odir_core.training.history import History, bce_with_logits
+from odir_core.training.history import History
+from odir_core.training.ranks import Ranks, check_batch_split, training_rows
 from odir_core.training.run import (
     RunSetup,
     end_run,
@@ -231,8 +232,8 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 def main(argv=None) -> int:
     """Command-line entry point."""
     return run_training_cli(train, argv, prog="python -m keras_odir.train",
-                            description="Train the dual-eye ResNet50 with Keras 3 on the backend KERAS_BACKEND "
-                            "names (torch, jax or tensorflow; default torch).")
+                            description="Train the dual-eye classifier (ResNet50 by default) with Keras 3 on the "
+                            "backend KERAS_BACKEND names (torch, jax or tensorflow; default torch).")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ tag, and whether it is a column of the study's ``train_results.xlsx``.
 A per-split row is recorded once per split as ``<split>_<key>`` (``train_final_score``,
 ``val_final_score``: the history.csv columns, and the study's xlsx columns where ``study``); an
 unsplit row (``lr``, ``momentum``) as its key. ``score`` names the value in
-:func:`odir_core.metrics.study_metrics` (or :func:`~odir_core.metrics.challenge_metrics` where
+:func:`odir_core.scores.study_metrics` (or :func:`~odir_core.scores.challenge_metrics` where
 ``challenge``) that the row records; the loss has none (the trainer computes it). ``console`` lists
 the splits shown on the epoch line (None: an unsplit row's value). The order of the rows is the
 order of the history.csv columns within a split, of the console fields and of the TensorBoard tags.

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
+from keras_odir.cli_backend import BACKEND
 from keras_odir.convert import main as convert
-from keras_odir.evaluate import BACKEND
 from keras_odir.evaluate import main as keras_evaluate
 from keras_odir.model import build_dual_model
 from keras_odir.parts import dual_parts
@@ -19,7 +19,8 @@ from keras_odir.predict import main as keras_predict
 from keras_odir.train import build_model as keras_build_model
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
-from odir_core.training.config import TrainConfig, save_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import save_config
 from parity_helpers import IS_CHILD, images, nchw
 
 # The study's heads, written as its script wrote them (v0 a bare Linear, v1/v2 Sequentials).
@@ -133,7 +134,7 @@ def test_training_starts_from_a_study_checkpoint(study_run, backbone_state, tmp_
 
 @pytest.mark.skipif(IS_CHILD, reason="torch_odir does not depend on the Keras backend")
 def test_torch_odir_takes_a_study_checkpoint(study_run, tmp_path, capsys):
-    from torch_odir.evaluate import BACKEND as TORCH
+    from torch_odir.cli_backend import BACKEND as TORCH
     from torch_odir.predict import main as torch_predict
     from torch_odir.train import build_model as torch_build_model
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE
-from odir_core.training.config import load_config
+from odir_core.training.config_files import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted((EXPERIMENTS / "backbones").glob("*.toml"))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from odir_core.training import config as cfg
+from odir_core.training.config_files import load_config, save_config
+from odir_core.training.config_flags import parse_args
 from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +19,7 @@ EXPERIMENTS = ROOT / "experiments"
 def test_flags_override_file_and_file_overrides_defaults(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('head = "v2"\nlr = 0.05\nepochs = 7\nfine_tune = true\n')
-    conf = cfg.parse_args(["--config", str(path), "--lr", "0.2", "--no-fine-tune", "--dataset", "synthetic"])
+    conf = parse_args(["--config", str(path), "--lr", "0.2", "--no-fine-tune", "--dataset", "synthetic"])
     assert conf.head == "v2" and conf.epochs == 7  # from the file
     assert conf.lr == 0.2 and conf.fine_tune is False and conf.data == "synthetic"  # flags win
     assert conf.momentum == cfg.TrainConfig().momentum  # built-in default
@@ -26,7 +28,7 @@ def test_flags_override_file_and_file_overrides_defaults(tmp_path):
 def test_integer_in_toml_is_accepted_for_float_field(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("lr = 1\n")
-    conf = cfg.load_config(path)
+    conf = load_config(path)
     assert conf.lr == 1.0 and isinstance(conf.lr, float)
 
 
@@ -44,7 +46,7 @@ def test_bad_config_names_key_and_file(tmp_path, text, words):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(cfg.ConfigError) as info:
-        cfg.load_config(path)
+        load_config(path)
     message = str(info.value)
     for word in words:
         assert word in message
@@ -52,13 +54,13 @@ def test_bad_config_names_key_and_file(tmp_path, text, words):
 
 def test_bad_flag_value_exits_with_usage(capsys):
     with pytest.raises(SystemExit):
-        cfg.parse_args(["--augment", "mixup"])
+        parse_args(["--augment", "mixup"])
     assert "invalid choice" in capsys.readouterr().err
 
 
 def test_help_explains_every_field(capsys):
     with pytest.raises(SystemExit):
-        cfg.parse_args(["--help"])
+        parse_args(["--help"])
     out = capsys.readouterr().out
     for f in dataclasses.fields(cfg.TrainConfig):
         flag = "--data" if f.name == "data" else "--" + f.name.replace("_", "-")
@@ -68,22 +70,22 @@ def test_help_explains_every_field(capsys):
 
 def test_saved_config_round_trips_through_toml(tmp_path):
     conf = cfg.TrainConfig(head="v1", crop_size=200, scheduler="cyclic", seed=3)
-    path = cfg.save_config(conf, tmp_path / "config.toml")
+    path = save_config(conf, tmp_path / "config.toml")
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     assert raw["head"] == "v1" and raw["crop_size"] == 200 and raw["scheduler"] == "cyclic"
-    assert cfg.load_config(path) == conf
+    assert load_config(path) == conf
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary left behind
 
 
 def test_resume_uses_the_run_config(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    cfg.save_config(cfg.TrainConfig(head="v2", epochs=9), run / "config.toml")
-    conf = cfg.parse_args(["--resume", str(run), "--epochs", "12"])
+    save_config(cfg.TrainConfig(head="v2", epochs=9), run / "config.toml")
+    conf = parse_args(["--resume", str(run), "--epochs", "12"])
     assert conf.head == "v2" and conf.epochs == 12 and conf.resume == str(run)
     with pytest.raises(SystemExit):
-        cfg.parse_args(["--resume", str(tmp_path / "missing")])
+        parse_args(["--resume", str(tmp_path / "missing")])
 
 
 def test_scheduler_params_are_torch_keyword_names():
@@ -105,7 +107,7 @@ def test_experiment_files_match_the_study_table():
     assert len(rows) == 16
     for row in rows:
         k = int(row["experiment"])
-        conf = cfg.load_config(EXPERIMENTS / f"experiment_{k:02d}.toml")
+        conf = load_config(EXPERIMENTS / f"experiment_{k:02d}.toml")
         assert conf.image_size == int(row["images"].rsplit("_", 1)[1]), k
         assert conf.head == row["head"], k
         assert conf.fine_tune == (row["fine_tune"] == "1"), k
@@ -123,17 +125,17 @@ def test_experiment_files_match_the_study_table():
 
 
 def test_experiments_16_and_17_vary_experiment_15():
-    base = cfg.load_config(EXPERIMENTS / "experiment_15.toml")
-    e16 = cfg.load_config(EXPERIMENTS / "experiment_16.toml")
-    e17 = cfg.load_config(EXPERIMENTS / "experiment_17.toml")
+    base = load_config(EXPERIMENTS / "experiment_15.toml")
+    e16 = load_config(EXPERIMENTS / "experiment_16.toml")
+    e17 = load_config(EXPERIMENTS / "experiment_17.toml")
     assert e16 == base.replace(experiment="experiment_16", head="v2")
     assert e17 == base.replace(experiment="experiment_17", balanced_sampler=True)
 
 
 def test_demo_config_is_the_default_and_small(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/odir5k here
-    conf = cfg.parse_args([])
-    assert conf == cfg.load_config(EXPERIMENTS / "demo.toml")
+    conf = parse_args([])
+    assert conf == load_config(EXPERIMENTS / "demo.toml")
     assert conf.experiment == "demo" and conf.input_size <= 96 and conf.weights == "none"
 
 
@@ -148,14 +150,14 @@ def test_prepared_odir_runs_the_study_best_recipe_and_says_so(tmp_path, monkeypa
     _prepared_odir(tmp_path)
     monkeypatch.chdir(tmp_path)
     lines = []
-    conf = cfg.parse_args([], log=lines.append)
-    assert conf == cfg.load_config(EXPERIMENTS / "experiment_15.toml")
+    conf = parse_args([], log=lines.append)
+    assert conf == load_config(EXPERIMENTS / "experiment_15.toml")
     assert conf.image_size == 512 and conf.crop_size == 448 and conf.weights == "imagenet" and conf.epochs == 100
     assert len(lines) == 1 and lines[0].startswith(
         "Prepared ODIR-5K found in data/odir5k: running the study's best recipe (experiments/experiment_15.toml: "
         "512 px images cropped to 448, imagenet weights, fine-tuned")
     flagged = []
-    assert cfg.parse_args(["--epochs", "3"], log=flagged.append).epochs == 3
+    assert parse_args(["--epochs", "3"], log=flagged.append).epochs == 3
     assert "experiment_15.toml with --epochs from the command line: " in flagged[0]
 
 
@@ -164,21 +166,21 @@ def test_data_or_config_flag_keeps_the_demo_recipe_beside_a_prepared_odir(tmp_pa
     _prepared_odir(tmp_path)
     monkeypatch.chdir(tmp_path)
     lines = []
-    conf = cfg.parse_args(argv, log=lines.append)
-    assert conf == cfg.load_config(EXPERIMENTS / "demo.toml", **({"data": "synthetic"} if "--data" in argv else {}))
+    conf = parse_args(argv, log=lines.append)
+    assert conf == load_config(EXPERIMENTS / "demo.toml", **({"data": "synthetic"} if "--data" in argv else {}))
     assert lines == []
 
 
 def test_without_prepared_odir_the_demo_is_the_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lines = []
-    assert cfg.parse_args([], log=lines.append) == cfg.load_config(EXPERIMENTS / "demo.toml")
+    assert parse_args([], log=lines.append) == load_config(EXPERIMENTS / "demo.toml")
     assert lines == []
 
 
 def _help_text(capsys, argv=("--help",)) -> str:
     with pytest.raises(SystemExit):
-        cfg.parse_args(list(argv), prog="train", description="Train.")
+        parse_args(list(argv), prog="train", description="Train.")
     return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
 

@@ -1,4 +1,4 @@
-"""odir_core.training.distributed: how a global batch is split over ranks and put back together, checked against
+"""odir_core.training.ranks: how a global batch is split over ranks and put back together, checked against
 np.array_split and one process's order; the device choice; BCE with pos_weight against torch; which process
 prints an error (odir_core.errors.run_cli, odir_core.training.collectives), with a stand-in for torch.distributed."""
 
@@ -10,7 +10,8 @@ from odir_core.data.dataset import DataError
 from odir_core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, on_every_rank, run_cli
 from odir_core.training.collectives import LostProcess, batch_sum, on_main, process_group
 from odir_core.training.devices import DeviceError, resolve_device
-from odir_core.training.distributed import (
+from odir_core.training.epoch_metrics import bce_with_logits
+from odir_core.training.ranks import (
     DistributedError,
     Ranks,
     batch_sizes,
@@ -20,7 +21,6 @@ from odir_core.training.distributed import (
     rank_batch,
     rank_slice,
 )
-from odir_core.training.history import bce_with_logits
 from odir_core.training.run import DataSourceError
 
 

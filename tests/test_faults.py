@@ -46,7 +46,8 @@ from odir_core.errors import (
     run_cli,
 )
 from odir_core.labels import LABELS
-from odir_core.training.config import TrainConfig, load_config, save_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config, save_config
 from odir_core.training.run import ResumeError, TrainingDiverged
 from torch_odir.evaluate import main as torch_evaluate
 from torch_odir.model import DualResNet50

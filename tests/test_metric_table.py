@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.training.console import epoch_line
-from odir_core.training.epoch_record import epoch_record
+from odir_core.training.epoch_metrics import epoch_record
 from odir_core.training.history import History
 from odir_core.training.run import log_summary
 from odir_core.training.tensorboard import ScalarWriter

@@ -1,8 +1,6 @@
-"""odir_core.metrics against the study's published numbers, the official ODIR-2019 values and scikit-learn."""
+"""odir_core.scores against the study's published numbers, the official ODIR-2019 values and scikit-learn."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +8,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
+from odir_core.evaluation.submission import read_label_file
 from odir_core.labels import LABELS
-from odir_core.metrics import (
+from odir_core.scores import (
     MetricsError,
     MetricsWarning,
-    SubmissionError,
     challenge_metrics,
-    check_submission,
-    main,
     per_label_table,
-    read_label_file,
     study_metrics,
 )
 from reference_data import EXPERIMENTS, STUDY_TABLE, needs, require
 
-REPO = Path(__file__).resolve().parents[1]
 needs_reference = needs(STUDY_TABLE)
 KEYS = ("kappa", "f1", "auc", "final")
 
@@ -157,7 +151,7 @@ def test_label_all_positive_is_left_out_of_weighted_auc(random_case):
     assert got["auc"] == pytest.approx(roc_auc_score(y[:, 1:], p[:, 1:], average="weighted"), abs=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore:ROC AUC is undefined:odir_core.metrics.MetricsWarning")
+@pytest.mark.filterwarnings("ignore:ROC AUC is undefined:odir_core.scores.MetricsWarning")
 def test_constant_truth_and_prediction_gives_nan_kappa(random_case):
     y, p = random_case
     y, p = y.copy(), p.copy()
@@ -214,186 +208,6 @@ def test_non_binary_truth(random_case):
     y[5, 7] = 0.5
     with pytest.raises(MetricsError, match=r"only 0 and 1; 1 other value\(s\) at row 5 column O"):
         challenge_metrics(y, p)
-
-
-# --------------------------------------------------------------------------- files and submissions
-
-
-def _frames(n=6, seed=1):
-    rng = np.random.default_rng(seed)
-    ids = [10, 3, 7, 42, 5, 8][:n]
-    gt = pd.DataFrame((rng.random((n, 8)) < 0.4).astype(int), columns=list(LABELS))
-    gt.insert(0, "ID", ids)
-    sub = pd.DataFrame(rng.random((n, 8)), columns=list(LABELS))
-    sub.insert(0, "ID", ids)
-    return gt, sub
-
-
-@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
-def test_read_label_file_round_trip(tmp_path, suffix):
-    gt, sub = _frames()
-    path = tmp_path / f"probs{suffix}"
-    extra = sub.assign(note="x")[["note", *sub.columns]]
-    extra.to_csv(path, index=False) if suffix == ".csv" else extra.to_excel(path, index=False)
-    got = read_label_file(path)
-    assert got.columns.tolist() == ["ID", *LABELS]
-    assert got["ID"].dtype == np.int64
-    np.testing.assert_allclose(got[list(LABELS)].to_numpy(), sub[list(LABELS)].to_numpy(), rtol=0, atol=1e-15)
-
-
-@pytest.mark.parametrize("sep", [";", "\t"])
-def test_label_files_saved_by_spreadsheets_in_other_locales_are_read(tmp_path, sep):
-    """Semicolon or tab separated, lower-case or spaced header names: the same table as the study's format."""
-    gt, sub = _frames()
-    for frame, name in ((gt, "gt.csv"), (sub, "probs.csv")):
-        frame.rename(columns=lambda c: f" {c.lower()} ").to_csv(tmp_path / name, index=False, sep=sep)
-    got = read_label_file(tmp_path / "probs.csv")
-    assert got.columns.tolist() == ["ID", *LABELS]
-    np.testing.assert_allclose(got[list(LABELS)].to_numpy(), sub[list(LABELS)].to_numpy(), rtol=0, atol=1e-15)
-    check_submission(tmp_path / "probs.csv", tmp_path / "gt.csv")
-
-
-def test_read_label_file_errors(tmp_path):
-    gt, _ = _frames()
-    path = tmp_path / "gt.csv"
-    gt.drop(columns=["H"]).to_csv(path, index=False)
-    with pytest.raises(MetricsError, match=r"gt\.csv: missing column\(s\) H"):
-        read_label_file(path)
-    gt = gt.astype(object)
-    gt.loc[2, "D"] = "yes"
-    gt.to_csv(path, index=False)
-    with pytest.raises(MetricsError, match=r"column D, row 4 .*'yes'"):
-        read_label_file(path)
-    with pytest.raises(MetricsError, match="no such file"):
-        read_label_file(tmp_path / "absent.xlsx")
-    (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(MetricsError, match="unsupported file type"):
-        read_label_file(tmp_path / "x.json")
-
-
-def test_check_submission_accepts_matching_file(tmp_path):
-    gt, sub = _frames()
-    sub.to_csv(tmp_path / "sub.csv", index=False)
-    gt.to_excel(tmp_path / "gt.xlsx", index=False)
-    check_submission(tmp_path / "sub.csv", tmp_path / "gt.xlsx")
-    check_submission(sub, gt)
-
-
-def test_check_submission_wrong_column_order():
-    gt, sub = _frames()
-    with pytest.raises(SubmissionError, match="columns in the wrong order"):
-        check_submission(sub[["ID", "D", "N", *LABELS[2:]]], gt)
-
-
-def test_check_submission_wrong_row_order():
-    gt, sub = _frames()
-    with pytest.raises(SubmissionError, match=r"rows in the wrong order \(row 2 has ID 3, the ground truth has 10\)"):
-        check_submission(sub.iloc[[1, 0, 2, 3, 4, 5]], gt)
-
-
-def test_check_submission_missing_ids():
-    gt, sub = _frames()
-    with pytest.raises(SubmissionError, match=r"2 ground-truth ID\(s\) missing: 7, 42"):
-        check_submission(sub.iloc[[0, 1, 4, 5]], gt)
-
-
-def test_check_submission_extra_ids():
-    gt, sub = _frames()
-    extra = pd.concat([sub, sub.iloc[[0]].assign(ID=999)])
-    with pytest.raises(SubmissionError, match=r"1 ID\(s\) not in the ground truth: 999"):
-        check_submission(extra, gt)
-
-
-def test_check_submission_other_problems():
-    gt, sub = _frames()
-    with pytest.raises(SubmissionError, match=r"missing column\(s\) O"):
-        check_submission(sub.drop(columns=["O"]), gt)
-    with pytest.raises(SubmissionError, match=r"unexpected column\(s\) score"):
-        check_submission(sub.assign(score=1.0), gt)
-    with pytest.raises(SubmissionError, match="appears more than once"):
-        check_submission(pd.concat([sub, sub.iloc[[2]]]), gt)
-    bad = sub.copy()
-    bad.loc[1, "G"] = 1.2
-    with pytest.raises(SubmissionError, match=r"not probabilities in \[0, 1\] at row 3 column G"):
-        check_submission(bad, gt)
-    bad.loc[1, "G"] = np.nan
-    with pytest.raises(SubmissionError, match="column G, row 3"):
-        check_submission(bad, gt)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def test_cli_experiment_15(capsys):
-    require(EXPERIMENTS / "experiment_15" / "probs.xlsx")
-    folder = EXPERIMENTS / "experiment_15"
-    assert main([str(folder / "ground_truth.xlsx"), str(folder / "probs.xlsx")]) == 0
-    out = capsys.readouterr().out
-    assert "0.6014981085268922" in out and "0.8078548208001156" in out  # official kappa and final
-    assert "0.7071414010255999" in out  # the study's final on these probabilities (0.707141 in the csv)
-    weighted = next(line for line in out.splitlines() if line.strip().startswith("weighted avg")).split()
-    assert weighted[2:5] == ["0.64", "0.71", "0.67"] and weighted[-1] == "824"
-
-
-def test_cli_bad_input_exit_code_and_one_line(tmp_path):
-    gt, sub = _frames()
-    gt.to_csv(tmp_path / "gt.csv", index=False)
-    sub.iloc[::-1].to_csv(tmp_path / "sub.csv", index=False)
-    result = subprocess.run(
-        [sys.executable, "-m", "odir_core.metrics", str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "rows in the wrong order" in result.stderr
-    assert result.stdout == ""
-
-
-def test_cli_align_and_threshold(tmp_path, capsys):
-    gt, sub = _frames()
-    gt.to_csv(tmp_path / "gt.csv", index=False)
-    sub.iloc[::-1][["ID", *reversed(LABELS)]].to_csv(tmp_path / "sub.csv", index=False)
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv"), "--align", "--threshold", "0.3"]) == 0
-    out = capsys.readouterr().out
-    expected = challenge_metrics(gt[list(LABELS)], sub[list(LABELS)], threshold=0.3)
-    assert f"{expected['final']:.16f}" in out and out.startswith("threshold 0.3,")
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "missing.csv")]) == 2
-    assert "no such file" in capsys.readouterr().err
-
-
-def test_cli_help_explains_flags(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "--threshold" in out and "--align" in out and "GROUND_TRUTH" in out.upper()
-
-
-def test_cli_names_bad_cells_of_either_file(tmp_path, capsys):
-    gt, sub = _frames()
-    gt.loc[3, "A"] = 2
-    gt.to_csv(tmp_path / "gt.csv", index=False)
-    sub.to_csv(tmp_path / "sub.csv", index=False)
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")]) == 2
-    assert "gt.csv: 1 value(s) are not 0/1 labels at row 5 column A" in capsys.readouterr().err
-    gt.loc[3, "A"] = 1
-    gt.to_csv(tmp_path / "gt.csv", index=False)
-    sub.loc[0, "M"] = -0.1
-    sub.iloc[::-1].to_csv(tmp_path / "sub.csv", index=False)
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv"), "--align"]) == 2
-    assert "sub.csv: 1 value(s) are not probabilities in [0, 1] at row 7 column M" in capsys.readouterr().err
-
-
-def test_cli_warnings_and_errors_carry_this_command_name(tmp_path, capsys):
-    gt, sub = _frames()
-    gt["H"] = 0  # no patient with H: its ROC AUC is undefined
-    gt.to_csv(tmp_path / "gt.csv", index=False)
-    sub.to_csv(tmp_path / "sub.csv", index=False)
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "sub.csv")]) == 0
-    warned = capsys.readouterr().err.splitlines()
-    assert warned and all(line.startswith("odir_core.metrics: warning: ") for line in warned)
-    assert any("ROC AUC is undefined for label(s) H" in line for line in warned)
-    assert main([str(tmp_path / "gt.csv"), str(tmp_path / "missing.csv")]) == 2
-    assert capsys.readouterr().err.startswith("odir_core.metrics: error: ")
 
 
 @pytest.mark.parametrize("score", [study_metrics, challenge_metrics, per_label_table])

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from fundus_images import landscape_image, noise_image, zero_middle_of_scan
 
-from keras_odir.evaluate import BACKEND as KERAS
+from keras_odir.cli_backend import BACKEND as KERAS
 from keras_odir.predict import main as keras_predict
 from odir_core.evaluation import plots
 from odir_core.evaluation.inference import load_model, model_input, prepare_photo
@@ -24,7 +24,7 @@ from odir_core.evaluation.thresholds import save_thresholds
 from odir_core.labels import LABELS
 from reference_data import REAL_SAMPLES, needs
 from tiny_runs import new_run, recording_run, run_config, shared_models
-from torch_odir.evaluate import BACKEND as TORCH
+from torch_odir.cli_backend import BACKEND as TORCH
 from torch_odir.predict import main as torch_predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_raw_photographs_same_prediction_in_both_frameworks(runs, tmp_path, caps
 
 GRADCAM_SCRIPT = """
 import sys, numpy as np, keras
-from keras_odir.evaluate import BACKEND
+from keras_odir.cli_backend import BACKEND
 from odir_core.evaluation.inference import load_model, model_input, prepare_photo
 assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
 model = load_model(BACKEND, sys.argv[2])

@@ -18,9 +18,9 @@ from odir_core.evaluation import reports
 from odir_core.evaluation.evaluate import folder_pairs
 from odir_core.evaluation.evaluate import main as evaluate_main
 from odir_core.evaluation.inference import Backend, gradcam_map, tta_views
+from odir_core.evaluation.submission import check_submission, read_label_file
 from odir_core.evaluation.thresholds import CANDIDATES, ThresholdError, load_thresholds, save_thresholds, tune_thresholds
 from odir_core.labels import LABELS
-from odir_core.metrics import check_submission, read_label_file
 from reference_data import EXPERIMENTS, REAL_SAMPLES, STUDY_TABLE, needs
 
 needs_reference = needs(STUDY_TABLE)

@@ -13,7 +13,8 @@ from keras_odir.inference import load_predictor as keras_predictor
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import model_input, prepare_photo
 from odir_core.model.model_spec import HEADS
-from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from torch_odir.inference import load_predictor as torch_predictor
 from training_runs import only_run, tiny_train_args
 

@@ -280,7 +280,8 @@ def test_sigterm_in_prepare_keeps_the_images_written_and_a_rerun_resumes(tmp_pat
 
 @pytest.mark.parametrize("patient_id", ["1e30", "99999999999999999999", "-1e19"])
 def test_an_id_beyond_64_bits_in_a_label_file_is_named_not_wrapped(tmp_path, patient_id):
-    from odir_core.metrics import MetricsError, read_label_file
+    from odir_core.evaluation.submission import read_label_file
+    from odir_core.scores import MetricsError
 
     path = tmp_path / "probs.csv"
     path.write_text("ID,N,D,G,C,A,H,M,O\n0,0,0,0,0,0,0,0,1\n" + patient_id + ",1,0,0,0,0,0,0,0\n")

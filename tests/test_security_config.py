@@ -16,6 +16,7 @@ import torch
 
 from keras_odir.optimizers import TorchSGD
 from odir_core.training import config as cfg
+from odir_core.training.config_files import from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = math.nan, math.inf
@@ -24,13 +25,13 @@ NAN, INF = math.nan, math.inf
 def _refused(values: dict) -> str:
     """The ConfigError message for ``values`` (fails the test when they are accepted)."""
     with pytest.raises(cfg.ConfigError) as info:
-        cfg.from_dict(values)
+        from_dict(values)
     return str(info.value)
 
 
 def _accepted(**values) -> bool:
     try:
-        cfg.from_dict(values)
+        from_dict(values)
     except cfg.ConfigError:
         return False
     return True
@@ -46,7 +47,7 @@ def test_experiment_name_is_one_folder_name():
         message = _refused({"experiment": name})
         assert message.startswith(f"experiment = {name!r}: "), message
         assert "--run-dir" in message and "\n" not in message
-    assert [cfg.from_dict({"experiment": name}).experiment for name in KEPT_NAMES] == KEPT_NAMES
+    assert [from_dict({"experiment": name}).experiment for name in KEPT_NAMES] == KEPT_NAMES
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -152,7 +153,7 @@ def test_integer_too_large_for_a_float_key_names_file_and_key(tmp_path):
     path = tmp_path / "big.toml"
     path.write_text("lr = 1" + "0" * 400 + "\n")
     with pytest.raises(cfg.ConfigError, match=rf"^{re.escape(str(path))}: lr = 10+ is too large"):
-        cfg.load_config(path)
+        load_config(path)
 
 
 @pytest.mark.parametrize("module", ["torch_odir.train", "keras_odir.train"])

@@ -1,7 +1,7 @@
 """A last training batch of one pair and data sets too small to train on.
 
 A training epoch leaves out a last batch of one pair (BatchNorm in training mode cannot normalise it), the same in
-both trainers and over several processes (odir_core.training.distributed.training_rows); validation and evaluation batches of
+both trainers and over several processes (odir_core.training.ranks.training_rows); validation and evaluation batches of
 one are kept. A data set or split too small to train on is one line naming it and how many patients it needs.
 """
 
@@ -16,7 +16,7 @@ from odir_core.data.annotations import read_annotations
 from odir_core.data.dataset import EpochOrder
 from odir_core.data.splits import save_split
 from odir_core.data.synthetic import generate
-from odir_core.training.distributed import DistributedError, check_batch_split
+from odir_core.training.ranks import DistributedError, check_batch_split
 from torch_odir.data import EpochBatchSampler
 
 # where each trainer computes an epoch's record from the epoch's outputs

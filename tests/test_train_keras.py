@@ -14,13 +14,14 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_odir.train as ktrain
-from keras_odir.evaluate import BACKEND
+from keras_odir.cli_backend import BACKEND
 from keras_odir.parts import dual_parts
 from odir_core.data.synthetic import generate
 from odir_core.evaluation.inference import load_model
 from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.model import provenance
-from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from reference_data import EXPERIMENTS
 from training_runs import only_run, tiny_train_args
 

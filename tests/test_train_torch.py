@@ -8,7 +8,8 @@ import torch
 import torch_odir.train as ttrain
 from odir_core.data.synthetic import generate
 from odir_core.metric_table import STUDY_COLUMNS
-from odir_core.training.config import TrainConfig, load_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from torch_odir.model import DualResNet50
 from training_runs import only_run, tiny_train_args
 
@@ -63,10 +64,10 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
 
     original = ttrain.early_stopping_state  # called after the epoch's backup is written
 
-    def interrupt_after_first_epoch(losses, patience):
+    def interrupt_after_first_epoch(losses):
         if len(losses) == 1:
             raise KeyboardInterrupt
-        return original(losses, patience)
+        return original(losses)
 
     monkeypatch.setattr(ttrain, "early_stopping_state", interrupt_after_first_epoch)
     assert ttrain.main(tiny_train_args(data, tmp_path / "cut", *extra)) == 130

@@ -10,7 +10,8 @@ import pandas as pd
 
 from odir_core.data.annotations import COLUMNS, write_annotations
 from odir_core.labels import LABELS
-from odir_core.training.config import TrainConfig, save_config
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import save_config
 from reference_data import REAL_SAMPLES
 
 

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from odir_core.data.dataset import DualEyeDataset, EpochOrder, batch_slices
-from odir_core.training.distributed import Ranks, rank_batch, training_rows
 from odir_core.training.feature_cache import FeatureBatch
+from odir_core.training.ranks import Ranks, rank_batch, training_rows
 
 
 class PairDataset(Dataset):
@@ -49,9 +49,9 @@ def collate_pairs(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 class EpochBatchSampler(Sampler):
     """Batches of ``(row, epoch, position)`` keys in the epoch's order; call ``set_epoch`` before each epoch.
-    Under several processes, this rank's slice of each global batch (``odir_core.training.distributed``; an empty
+    Under several processes, this rank's slice of each global batch (``odir_core.training.ranks``; an empty
     slice of a short last batch is left out). ``training``: a last batch of one pair is left out
-    (``odir_core.training.distributed.training_rows``)."""
+    (``odir_core.training.ranks.training_rows``)."""
 
     def __init__(self, order: EpochOrder, batch_size: int, ranks: Ranks = Ranks(), training: bool = False):
         self.order = order

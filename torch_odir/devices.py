@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from odir_core.training import devices
-from odir_core.training.distributed import Ranks
+from odir_core.training.ranks import Ranks
 
 
 def resolve_device(name: str, ranks: Ranks = Ranks()) -> torch.device:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import sys
 
 from odir_core.evaluation import evaluate
-from odir_core.evaluation.inference import Backend
-from odir_core.model.checkpoints import TORCH_SUFFIXES
-
-BACKEND = Backend(name="torch_odir", model_suffixes=TORCH_SUFFIXES, loader="torch_odir.inference:load_predictor",
-                  torch_load="torch_odir.model:torch_load")
+from torch_odir.cli_backend import BACKEND
 
 
 def main(argv=None) -> int:

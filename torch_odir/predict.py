@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from odir_core.evaluation import predict
-from torch_odir.evaluate import BACKEND
+from torch_odir.cli_backend import BACKEND
 
 
 def main(argv=None) -> int:

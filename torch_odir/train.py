@@ -1,4 +1,4 @@
-"""Train the dual-eye ResNet50 in PyTorch: ``python -m torch_odir.train [--config F] [flags]``.
+"""Train the dual-eye model in PyTorch: ``python -m torch_odir.train [--config F] [flags]``.
 
 The same options, configs and run folder as ``keras_odir.train`` (``--help``): ``config.toml``,
 ``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
@@ -32,10 +32,11 @@ from odir_core.model.model_spec import ArchitectureError, check_architecture
 from odir_core.training.collectives import batch_sum, gather_batches, on_main, process_group
 from odir_core.training.config import TrainConfig
 from odir_core.training.console import epoch_line
-from odir_core.training.distributed import DistributedError, Ranks, check_batch_split, loss_share
-from odir_core.training.epoch_record import diverged, epoch_record
+from odir_core.training.early_stopping import early_stopping_state, should_stop
+from odir_core.training.epoch_metrics import diverged, epoch_record
 from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
-from odir_core.training.history import History, early_stopping_state, should_stop
+from odir_core.training.history import History
+from odir_core.training.ranks import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.training.run import (
     ResumeError,
     RunSetup,
@@ -49,8 +50,8 @@ from odir_core.training.run_datasets import run_datasets
 from odir_core.training.schedules import make_schedule
 from odir_core.training.tensorboard import ScalarWriter
 from torch_odir.data import make_loader
+from torch_odir.data_parallel import wrap
 from torch_odir.devices import resolve_device
-from torch_odir.distributed import wrap
 from torch_odir.initial_weights import load_initial_weights
 from torch_odir.model import DualNet, read_torch_state
 
@@ -161,7 +162,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
     """One pass over the epoch's training batches: (mean loss over the global batches, this rank's labels
     and training-mode logits per batch). Stops at the first non-finite loss (the mean is then not finite).
 
-    Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.distributed.loss_share``)
+    Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.ranks.loss_share``)
     so that DDP's gradient average is the gradient of the global batch's mean loss."""
     loop.forward.train()
     loop.train_loader.batch_sampler.set_epoch(epoch)
@@ -193,7 +194,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
 
 def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray, y_val: np.ndarray,
              train_metrics: str) -> dict[str, float]:
-    """The epoch's record (``odir_core.training.epoch_record``) from the outputs of ``train_one_epoch``: train metrics
+    """The epoch's record (``odir_core.training.epoch_metrics``) from the outputs of ``train_one_epoch``: train metrics
     from the epoch's training-mode outputs (as the study) or a clean pass, validation metrics from a pass over
     the validation split; every rank predicts its slices and gets the same record."""
     loss, y_epoch, epoch_logits = trained
@@ -330,7 +331,7 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
             diverged_epoch = epoch
             break
         save_epoch(setup, model, loop, scheduler, history, epoch)
-        _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records], config.patience)
+        _, wait, _ = early_stopping_state([r["val_loss"] for r in history.records])
         if should_stop(wait, config.patience):
             break
     if writer is not None:
@@ -341,8 +342,8 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
 def main(argv=None) -> int:
     """Command-line entry point."""
     return run_training_cli(train, argv, prog="python -m torch_odir.train",
-                            description="Train the dual-eye ResNet50 with PyTorch, the reference implementation "
-                            "(the same options, configs and run folder as keras_odir.train).")
+                            description="Train the dual-eye classifier (ResNet50 by default) with PyTorch, the "
+                            "reference implementation (the same options, configs and run folder as keras_odir.train).")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,6 @@ LABEL_COMBINATIONS = {
     "01000101": 1, "00110001": 1, "01001010": 1, "00100011": 1, "01100010": 1,
     "00101001": 1, "01001001": 1,
 }
-# Positive patients per label in the real set (the prevalence the generator reproduces).
-REAL_COUNTS = {"N": 1140, "D": 1128, "G": 215, "C": 212, "A": 164, "H": 103, "M": 174, "O": 979}
-REAL_PATIENTS = 3500
 # Per label: patients with the finding in the left eye only, right eye only, both eyes.
 LATERALITY = {
     "D": (214, 240, 670), "G": (66, 38, 111), "C": (58, 53, 101), "A": (20, 27, 115),

@@ -1,2 +1,2 @@
-"""Evaluation layer: the inference protocol both packages plug into, evaluate and predict, decision
-thresholds, reports, plots and the HTML report."""
+"""Evaluation layer: the inference protocol both packages plug into, evaluate and predict, label files and
+the submission check, the metrics command, decision thresholds, reports, plots and the HTML report."""

@@ -39,6 +39,7 @@ from odir_core.evaluation.inference import (
     load_model,
     predict_dataset,
 )
+from odir_core.evaluation.submission import check_submission, read_label_file
 from odir_core.evaluation.thresholds import (
     THRESHOLD_METRICS,
     THRESHOLDS_FILE,
@@ -48,7 +49,6 @@ from odir_core.evaluation.thresholds import (
     tune_thresholds,
 )
 from odir_core.labels import LABELS
-from odir_core.metrics import check_submission, read_label_file
 from odir_core.cli_config import add_config_option, parse_with_config
 from odir_core.training.run import resolve_data
 

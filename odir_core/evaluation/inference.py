@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from odir_core.cli_config import ConfigError
 from odir_core.data.annotations import AnnotationError
 from odir_core.data.augment import center_crop, normalize
 from odir_core.data.dataset import DataError
@@ -23,9 +24,10 @@ from odir_core.data.preprocess import PreprocessError, prepare_image
 from odir_core.data.splits import SplitError
 from odir_core.errors import InputError, OdirError
 from odir_core.evaluation.thresholds import THRESHOLDS_FILE, ThresholdError
-from odir_core.metrics import MetricsError
 from odir_core.model import provenance
-from odir_core.training.config import ConfigError, TrainConfig, load_config
+from odir_core.scores import MetricsError
+from odir_core.training.config import TrainConfig
+from odir_core.training.config_files import load_config
 from odir_core.training.run import CONFIG_FILE, DataSourceError
 
 TTA_MODES = ("none", "hflip", "vflip", "both")

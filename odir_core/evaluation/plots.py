@@ -23,7 +23,7 @@ from sklearn.metrics import (  # noqa: E402
 from odir_core.atomic import atomic_path  # noqa: E402
 from odir_core.evaluation.thresholds import as_thresholds  # noqa: E402
 from odir_core.labels import LABEL_NAMES, LABELS  # noqa: E402
-from odir_core.metrics import binarize  # noqa: E402
+from odir_core.scores import binarize  # noqa: E402
 
 # One colour per label, the same in every figure.
 LABEL_COLORS = dict(zip(LABELS, plt.get_cmap("tab10").colors))

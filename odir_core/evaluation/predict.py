@@ -46,7 +46,7 @@ from odir_core.evaluation.thresholds import (
     thresholds_origin,
 )
 from odir_core.labels import LABEL_NAMES, LABELS
-from odir_core.metrics import binarize
+from odir_core.scores import binarize
 from odir_core.spreadsheets import quote_csv
 from odir_core.cli_config import add_config_option, parse_with_config
 

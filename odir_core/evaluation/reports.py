@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from odir_core import metrics
+from odir_core import scores
 from odir_core.atomic import atomic_folder, atomic_path, atomic_write_text
 from odir_core.errors import InputError, writing
 from odir_core.evaluation import plots
 from odir_core.evaluation.report_html import render_report
 from odir_core.evaluation.thresholds import DEFAULT_THRESHOLD, as_thresholds
 from odir_core.labels import LABEL_NAMES, LABELS, NUM_LABELS
-from odir_core.metrics import binarize
+from odir_core.scores import binarize
 from odir_core.spreadsheets import write_xlsx
 
 COLUMNS = ["ID", *LABELS]
@@ -116,19 +116,19 @@ def _number(value):
 
 
 def _per_label(y_true, y_prob, thresholds) -> dict:
-    table = metrics.per_label_table(y_true, y_prob, threshold=thresholds)
+    table = scores.per_label_table(y_true, y_prob, threshold=thresholds)
     return {label: {k: (int(v) if k == "support" else _number(v)) for k, v in row.items()} for label, row in table.iterrows()}
 
 
 def summarize(y_true, y_prob, tuned=None) -> dict:
     """Study and challenge metrics and the per-label table at 0.5, and at ``tuned`` thresholds when given.
 
-    Undefined scores (odir_core.metrics' NaN) are None; their warnings are listed under "warnings".
+    Undefined scores (odir_core.scores' NaN) are None; their warnings are listed under "warnings".
     """
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", metrics.MetricsWarning)
+        warnings.simplefilter("always", scores.MetricsWarning)
         summary = _summarize(y_true, y_prob, tuned)
-    summary["warnings"] = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, metrics.MetricsWarning)))
+    summary["warnings"] = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, scores.MetricsWarning)))
     return summary
 
 
@@ -138,7 +138,7 @@ def _summarize(y_true, y_prob, tuned) -> dict:
         settings[AT_TUNED] = as_thresholds(tuned)
     summary = {"n_patients": len(y_true), "labels": list(LABELS), "positives": dict(zip(LABELS, map(int, y_true.sum(0))))}
     summary["thresholds"] = {name: dict(zip(LABELS, map(float, t))) for name, t in settings.items()}
-    for name, fn in (("study", metrics.study_metrics), ("challenge", metrics.challenge_metrics)):
+    for name, fn in (("study", scores.study_metrics), ("challenge", scores.challenge_metrics)):
         summary[name] = {key: {k: _number(v) for k, v in fn(y_true, y_prob, threshold=t).items()} for key, t in settings.items()}
     summary["per_label"] = {key: _per_label(y_true, y_prob, t) for key, t in settings.items()}
     return summary

@@ -40,7 +40,7 @@ def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def tune_thresholds(y_true, y_prob, metric: str = "f1", candidates=CANDIDATES) -> np.ndarray:
     """Per label, the candidate threshold maximising that label's F1 or Cohen kappa.
 
-    A probability strictly above the threshold counts as positive (odir_core.metrics.binarize).
+    A probability strictly above the threshold counts as positive (odir_core.scores.binarize).
 
     Ties go to the candidate nearest 0.5; a label without positives (or negatives) keeps 0.5.
     """

@@ -1,3 +1,4 @@
-"""Training layer: the experiment config and its CLI, the run skeleton (run folder and lock, datasets,
-epoch record, history, console, TensorBoard), schedules, class weights, distributed collectives,
-devices and the frozen-backbone feature cache; shared by both trainers, no framework code."""
+"""Training layer: the experiment config (schema, TOML files, flags), the run skeleton (run folder and lock,
+datasets, epoch metrics and record, history, early stopping, console, TensorBoard), schedules, class weights,
+the ranks and collectives of a data-parallel run, devices and the frozen-backbone feature cache; shared by
+both trainers, no framework code."""

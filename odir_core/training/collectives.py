@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from odir_core.errors import EXIT_FAILURE, OdirError, exit_code_for
-from odir_core.training.distributed import Ranks, interleave, interleave_rows
+from odir_core.training.ranks import Ranks, interleave, interleave_rows
 
 _dist = None  # the communication module of the joined process group
 
@@ -78,7 +78,7 @@ def batch_sum(loss_sum: float, rows: int, ranks: Ranks) -> tuple[float, int]:
 
 
 def gather_batches(batches: list[np.ndarray], ranks: Ranks) -> np.ndarray:
-    """Every rank's per-batch outputs, back in global order (``odir_core.training.distributed.interleave``), on every
+    """Every rank's per-batch outputs, back in global order (``odir_core.training.ranks.interleave``), on every
     rank (so that all of them take the same decisions from the metrics)."""
     if not ranks.distributed:
         return np.concatenate(batches)

@@ -1,59 +1,26 @@
-"""Per-epoch training history: metrics from predictions, ``train_results.xlsx`` and ``history.csv``.
+"""Per-epoch training history of a run: its records, ``train_results.xlsx`` and ``history.csv``.
 
 ``train_results.xlsx`` has exactly the study's layout (an unnamed index column, then the study's
 columns of :mod:`odir_core.metric_table`: ``train_loss, train_kappa, train_f1, train_auc,
 train_final_score, val_loss, val_kappa, val_f1, val_auc, val_final_score``); its index is the study's
 0-based one, the only place where the first epoch is 0. ``history.csv`` has every logged value (also
 the challenge metrics, learning rate and momentum) with an ``epoch`` column numbered from 1, as the
-console and the TensorBoard steps.
+console and the TensorBoard steps. An epoch's record is made by :mod:`odir_core.training.epoch_metrics`.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from odir_core.atomic import atomic_path
-from odir_core.metric_table import SCORES, STUDY_COLUMNS
-from odir_core.metrics import MetricsWarning, challenge_metrics, study_metrics
+from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.spreadsheets import write_xlsx
 
 RESULTS_FILE = "train_results.xlsx"
 HISTORY_FILE = "history.csv"
-
-
-def sigmoid(logits) -> np.ndarray:
-    """Numerically stable logistic function, float64."""
-    x = np.asarray(logits, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-def bce_with_logits(logits, targets, pos_weight=None) -> float:
-    """Binary cross-entropy on logits, mean over samples and labels (torch's formula); ``pos_weight`` (one
-    per label) weights the positive term as ``BCEWithLogitsLoss(pos_weight=...)``, None: unweighted."""
-    x = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(targets, dtype=np.float64)
-    if pos_weight is None:
-        return float(np.mean(np.logaddexp(0.0, x) - y * x))
-    w = np.asarray(pos_weight, dtype=np.float64)
-    return float(np.mean(w * y * np.logaddexp(0.0, -x) + (1.0 - y) * np.logaddexp(0.0, x)))
-
-
-def split_metrics(split: str, y_true, logits) -> dict[str, float]:
-    """The study's and the challenge's metrics of one split's logits, keys ``<split>_<metric>``
-    (the scores of odir_core.metric_table, in its order).
-
-    Labels absent from a small split make some scores undefined; those are averaged out
-    (odir_core.metrics) without a warning per epoch.
-    """
-    prob = sigmoid(logits)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricsWarning)
-        sets = {False: study_metrics(y_true, prob), True: challenge_metrics(y_true, prob)}
-    return {m.column(split): sets[m.challenge][m.score] for m in SCORES}
 
 
 class History:
@@ -114,20 +81,3 @@ class History:
         values = [r.get(key, np.nan) for r in self.records]
         finite = [(v, i) for i, v in enumerate(values) if np.isfinite(v)]
         return min(finite)[1] if finite else None
-
-
-def early_stopping_state(val_losses, patience: int) -> tuple[float, int, int | None]:
-    """(best loss, epochs waited since it, best epoch) after ``val_losses``; Keras EarlyStopping rules
-    (strictly lower counts as an improvement)."""
-    best, wait, best_epoch = np.inf, 0, None
-    for epoch, loss in enumerate(val_losses):
-        if loss < best:
-            best, wait, best_epoch = float(loss), 0, epoch
-        else:
-            wait += 1
-    return best, wait, best_epoch
-
-
-def should_stop(wait: int, patience: int) -> bool:
-    """Early stopping decision after an epoch: ``patience`` epochs without improvement."""
-    return patience > 0 and wait >= patience

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from odir_core.atomic import atomic_write_text, remove_stale_temporaries
+from odir_core.cli_config import ConfigError
 from odir_core.data.annotations import label_matrix, read_annotations
 from odir_core.data.layouts import PREPARED, is_prepared
 from odir_core.data.splits import check_training_split, split_frames
@@ -42,10 +43,12 @@ from odir_core.labels import LABELS
 from odir_core.metric_table import SCORES
 from odir_core.model.provenance import training_record
 from odir_core.training.class_weights import pos_weight_from_labels
-from odir_core.training.config import FIELDS, PREPARED_ODIR, ConfigError, TrainConfig, load_config, parse_args, save_config
+from odir_core.training.config import FIELDS, PREPARED_ODIR, TrainConfig
+from odir_core.training.config_files import load_config, save_config
+from odir_core.training.config_flags import parse_args
 from odir_core.training.console import duration, early_stopping_line
-from odir_core.training.distributed import Ranks
 from odir_core.training.history import HISTORY_FILE
+from odir_core.training.ranks import Ranks
 from odir_core.training.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"

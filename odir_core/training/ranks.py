@@ -1,4 +1,5 @@
-"""Data-parallel training, framework-free: which process this is, and how a global batch is split.
+"""The ranks of a data-parallel run, framework-free: which process this is, and how a global batch is split
+over the processes (each framework's part: ``keras_odir.data_parallel``, ``torch_odir.data_parallel``).
 
 Every rank computes the same epoch order from the seed; each global batch of ``--batch-size`` rows is
 cut into ``world`` consecutive slices, rank ``r`` taking slice ``r`` (sizes differ by at most one). So

@@ -1,11 +1,12 @@
-"""DDP for torch_odir.train under torchrun (the collectives both trainers share are ``odir_core.training.collectives``)."""
+"""Data-parallel training for torch_odir.train under torchrun: the model wrapped in DDP (which rows each rank
+takes: ``odir_core.training.ranks``; the collectives both trainers share: ``odir_core.training.collectives``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from odir_core.training.distributed import Ranks
+from odir_core.training.ranks import Ranks
 
 
 def wrap(module: nn.Module, ranks: Ranks, device: torch.device, sync_bn: bool) -> nn.Module:
