@@ -4,6 +4,13 @@ torchvision is imported first: once TensorFlow is loaded (``torch.utils.tensorbo
 tensorflow Keras backend load it when it is installed), importing torchvision crashes the process
 (its triton dependency), while the other order is fine. The product itself never imports torchvision
 from ``keras_odir``; the tests use it as the reference.
+
+The Keras backend is keras_odir's default (torch) unless ``KERAS_BACKEND`` names another, whichever test
+module imports ``keras`` first (Keras alone would fall back to ``~/.keras/keras.json``, often tensorflow).
 """
 
-import torchvision  # noqa: F401
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import torchvision  # noqa: F401, E402
