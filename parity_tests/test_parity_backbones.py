@@ -1,5 +1,5 @@
-"""The registered backbones of the families besides ResNet and DenseNet (EfficientNet-B0/B3, ConvNeXt-Tiny)
-in Keras against torchvision's own models, same weights, 64 px.
+"""The registered backbones of the families besides ResNet and DenseNet (EfficientNet-B0/B3, ConvNeXt-Tiny,
+MobileNetV2) in Keras against torchvision's own models, same weights, 64 px.
 
 Per backbone, from one torchvision-format checkpoint file written here (torchvision's constructor, its
 classifier included, with trained-looking weights): both frameworks' ``build_backbone(weights=PATH)``
@@ -232,9 +232,9 @@ def test_dual_model_logits_round_trip_and_head_step(pairs, record, name):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_stochastic_depth_and_dropout_as_torchvision(pairs, name):
-    """Stochastic depth on every residual block and the dropout before the replaced Linear, at torchvision's
-    rates; the block with the highest rate drops whole samples at that rate in training (the others kept
-    scaled by 1 / (1 - rate)); inference is deterministic."""
+    """Stochastic depth on every residual block (where torchvision has it) and the dropout before the replaced
+    Linear, at torchvision's rates; the block with the highest rate drops whole samples at that rate in training
+    (the others kept scaled by 1 / (1 - rate)); inference is deterministic."""
     pair = pairs(name)
     torch_rates = {key: m.p for key, m in pair.full.named_modules() if isinstance(m, TorchStochasticDepth)}
     if isinstance(pair.full, torchvision.models.EfficientNet):  # torchvision's non-residual blocks never use theirs
@@ -247,12 +247,14 @@ def test_stochastic_depth_and_dropout_as_torchvision(pairs, name):
     dropout = [layer.rate for layer in layers if not isinstance(layer, StochasticDepth)]
     assert dropout == [m.p for m in pair.full.modules() if isinstance(m, torch.nn.Dropout)]
 
-    block = max((layer for layer in layers if isinstance(layer, StochasticDepth)), key=lambda layer: layer.rate)
-    block_input = pair.keras.get_layer(block.name.replace("stochastic_depth", "add")).input[1]
-    branch_model = keras.Model(block_input, [block.input, block.output])
-    x = np.random.default_rng(0).standard_normal((SAMPLES, 1, 1, block_input.shape[-1])).astype(np.float32)
     try:  # training calls update the BatchNorm statistics: the loaded ones back afterwards
-        _drops_at_its_rate(block, branch_model, x)
+        if depth:  # MobileNetV2 has no stochastic depth
+            block = max((layer for layer in layers if isinstance(layer, StochasticDepth)),
+                        key=lambda layer: layer.rate)
+            block_input = pair.keras.get_layer(block.name.replace("stochastic_depth", "add")).input[1]
+            branch_model = keras.Model(block_input, [block.input, block.output])
+            x = np.random.default_rng(0).standard_normal((SAMPLES, 1, 1, block_input.shape[-1])).astype(np.float32)
+            _drops_at_its_rate(block, branch_model, x)
         # 8 images: two training calls drop the same blocks of every image with probability < 1e-6
         x = images(8, 32, seed=9)
         first, second = (keras.ops.convert_to_numpy(pair.keras(x, training=False)) for _ in range(2))
