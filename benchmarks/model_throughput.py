@@ -6,6 +6,8 @@ batch. The Keras backend is fixed per process, so the jax configuration runs in 
 that times torch_odir again beside it (tensorflow likewise, when asked for). Printed: pairs/s
 (median over rounds) for a training step (forward, backward, SGD update) and for inference, and
 the median ratio to torch_odir in the same rounds with its range (> 1 is faster than torch_odir).
+"keras/torch folded" is the inference model that evaluate/predict use, BatchNorm folded into the convs
+(``keras_odir.folding``); it has no training step (training never folds).
 
     python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
     python benchmarks/model_throughput.py --regime launch       # 32 px, 2 pairs, 1 thread: the framework's own cost
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "torch_odir"
 CONFIGS_BY_BACKEND = {
-    "torch": ("torch_odir", "torch_odir NCHW", "keras/torch"),
+    "torch": ("torch_odir", "torch_odir NCHW", "keras/torch", "keras/torch folded"),
     "jax": ("torch_odir", "keras/jax"),
     "tensorflow": ("torch_odir", "keras/tensorflow"),
 }
@@ -83,11 +85,13 @@ def torch_steps(batch, size, precision: str, device: str, backbone: str, channel
     return train, infer
 
 
-def keras_steps(batch, size, precision: str, backbone: str):
+def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False):
     """(train step, inference) closures of keras_odir's dual model: ``train_on_batch`` with the trainer's
-    optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch)."""
+    optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch).
+    ``folded``: (None, inference of the model with its BatchNorms folded), as evaluate/predict run it."""
     import keras
 
+    from keras_odir.folding import fold_batchnorm
     from keras_odir.losses import WeightedBCEWithLogits
     from keras_odir.model import build_dual_model
     from keras_odir.optimizers import TorchSGD
@@ -101,6 +105,10 @@ def keras_steps(batch, size, precision: str, backbone: str):
     inference = dual_parts(model).inference_model(model)
     x = {"left": left, "right": right}
     keras.mixed_precision.set_global_policy("float32")
+    if folded:
+        model = fold_batchnorm(model)
+        inference = dual_parts(model).inference_model(model)
+        return None, (lambda: inference.predict_on_batch(x))
     return (lambda: model.train_on_batch(x, labels)), (lambda: inference.predict_on_batch(x))
 
 
@@ -116,14 +124,17 @@ def worker(args) -> None:
             steps[config] = torch_steps(args.batch, args.size, args.precision, args.device, args.backbone,
                                         channels_last=config == REFERENCE)
         else:
-            steps[config] = keras_steps(args.batch, args.size, args.precision, args.backbone)
-    times = {config: {"train": [], "infer": []} for config in steps}
+            steps[config] = keras_steps(args.batch, args.size, args.precision, args.backbone,
+                                        folded=config.endswith("folded"))
+    times = {config: {kind: [] for kind, index in (("train", 0), ("infer", 1)) if pair[index] is not None}
+             for config, pair in steps.items()}
     for kind, index in (("train", 0), ("infer", 1)):
-        for config, pair in steps.items():
+        timed = {config: pair for config, pair in steps.items() if pair[index] is not None}
+        for config, pair in timed.items():
             for _ in range(args.warmup):
                 pair[index]()
         for _ in range(args.rounds):
-            for config, pair in steps.items():
+            for config, pair in timed.items():
                 start = time.perf_counter()
                 for _ in range(args.iters):
                     pair[index]()
@@ -176,7 +187,7 @@ def table(results: dict, args) -> str:
             if config == REFERENCE and backend != "torch":
                 continue
             cells = [f"{args.batch / k['seconds']:.2f} ({k['ratio']:.2f}x, {k['low']:.2f}-{k['high']:.2f})"
-                     for k in (kinds["train"], kinds["infer"])]
+                     if k else "-" for k in (kinds.get("train"), kinds.get("infer"))]
             lines.append(f"| {size} | {config} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 

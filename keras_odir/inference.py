@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_odir.devices import chosen_device, on_device
+from keras_odir.folding import fold_batchnorm
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_keras_model, weight_table
@@ -54,8 +55,10 @@ class KerasPredictor:
         self.device = device  # keras_odir.devices.chosen_device: where its inputs go (None: Keras' default)
         self.channels_first = model.inputs[0].shape[1] == 3 and model.inputs[0].shape[-1] != 3
         parts = dual_parts(model)
-        self.inference = parts.inference_model(model)  # both eyes in one backbone batch
-        self.parts = parts
+        with on_device(device):  # the folded convs' weights go where the model's are
+            folded = fold_batchnorm(model)  # BatchNorm folded into the convs (keras_odir.folding)
+        self.inference = dual_parts(folded).inference_model(folded)  # both eyes in one backbone batch
+        self.parts = parts  # Grad-CAM: the unfolded model, whose every layer (stage maps) is there
         self.head = parts.head
         self.spec = infer_backbone(weight_table(parts.backbone))  # the weights' keys tell the backbone
         self._stages: dict[str, tuple[keras.Model, keras.Model | None]] = {}

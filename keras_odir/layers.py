@@ -35,19 +35,24 @@ class ChannelsLastConv2D(layers.Conv2D):
 
     Torch backend, channels_last, no groups or dilation, ``valid`` or stride-1 ``same`` padding:
     ``torch_kernels.conv2d_nhwc`` (the input as a channels_last view, the kernel transposed once per
-    weight version while no gradient is needed). Otherwise Keras' conv.
+    weight version while no gradient is needed; the bias and a ReLU in the same call). Otherwise Keras' conv.
     """
 
-    def convolution_op(self, inputs, kernel):
+    def _fast(self) -> bool:
         height, width = self.kernel_size
-        fast = (TORCH and self.data_format == "channels_last" and self.groups == 1
+        return (TORCH and self.data_format == "channels_last" and self.groups == 1
                 and tuple(self.dilation_rate) == (1, 1)
                 and (self.padding == "valid" or (tuple(self.strides) == (1, 1) and height == width and height % 2)))
-        if not fast:
-            return super().convolution_op(inputs, kernel)
-        padding = 0 if self.padding == "valid" else height // 2
-        return torch_kernels.conv2d_nhwc(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel),
-                                         self.strides, padding)
+
+    def call(self, inputs):
+        if not self._fast():
+            return super().call(inputs)
+        # the bias and a ReLU in the same torch call (a conv with BatchNorm folded in: keras_odir.folding)
+        relu = self.activation is keras.activations.relu
+        out = torch_kernels.conv2d_nhwc(ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel),
+                                        self.strides, 0 if self.padding == "valid" else self.kernel_size[0] // 2,
+                                        bias=ops.convert_to_tensor(self.bias) if self.use_bias else None, relu=relu)
+        return out if relu or self.activation is None else self.activation(out)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")

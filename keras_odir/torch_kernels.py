@@ -31,9 +31,13 @@ def _oihw(kernel: torch.Tensor) -> torch.Tensor:
     return cached[1]
 
 
-def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int) -> torch.Tensor:
-    """Convolution of NHWC ``inputs`` with an HWIO ``kernel`` (no bias), symmetric zero ``padding``."""
-    out = F.conv2d(inputs.permute(0, 3, 1, 2), _oihw(kernel), stride=tuple(strides), padding=padding)
+def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int,
+                bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """Convolution of NHWC ``inputs`` with an HWIO ``kernel`` and optional ``bias``, symmetric zero ``padding``.
+    ``relu``: then ReLU in place (the convolution's backward does not need its output)."""
+    out = F.conv2d(inputs.permute(0, 3, 1, 2), _oihw(kernel), bias, stride=tuple(strides), padding=padding)
+    if relu:
+        out = out.relu_()
     return out.permute(0, 2, 3, 1)
 
 
