@@ -3,9 +3,9 @@ tag, and whether it is a column of the study's ``train_results.xlsx``.
 
 A per-split row is recorded once per split as ``<split>_<key>`` (``train_final_score``,
 ``val_final_score``: the history.csv columns, and the study's xlsx columns where ``study``); an
-unsplit row (``lr``, ``momentum``) as its key. ``score`` names the value in
-:func:`odir_core.scores.study_metrics` (or :func:`~odir_core.scores.challenge_metrics` where
-``challenge``) that the row records; the loss has none (the trainer computes it). ``console`` lists
+unsplit row (``lr``, ``momentum``) as its key. ``score`` names the value that the row records in the
+score set ``source`` of :data:`odir_core.scores.SCORE_SETS` (``study``: :func:`~odir_core.scores.study_metrics`,
+``challenge``: :func:`~odir_core.scores.challenge_metrics`); the loss has none (the trainer computes it). ``console`` lists
 the splits shown on the epoch line (None: an unsplit row's value). The order of the rows is the
 order of the history.csv columns within a split, of the console fields and of the TensorBoard tags.
 """
@@ -26,7 +26,7 @@ class Metric:
     fmt: str
     tag: str
     score: str | None = None
-    challenge: bool = False
+    source: str = "study"
     study: bool = False
     console: tuple[str | None, ...] = ()
     split: bool = True
@@ -42,10 +42,10 @@ METRICS = (
     Metric("f1", "F1", ".3f", "F1", score="f1", study=True, console=("val",)),
     Metric("auc", "AUC", ".3f", "AUC", score="auc", study=True, console=("val",)),
     Metric("final_score", "final", ".3f", "FINAL", score="final", study=True, console=("val",)),
-    Metric("challenge_kappa", "challenge kappa", ".3f", "Challenge_Kappa", score="kappa", challenge=True),
-    Metric("challenge_f1", "challenge F1", ".3f", "Challenge_F1", score="f1", challenge=True),
-    Metric("challenge_auc", "challenge AUC", ".3f", "Challenge_AUC", score="auc", challenge=True),
-    Metric("challenge_final", "challenge final", ".3f", "Challenge_FINAL", score="final", challenge=True,
+    Metric("challenge_kappa", "challenge kappa", ".3f", "Challenge_Kappa", score="kappa", source="challenge"),
+    Metric("challenge_f1", "challenge F1", ".3f", "Challenge_F1", score="f1", source="challenge"),
+    Metric("challenge_auc", "challenge AUC", ".3f", "Challenge_AUC", score="auc", source="challenge"),
+    Metric("challenge_final", "challenge final", ".3f", "Challenge_FINAL", score="final", source="challenge",
            console=("val",)),
     Metric("lr", "lr", ".3g", "lr", split=False, console=(None,)),
     Metric("momentum", "momentum", ".3g", "momentum", split=False, console=(None,)),

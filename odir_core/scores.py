@@ -213,6 +213,10 @@ def challenge_metrics(y_true, y_prob, threshold=0.5) -> dict[str, float]:
     return _with_final(kappa, f1, auc)
 
 
+SCORE_SETS = {"study": study_metrics, "challenge": challenge_metrics}
+"""The score sets an epoch records (``odir_core.metric_table``): name -> f(y_true, y_prob) -> {score: value}."""
+
+
 def per_label_table(y_true, y_prob, threshold=0.5, *, averages: bool = False) -> pd.DataFrame:
     """Per-label precision, recall, F1, ROC AUC and support (positives), index LABELS.
 

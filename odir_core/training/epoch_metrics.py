@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from odir_core.metric_table import SCORES
-from odir_core.scores import MetricsWarning, challenge_metrics, study_metrics
+from odir_core.scores import SCORE_SETS, MetricsWarning
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -41,8 +41,8 @@ def split_metrics(split: str, y_true, logits) -> dict[str, float]:
     prob = sigmoid(logits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricsWarning)
-        sets = {False: study_metrics(y_true, prob), True: challenge_metrics(y_true, prob)}
-    return {m.column(split): sets[m.challenge][m.score] for m in SCORES}
+        sets = {name: SCORE_SETS[name](y_true, prob) for name in dict.fromkeys(m.source for m in SCORES)}
+    return {m.column(split): sets[m.source][m.score] for m in SCORES}
 
 
 def epoch_record(train_loss: float, outputs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
