@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from odir_core.data.synthetic import generate
+from odir_core.metric_table import METRICS, PER_SPLIT, SPLITS, UNSPLIT
 from odir_core.training.console import duration, early_stopping_line, epoch_line
 from training_runs import only_run, tiny_train_args
 
@@ -82,7 +83,11 @@ def test_both_trainers_print_the_same_compact_epoch_lines(runs):
         assert max(len(line) for line in lines) <= 160, max(lines, key=len)  # progress bars included
         shapes[name] = [NUMBER.sub("#", line) for line in epoch_lines]
     assert shapes["keras"] == shapes["torch"]
-    assert "kappa # F1 # AUC # final # challenge final # | lr # momentum #" in shapes["keras"][0]
+    # every value the metric table puts on the console, in its order (the exact line: test_metric_table.py)
+    labels = [m.label for m in METRICS if "val" in m.console and m.key != "loss"]
+    unsplit = [m.label for m in METRICS if None in m.console]
+    assert " ".join(f"{label} #" for label in labels) + " | " + " ".join(f"{label} #" for label in unsplit) \
+        in shapes["keras"][0]
 
 
 def test_both_trainers_say_the_same_when_stopping_early(runs):
@@ -118,9 +123,8 @@ def _tensorboard_tags(run):
 def test_both_trainers_log_the_same_tensorboard_tags(runs):
     keras_tags, torch_tags = (_tensorboard_tags(runs[name][1]) for name in ("keras", "torch"))
     assert keras_tags == torch_tags
-    expected = {(f"{tag}_{split}", tag) for tag in ("Loss", "Kappa", "F1", "AUC", "FINAL", "Challenge_Kappa",
-                                                   "Challenge_F1", "Challenge_AUC", "Challenge_FINAL")
-                for split in ("train", "val")} | {("lr", "lr"), ("momentum", "momentum")}
+    # every row of the metric table (the literal tags: test_metric_table.py)
+    expected = {(f"{m.tag}_{split}", m.tag) for m in PER_SPLIT for split in SPLITS} | {(m.tag, m.tag) for m in UNSPLIT}
     assert keras_tags == expected
 
 
