@@ -14,6 +14,7 @@ from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
 from keras_odir.weights import read_keras_model, weight_table
 from odir_core.evaluation.inference import InferenceError, choose_gradcam_stage, gradcam_map
+from odir_core.model.backbone import keras_layer_name
 from odir_core.model.checkpoints import TORCH_SUFFIXES, check_finite
 from odir_core.model.model_spec import infer_backbone
 
@@ -85,7 +86,7 @@ class KerasPredictor:
             if stage == self.spec.gradcam_stage:
                 self._stages[stage] = (last, None)
             else:
-                prefix = stage.replace(".", "_") + "_"
+                prefix = keras_layer_name(stage) + "_"
                 tensor = [layer for layer in self.parts.backbone.layers if layer.name.startswith(prefix)][-1].output
                 self._stages[stage] = (keras.Model(self.parts.backbone.inputs[0], tensor, name="stage_map"),
                                        keras.Model(tensor, last.output, name="stage_to_last_map"))

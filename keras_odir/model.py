@@ -15,6 +15,7 @@ from keras_odir.correlation import CorrelationFusion
 from keras_odir.families import BUILDERS
 from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
+from odir_core.model.backbone import keras_layer_name
 from odir_core.model.checkpoints import dual_state_dict
 from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
@@ -107,7 +108,7 @@ def build_dual_model(backbone: BackboneSpec | str = DEFAULT_BACKBONE, head: Head
     if maps:  # the same layers up to the last feature map (normalised at every position where the spec says)
         feature_map = shared.get_layer(POOL).input
         if spec.map_norm:
-            feature_map = shared.get_layer(spec.map_norm.replace(".", "_"))(feature_map)
+            feature_map = shared.get_layer(keras_layer_name(spec.map_norm))(feature_map)
         shared = keras.Model(shared.input, feature_map, name=BACKBONE)
     if freeze_backbone:
         shared.trainable = False

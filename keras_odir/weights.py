@@ -1,6 +1,7 @@
 """Weights between torch state_dicts (torchvision, torch_odir, the study's files) and keras_odir models.
 
-Keras layer names are torch module names with ``.`` -> ``_``, so the mapping is a table:
+Keras layer names are torch module names with ``.`` -> ``_`` (a registered module path that holds ``_`` is
+looked up: ``odir_core.model.model_spec.torch_module_paths``), so the mapping is a table:
 conv kernels OIHW <-> HWIO, depthwise kernels (C, 1, kh, kw) <-> (kh, kw, C, 1), dense kernels
 transposed, BatchNorm weight/bias/running stats <-> gamma/beta/moving stats, LayerNorm weight/bias
 <-> gamma/beta; ``num_batches_tracked`` is ignored (written as 0 towards torch). A layer with a
@@ -24,6 +25,7 @@ from keras_odir.parts import dual_parts, is_dual_model
 from odir_core.errors import InputError
 from odir_core.model.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
 from odir_core.model.backbone import BackboneSpec
+from odir_core.model.model_spec import torch_module_paths
 
 # keras variable attribute per torch BatchNorm parameter
 _BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -35,10 +37,11 @@ class WeightConversionError(InputError):
 
 def _layer_table(model: keras.Model, prefix: str) -> dict[str, tuple[keras.Variable, str]]:
     table: dict[str, tuple[keras.Variable, str]] = {}
+    paths = torch_module_paths()
     for layer in model.layers:
         if not layer.weights:
             continue
-        key = prefix + layer.name.replace("_", ".")
+        key = prefix + paths.get(layer.name, layer.name.replace("_", "."))
         if hasattr(layer, "torch_variables"):
             for name, entry in layer.torch_variables().items():
                 table[f"{key}.{name}"] = entry

@@ -14,7 +14,7 @@ import torchvision
 from keras_odir.families import BUILDERS
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.parts import dual_parts
-from keras_odir.weights import torch_to_keras_state, weight_table
+from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state, weight_table
 from odir_core.model.families import FAMILIES
 from odir_core.model.model_spec import BACKBONES, HEADS, Dropout, HeadSpec, Linear, infer_head
 from torch_odir.model import DualNet, DualResNet50
@@ -153,3 +153,34 @@ def test_keras_save_and_load_round_trip(tmp_path):
     assert len(loaded.trainable_weights) == 6
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_registered_module_paths_are_told_apart_by_their_keras_names():
+    paths = {key.rpartition(".")[0] for spec in BACKBONES.values() for key in spec.state_keys}
+    names = {}
+    for path in paths:
+        names.setdefault(path.replace(".", "_"), set()).add(path)
+    assert {name: found for name, found in names.items() if len(found) > 1} == {}
+
+
+def test_torch_module_path_with_underscores_maps_through_the_registry(monkeypatch):
+    # torchvision's ViT names its modules conv_proj, encoder.layers.encoder_layer_0.ln_1, ...
+    keys = ["conv_proj.weight", "conv_proj.bias", "encoder.layers.encoder_layer_0.ln_1.weight",
+            "encoder.layers.encoder_layer_0.ln_1.bias"]
+    spec = dataclasses.replace(BACKBONES["resnet18"], name="vit_like", state_keys=frozenset(keys))
+    monkeypatch.setitem(BACKBONES, "vit_like", spec)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 2, name="conv_proj")(inputs)
+    x = keras.layers.LayerNormalization(name="encoder_layers_encoder_layer_0_ln_1")(x)
+    model = keras.Model(inputs, x)
+    assert list(weight_table(model)) == keys
+    rng = np.random.default_rng(0)
+    state = {"conv_proj.weight": rng.normal(size=(4, 3, 2, 2)), "conv_proj.bias": rng.normal(size=4),
+             "encoder.layers.encoder_layer_0.ln_1.weight": rng.normal(size=4),
+             "encoder.layers.encoder_layer_0.ln_1.bias": rng.normal(size=4)}
+    back = keras_to_numpy_state(torch_to_keras_state(model, state))
+    assert back.keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_allclose(back[key], value, rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("conv_proj").kernel),
+                               state["conv_proj.weight"].transpose(2, 3, 1, 0), rtol=1e-6)

@@ -62,3 +62,8 @@ class BackboneSpec:
 def norm_keys(prefix: str) -> list[str]:
     """The keys of the torch BatchNorm at ``prefix`` (``num_batches_tracked`` aside)."""
     return [f"{prefix}.{p}" for p in NORM_PARAMETERS]
+
+
+def keras_layer_name(torch_path: str) -> str:
+    """The Keras layer name of the torchvision module at ``torch_path`` (``layer1.0.conv1`` -> ``layer1_0_conv1``)."""
+    return torch_path.replace(".", "_")

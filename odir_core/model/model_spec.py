@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
-from odir_core.model.backbone import TORCHVISION_URL, BackboneSpec
+from odir_core.model.backbone import TORCHVISION_URL, BackboneSpec, keras_layer_name
 from odir_core.model.families import convnext, densenet, efficientnet, resnet
 
 
@@ -149,6 +149,13 @@ def backbone_spec(backbone: str | BackboneSpec) -> BackboneSpec:
         return BACKBONES[backbone]
     except KeyError:
         raise ValueError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.") from None
+
+
+def torch_module_paths() -> dict[str, str]:
+    """Keras layer name -> torchvision module path, for every module of a registered backbone whose path holds an
+    underscore (``encoder_layer_0``), where the name alone cannot tell; in any other name each ``_`` is a ``.``."""
+    paths = (key.rpartition(".")[0] for spec in BACKBONES.values() for key in spec.state_keys)
+    return {keras_layer_name(path): path for path in paths if "_" in path}
 
 
 class ArchitectureError(InputError):
