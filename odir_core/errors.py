@@ -153,9 +153,13 @@ def sigterm_as_interrupt():
     return _handled(signal.SIGTERM, _raise_terminated)
 
 
-def ignore_sigint() -> None:
-    """For worker-process initializers: leave Ctrl-C to the parent, which stops the pool (no worker tracebacks)."""
+def worker_signals() -> None:
+    """For worker-process initializers: leave Ctrl-C to the parent, which stops the pool (no worker tracebacks),
+    and let SIGTERM (the pool's ``terminate``) end the worker at once. A forked worker inherits the parent's
+    SIGTERM handler (:func:`sigterm_as_interrupt`), whose exception can be swallowed where Python ignores
+    exceptions (a ``__del__``), leaving the worker alive and the pool's ``join`` waiting for ever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def sigint_ignored():

@@ -44,6 +44,8 @@ from odir_core.errors import (
     InputError,
     OutputError,
     run_cli,
+    sigterm_as_interrupt,
+    worker_signals,
 )
 from odir_core.labels import LABELS
 from odir_core.training.config import TrainConfig
@@ -345,6 +347,38 @@ def test_ctrl_c_in_prepare_is_one_line_exit_130_and_no_worker_tracebacks(tmp_pat
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert_one_line(err, "interrupted")
     assert len(list((out / "images").glob("*.png"))) < 60  # it stopped early, keeping what it wrote
+
+
+def _task_that_outlives_exceptions(seconds: float) -> str:
+    """Sleeps ``seconds`` whatever is raised meanwhile, as code where Python ignores exceptions (a ``__del__``)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.02)
+        except BaseException:  # noqa: B036 - the point: the worker's SIGTERM exception goes nowhere
+            pass
+    return "survived"
+
+
+def test_pool_terminate_ends_a_forked_worker_inside_a_cli():
+    # A forked pool worker inherits the CLI's SIGTERM handler (an exception); worker_signals gives it SIGTERM's
+    # default, so terminate() ends it wherever it is and join() returns (it once waited for ever).
+    import multiprocessing
+    import threading
+
+    with sigterm_as_interrupt():
+        pool = multiprocessing.get_context("fork").Pool(1, worker_signals)
+        workers = list(pool._pool)
+        pool.apply_async(_task_that_outlives_exceptions, (60,))
+        time.sleep(1.0)  # the worker is inside the task
+        stopper = threading.Thread(target=lambda: (pool.terminate(), pool.join()), daemon=True)
+        stopper.start()
+        stopper.join(timeout=20)
+    hung = stopper.is_alive()
+    for worker in workers:
+        if worker.is_alive():
+            os.kill(worker.pid, signal.SIGKILL)
+    assert not hung, "pool.terminate() left a worker running"
 
 
 def _header_only(folder: Path, suffix: str) -> Path:

@@ -45,7 +45,7 @@ from odir_core.errors import (
     sigint_ignored,
     writing,
 )
-from odir_core.errors import ignore_sigint as _ignore_sigint
+from odir_core.errors import worker_signals
 from odir_core.spreadsheets import quote_csv, unquote_csv
 
 REPORT_COLUMNS = ["ID", "side", "source", "status", "reason"]
@@ -109,7 +109,7 @@ def _init_worker(source: Source, size: int, tol: int, quality: int, keep_non_fun
 
 
 def _init_pool_worker(*init) -> None:
-    _ignore_sigint()  # Ctrl-C is the parent's to handle: it stops the pool, so workers print no tracebacks
+    worker_signals()  # Ctrl-C is the parent's to handle: it stops the pool, so workers print no tracebacks
     _init_worker(*init)
 
 

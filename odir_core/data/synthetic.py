@@ -36,7 +36,7 @@ from odir_core.data.keywords import KEYWORD_SEPARATOR, NORMAL_KEYWORD, eye_label
 from odir_core.data.layouts import LAYOUTS, PREPARED, Layout
 from odir_core.data.prepare import REPORT_COLUMNS
 from odir_core.data.synthetic_draw import Camera, draw_eye, random_camera
-from odir_core.errors import OutputExistsError, ignore_sigint, run_cli, sigint_ignored, writing
+from odir_core.errors import OutputExistsError, run_cli, sigint_ignored, worker_signals, writing
 from odir_core.labels import LABELS, SPECIAL_IMAGES
 
 # ----------------------------------------------------------------------------- statistics of the real set
@@ -314,7 +314,7 @@ def _write_set(root: Path, annotations: str, images: str, ids: range, seed, size
     if workers > 1 and len(tasks) > 1:
         # Ctrl-C is the parent's: the workers ignore it (no tracebacks from them) and the pool is terminated
         with sigint_ignored():
-            pool = multiprocessing.get_context("spawn").Pool(workers, ignore_sigint)
+            pool = multiprocessing.get_context("spawn").Pool(workers, worker_signals)
         with pool:
             for _ in pool.imap_unordered(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 16))):
                 bar.update()

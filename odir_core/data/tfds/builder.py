@@ -31,7 +31,7 @@ from odir_core.data.layouts import DetectedLayout, Layout, LayoutError, detect_l
 from odir_core.data.prepare import REPORT_COLUMNS, Source, _image_index, _read_source_annotations
 from odir_core.data.preprocess import prepare_image
 from odir_core.data.splits import study_split
-from odir_core.errors import ignore_sigint, sigint_ignored
+from odir_core.errors import sigint_ignored, worker_signals
 from odir_core.labels import LABELS, NUM_LABELS
 
 SIDES = (("left", "Left-Fundus", "Left-Diagnostic Keywords"), ("right", "Right-Fundus", "Right-Diagnostic Keywords"))
@@ -143,7 +143,7 @@ _WORKER: dict = {}
 
 
 def _init_pool_worker(*init) -> None:
-    ignore_sigint()
+    worker_signals()
     _init_worker(*init)
 
 
