@@ -334,6 +334,9 @@ def test_ctrl_c_in_prepare_is_one_line_exit_130_and_no_worker_tracebacks(tmp_pat
         [sys.executable, "-m", "odir_core.prepare", "--source", str(source), "--out", str(out), "--size", "64",
          "--workers", "2"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # Ctrl-C's default action, as a terminal's shell gives it: a child inherits an ignored SIGINT (from a test
+        # process where something ignores it, or a background job) and prepare rightly keeps ignoring it then
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:  # Ctrl-C once the workers are writing images
