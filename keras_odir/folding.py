@@ -36,7 +36,10 @@ def _foldable(conv, norm) -> bool:
 
 
 def _activation(norm) -> str:
-    return getattr(norm, "activation", None) or "linear" if type(norm) is TorchBatchNormalization else "linear"
+    """The activation a BatchNorm applies after normalising (only ``TorchBatchNormalization`` has one)."""
+    if type(norm) is TorchBatchNormalization:
+        return norm.activation or "linear"
+    return "linear"
 
 
 def _pairs(model: keras.Model) -> dict[int, keras.layers.Layer]:

@@ -52,7 +52,7 @@ class ChannelsLastConv2D(layers.Conv2D):
         out = torch_kernels.conv2d_nhwc(ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel),
                                         self.strides, 0 if self.padding == "valid" else self.kernel_size[0] // 2,
                                         bias=ops.convert_to_tensor(self.bias) if self.use_bias else None, relu=relu)
-        return out if relu or self.activation is None else self.activation(out)
+        return out if relu else self.activation(out)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
