@@ -145,10 +145,14 @@ class DualNet(nn.Module):
             return fn(left), fn(right)
         return fn(torch.cat([left, right])).chunk(2)
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    def head_inputs(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the head takes: both eyes' feature maps for a head on maps, else the [left, right] features."""
         if isinstance(self.head, MapHead):
-            return self.head(*self._per_eye(self.feature_maps, left, right))
-        return self.head(self.features(left, right))
+            return self._per_eye(self.feature_maps, left, right)
+        return (self.features(left, right),)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return self.head(*self.head_inputs(left, right))
 
 
 class DualResNet50(DualNet):
