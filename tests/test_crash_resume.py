@@ -50,7 +50,7 @@ def straight(data, tmp_path_factory):
 
 def weights(run_dir: Path, trainer: str) -> list[np.ndarray]:
     if trainer == "torch":
-        state = torch.load(run_dir / "last.pth", weights_only=False)["state_dict"]
+        state = torch.load(run_dir / "last.pth", weights_only=True)["state_dict"]
         return [v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")]
     import keras
 

@@ -40,7 +40,7 @@ ERRORS = {"bad_flag": "error: argument --epochs: invalid int value: 'many'",
 def weights(trainer: str, run: Path) -> list[np.ndarray]:
     """The float weights of a run's last checkpoint, as float64 arrays."""
     if trainer == "torch":
-        state = torch.load(run / "last.pth", weights_only=False)["state_dict"]
+        state = torch.load(run / "last.pth", weights_only=True)["state_dict"]
         return [v.double().numpy() for v in state.values() if v.is_floating_point()]
     return [np.asarray(w, np.float64) for w in keras.saving.load_model(run / "last.keras", compile=False).get_weights()]
 
@@ -155,7 +155,7 @@ def read_checkpoints(trainer: str, run: Path) -> list[str]:
     names = [name for name in CHECKPOINTS[trainer] if (run / name).is_file()]
     if trainer == "torch":
         for path in [run / name for name in names] + [run / ttrain.BACKUP]:
-            torch.load(path, weights_only=False)
+            torch.load(path, weights_only=True)
         return names + [str(ttrain.BACKUP)]
     for name in names:
         keras.saving.load_model(run / name, compile=False)

@@ -68,7 +68,7 @@ def test_diverged_torch_run_exits_non_zero_and_keeps_finite_checkpoints(data, tm
     run = only_run(tmp_path)
     for name in ("best.pth", "last.pth"):
         if (run / name).exists():
-            state = torch.load(run / name, weights_only=False)["state_dict"]
+            state = torch.load(run / name, weights_only=True)["state_dict"]
             assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

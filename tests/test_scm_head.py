@@ -34,7 +34,7 @@ def test_torch_trained_scm_converts_and_predicts_the_same_in_keras(data, tmp_pat
     args = tiny_train_args(data, tmp_path / "runs", *flags)  # the later --image-size wins
     assert ttrain.main(args) == 0
     run = only_run(tmp_path / "runs")
-    state = torch.load(run / "best.pth", weights_only=False)["state_dict"]
+    state = torch.load(run / "best.pth", weights_only=True)["state_dict"]
     assert {k for k in state if k.startswith("head.")} == HEADS["scm"].state_keys == {"head.2.weight", "head.2.bias"}
     convert_file(run / "best.pth", tmp_path / "best.keras")
     config = load_config(run / "config.toml")

@@ -29,7 +29,7 @@ def test_cli_writes_every_output_and_steps_linear_lr(data, tmp_path):
     assert not (run / "backup").exists()
     conf = load_config(run / "config.toml")
     assert (conf.head, conf.image_size, conf.crop_size) == ("v2", 32, 28)
-    saved = torch.load(run / "last.pth", weights_only=False)
+    saved = torch.load(run / "last.pth", weights_only=True)
     assert saved["config"]["head"] == "v2" and saved["epoch"] == 1
     # what it was trained on: the generated set (marked synthetic), this run, epoch counted from 1
     assert saved["trained_on"] == {"data": str(data.resolve()), "synthetic": True, "run": str(run.resolve()),
@@ -47,8 +47,8 @@ def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
     quiet = lambda *_: None  # noqa: E731
     cached = ttrain.train(base.replace(run_dir=str(tmp_path / "cached")), log=quiet)
     full = ttrain.train(base.replace(run_dir=str(tmp_path / "full"), feature_cache=False), log=quiet)
-    a = torch.load(cached / "last.pth", weights_only=False)["state_dict"]
-    b = torch.load(full / "last.pth", weights_only=False)["state_dict"]
+    a = torch.load(cached / "last.pth", weights_only=True)["state_dict"]
+    b = torch.load(full / "last.pth", weights_only=True)["state_dict"]
     for key in ("head.0.weight", "head.0.bias"):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
     torch.manual_seed(base.seed)
@@ -75,8 +75,8 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
     cut = only_run(tmp_path / "cut")
     assert ttrain.main(["--resume", str(cut)]) == 0
 
-    a = torch.load(straight / "last.pth", weights_only=False)["state_dict"]
-    b = torch.load(cut / "last.pth", weights_only=False)["state_dict"]
+    a = torch.load(straight / "last.pth", weights_only=True)["state_dict"]
+    b = torch.load(cut / "last.pth", weights_only=True)["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
     pd.testing.assert_frame_equal(pd.read_csv(straight / "history.csv"), pd.read_csv(cut / "history.csv"),
@@ -88,6 +88,6 @@ def test_mixed_precision_trains_and_keeps_float32_checkpoints(data, tmp_path, pr
     assert ttrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "1", "--precision", precision,
                                        "--lr", "0.01")) == 0
     run = only_run(tmp_path)
-    state = torch.load(run / "best.pth", weights_only=False)["state_dict"]
+    state = torch.load(run / "best.pth", weights_only=True)["state_dict"]
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
     assert np.isfinite(pd.read_csv(run / "history.csv")["train_loss"]).all()
