@@ -197,17 +197,27 @@ def test_only_the_projects_own_temporaries_are_removed(tmp_path):
                                                           ".notes.md"]
 
 
+def _new_run_with_logs(run_dir: Path) -> None:
+    """A new run's config.toml and TensorBoard event files, as the trainers write them."""
+    from odir_core.training.tensorboard import ScalarWriter
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text("x = 1\n")
+    writer = ScalarWriter(run_dir / "tensorboard")
+    writer.add_scalars("Loss", {"train": 0.3, "val": 0.4}, 1)
+    writer.close()
+
+
 def test_a_failed_new_run_removes_only_what_it_wrote(tmp_path):
     run_dir = tmp_path / "t-20260101-000000"
-    (run_dir / "tensorboard" / "train").mkdir(parents=True)
-    (run_dir / "config.toml").write_text("x = 1\n")
-    (run_dir / "tensorboard" / "train" / "events.out").write_text("e")
+    _new_run_with_logs(run_dir)
     assert remove_new_run(run_dir) and not run_dir.exists()
-    (run_dir / "tensorboard").mkdir(parents=True)
-    (run_dir / "config.toml").write_text("x = 1\n")
-    (run_dir / "mine.txt").write_text("mine")
+    _new_run_with_logs(run_dir)
+    for name in ("mine.txt", "tensorboard/.keep", "tensorboard/Loss_train/notes.md"):
+        (run_dir / name).write_text("mine")
     assert not remove_new_run(run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["mine.txt"]
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()) == [
+        "mine.txt", "tensorboard/.keep", "tensorboard/Loss_train/notes.md"]
 
 
 def test_a_run_lock_is_one_process_at_a_time(tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ CONFIG_FILE = "config.toml"
 FINISHED_FILE = "finished.json"  # written last by a run that ended normally (all epochs or early stopping)
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_FILES = "events.out.tfevents.*"  # what odir_core.training.tensorboard writes, one folder per series
 # what a resumed run may change from the flags; anything else would change the network, the data or the run's
 # numbers, so the flag is refused
 RESUME_MAY_CHANGE = ("epochs", "patience", "workers", "device", "run_dir", "resume")
@@ -314,9 +314,14 @@ def finish_run(run_dir: Path, epochs: int, early_stopped: bool, backup_files: tu
 
 
 def remove_new_run(run_dir: Path) -> bool:
-    """Remove what a new run that stopped before its first epoch wrote (its config, TensorBoard logs, lock,
-    temporaries), then its folder; whether the folder is gone (a file someone else put there keeps it)."""
-    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+    """Remove what a new run that stopped before its first epoch wrote (its config, TensorBoard event files,
+    temporaries), then its folders; whether the run folder is gone (a file someone else put there keeps it)."""
+    board = run_dir / TENSORBOARD_DIR
+    if board.is_dir() and not board.is_symlink():
+        for series in board.iterdir():
+            if series.is_dir() and not series.is_symlink():
+                _remove_files(series, (TENSORBOARD_FILES,))
+    _remove_files(board, ())
     _remove_files(run_dir, (CONFIG_FILE,))
     return not run_dir.exists()
 
