@@ -171,12 +171,12 @@ class AsymmetricLossWithLogits(_FocusedLossWithLogits):
         positive = ops.multiply(ops.exp(ops.multiply(self.gamma_pos, log_not_p)), log_p)
         if self.clip == 0:
             return positive, ops.multiply(ops.exp(ops.multiply(self.gamma_neg, log_p)), log_not_p)
-        shifted = ops.relu(ops.subtract(ops.exp(log_p), self.clip))
-        log_not_shifted = ops.log(ops.minimum(ops.add(ops.exp(log_not_p), self.clip), 1.0))
+        shifted = ops.relu(ops.subtract(ops.sigmoid(x), self.clip))
+        log_not_shifted = ops.log(ops.minimum(ops.add(ops.sigmoid(ops.negative(x)), self.clip), 1.0))
         # shifted^gn where shifted > 0, else 0, with a finite gradient where shifted is 0 (gn < 1 included)
         inside = ops.greater(shifted, 0.0)
         safe = ops.where(inside, shifted, ops.ones_like(shifted))
-        weight = ops.where(inside, ops.exp(ops.multiply(self.gamma_neg, ops.log(safe))), ops.zeros_like(shifted))
+        weight = ops.where(inside, ops.power(safe, self.gamma_neg), ops.zeros_like(shifted))
         return positive, ops.multiply(weight, log_not_shifted)
 
     def get_config(self):
