@@ -1,6 +1,7 @@
 """One epoch of ``--loss focal`` and ``--loss asl`` in each trainer, on the tiny synthetic set of the trainer tests
-(ResNet18 frozen at 32 px: the features are computed once and the epoch trains the head on them): the run finishes with a finite training loss, its config.toml keeps the loss and its parameters, and its val_loss is
-that loss (without class weights) of the validation logits the epoch's record was computed from."""
+(ResNet18 frozen at 32 px: the features are computed once and the epoch trains the head on them): the run finishes
+with a finite training loss, its config.toml keeps the loss and its parameters, and its val_loss is that loss
+(without class weights) of the validation logits the epoch's record was computed from."""
 
 import keras_odir.callbacks as kcallbacks
 import keras_odir.train as ktrain
@@ -41,7 +42,8 @@ def test_one_epoch_with_the_loss(data, tmp_path, monkeypatch, trainer, loss):
         return record(train_loss, kept, y_val, *rest)
 
     monkeypatch.setattr(where, "epoch_record", keeping_the_validation_logits)
-    args = tiny_train_args(data, tmp_path, "--backbone", "resnet18", "--no-fine-tune", "--epochs", "1", *LOSS_FLAGS[loss])
+    args = tiny_train_args(data, tmp_path, "--backbone", "resnet18", "--no-fine-tune", "--epochs", "1",
+                           *LOSS_FLAGS[loss])
     assert module.main(args) == 0
     run = only_run(tmp_path)
     config = load_config(run / "config.toml")

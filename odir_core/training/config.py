@@ -57,13 +57,15 @@ class Bounds:
                 and (value < self.high if self.high_open else value <= self.high))
 
     def describe(self) -> str:
-        """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``, ``a number in [0, 1] or -1``."""
+        """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``, ``a number in [0, 1] or
+        -1``."""
         if self.whole:
             return f"a whole number from {self.low} to {self.high}"
         if self.high == math.inf:
             text = f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
         else:
-            text = f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"a number in {opening}{self.low:g}, {self.high:g}{closing}"
         return text if self.special is None else f"{text} or {self.special:g}"
 
 
