@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from odir_core.training import losses
+from odir_core.training.config import checked_parameter
 
 
 def _checked_pos_weight(owner: str, pos_weight) -> list[float] | None:
@@ -105,15 +106,6 @@ class _FocusedLossWithLogits(keras.losses.Loss):
         return config
 
 
-def _checked(owner: str, name: str, value, low: float, high: float, high_open: bool = False, special=None) -> float:
-    value = float(value)
-    inside = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
-    if not (inside or value == special):
-        bounds = f"[{low:g}, {high:g}{')' if high_open else ']'}" + ("" if special is None else f" or {special:g}")
-        raise ValueError(f"{owner}: {name} must be in {bounds}, got {value}")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="keras_odir")
 class FocalLossWithLogits(_FocusedLossWithLogits):
     """The focal loss of Lin et al. (ICCV 2017) on multi-label logits, per element::
@@ -130,8 +122,8 @@ class FocalLossWithLogits(_FocusedLossWithLogits):
                  reduction="sum_over_batch_size", name="focal_loss_with_logits", dtype=None):
         super().__init__(pos_weight=pos_weight, reduction=reduction, name=name, dtype=dtype)
         owner = type(self).__name__
-        self.gamma = _checked(owner, "gamma", gamma, 0.0, losses.MAX_GAMMA)
-        self.alpha = _checked(owner, "alpha", alpha, 0.0, 1.0, special=losses.NO_ALPHA)
+        self.gamma = checked_parameter(gamma, "focal_gamma", owner, "gamma")
+        self.alpha = checked_parameter(alpha, "focal_alpha", owner, "alpha")
 
     def _terms(self, x):
         log_p, log_not_p = _log_sigmoids(x)
@@ -162,9 +154,9 @@ class AsymmetricLossWithLogits(_FocusedLossWithLogits):
                  pos_weight=None, reduction="sum_over_batch_size", name="asymmetric_loss_with_logits", dtype=None):
         super().__init__(pos_weight=pos_weight, reduction=reduction, name=name, dtype=dtype)
         owner = type(self).__name__
-        self.gamma_neg = _checked(owner, "gamma_neg", gamma_neg, 0.0, losses.MAX_GAMMA)
-        self.gamma_pos = _checked(owner, "gamma_pos", gamma_pos, 0.0, losses.MAX_GAMMA)
-        self.clip = _checked(owner, "clip", clip, 0.0, 1.0, high_open=True)
+        self.gamma_neg = checked_parameter(gamma_neg, "asl_gamma_neg", owner, "gamma_neg")
+        self.gamma_pos = checked_parameter(gamma_pos, "asl_gamma_pos", owner, "gamma_pos")
+        self.clip = checked_parameter(clip, "asl_clip", owner, "clip")
 
     def _terms(self, x):
         log_p, log_not_p = _log_sigmoids(x)

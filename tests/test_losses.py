@@ -289,16 +289,20 @@ def test_focused_losses_serialize_and_save(loss, tmp_path):
     assert keras.saving.load_model(tmp_path / "m.keras").loss.get_config() == loss.get_config()
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: FocalLossWithLogits(gamma=-1.0), r"gamma must be in \[0, 100\]"),
-    (lambda: FocalLossWithLogits(alpha=1.5), r"alpha must be in \[0, 1\] or -1"),
-    (lambda: AsymmetricLossWithLogits(clip=1.0), r"clip must be in \[0, 1\)"),
-    (lambda: AsymmetricLossWithLogits(gamma_neg=np.nan), "gamma_neg must be"),
-    (lambda: AsymmetricLossWithLogits(pos_weight=[1.0, -1.0]), "finite and >= 0"),
+@pytest.mark.parametrize("losses, params, match", [
+    ((FocalLossWithLogits, TorchFocal), {"gamma": -1.0},
+     r"FocalLossWithLogits: gamma must be a number in \[0, 100\], got -1.0"),
+    ((FocalLossWithLogits, TorchFocal), {"alpha": 1.5}, r"alpha must be a number in \[0, 1\] or -1"),
+    ((AsymmetricLossWithLogits, TorchASL), {"clip": 1.0},
+     r"AsymmetricLossWithLogits: clip must be a number in \[0, 1\), got 1.0"),
+    ((AsymmetricLossWithLogits, TorchASL), {"gamma_neg": np.nan}, "gamma_neg must be a number in"),
+    ((AsymmetricLossWithLogits, FocalLossWithLogits), {"pos_weight": [1.0, -1.0]}, "finite and >= 0"),
 ])
-def test_focused_losses_refuse_bad_parameters(make, match):
-    with pytest.raises(ValueError, match=match):
-        make()
+def test_focused_losses_refuse_bad_parameters(losses, params, match):
+    """Both packages' classes refuse what the config refuses (odir_core.training.config.NUMBER_RULES)."""
+    for loss in losses:
+        with pytest.raises(ValueError, match=match):
+            loss(**params)
 
 
 @pytest.mark.parametrize("name, params", [

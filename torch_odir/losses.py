@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odir_core.training import losses
+from odir_core.training.config import checked_parameter
 
 
 class _FocusedLossWithLogits(nn.Module):
@@ -41,7 +42,9 @@ class FocalLossWithLogits(_FocusedLossWithLogits):
     def __init__(self, gamma: float = losses.FOCAL_GAMMA, alpha: float = losses.FOCAL_ALPHA,
                  pos_weight: torch.Tensor | None = None):
         super().__init__(pos_weight)
-        self.gamma, self.alpha = float(gamma), float(alpha)
+        owner = type(self).__name__
+        self.gamma = checked_parameter(gamma, "focal_gamma", owner, "gamma")
+        self.alpha = checked_parameter(alpha, "focal_alpha", owner, "alpha")
 
     def _terms(self, x):
         log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
@@ -61,7 +64,10 @@ class AsymmetricLossWithLogits(_FocusedLossWithLogits):
     def __init__(self, gamma_neg: float = losses.ASL_GAMMA_NEG, gamma_pos: float = losses.ASL_GAMMA_POS,
                  clip: float = losses.ASL_CLIP, pos_weight: torch.Tensor | None = None):
         super().__init__(pos_weight)
-        self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
+        owner = type(self).__name__
+        self.gamma_neg = checked_parameter(gamma_neg, "asl_gamma_neg", owner, "gamma_neg")
+        self.gamma_pos = checked_parameter(gamma_pos, "asl_gamma_pos", owner, "gamma_pos")
+        self.clip = checked_parameter(clip, "asl_clip", owner, "clip")
 
     def _terms(self, x):
         log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)

@@ -145,6 +145,16 @@ def check_numbers(config: "TrainConfig") -> None:
             raise ConfigError(f"{name} = {getattr(config, name)}: must not exceed {limit} ({getattr(config, limit)})")
 
 
+def checked_parameter(value, field_name: str, owner: str, name: str) -> float:
+    """``value`` as a float when :data:`NUMBER_RULES` allows it for the field ``field_name``, else a ValueError
+    naming ``owner`` and its parameter ``name`` (the loss classes' checks of the parameters the config holds)."""
+    bounds = NUMBER_RULES[field_name]
+    value = float(value)
+    if not bounds.allows(value):
+        raise ValueError(f"{owner}: {name} must be {bounds.describe()}, got {value}")
+    return value
+
+
 def _opt(default, help, choices=None, flag=None):  # noqa: A002 - mirrors argparse
     meta = {"help": help}
     if choices is not None:
