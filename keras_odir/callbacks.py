@@ -21,6 +21,7 @@ from odir_core.training.console import epoch_line
 from odir_core.training.early_stopping import early_stopping_state
 from odir_core.training.epoch_metrics import diverged, epoch_record
 from odir_core.training.history import History
+from odir_core.training.losses import bce_with_logits
 from odir_core.training.ranks import Ranks
 from odir_core.training.run import BACKUP_DIR, ResumeError, damaged_backup_message
 from odir_core.training.tensorboard import ScalarWriter
@@ -58,7 +59,8 @@ class LossProgbar(keras.callbacks.ProgbarLogger):
 
 class EpochEvaluation(keras.callbacks.Callback):
     """After each epoch: take the epoch's training outputs, predict the validation split, compute
-    the unweighted validation loss and the study's and challenge's metrics on both, put them in
+    the validation loss (``val_loss(logits, targets)``: the training loss without the class weights, by default
+    the unweighted BCE) and the study's and challenge's metrics on both, put them in
     the epoch logs (``val_loss`` for early stopping and the best checkpoint), append them to the
     run's history files and TensorBoard (step = epoch number from 1), and log the epoch's console
     line (``odir_core.training.console.epoch_line``, as torch_odir.train).
@@ -81,9 +83,11 @@ class EpochEvaluation(keras.callbacks.Callback):
         writer: ScalarWriter | None,
         log: Callable[[str], None] = print,
         train_loss: Callable[[dict], float] | None = None,
+        val_loss: Callable[[np.ndarray, np.ndarray], float] = bce_with_logits,
     ):
         super().__init__()
         self.train_loss = train_loss or (lambda logs: logs.get("loss", math.nan))
+        self.val_loss = val_loss
         self.train_outputs = train_outputs
         self.predict_val = predict_val
         self.y_val = y_val
@@ -96,7 +100,7 @@ class EpochEvaluation(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         momentum = logs.get("momentum", optimizer_momentum(self.model))
         record = epoch_record(self.train_loss(logs), lambda: (*self.train_outputs(), self.predict_val()),
-                              self.y_val, logs.get("learning_rate"), momentum)
+                              self.y_val, logs.get("learning_rate"), momentum, self.val_loss)
         if diverged(record):
             self.stopped_on_nan = epoch  # keras_odir.train raises TrainingDiverged after fit
             self.model.stop_training = True

@@ -25,7 +25,7 @@ from keras_odir.devices import chosen_device, on_device
 from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.initial_weights import load_initial_weights
-from keras_odir.losses import WeightedBCEWithLogits
+from keras_odir.losses import training_loss
 from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
@@ -37,9 +37,9 @@ from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_s
 from odir_core.model.model_spec import check_architecture
 from odir_core.training.collectives import gather_rows, on_main
 from odir_core.training.config import TrainConfig
-from odir_core.training.epoch_metrics import bce_with_logits
 from odir_core.training.feature_cache import build_feature_cache
 from odir_core.training.history import History
+from odir_core.training.losses import numpy_loss
 from odir_core.training.ranks import Ranks, check_batch_split, training_rows
 from odir_core.training.run import (
     RunSetup,
@@ -168,12 +168,13 @@ def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ran
 
 def compile_loop(loop: Loop, setup: RunSetup) -> None:
     """Compile ``loop.trainable`` with TorchSGD (gradients averaged over the processes where there are several)
-    and the weighted BCE; the epoch-outputs metric where the epoch's train metrics or loss need it."""
+    and the config's loss (``--loss``, class-weighted with ``--weighted-loss``); the epoch-outputs metric where the
+    epoch's train metrics or loss need it."""
     config = setup.config
     optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     optimizer.reduce_gradients = data_parallel.gradient_reducer(loop.ranks)
     keep_outputs = config.train_metrics == "epoch" or loop.ranks.distributed
-    loop.trainable.compile(optimizer=optimizer, loss=WeightedBCEWithLogits(setup.pos_weight),
+    loop.trainable.compile(optimizer=optimizer, loss=training_loss(config, setup.pos_weight),
                            metrics=[loop.epoch_outputs] if keep_outputs else None)
     # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
     x0, y0 = loop.train_batches[0][:2]
@@ -183,7 +184,8 @@ def compile_loop(loop: Loop, setup: RunSetup) -> None:
 def epoch_evaluation(setup: RunSetup, loop: Loop, history: History, log) -> EpochEvaluation:
     """The callback that scores each epoch: train metrics from the epoch's training-mode outputs (as the study)
     or a clean pass (``--train-metrics clean``), validation metrics from a pass over the validation split;
-    under several processes the training loss is the mean over every rank's rows."""
+    the validation loss is the training loss without the class weights (``odir_core.training.losses``); under several
+    processes the training loss is the mean over every rank's rows."""
     if setup.config.train_metrics == "epoch":
         train_outputs = loop.epoch_outputs_of_every_rank
     else:
@@ -191,12 +193,14 @@ def epoch_evaluation(setup: RunSetup, loop: Loop, history: History, log) -> Epoc
             return setup.y_train, loop.predict(loop.train_eval)
     train_loss = None
     if loop.ranks.distributed:  # every rank's rows, as one process's loss tracker would average them
+        weighted = numpy_loss(setup.config, setup.pos_weight)
+
         def train_loss(logs):
             labels, logits = loop.epoch_outputs_of_every_rank()
-            return bce_with_logits(logits, labels, setup.pos_weight)
+            return weighted(logits, labels)
     writer = ScalarWriter(setup.run_dir / "tensorboard") if loop.ranks.main else None
     return EpochEvaluation(train_outputs, lambda: loop.predict(loop.val_eval), setup.y_val, history, writer, log,
-                           train_loss)
+                           train_loss, val_loss=numpy_loss(setup.config))
 
 
 def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from odir_core.training import config as cfg
 from odir_core.training.config_files import load_config, save_config
-from odir_core.training.config_flags import parse_args
+from odir_core.training.config_flags import parse_args, recipe_summary
+from odir_core.training.losses import loss_parameters
 from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,20 @@ def test_saved_config_round_trips_through_toml(tmp_path):
     assert raw["head"] == "v1" and raw["crop_size"] == 200 and raw["scheduler"] == "cyclic"
     assert load_config(path) == conf
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary left behind
+
+
+def test_loss_flags_and_their_parameters(tmp_path):
+    conf = parse_args(["--loss", "asl", "--asl-gamma-neg", "3", "--asl-clip", "0", "--weighted-loss"])
+    assert (conf.loss, conf.asl_gamma_neg, conf.asl_gamma_pos, conf.asl_clip) == ("asl", 3.0, 0.0, 0.0)
+    assert loss_parameters(conf) == {"gamma_neg": 3.0, "gamma_pos": 0.0, "clip": 0.0}
+    assert "asymmetric loss (gamma_neg 3, gamma_pos 0, clip 0, class-weighted)" in recipe_summary(conf)
+    conf = parse_args(["--loss", "focal", "--focal-alpha", "-1"])
+    assert loss_parameters(conf) == {"gamma": 2.0, "alpha": -1.0}
+    assert "plain BCE" in recipe_summary(cfg.TrainConfig()) and "weighted BCE" in recipe_summary(
+        cfg.TrainConfig(weighted_loss=True))
+    path = tmp_path / "before.toml"  # a run's config.toml from before the losses: plain BCE, as it trained
+    path.write_text('head = "v1"\nweighted_loss = true\n')
+    assert load_config(path).loss == "bce"
 
 
 def test_resume_uses_the_run_config(tmp_path):

@@ -10,7 +10,7 @@ from odir_core.data.dataset import DataError
 from odir_core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, on_every_rank, run_cli
 from odir_core.training.collectives import LostProcess, batch_sum, on_main, process_group
 from odir_core.training.devices import DeviceError, resolve_device
-from odir_core.training.epoch_metrics import bce_with_logits
+from odir_core.training.losses import bce_with_logits
 from odir_core.training.ranks import (
     DistributedError,
     Ranks,

@@ -78,6 +78,14 @@ def test_experiment_name_is_one_folder_name():
     ("demo_patients", 0, "demo_patients = 0: must be a whole number from 1 to 100000"),
     ("seed", -1, "seed = -1: must be a whole number from 0 to 4294967295"),
     ("seed", 2**40, "seed = 1099511627776: must be a whole number from 0 to 4294967295"),
+    ("focal_gamma", -0.5, "focal_gamma = -0.5: must be a number in [0, 100]"),
+    ("focal_gamma", INF, "focal_gamma = inf: must be a number in [0, 100]"),
+    ("focal_alpha", 1.5, "focal_alpha = 1.5: must be a number in [0, 1] or -1"),
+    ("focal_alpha", -0.5, "focal_alpha = -0.5: must be a number in [0, 1] or -1"),
+    ("asl_gamma_neg", NAN, "asl_gamma_neg = nan: must be a number in [0, 100]"),
+    ("asl_gamma_pos", 1e9, "asl_gamma_pos = 1000000000.0: must be a number in [0, 100]"),
+    ("asl_clip", 1.0, "asl_clip = 1.0: must be a number in [0, 1)"),
+    ("asl_clip", -0.01, "asl_clip = -0.01: must be a number in [0, 1)"),
 ])
 def test_numbers_outside_their_range_are_refused_by_name(key, value, message):
     assert _refused({key: value}) == message
@@ -91,6 +99,14 @@ def test_numbers_outside_their_range_are_refused_by_name(key, value, message):
 ])
 def test_lower_bound_above_upper_bound_is_refused(values, message):
     assert _refused(values) == message
+
+
+def test_the_losses_take_their_edge_values():
+    config = from_dict({"focal_alpha": -1, "focal_gamma": 0, "asl_clip": 0.0, "asl_gamma_neg": 100,
+                        "asl_gamma_pos": 0.0})
+    assert (config.loss, config.focal_alpha, config.asl_gamma_neg) == ("bce", -1.0, 100.0)
+    assert from_dict({"focal_alpha": 1.0, "asl_clip": 0.999}).asl_clip == 0.999
+    assert _refused({"loss": "dice"}) == "loss = 'dice': use one of bce, focal, asl"
 
 
 def test_every_numeric_field_has_a_rule():
@@ -167,6 +183,8 @@ def test_integer_too_large_for_a_float_key_names_file_and_key(tmp_path):
     (["--momentum", "-3"], None, "momentum"),
     (["--weight-decay=-1e308"], None, "weight_decay"),
     (["--batch-size", str(2**62)], None, "batch_size"),
+    (["--loss", "asl", "--asl-clip", "1"], None, "asl_clip"),
+    ([], "loss = \"focal\"\nfocal_gamma = -1\n", "focal_gamma"),
 ])
 def test_trainers_refuse_before_creating_anything(tmp_path, monkeypatch, capsys, module, flags, config_text, key):
     monkeypatch.chdir(tmp_path)

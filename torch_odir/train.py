@@ -3,7 +3,8 @@
 The same options, configs and run folder as ``keras_odir.train`` (``--help``): ``config.toml``,
 ``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
 ``train_results.xlsx``, ``history.csv``, ``tensorboard/``, and ``backup/state.pth`` while it runs
-(``--resume RUN_DIR``). torch's SGD, ``BCEWithLogitsLoss(pos_weight)``, ``LinearLR``/``CyclicLR``
+(``--resume RUN_DIR``). torch's SGD, ``BCEWithLogitsLoss(pos_weight)`` (or ``--loss focal|asl``,
+``torch_odir.losses``), ``LinearLR``/``CyclicLR``
 stepped once per epoch, a DataLoader following the shared epoch order; ``--precision bf16|fp16``
 runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
 """
@@ -15,6 +16,7 @@ import math
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from odir_core.training.early_stopping import early_stopping_state, should_stop
 from odir_core.training.epoch_metrics import diverged, epoch_record
 from odir_core.training.feature_cache import FeatureBatch, build_feature_cache
 from odir_core.training.history import History
+from odir_core.training.losses import numpy_loss
 from odir_core.training.ranks import DistributedError, Ranks, check_batch_split, loss_share
 from odir_core.training.run import (
     ResumeError,
@@ -53,6 +56,7 @@ from torch_odir.data import make_loader
 from torch_odir.data_parallel import wrap
 from torch_odir.devices import resolve_device
 from torch_odir.initial_weights import load_initial_weights
+from torch_odir.losses import training_loss
 from torch_odir.model import DualNet, read_torch_state
 
 BACKUP = Path("backup") / "state.pth"
@@ -144,7 +148,8 @@ def train(config: TrainConfig, log=print) -> Path:
 class Loop:
     """What one epoch of training and validation runs: ``forward`` (the model, or its head on cached
     features; DDP-wrapped under several processes) over this rank's loaders, with its optimizer, loss,
-    fp16 loss scaler, device, precision and ranks."""
+    fp16 loss scaler, device, precision and ranks; ``val_loss``: the validation loss in numpy (the training loss
+    without the class weights)."""
 
     forward: nn.Module
     train_loader: object
@@ -156,6 +161,7 @@ class Loop:
     device: torch.device
     precision: str
     ranks: Ranks
+    val_loss: Callable[[np.ndarray, np.ndarray], float]
 
 
 def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, list]:
@@ -211,7 +217,7 @@ def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray,
             y, train_logits = y_train, predict(loop.eval_train)
         return y, train_logits, predict(loop.eval_val)
 
-    return epoch_record(loss, outputs, y_val, group["lr"], group.get("momentum"))
+    return epoch_record(loss, outputs, y_val, group["lr"], group.get("momentum"), loop.val_loss)
 
 
 def save_epoch(setup: RunSetup, model: DualNet, loop: Loop, scheduler, history: History, epoch: int) -> None:
@@ -300,7 +306,7 @@ def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ran
     pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     return Loop(wrap(forward, ranks, device, config.sync_bn), train_loader, eval_train, eval_val, optimizer,
-                nn.BCEWithLogitsLoss(pos_weight=pos_weight), scaler, device, config.precision, ranks)
+                training_loss(config, pos_weight), scaler, device, config.precision, ranks, numpy_loss(config))
 
 
 def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, log) -> None:

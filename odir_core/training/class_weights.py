@@ -1,4 +1,4 @@
-"""Per-label positive weights for the weighted BCE loss (framework-free)."""
+"""Per-label positive weights for the class-weighted losses (framework-free)."""
 
 import numpy as np
 

@@ -22,6 +22,8 @@ from odir_core.model import model_spec
 from odir_core.model.model_spec import BACKBONES as BACKBONE_SPECS
 from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, BackboneSpec, HeadSpec
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
+from odir_core.training import losses
+from odir_core.training.losses import LOSSES
 from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
 
 # Where an empty ``data`` looks for a prepared ODIR-5K (relative to the working folder).
@@ -35,27 +37,36 @@ TRAIN_METRICS = ("epoch", "clean")
 
 @dataclass(frozen=True)
 class Bounds:
-    """The values a numeric field takes: finite, from ``low`` (excluded when ``low_open``) to ``high``;
-    ``whole``: an integer field."""
+    """The values a numeric field takes: finite, from ``low`` (excluded when ``low_open``) to ``high`` (excluded
+    when ``high_open``), or exactly ``special`` when given (a value meaning "none"); ``whole``: an integer field."""
 
     low: float
     high: float = math.inf
     low_open: bool = False
     whole: bool = False
+    high_open: bool = False
+    special: float | None = None
 
     def allows(self, value: float) -> bool:
         """Whether ``value`` is within the bounds (NaN and infinities never are)."""
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+        if self.special is not None and value == self.special:
+            return True
+        return ((self.low < value if self.low_open else self.low <= value)
+                and (value < self.high if self.high_open else value <= self.high))
 
     def describe(self) -> str:
-        """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``."""
+        """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``, ``a number in [0, 1] or
+        -1``."""
         if self.whole:
             return f"a whole number from {self.low} to {self.high}"
         if self.high == math.inf:
-            return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
-        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            text = f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"a number in {opening}{self.low:g}, {self.high:g}{closing}"
+        return text if self.special is None else f"{text} or {self.special:g}"
 
 
 def _whole(low: int, high: int) -> Bounds:
@@ -75,9 +86,12 @@ MAX_SEED = 2**32 - 1  # numpy's (keras.utils.set_random_seed) upper bound; torch
 
 POSITIVE = Bounds(0.0, low_open=True)
 FRACTION = Bounds(0.0, 1.0)
+GAMMA = Bounds(0.0, losses.MAX_GAMMA)
 # The range of every numeric field, the same for both trainers: torch's own checks (SGD: momentum and
 # weight_decay >= 0; LinearLR: start_factor in (0, 1], end_factor in [0, 1]) and keras_odir's TorchSGD (momentum
-# <= 1) together. CyclicLR's gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1.
+# <= 1) together. CyclicLR's gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1. The
+# losses' focusing exponents are >= 0 (odir_core.training.losses.MAX_GAMMA at most), focal_alpha a fraction or -1
+# (no alpha weighting, torchvision's convention), and the ASL margin below 1 (at 1 every negative term vanishes).
 NUMBER_RULES: dict[str, Bounds] = {
     "demo_patients": _whole(1, MAX_PATIENTS),
     "image_size": _whole(1, MAX_IMAGE_SIZE),
@@ -95,6 +109,11 @@ NUMBER_RULES: dict[str, Bounds] = {
     "cyclic_gamma": Bounds(0.0, 1.0, low_open=True),
     "cyclic_base_momentum": FRACTION,
     "cyclic_max_momentum": FRACTION,
+    "focal_gamma": GAMMA,
+    "focal_alpha": Bounds(0.0, 1.0, special=losses.NO_ALPHA),
+    "asl_gamma_neg": GAMMA,
+    "asl_gamma_pos": GAMMA,
+    "asl_clip": Bounds(0.0, 1.0, high_open=True),
     "epochs": _whole(1, MAX_EPOCHS),
     "patience": _whole(0, MAX_EPOCHS),
     "seed": _whole(0, MAX_SEED),
@@ -124,6 +143,16 @@ def check_numbers(config: "TrainConfig") -> None:
     for name, limit in NOT_ABOVE:
         if getattr(config, name) > getattr(config, limit):
             raise ConfigError(f"{name} = {getattr(config, name)}: must not exceed {limit} ({getattr(config, limit)})")
+
+
+def checked_parameter(value, field_name: str, owner: str, name: str) -> float:
+    """``value`` as a float when :data:`NUMBER_RULES` allows it for the field ``field_name``, else a ValueError
+    naming ``owner`` and its parameter ``name`` (the loss classes' checks of the parameters the config holds)."""
+    bounds = NUMBER_RULES[field_name]
+    value = float(value)
+    if not bounds.allows(value):
+        raise ValueError(f"{owner}: {name} must be {bounds.describe()}, got {value}")
+    return value
 
 
 def _opt(default, help, choices=None, flag=None):  # noqa: A002 - mirrors argparse
@@ -179,8 +208,25 @@ class TrainConfig:
     # optimisation
     batch_size: int = _opt(32, "patients per batch")
     balanced_sampler: bool = _opt(False, "draw training batches with the multi-label balanced sampler")
+    loss: str = _opt(
+        "bce",
+        "training loss on the logits, mean over samples and labels: bce (binary cross-entropy), focal (Lin et al.'s "
+        "focal loss, --focal-gamma, --focal-alpha) or asl (Ridnik et al.'s asymmetric loss, --asl-gamma-neg, "
+        "--asl-gamma-pos, --asl-clip); the validation loss is the same loss without the class weights",
+        choices=LOSSES,
+    )
+    focal_gamma: float = _opt(losses.FOCAL_GAMMA, "focal loss: focusing exponent gamma (0: alpha-weighted BCE)")
+    focal_alpha: float = _opt(
+        losses.FOCAL_ALPHA, "focal loss: weight alpha of the positive term, 1 - alpha of the negative one; -1: none"
+    )
+    asl_gamma_neg: float = _opt(losses.ASL_GAMMA_NEG, "asymmetric loss: focusing exponent of the negative term")
+    asl_gamma_pos: float = _opt(losses.ASL_GAMMA_POS, "asymmetric loss: focusing exponent of the positive term")
+    asl_clip: float = _opt(
+        losses.ASL_CLIP, "asymmetric loss: probability margin m, negatives use max(p - m, 0) (0: no shift)"
+    )
     weighted_loss: bool = _opt(
-        False, "BCE with pos_weight = negatives/positives per label on the training split"
+        False, "class weights pos_weight = negatives/positives per label on the training split, multiplying the "
+        "positive term of the loss (BCE's pos_weight; likewise the positive term of focal and asl)"
     )
     lr: float = _opt(0.001, "SGD learning rate (the start value of a schedule)")
     momentum: float = _opt(0.9, "SGD momentum (PyTorch semantics; cycled by the cyclic scheduler)")
@@ -234,7 +280,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES),
                               ("precision", PRECISIONS), ("train_metrics", TRAIN_METRICS),
-                              ("scheduler", SCHEDULERS),
+                              ("scheduler", SCHEDULERS), ("loss", LOSSES),
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")

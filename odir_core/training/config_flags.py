@@ -15,6 +15,7 @@ from odir_core.data.layouts import is_prepared
 from odir_core.errors import EXIT_USAGE
 from odir_core.training.config import FIELDS, PREPARED_ODIR, TrainConfig, field_type
 from odir_core.training.config_files import from_dict, load_config
+from odir_core.training.losses import loss_summary
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # The embedded defaults of the training CLIs (no --config): the demo, or the study's best recipe when
@@ -38,7 +39,7 @@ def recipe_summary(config: TrainConfig) -> str:
     crop = f" cropped to {config.crop_size}" if config.crop_size else ""
     return (f"{config.image_size} px images{crop}, {config.weights} weights, "
             f"{'fine-tuned' if config.fine_tune else 'frozen backbone'}, head {config.head}, augment {config.augment}, "
-            f"{'weighted' if config.weighted_loss else 'plain'} BCE, lr {config.lr:g} ({config.scheduler} schedule), "
+            f"{loss_summary(config)}, lr {config.lr:g} ({config.scheduler} schedule), "
             f"batch {config.batch_size}, up to {config.epochs} epochs (patience {config.patience})")
 
 

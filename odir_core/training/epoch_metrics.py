@@ -1,5 +1,5 @@
-"""One epoch's numbers from the trainers' outputs, the same for both trainers: the loss and the study's and
-the challenge's metrics of logits (numpy, float64), and the epoch's history record (loss, metrics, lr,
+"""One epoch's numbers from the trainers' outputs, the same for both trainers: the validation loss and the study's
+and the challenge's metrics of logits (numpy, float64), and the epoch's history record (loss, metrics, lr,
 momentum; keyed as the rows of :mod:`odir_core.metric_table`)."""
 
 from __future__ import annotations
@@ -12,23 +12,13 @@ import numpy as np
 
 from odir_core.metric_table import SCORES
 from odir_core.scores import SCORE_SETS, MetricsWarning
+from odir_core.training.losses import bce_with_logits
 
 
 def sigmoid(logits) -> np.ndarray:
     """Numerically stable logistic function, float64."""
     x = np.asarray(logits, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -x))
-
-
-def bce_with_logits(logits, targets, pos_weight=None) -> float:
-    """Binary cross-entropy on logits, mean over samples and labels (torch's formula); ``pos_weight`` (one
-    per label) weights the positive term as ``BCEWithLogitsLoss(pos_weight=...)``, None: unweighted."""
-    x = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(targets, dtype=np.float64)
-    if pos_weight is None:
-        return float(np.mean(np.logaddexp(0.0, x) - y * x))
-    w = np.asarray(pos_weight, dtype=np.float64)
-    return float(np.mean(w * y * np.logaddexp(0.0, -x) + (1.0 - y) * np.logaddexp(0.0, x)))
 
 
 def split_metrics(split: str, y_true, logits) -> dict[str, float]:
@@ -46,9 +36,11 @@ def split_metrics(split: str, y_true, logits) -> dict[str, float]:
 
 
 def epoch_record(train_loss: float, outputs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 y_val: np.ndarray, lr: float | None, momentum: float | None) -> dict[str, float]:
+                 y_val: np.ndarray, lr: float | None, momentum: float | None,
+                 val_loss: Callable[[np.ndarray, np.ndarray], float] = bce_with_logits) -> dict[str, float]:
     """The history record of an epoch whose mean training loss is ``train_loss``, keyed as the rows of
-    odir_core.metric_table.
+    odir_core.metric_table. ``val_loss(logits, targets)``: the validation loss, the training loss without the
+    class weights (``odir_core.training.losses.numpy_loss(config)``; default the unweighted BCE).
 
     ``outputs() -> (y_train, train_logits, val_logits)`` is called only when the loss is finite. A
     non-finite loss or non-finite logits give ``val_loss`` NaN and no metrics: the run has diverged
@@ -61,7 +53,7 @@ def epoch_record(train_loss: float, outputs: Callable[[], tuple[np.ndarray, np.n
         finite = bool(np.isfinite(train_logits).all() and np.isfinite(val_logits).all())
     if finite:
         record.update(split_metrics("train", y_train, train_logits))
-        record["val_loss"] = bce_with_logits(val_logits, y_val)
+        record["val_loss"] = float(val_loss(val_logits, y_val))
         record.update(split_metrics("val", y_val, val_logits))
     else:
         record["val_loss"] = math.nan
