@@ -177,15 +177,15 @@ def asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip, pos_weight=None):
     """The paper's formula term by term: p = sigmoid(x), pm = max(p - m, 0), L+ = (1 - p)^gp log p,
     L- = pm^gn log(1 - pm), loss = -y L+ - (1 - y) L-; at 50 digits (float64 cannot hold 1 - sigmoid(x) past
     x = 37), then rounded to float64."""
-    mpmath.mp.dps = 50
     per_element = np.zeros(np.shape(logits))
-    for index, x in np.ndenumerate(np.asarray(logits, np.float64)):
-        p = 1 / (1 + mpmath.exp(-mpmath.mpf(float(x))))
-        pm = max(p - mpmath.mpf(clip), mpmath.mpf(0))
-        l_pos = (1 - p) ** gamma_pos * mpmath.log(p)
-        l_neg = pm ** gamma_neg * mpmath.log(1 - pm)
-        y = float(targets[index])
-        per_element[index] = float(-y * l_pos - (1 - y) * l_neg)
+    with mpmath.workdps(50):
+        for index, x in np.ndenumerate(np.asarray(logits, np.float64)):
+            p = 1 / (1 + mpmath.exp(-mpmath.mpf(float(x))))
+            pm = max(p - mpmath.mpf(clip), mpmath.mpf(0))
+            l_pos = (1 - p) ** gamma_pos * mpmath.log(p)
+            l_neg = pm ** gamma_neg * mpmath.log(1 - pm)
+            y = float(targets[index])
+            per_element[index] = float(-y * l_pos - (1 - y) * l_neg)
     return positive_weighted(per_element, targets, pos_weight)
 
 
