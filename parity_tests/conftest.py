@@ -16,7 +16,8 @@ import torchvision  # noqa: F401  isort: skip
 
 import pytest
 
-from parity_helpers import CHILD_REPORTS, RESULTS, SUMMARY_TITLE, Recorder, calibrated_resnet50
+from parity_helpers import CHILD_REPORTS, IS_CHILD, RESULTS, SUMMARY_TITLE, Recorder, calibrated_resnet50
+from parity_reruns import TEST_NAME, start_reruns, stop_reruns
 
 
 @pytest.fixture
@@ -38,3 +39,16 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{case:58s} {worst:.3e}  (max|ref| {scale:.3g}, tol {tol:.3g}{note})")
     for report in CHILD_REPORTS:
         terminalreporter.write_line(report)
+
+
+def pytest_collection_finish(session):
+    """When the session runs the other backends' parity checks: start their re-runs now and move the checks,
+    which wait for them, to the end of the session."""
+    waiting = [item for item in session.items if getattr(item, "originalname", None) == TEST_NAME]
+    if waiting and not IS_CHILD:
+        session.items[:] = [item for item in session.items if item not in waiting] + waiting
+        start_reruns()
+
+
+def pytest_sessionfinish(session):
+    stop_reruns()
