@@ -273,8 +273,7 @@ class GraphPlan:
 
 
 def _eager_torch(flat_inputs) -> bool:
-    if keras.backend.backend() != "torch":
-        return False
+    """Torch tensors, run eagerly (not traced by ``torch.compile``)."""
     import torch
 
     if torch.compiler.is_compiling():
@@ -288,9 +287,9 @@ class PlannedModel(Functional):
     call elsewhere. Saved and loaded as any functional model (its config is a functional model's)."""
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        if mask is not None or kwargs:
+        if keras.backend.backend() != "torch" or mask is not None or kwargs:
             return super().call(inputs, training=training, mask=mask, **kwargs)
-        flat = self._standardize_inputs(inputs)
+        flat = self._standardize_inputs(inputs)  # as Functional.call
         if not _eager_torch(flat):
             return super().call(inputs, training=training, mask=mask)
         plan = self.__dict__.get("_graph_plan")
