@@ -7,7 +7,9 @@ that times torch_odir again beside it (tensorflow likewise, when asked for). Pri
 (median over rounds) for a training step (forward, backward, SGD update) and for inference, and
 the median ratio to torch_odir in the same rounds with its range (> 1 is faster than torch_odir).
 "keras/torch folded" is the inference model that evaluate/predict use, BatchNorm folded into the convs
-(``keras_odir.folding``); it has no training step (training never folds).
+(``keras_odir.folding``); it has no training step (training never folds). "... executor": the same models
+run from their precomputed plan (``keras_odir.executor.planned``), as keras_odir.train and KerasPredictor
+run them on torch; without it, Keras' own functional call.
 
     python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
     python benchmarks/model_throughput.py --regime launch       # 32 px, 2 pairs, 1 thread: the framework's own cost
@@ -31,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "torch_odir"
 CONFIGS_BY_BACKEND = {
-    "torch": ("torch_odir", "torch_odir NCHW", "keras/torch", "keras/torch folded"),
+    "torch": ("torch_odir", "torch_odir NCHW", "keras/torch", "keras/torch executor", "keras/torch folded",
+              "keras/torch folded executor"),
     "jax": ("torch_odir", "keras/jax"),
     "tensorflow": ("torch_odir", "keras/tensorflow"),
 }
@@ -85,11 +88,14 @@ def torch_steps(batch, size, precision: str, device: str, backbone: str, channel
     return train, infer
 
 
-def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False):
+def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False, executor: bool = False):
     """(train step, inference) closures of keras_odir's dual model: ``train_on_batch`` with the trainer's
     optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch).
-    ``folded``: (None, inference of the model with its BatchNorms folded), as evaluate/predict run it."""
+    ``folded``: (None, inference of the model with its BatchNorms folded), as evaluate/predict run it.
+    ``executor``: both models run from their plan (``keras_odir.executor``)."""
     import keras
+
+    from keras_odir.executor import planned
 
     from keras_odir.folding import fold_batchnorm
     from keras_odir.losses import WeightedBCEWithLogits
@@ -101,13 +107,15 @@ def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False
         keras.mixed_precision.set_global_policy({"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision])
     left, right, labels = _batch(batch, size)
     model = build_dual_model(backbone, "v0", image_size=size)
+    wrap = planned if executor else (lambda m: m)
+    model = wrap(model)
     model.compile(optimizer=TorchSGD(learning_rate=0.01, momentum=0.9), loss=WeightedBCEWithLogits())
-    inference = dual_parts(model).inference_model(model)
+    inference = wrap(dual_parts(model).inference_model(model))
     x = {"left": left, "right": right}
     keras.mixed_precision.set_global_policy("float32")
     if folded:
         model = fold_batchnorm(model)
-        inference = dual_parts(model).inference_model(model)
+        inference = wrap(dual_parts(model).inference_model(model))
         return None, (lambda: inference.predict_on_batch(x))
     return (lambda: model.train_on_batch(x, labels)), (lambda: inference.predict_on_batch(x))
 
@@ -125,7 +133,7 @@ def worker(args) -> None:
                                         channels_last=config == REFERENCE)
         else:
             steps[config] = keras_steps(args.batch, args.size, args.precision, args.backbone,
-                                        folded=config.endswith("folded"))
+                                        folded="folded" in config, executor=config.endswith("executor"))
     times = {config: {kind: [] for kind, index in (("train", 0), ("infer", 1)) if pair[index] is not None}
              for config, pair in steps.items()}
     for kind, index in (("train", 0), ("infer", 1)):

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_odir.devices import chosen_device, on_device
+from keras_odir.executor import planned
 from keras_odir.folding import fold_batchnorm
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
@@ -58,7 +59,8 @@ class KerasPredictor:
         parts = dual_parts(model)
         with on_device(device):  # the folded convs' weights go where the model's are
             folded = fold_batchnorm(model)  # BatchNorm folded into the convs (keras_odir.folding)
-        self.inference = dual_parts(folded).inference_model(folded)  # both eyes in one backbone batch
+        # both eyes in one backbone batch, run from a precomputed plan on torch (keras_odir.executor)
+        self.inference = planned(dual_parts(folded).inference_model(folded))
         self.parts = parts  # Grad-CAM: the unfolded model, whose every layer (stage maps) is there
         self.head = parts.head
         self.spec = infer_backbone(weight_table(parts.backbone))  # the weights' keys tell the backbone

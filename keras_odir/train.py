@@ -27,6 +27,7 @@ from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.initial_weights import load_initial_weights
 from keras_odir.losses import training_loss
 from keras_odir.lr_schedule import EpochSchedule
+from keras_odir.executor import planned
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
 from keras_odir.parts import dual_parts
@@ -153,12 +154,12 @@ def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ran
                                batches.sizes, ranks)
 
         cache = build_feature_cache(extract, data.train_plain, data.val, log)
-        trainable = network = parts.head
+        trainable = network = planned(parts.head)
         train_batches = feature_batches(cache.train, setup.y_train, batch, **order)
         train_eval = feature_batches(cache.train, setup.y_train, batch, ranks=ranks)
         val_eval = feature_batches(cache.val, setup.y_val, batch, ranks=ranks)
     else:
-        trainable, network = model, dual_parts(model).inference_model(model)
+        trainable, network = planned(model), planned(dual_parts(model).inference_model(model))
         train_batches = image_batches(data.train, batch, workers=workers, **order)
         train_eval, val_eval = (image_batches(d, batch, workers=workers, ranks=ranks)
                                 for d in (data.train_plain, data.val))
@@ -221,7 +222,9 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
     compile_loop(loop, setup)
     evaluation = epoch_evaluation(setup, loop, history, log)
     schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
-    callbacks = training_callbacks(run_dir=run_dir, model=model, evaluation=evaluation,
+    # the checkpoints save the dual model: the trained one itself (with its optimizer) where it is trained whole
+    saved = model if config.uses_feature_cache else loop.trainable
+    callbacks = training_callbacks(run_dir=run_dir, model=saved, evaluation=evaluation,
                                    schedule_callback=EpochSchedule(schedule), patience=config.patience,
                                    seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on,
                                    ranks=ranks)
