@@ -47,8 +47,8 @@ def build_head(head: HeadSpec, in_features: int) -> keras.Model:
 
     Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
     policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
-    (and float64 under a float64 one). A head on feature maps (``scm``, ``mldecoder``) takes both eyes' maps concatenated
-    on channels, (H, W, ``in_features``), channels_last.
+    (and float64 under a float64 one). A head on feature maps (``scm``, ``mldecoder``) takes both eyes' maps
+    concatenated on channels, (H, W, ``in_features``), channels_last.
     """
     inputs = keras.Input(shape=(None, None, in_features) if head.uses_maps else (in_features,), name=FEATURES)
     x, width = inputs, in_features

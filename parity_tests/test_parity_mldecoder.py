@@ -1,7 +1,7 @@
 """The ``mldecoder`` head (ML-Decoder) in Keras and torch, against each other with the same weights (made in
 torch, converted): the dual model's logits in inference and in training mode (BatchNorm batch statistics,
-dropout off), one SGD step of the head (frozen backbone; its update, -lr x the gradient, per tensor), the keras -> torch -> keras round trip, and the
-logits on every registered backbone (``backbone_zoo``)."""
+dropout off), one SGD step of the head (frozen backbone; its update, -lr x the gradient, per tensor), the
+keras -> torch -> keras round trip, and the logits on every registered backbone (``backbone_zoo``)."""
 
 from __future__ import annotations
 
