@@ -13,6 +13,7 @@ from keras import layers
 import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.families import BUILDERS
+from keras_odir.mldecoder import MLDecoder as MLDecoderLayer
 from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
 from odir_core.model.backbone import keras_layer_name
@@ -24,6 +25,7 @@ from odir_core.model.model_spec import (
     Dropout,
     HeadSpec,
     Linear,
+    MLDecoder,
     ReLU,
     backbone_spec,
     head_spec,
@@ -45,8 +47,8 @@ def build_head(head: HeadSpec, in_features: int) -> keras.Model:
 
     Its i-th layer is named ``head_<i>``, after torch's ``head.<i>``. The last layer computes in the
     policy's variable dtype, so logits (and the loss) are float32 under a mixed-precision policy too
-    (and float64 under a float64 one). A head on feature maps (``scm``) takes both eyes' maps concatenated
-    on channels, (H, W, ``in_features``), channels_last.
+    (and float64 under a float64 one). A head on feature maps (``scm``, ``mldecoder``) takes both eyes' maps
+    concatenated on channels, (H, W, ``in_features``), channels_last.
     """
     inputs = keras.Input(shape=(None, None, in_features) if head.uses_maps else (in_features,), name=FEATURES)
     x, width = inputs, in_features
@@ -55,6 +57,8 @@ def build_head(head: HeadSpec, in_features: int) -> keras.Model:
         name = f"head_{i}"
         if isinstance(layer, CrossEyeCorrelation):
             x = CorrelationFusion(name=name, dtype=logits_dtype)(x)
+        elif isinstance(layer, MLDecoder):
+            x, width = MLDecoderLayer.from_spec(layer, name=name, dtype=logits_dtype)(x), layer.units
         elif isinstance(layer, Linear):
             dtype = logits_dtype if i == len(head.layers) - 1 else None
             x, width = _dense(layer.units, width, name, dtype)(x), layer.units

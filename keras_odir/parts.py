@@ -3,7 +3,7 @@
 A dual model (``keras_odir.model.build_dual_model``) is ``{"left", "right"}`` -> ``backbone``
 (one sub-model shared by both eyes, ending in the global pooling layer ``avgpool``) ->
 ``features`` (the [left, right] concatenation) -> ``head`` (a sub-model on the features) -> logits.
-With a head on feature maps (``scm``) the backbone ends at its last feature map, before the pooling,
+With a head on feature maps (``scm``, ``mldecoder``) the backbone ends at its last feature map, before the pooling,
 and ``features`` concatenates both eyes' maps on channels.
 """
 

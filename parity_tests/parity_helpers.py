@@ -136,13 +136,16 @@ def _nested_layers(model):
 def dropout_off(keras_model, torch_model) -> None:
     """Make dropout and stochastic depth the identity in both models, so training mode is deterministic."""
     from keras_odir.layers import StochasticDepth
+    from keras_odir.mldecoder import MLDecoder
 
     for layer in _nested_layers(keras_model):  # the head is a sub-model
-        if isinstance(layer, (keras.layers.Dropout, StochasticDepth)):
+        if isinstance(layer, (keras.layers.Dropout, StochasticDepth, MLDecoder)):
             layer.rate = 0.0
     for module in torch_model.modules():
         if isinstance(module, (torch.nn.Dropout, torchvision.ops.StochasticDepth)):
             module.p = 0.0
+        elif isinstance(module, torch.nn.MultiheadAttention):  # dropout on its attention weights
+            module.dropout = 0.0
 
 
 def other_backends() -> list[str]:

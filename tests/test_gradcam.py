@@ -11,6 +11,7 @@ from keras_odir.model import build_dual_model
 from keras_odir.weights import torch_to_keras_state
 from odir_core.evaluation import plots
 from odir_core.evaluation.inference import choose_gradcam_stage
+from odir_core.model.model_spec import HEADS
 from reference_data import REAL_SAMPLES, needs
 from torch_odir.inference import TorchPredictor
 from torch_odir.model import DualNet
@@ -54,6 +55,20 @@ def test_gradcam_at_an_earlier_stage_matches_torch_in_keras(predictors):
     maps = np.stack(keras_side.gradcam(left, right, 3))
     assert maps.shape == (2, 8, 8)  # layer2 at 64 px
     np.testing.assert_allclose(maps, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("head", [name for name, spec in HEADS.items() if spec.uses_maps])
+def test_gradcam_through_a_head_on_feature_maps_matches_torch_in_keras(head):
+    torch.manual_seed(1)
+    torch_side = TorchPredictor(DualNet("resnet18", head), torch.device("cpu"))
+    keras_side = KerasPredictor(torch_to_keras_state(build_dual_model("resnet18", head), torch_side.model.state_dict()))
+    rng = np.random.default_rng(1)
+    left, right = (rng.normal(size=(1, 64, 64, 3)).astype(np.float32) for _ in range(2))
+    for stage, side in (("layer4", 2), (None, 8)):  # the map the head takes, and the one chosen at 64 px (layer2)
+        expected = np.stack(torch_side.gradcam(left, right, 2, stage))
+        maps = np.stack(keras_side.gradcam(left, right, 2, stage))
+        assert maps.shape == (2, side, side) and np.isfinite(maps).all()
+        np.testing.assert_allclose(maps, expected, atol=1e-3)
 
 
 def _photo(size=256):

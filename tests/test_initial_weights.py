@@ -11,8 +11,9 @@ import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.weights import keras_to_numpy_state
 from odir_core.model.initial_weights import initial_state
-from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE, backbone_spec
+from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE, HEADS, backbone_spec
 from odir_core.training.config import TrainConfig
+from torch_odir.model import build_head
 
 RESNET50 = backbone_spec("resnet50")
 
@@ -104,3 +105,24 @@ def test_both_trainers_take_a_torchvision_backbone_file_and_draw_the_same_head(t
     np.testing.assert_array_equal(torch_state["backbone.conv1.weight"], backbone.conv1.weight.detach().numpy())
     head = initial_state({"head.1.weight": (8, 4096), "head.1.bias": (8,)}, RESNET50, 2, draw_backbone=False)
     np.testing.assert_array_equal(torch_state["head.1.weight"], head["head.1.weight"])
+
+
+def test_mldecoder_head_draws_follow_its_torch_module():
+    torch.manual_seed(0)
+    module = build_head(HEADS["mldecoder"], 2 * 512)
+    reference = {f"head.{k}": v.detach().numpy() for k, v in module.state_dict().items()}
+    drawn = initial_state({k: v.shape for k, v in reference.items()}, RESNET50, seed=1, draw_backbone=False)
+    assert drawn.keys() == reference.keys() == HEADS["mldecoder"].state_keys
+    for key, ours in drawn.items():
+        theirs = reference[key]
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, key
+        if theirs.std() == 0:  # LayerNorms, the attention's and the group layer's biases
+            np.testing.assert_array_equal(ours, theirs, err_msg=key)
+        elif theirs.size >= 2000:
+            assert abs(ours.std() / theirs.std() - 1) < 0.1, (key, ours.std(), theirs.std())
+            assert abs(ours.mean()) < 0.1 * theirs.std(), key
+
+
+def test_both_trainers_start_an_mldecoder_head_from_the_same_weights():
+    config = TrainConfig(image_size=32, backbone="resnet18", head="mldecoder", weights="none", fine_tune=True, seed=6)
+    _assert_same(*_both_trainers(config))

@@ -24,7 +24,9 @@ from odir_core.model.model_spec import (
     ArchitectureError,
     CrossEyeCorrelation,
     Dropout,
+    MAP_LAYERS,
     Linear,
+    MLDecoder,
     ReLU,
     backbone_spec,
     check_architecture,
@@ -34,6 +36,7 @@ from odir_core.model.model_spec import (
 )
 from odir_core.training import config as config_module
 from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
+from torch_odir.mldecoder import MLDecoder as MLDecoderModule
 from torch_odir.model import CorrelationFusion, DualNet, build_head
 
 
@@ -68,11 +71,14 @@ def test_torch_head_follows_the_spec(head):
             assert isinstance(module, nn.Dropout) and module.p == layer.rate
         elif isinstance(layer, CrossEyeCorrelation):
             assert isinstance(module, CorrelationFusion) and not list(module.parameters())
+        elif isinstance(layer, MLDecoder):
+            assert isinstance(module, MLDecoderModule) and module.out_features == layer.units
+            assert module.attn.num_heads == layer.heads and module.ff1.out_features == layer.ff
         else:
             assert isinstance(layer, ReLU) and isinstance(module, nn.ReLU)
     assert modules[-1].out_features == 8
     assert {f"head.{k}" for k in build_head(spec, 4096).state_dict()} == spec.state_keys
-    assert spec.uses_maps == isinstance(spec.layers[0], CrossEyeCorrelation)
+    assert spec.uses_maps == isinstance(spec.layers[0], MAP_LAYERS)
 
 
 @pytest.mark.parametrize("head", list(HEADS))
@@ -88,9 +94,9 @@ def test_resolvers_look_names_up_and_pass_specs_through():
         assert head_spec(name) is spec and head_spec(spec) is spec
     with pytest.raises(ValueError, match="Unknown backbone 'resnet9'; choose one of resnet18, "):
         backbone_spec("resnet9")
-    with pytest.raises(ValueError, match="Unknown head 'v3'; choose one of v0, v1, v2, scm"):
+    with pytest.raises(ValueError, match="Unknown head 'v3'; choose one of v0, v1, v2, scm, mldecoder"):
         head_spec("v3")
-    assert [name for name, spec in HEADS.items() if spec.uses_maps] == ["scm"]
+    assert [name for name, spec in HEADS.items() if spec.uses_maps] == ["scm", "mldecoder"]
     config = config_module.TrainConfig(backbone="resnet18", head="scm")
     assert config.backbone_spec is BACKBONES["resnet18"] and config.head_spec is HEADS["scm"]
 
@@ -146,8 +152,8 @@ def test_study_state_dict_becomes_torch_odirs(head):
     assert infer_architecture(state)[1] is HEADS[head]
     reference = DualNet("resnet50", head)
     reference.load_state_dict(state)  # strict: every key known, none missing
-    suffix = "weight" if head == "v0" else f"{len(HEADS[head].layers) - 1}.weight"
-    assert torch.equal(reference.head[-1].weight, study[f"classifier.{suffix}"])
+    for key, value in reference.head.state_dict().items():  # v0's study head is a bare Linear: no index
+        assert torch.equal(value, study["classifier." + (key.split(".", 1)[1] if head == "v0" else key)])
 
 
 @pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "model_state_dict", "ddp"])
@@ -182,3 +188,16 @@ def test_download_checks_the_hash_in_the_file_name_and_writes_atomically(tmp_pat
     with pytest.raises(CheckpointNotFoundError, match="sha256"):
         download_checkpoint(bad.as_uri(), folder)
     assert sorted(p.name for p in folder.iterdir()) == [good.name]
+
+
+def test_mldecoder_layer_checks_its_sizes_and_groups_queries():
+    assert MLDecoder().group == 1 and MLDecoder(queries=3).group == 3 and MLDecoder(queries=4).group == 2
+    with pytest.raises(ValueError, match="not a multiple of its 8 heads"):
+        MLDecoder(dim=100)
+    with pytest.raises(ValueError, match="1 to 8 queries"):
+        MLDecoder(queries=9)
+    module = MLDecoderModule(MLDecoder(queries=3, dim=16, heads=2, ff=32), channels=5)
+    assert module.group_weight.shape == (3, 16, 3) and module.group_bias.shape == (8,)
+    assert set(module.state_dict()) == set(MLDecoder.state_names)
+    left, right = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 2, 2)
+    assert module.eval()(left, right).shape == (2, 8)

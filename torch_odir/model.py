@@ -22,11 +22,13 @@ from odir_core.model.model_spec import (
     Dropout,
     HeadSpec,
     Linear,
+    MLDecoder,
     ReLU,
     backbone_spec,
     head_spec,
     infer_architecture,
 )
+from torch_odir.mldecoder import MLDecoder as MLDecoderModule
 
 torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True)
 
@@ -69,6 +71,9 @@ def build_head(head: HeadSpec, in_features: int) -> nn.Sequential:
             modules.append(nn.Dropout(layer.rate))
         elif isinstance(layer, CrossEyeCorrelation):
             modules.append(CorrelationFusion())
+        elif isinstance(layer, MLDecoder):  # both eyes' maps of in_features // 2 channels each
+            modules.append(MLDecoderModule(layer, in_features // 2))
+            width = layer.units
     return (MapHead if head.uses_maps else nn.Sequential)(*modules)
 
 

@@ -4,6 +4,10 @@
 not pretrained) the backbone's, each tensor in the distribution torchvision and ``torch.nn`` give it:
 
 - head ``Linear``: ``torch.nn.Linear.reset_parameters``, weight and bias uniform in +-1/sqrt(fan_in);
+- an ``MLDecoder`` head (``torch_odir.mldecoder``'s own initialisation): its Linears (``embed``, ``ff1``, ``ff2``,
+  ``attn.out_proj`` weight) as above; ``nn.MultiheadAttention``'s packed ``in_proj_weight`` Xavier-uniform,
+  its biases zero; LayerNorms weight 1, bias 0; ``query_embed`` standard normal (``nn.Embedding``'s),
+  ``eye_embed`` normal with std 0.02; ``group_weight`` Xavier-normal, ``group_bias`` zero;
 - backbone biases zero; normalisation layers (BatchNorm, LayerNorm): weight 1, bias 0, running mean 0,
   running variance 1;
 - every other backbone weight (convolutions, ConvNeXt's Linears and ``layer_scale``): its family's own rule,
@@ -38,8 +42,31 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
+def _xavier_bound(shape: tuple[int, ...]) -> float:
+    """sqrt(6 / (fan_in + fan_out)) of torch's ``xavier_uniform_``; fan_in dim 1, fan_out dim 0, times the rest."""
+    rest = math.prod(shape[2:])
+    return math.sqrt(6.0 / ((shape[0] + shape[1]) * rest))
+
+
+# the MLDecoder head's tensors that are not a Linear's (its name under head.<i>.) -> their rule
+_DECODER_RULES = {
+    "eye_embed": lambda shape, rng: rng.normal(0.0, 0.02, size=shape),
+    "query_embed": lambda shape, rng: rng.normal(0.0, 1.0, size=shape),
+    "attn.in_proj_weight": lambda shape, rng: rng.uniform(-_xavier_bound(shape), _xavier_bound(shape), size=shape),
+    "group_weight": lambda shape, rng: rng.normal(0.0, _xavier_bound(shape) / math.sqrt(3.0), size=shape),
+    **{name: lambda shape, rng: np.zeros(shape)
+       for name in ("attn.in_proj_bias", "attn.out_proj.bias", "norm1.bias", "norm2.bias", "group_bias")},
+    **{name: lambda shape, rng: np.ones(shape) for name in ("norm1.weight", "norm2.weight")},
+}
+
+
 def _head_value(key: str, shape: tuple[int, ...], fan_ins: Mapping[str, int], rng) -> np.ndarray:
-    fan_in = fan_ins[key.rsplit(".", 1)[0]]
+    rule = _DECODER_RULES.get(key.split(".", 2)[-1])
+    if rule is not None:
+        return rule(shape, rng)
+    fan_in = fan_ins.get(key.rsplit(".", 1)[0])
+    if fan_in is None:
+        raise InitialisationError(f"no initialisation rule for head weight {key} {shape}")
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape)
 
@@ -68,7 +95,7 @@ def initial_state(shapes: Mapping[str, Sequence[int]], backbone: BackboneSpec, s
     """
     shapes = {key: tuple(int(n) for n in shape) for key, shape in shapes.items()}
     fan_ins = {key.rsplit(".", 1)[0]: shape[1] for key, shape in shapes.items()
-               if key.startswith(HEAD_PREFIX) and key.endswith(".weight")}
+               if key.startswith(HEAD_PREFIX) and key.endswith(".weight") and len(shape) == 2}
     state = {}
     for key, shape in shapes.items():
         if key.startswith(HEAD_PREFIX):

@@ -65,7 +65,49 @@ class CrossEyeCorrelation:
     """
 
 
-HeadLayer = Linear | ReLU | Dropout | CrossEyeCorrelation
+@dataclass(frozen=True)
+class MLDecoder:
+    """An ML-Decoder head on both eyes' last feature maps (Ridnik et al., "ML-Decoder: Scalable and Versatile
+    Classification Head", WACV 2023), ending in ``units`` logits.
+
+    Both eyes' maps are flattened to tokens, left then right (2N x C), embedded ``relu(Linear(C, dim))``, and
+    one learned eye embedding (a ``dim``-vector per eye) is added to each eye's tokens. ``queries`` learned
+    queries (dim each) go through one transformer decoder layer without self-attention::
+
+        q   = LayerNorm1(queries + Dropout(CrossAttention(queries, tokens)))   (heads heads, dropout on weights)
+        q   = LayerNorm2(q + Dropout(Linear(ff, dim)(Dropout(relu(Linear(dim, ff)(q))))))
+
+    and a group fully connected layer: query k gives ``group = ceil(units / queries)`` logits through its own
+    (dim x group) projection; the first ``units`` of the K x group outputs, plus a bias, are the logits.
+    Its torch state keys under ``head.<i>.`` are :attr:`state_names`.
+    """
+
+    units: int = NUM_LABELS
+    queries: int = NUM_LABELS
+    dim: int = 256
+    heads: int = 8
+    ff: int = 1024
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"MLDecoder dim {self.dim} is not a multiple of its {self.heads} heads")
+        if not 0 < self.queries <= self.units:
+            raise ValueError(f"MLDecoder needs 1 to {self.units} queries for {self.units} logits, not {self.queries}")
+
+    @property
+    def group(self) -> int:
+        """Logits per query."""
+        return -(-self.units // self.queries)
+
+    state_names = ("embed.weight", "embed.bias", "eye_embed", "query_embed",
+                   "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
+                   "norm1.weight", "norm1.bias", "ff1.weight", "ff1.bias", "ff2.weight", "ff2.bias",
+                   "norm2.weight", "norm2.bias", "group_weight", "group_bias")
+
+
+HeadLayer = Linear | ReLU | Dropout | CrossEyeCorrelation | MLDecoder
+MAP_LAYERS = (CrossEyeCorrelation, MLDecoder)  # the layers that start a head on both eyes' feature maps
 
 
 @dataclass(frozen=True)
@@ -79,14 +121,15 @@ class HeadSpec:
 
     @property
     def uses_maps(self) -> bool:
-        """Whether it works on both eyes' feature maps (it starts with ``CrossEyeCorrelation``)."""
-        return bool(self.layers) and isinstance(self.layers[0], CrossEyeCorrelation)
+        """Whether it works on both eyes' feature maps (it starts with one of ``MAP_LAYERS``)."""
+        return bool(self.layers) and isinstance(self.layers[0], MAP_LAYERS)
 
     @property
     def state_keys(self) -> frozenset[str]:
-        """Its torch state_dict keys: ``head.<i>.weight|bias`` of each Linear."""
-        return frozenset(f"head.{i}.{p}" for i, layer in enumerate(self.layers) if isinstance(layer, Linear)
-                         for p in ("weight", "bias"))
+        """Its torch state_dict keys: ``head.<i>.weight|bias`` of each Linear, ``head.<i>.<name>`` for each
+        name of an ``MLDecoder``'s ``state_names``."""
+        names = {Linear: ("weight", "bias"), MLDecoder: MLDecoder.state_names}
+        return frozenset(f"head.{i}.{p}" for i, layer in enumerate(self.layers) for p in names.get(type(layer), ()))
 
 
 HEADS: dict[str, HeadSpec] = {head.name: head for head in (
@@ -96,6 +139,8 @@ HEADS: dict[str, HeadSpec] = {head.name: head for head in (
              "MLP 128-64-8 (ReLU, Dropout 0.5)"),
     HeadSpec("scm", (CrossEyeCorrelation(), Dropout(0.2), Linear()),
              "cross-eye spatial correlation of the last feature maps + Dropout(0.2)+Linear(8)"),
+    HeadSpec("mldecoder", (MLDecoder(),),
+             "ML-Decoder: 8 label queries cross-attending both eyes' feature-map tokens (dim 256, 8 heads)"),
 )}
 HEAD_HELP = "classifier head: " + "; ".join(f"{head.name} {head.description}".strip() for head in HEADS.values())
 
