@@ -126,6 +126,25 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def one_head_sgd_step(torch_model, keras_model) -> tuple[float, float, dict]:
+    """One SGD step (lr 0.5, momentum 0.9, unweighted BCE) of both models, backbones frozen, on the same 4 pairs
+    of 64 px images; returns (Keras loss, torch loss, torch's head state before the step)."""
+    from keras_odir.losses import WeightedBCEWithLogits
+    from keras_odir.optimizers import TorchSGD
+
+    left, right = images(4, 64, seed=8), images(4, 64, seed=9)
+    labels = (np.random.default_rng(10).random((4, 8)) < 0.3).astype(np.float32)
+    before = {k: v.clone() for k, v in torch_model.state_dict().items() if k.startswith("head.")}
+    torch_model.train()
+    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    loss = torch.nn.BCEWithLogitsLoss()(torch_model(nchw(left), nchw(right)), torch.from_numpy(labels))
+    loss.backward()
+    optimizer.step()
+    keras_model.compile(optimizer=TorchSGD(learning_rate=0.5, momentum=0.9), loss=WeightedBCEWithLogits(None))
+    keras_loss = keras_model.train_on_batch({"left": left, "right": right}, labels)
+    return float(keras_loss), float(loss.item()), before
+
+
 def _nested_layers(model):
     for layer in model.layers:
         yield layer

@@ -15,12 +15,10 @@ import torch
 
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.inference import gradients
-from keras_odir.losses import WeightedBCEWithLogits
 from keras_odir.model import build_dual_model
-from keras_odir.optimizers import TorchSGD
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
 from odir_core.model.model_spec import BACKBONES
-from parity_helpers import calibrated_backbone, dropout_off, float64_error, images, nchw
+from parity_helpers import calibrated_backbone, dropout_off, float64_error, images, nchw, one_head_sgd_step
 from torch_odir.model import CorrelationFusion as TorchCorrelationFusion
 from torch_odir.model import DualNet
 
@@ -106,17 +104,8 @@ def test_scm_logits_on_every_backbone(record, name):
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])
 def test_scm_one_sgd_step_of_the_head(record, name):
     torch_model, keras_model = _pair(name, seed=7, freeze=True)
-    left, right = images(4, 64, seed=8), images(4, 64, seed=9)
-    labels = (np.random.default_rng(10).random((4, 8)) < 0.3).astype(np.float32)
-    before = {k: v.clone() for k, v in torch_model.state_dict().items() if k.startswith("head.")}
-    torch_model.train()
-    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
-    loss = torch.nn.BCEWithLogitsLoss()(torch_model(nchw(left), nchw(right)), torch.from_numpy(labels))
-    loss.backward()
-    optimizer.step()
-    keras_model.compile(optimizer=TorchSGD(learning_rate=0.5, momentum=0.9), loss=WeightedBCEWithLogits(None))
-    keras_loss = keras_model.train_on_batch({"left": left, "right": right}, labels)
-    record(f"{name} scm loss before the step", np.float64(keras_loss), np.float64(loss.item()), tol=1e-5)
+    keras_loss, torch_loss, before = one_head_sgd_step(torch_model, keras_model)
+    record(f"{name} scm loss before the step", keras_loss, torch_loss, tol=1e-5)
     got, want = keras_to_numpy_state(keras_model), torch_model.state_dict()
     for key in ("head.2.weight", "head.2.bias"):
         assert not torch.allclose(want[key], before[key]), "the step changed nothing"
