@@ -126,6 +126,22 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def model_pair(backbone: str, head: str, seed: int, freeze: bool = False):
+    """(torch DualNet, Keras dual model) of ``backbone`` and ``head`` with the same weights: torch's initial head
+    (seeded), a calibrated backbone; dropout off in both."""
+    from keras_odir.model import build_dual_model
+    from keras_odir.weights import torch_to_keras_state
+    from torch_odir.model import DualNet
+
+    torch.manual_seed(seed)
+    torch_model = DualNet(backbone, head, freeze_backbone=freeze)
+    torch_model.backbone.load_state_dict(calibrated_backbone(backbone, seed).state_dict())
+    keras_model = torch_to_keras_state(build_dual_model(backbone, head, freeze_backbone=freeze),
+                                       torch_model.state_dict())
+    dropout_off(keras_model, torch_model)
+    return torch_model, keras_model
+
+
 def one_head_sgd_step(torch_model, keras_model) -> tuple[float, float, dict]:
     """One SGD step (lr 0.5, momentum 0.9, unweighted BCE) of both models, backbones frozen, on the same 4 pairs
     of 64 px images; returns (Keras loss, torch loss, torch's head state before the step)."""

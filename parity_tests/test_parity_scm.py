@@ -15,12 +15,10 @@ import torch
 
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.inference import gradients
-from keras_odir.model import build_dual_model
-from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
+from keras_odir.weights import keras_to_numpy_state
 from odir_core.model.model_spec import BACKBONES
-from parity_helpers import calibrated_backbone, dropout_off, float64_error, images, nchw, one_head_sgd_step
+from parity_helpers import float64_error, images, model_pair, nchw, one_head_sgd_step
 from torch_odir.model import CorrelationFusion as TorchCorrelationFusion
-from torch_odir.model import DualNet
 
 pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
 
@@ -77,13 +75,7 @@ def test_fusion_gradients_match_torch(record):
 
 
 def _pair(name: str, seed: int, freeze: bool = False):
-    torch.manual_seed(seed)
-    torch_model = DualNet(name, "scm", freeze_backbone=freeze)
-    torch_model.backbone.load_state_dict(calibrated_backbone(name, seed).state_dict())
-    keras_model = torch_to_keras_state(build_dual_model(name, "scm", freeze_backbone=freeze),
-                                       torch_model.state_dict())
-    dropout_off(keras_model, torch_model)
-    return torch_model, keras_model
+    return model_pair(name, "scm", seed, freeze)
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
