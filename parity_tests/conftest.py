@@ -45,7 +45,7 @@ def pytest_collection_finish(session):
     """When the session runs the other backends' parity checks: start their re-runs now and move the checks,
     which wait for them, to the end of the session."""
     waiting = [item for item in session.items if getattr(item, "originalname", None) == TEST_NAME]
-    if waiting and not IS_CHILD:
+    if waiting and not IS_CHILD and not session.config.option.collectonly:
         session.items[:] = [item for item in session.items if item not in waiting] + waiting
         start_reruns()
 
