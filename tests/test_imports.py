@@ -20,7 +20,7 @@ FORBIDDEN = {
     "keras_odir": {"torch_odir", "torchvision"},
     "torch_odir": {"keras", "keras_odir"},
 }
-LAYERS = ("data", "model", "training", "evaluation")  # odir_core's layer folders, lowest first, above its root
+LAYERS = ("data", "model", "training", "evaluation", "serving")  # odir_core's layer folders, lowest first, above its root
 # The package's face (a lazy demo_dataset) and the commands kept at the root: above every layer.
 ENTRY_POINTS = {"odir_core", "odir_core.audit", "odir_core.metrics", "odir_core.prepare", "odir_core.synthetic",
                 "odir_core.tfds", "odir_core.tfds.__main__"}

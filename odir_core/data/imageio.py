@@ -9,6 +9,10 @@ with the end marker intact) still decodes in OpenCV, grey or garbled below the
 damage, and libjpeg only prints a "Corrupt JPEG data" warning on stderr. JPEGs
 are therefore decoded with that warning captured (``decode_jpeg``) and turned
 into ImageDecodeError.
+
+An image whose header declares more than MAX_PIXELS pixels is refused before its pixels are
+decoded (``check_pixel_count``), so a small file that would decompress to gigabytes (a
+decompression bomb) costs nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -43,6 +48,9 @@ JPEG_DAMAGE = re.compile(
 # cameras and encoders; a damaged scan leaves thousands
 JPEG_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker")
 MAX_EXTRANEOUS = 16
+# Pixels an image may declare: Pillow's own decompression-bomb limit (about 89 megapixels, 268 MB decoded);
+# the largest ODIR-5K photographs have about 18.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 class ImageDecodeError(InputError):
@@ -69,8 +77,32 @@ def header_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
+    except Image.DecompressionBombError as exc:
+        raise _too_large(str(exc)) from None
     except Exception as exc:  # PIL raises several unrelated types for bad headers
         raise ImageDecodeError(f"unreadable image header ({exc})") from exc
+
+
+def check_pixel_count(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse encoded image bytes whose header declares more than ``max_pixels`` pixels, before decoding.
+
+    A format Pillow cannot parse is left to OpenCV, which has its own limit (2**30 pixels)."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns between its limit and twice it; the check below refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise _too_large(str(exc), max_pixels) from None
+    except Exception:  # not a format Pillow reads: decode_image decides
+        return
+    if width * height > max_pixels:
+        raise _too_large(f"{width}x{height} px, {width * height:,} pixels", max_pixels)
+
+
+def _too_large(detail: str, max_pixels: int = MAX_PIXELS) -> ImageDecodeError:
+    return ImageDecodeError(f"image too large to decode ({detail}): over the limit of {max_pixels:,} pixels "
+                            "(a decompression bomb?); use the photograph as the camera wrote it")
 
 
 def reduction_factor(width: int, height: int, target_size: int | None) -> int:
@@ -177,11 +209,13 @@ def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
 
     JPEGs go through OpenCV's colour path, which applies EXIF orientation; other
     formats are read unchanged (keeping 16-bit, gray and alpha) and normalised.
-    Raises ImageDecodeError for empty, undecodable or truncated JPEG data, and for a JPEG
-    whose compressed data libjpeg reports as corrupt (see decode_jpeg).
+    Raises ImageDecodeError for empty, undecodable or truncated JPEG data, for a JPEG
+    whose compressed data libjpeg reports as corrupt (see decode_jpeg), and for an image
+    declaring more than MAX_PIXELS pixels (check_pixel_count).
     """
     if not data:
         raise ImageDecodeError("empty file")
+    check_pixel_count(data)
     buf = np.frombuffer(data, np.uint8)
     if is_jpeg(data):
         if not has_jpeg_end(data):

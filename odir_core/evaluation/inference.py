@@ -180,12 +180,13 @@ def model_input(img: np.ndarray, config: TrainConfig) -> np.ndarray:
     return img.astype(np.float32) / np.float32(255.0)
 
 
-def prepare_photo(path, config: TrainConfig) -> np.ndarray:
-    """A raw (or already prepared) fundus photograph -> uint8 (image_size, image_size, 3), the training chain.
+def prepare_photo(source, config: TrainConfig, notes: list[str] | None = None) -> np.ndarray:
+    """A raw (or already prepared) fundus photograph, a path or its encoded bytes -> uint8 (image_size,
+    image_size, 3), the training chain; ``notes`` receives a line per repair (white surround, upscaling).
 
     Raises odir_core.data.preprocess.PreprocessError for missing, unreadable or non-fundus images.
     """
-    return prepare_image(path, config.image_size)
+    return prepare_image(source, config.image_size, notes=notes)
 
 
 def tta_views(left: np.ndarray, right: np.ndarray, mode: str = "none") -> list[tuple[np.ndarray, np.ndarray]]:

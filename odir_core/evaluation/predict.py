@@ -146,17 +146,17 @@ def _figure(model: Model, paths, left_x, right_x, probs, thresholds, args, title
         stage, (h, w) = choose_gradcam_stage(model.predictor.gradcam_stages(left_x.shape[:2]))
         heatmaps = model.predictor.gradcam(left_x[None], right_x[None], LABELS.index(target), stage=stage)
         label = f"{target}, {stage} map {h}x{w}"
-    shown = [_display_image(p, model.config) for p in paths]
+    shown = [display_image(p, model.config) for p in paths]
     fig = plots.prediction_figure(shown[0], shown[1], probs, thresholds, title=title, heatmaps=heatmaps, gradcam_label=label)
     with writing(path):
         plots.save_figure(fig, path, caption=f"model {model.training_note}")
 
 
-def _display_image(path, config) -> np.ndarray:
-    """A photograph as a figure shows it: prepared as for the model but at least ``DISPLAY_SIZE`` px (the
+def display_image(source, config) -> np.ndarray:
+    """A photograph (path or encoded bytes) as a figure shows it: prepared as for the model but at least ``DISPLAY_SIZE`` px (the
     model's inputs may be far smaller), centre-cropped by the model's crop fraction."""
     size = max(config.image_size, DISPLAY_SIZE)
-    img = prepare_image(path, size, check_size=False)  # the photograph passed the size rule at the model's size
+    img = prepare_image(source, size, check_size=False)  # the photograph passed the size rule at the model's size
     if config.crop_size and config.crop_size != config.image_size:
         img = center_crop(img, round(size * config.crop_size / config.image_size))
     return img

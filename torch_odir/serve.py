@@ -1,0 +1,17 @@
+"""Serve a PyTorch model as a local web page and JSON API: ``python -m torch_odir.serve --help``."""
+
+from __future__ import annotations
+
+import sys
+
+from odir_core.serving import cli
+from torch_odir.cli_backend import BACKEND
+
+
+def main(argv=None) -> int:
+    """Command-line entry point (see odir_core.serving.cli)."""
+    return cli.main(BACKEND, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
