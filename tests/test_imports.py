@@ -86,19 +86,62 @@ def test_layer_comes_from_the_folder():
     core = ROOT / "odir_core"
     paths = {"odir_core.labels": "labels.py", "odir_core.data.tfds.builder": "data/tfds/builder.py",
              "odir_core.model": "model/__init__.py", "odir_core.training.new": "training/new.py",
-             "odir_core.evaluation.new": "evaluation/new.py", "odir_core.prepare": "prepare.py"}
-    assert [_layer(module, core / path) for module, path in paths.items()] == [0, 1, 2, 3, 4, 5]
+             "odir_core.evaluation.new": "evaluation/new.py", "odir_core.serving.new": "serving/new.py",
+             "odir_core.prepare": "prepare.py"}
+    assert [_layer(module, core / path) for module, path in paths.items()] == [0, 1, 2, 3, 4, 5, 6]
     with pytest.raises(AssertionError, match="not a layer folder"):
         _layer("odir_core.extra", core / "extra" / "__init__.py")
 
 
 def test_odir_core_layers_import_only_their_own_and_lower_layers():
-    """root < data < model < training < evaluation; no module imports an entry point (importing the
+    """root < data < model < training < evaluation < serving; no module imports an entry point (importing the
     package itself, odir_core, goes with importing any of its modules)."""
     rank = {name: _layer(name, path) for name, path in _modules().items() if name.split(".")[0] == "odir_core"}
     offences = [f"{name} imports {target}" for name, targets in _graph().items() if name in rank
                 for target in sorted(targets) if target in rank and target != "odir_core" and rank[target] > rank[name]]
     assert not offences
+
+
+# What odir_core may import beyond the standard library: the base install's packages (pyproject's
+# dependencies, by import name) everywhere, an extra's only in the modules that need it.
+BASE_IMPORTS = {"numpy", "pandas", "openpyxl", "sklearn", "cv2", "PIL", "matplotlib", "tqdm", "tomli", "tomli_w"}
+EXTRA_IMPORTS = {  # module (or package) prefix -> (extra, its import names)
+    "odir_core.training.tensorboard": ("train", {"tensorboard"}),
+    "odir_core.data.tfds": ("tfds", {"tensorflow_datasets"}),
+    "odir_core.serving": ("serve", {"fastapi", "uvicorn", "python_multipart"}),
+}
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_odir_core_imports_only_base_packages_outside_the_extras_modules():
+    """A base install (no framework, no extra) can import every odir_core module but those of EXTRA_IMPORTS."""
+    offences = []
+    for name, path in _modules().items():
+        if name.split(".")[0] != "odir_core":
+            continue
+        allowed = set(BASE_IMPORTS)
+        for prefix, (_, names) in EXTRA_IMPORTS.items():
+            if name == prefix or name.startswith(prefix + "."):
+                allowed |= names
+        third_party = {m.split(".")[0] for m in _imports(path, name)} - set(sys.stdlib_module_names) - set(PACKAGES)
+        offences += [f"{name} imports {m}" for m in sorted(third_party - allowed)]
+    assert not offences
+
+
+def test_frameworks_are_an_extra_and_dev_installs_every_extra():
+    project = _pyproject()
+    base = " ".join(project["dependencies"])
+    assert not any(framework in base for framework in ("keras", "torch", "tensorboard", "onnxruntime", "fastapi"))
+    extras = project["optional-dependencies"]
+    assert {"tensorboard", "keras>=3.10", "torch>=2.4", "torchvision>=0.19"} == set(extras["train"])
+    assert {"onnxruntime", "fastapi", "uvicorn", "python-multipart"} == set(extras["serve"])
+    assert {f"keras-odir[{extra}]" for extra in extras if extra != "dev"} <= set(extras["dev"])
+    assert {extra for extra, _ in EXTRA_IMPORTS.values()} <= set(extras)
 
 
 def test_module_graph_has_no_cycles():
