@@ -115,6 +115,6 @@ class PredictionService:
         if gradcam:
             try:
                 answer["gradcam"] = self._gradcam((left, right), left_x, right_x, probs)
-            except (AttributeError, NotImplementedError) as exc:
-                warnings.append(f"Grad-CAM is not available for {self.model.path.name} ({exc})")
+            except InputError as exc:  # e.g. an exported model, which has no weights to take gradients of
+                warnings.append(f"no Grad-CAM: {exc}")
         return answer
