@@ -13,6 +13,7 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras  # keras_odir/__init__ has chosen the backend
@@ -20,6 +21,7 @@ import numpy as np
 
 from keras_odir import data_parallel
 
+from keras_odir.cli_backend import BACKEND
 from keras_odir.callbacks import BACKUP_FILES, BACKUP_METADATA, EpochEvaluation, read_backup, training_callbacks
 from keras_odir.devices import chosen_device, on_device
 from keras_odir.data import EpochBatches, feature_batches, image_batches
@@ -34,6 +36,7 @@ from keras_odir.parts import dual_parts
 from keras_odir.precision import dtype_policy
 from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.errors import on_every_rank
+from odir_core.evaluation.cross_validation import cross_validate
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.model.model_spec import check_architecture
 from odir_core.training.collectives import gather_rows, on_main
@@ -238,7 +241,7 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    return run_training_cli(train, argv, prog="python -m keras_odir.train",
+    return run_training_cli(train, argv, prog="python -m keras_odir.train", every_fold=partial(cross_validate, train, BACKEND),
                             description="Train the dual-eye classifier (ResNet50 by default) with Keras 3 on the "
                             "backend KERAS_BACKEND names (torch, jax or tensorflow; default torch).")
 

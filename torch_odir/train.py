@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from odir_core.atomic import atomic_path
 from odir_core.errors import on_every_rank
+from odir_core.evaluation.cross_validation import cross_validate
 from odir_core.model import provenance
 from odir_core.model.checkpoints import TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
 from odir_core.model.model_spec import ArchitectureError, check_architecture
@@ -52,6 +54,7 @@ from odir_core.training.run import (
 from odir_core.training.run_datasets import run_datasets
 from odir_core.training.schedules import make_schedule
 from odir_core.training.tensorboard import ScalarWriter
+from torch_odir.cli_backend import BACKEND
 from torch_odir.data import make_loader
 from torch_odir.data_parallel import wrap
 from torch_odir.devices import resolve_device
@@ -347,7 +350,7 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    return run_training_cli(train, argv, prog="python -m torch_odir.train",
+    return run_training_cli(train, argv, prog="python -m torch_odir.train", every_fold=partial(cross_validate, train, BACKEND),
                             description="Train the dual-eye classifier (ResNet50 by default) with PyTorch, the "
                             "reference implementation (the same options, configs and run folder as keras_odir.train).")
 

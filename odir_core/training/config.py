@@ -60,8 +60,8 @@ class Bounds:
         """The bounds in words, e.g. ``a finite number > 0``, ``a number in (0, 1]``, ``a number in [0, 1] or
         -1``."""
         if self.whole:
-            return f"a whole number from {self.low} to {self.high}"
-        if self.high == math.inf:
+            text = f"a whole number from {self.low} to {self.high}"
+        elif self.high == math.inf:
             text = f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
         else:
             opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
@@ -82,6 +82,7 @@ MAX_BATCH_SIZE = 2**16
 MAX_IMAGE_SIZE = 4096
 MAX_PATIENTS = 100_000
 MAX_WORKERS = 256
+MAX_FOLDS = 100  # cross-validation folds: far above the usual 3 to 10
 MAX_SEED = 2**32 - 1  # numpy's (keras.utils.set_random_seed) upper bound; torch.manual_seed takes more
 
 POSITIVE = Bounds(0.0, low_open=True)
@@ -94,6 +95,7 @@ GAMMA = Bounds(0.0, losses.MAX_GAMMA)
 # (no alpha weighting, torchvision's convention), and the ASL margin below 1 (at 1 every negative term vanishes).
 NUMBER_RULES: dict[str, Bounds] = {
     "demo_patients": _whole(1, MAX_PATIENTS),
+    "folds": Bounds(2, MAX_FOLDS, whole=True, special=0),
     "image_size": _whole(1, MAX_IMAGE_SIZE),
     "crop_size": _whole(0, MAX_IMAGE_SIZE),
     "batch_size": _whole(1, MAX_BATCH_SIZE),
@@ -145,6 +147,16 @@ def check_numbers(config: "TrainConfig") -> None:
             raise ConfigError(f"{name} = {getattr(config, name)}: must not exceed {limit} ({getattr(config, limit)})")
 
 
+def check_fold(folds: int, fold: str) -> None:
+    """Refuse a ``fold`` that is neither ``all`` nor a fold of ``folds``, or a fold without ``folds``."""
+    if fold == "all":
+        return
+    if not folds:
+        raise ConfigError(f"fold = {fold!r}: a fold is one of --folds K; give --folds too (or leave --fold out)")
+    if not (fold.isascii() and fold.isdigit() and int(fold) < folds):
+        raise ConfigError(f"fold = {fold!r}: must be 'all' or a fold number from 0 to {folds - 1} (--folds {folds})")
+
+
 def checked_parameter(value, field_name: str, owner: str, name: str) -> float:
     """``value`` as a float when :data:`NUMBER_RULES` allows it for the field ``field_name``, else a ValueError
     naming ``owner`` and its parameter ``name`` (the loss classes' checks of the parameters the config holds)."""
@@ -182,6 +194,16 @@ class TrainConfig:
         "study",
         "'study' (drop the 16 special-image patients, sklearn train_test_split 20%% with seed 42) "
         "or the path of a split file saved by odir_core.data.splits.save_split (train/val IDs)",
+    )
+    folds: int = _opt(
+        0,
+        "k-fold cross-validation over the split's training patients: K multi-label stratified folds (seeded by "
+        "--seed), each fold's model trained on the others and validated on it; 0: no cross-validation",
+    )
+    fold: str = _opt(
+        "all",
+        "with --folds K: the fold held out for validation, 0..K-1, or 'all': every fold one after another in "
+        "one cross-validation folder, then the out-of-fold probabilities of every training patient",
     )
     image_size: int = _opt(224, "side in pixels the prepared images are resized to when loaded")
     crop_size: int = _opt(
@@ -286,6 +308,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         check_experiment_name(self.experiment)
         check_numbers(self)
+        check_fold(self.folds, self.fold)
 
     @property
     def input_size(self) -> int:

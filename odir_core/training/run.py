@@ -34,6 +34,7 @@ import pandas as pd
 from odir_core.atomic import atomic_write_text, remove_stale_temporaries
 from odir_core.cli_config import ConfigError
 from odir_core.data.annotations import label_matrix, read_annotations
+from odir_core.data.folds import FOLDS_FILE, fold_assignment, fold_frames, save_folds
 from odir_core.data.layouts import PREPARED, is_prepared
 from odir_core.data.splits import check_training_split, split_frames
 from odir_core.data.tfds import source as tfds_source
@@ -166,6 +167,15 @@ def resolve_data(data: str, log: Callable[[str], None] = print, demo_patients: i
     return path, f"prepared folder {path}"
 
 
+def split_patients(data_dir: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) patients of a prepared folder or built TFDS dataset under ``split`` (``study`` or a split
+    file)."""
+    if tfds_source.is_tfds_source(data_dir):
+        return tfds_source.split_frames(data_dir, split)
+    df = read_annotations(data_dir / PREPARED.annotations)
+    return split_frames(df, split, data_dir / PREPARED.annotations)
+
+
 def new_run_dir(run_root: str | Path, experiment: str) -> Path:
     """Create ``run_root/<experiment>-<YYYYmmdd-HHMMSS>`` (suffix -2, -3 ... if taken); never reuses one."""
     root = Path(run_root)
@@ -191,12 +201,17 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
     is held until :meth:`RunSetup.release`."""
     data_dir, description = resolve_data(config.data, log, config.demo_patients)
     log(f"Data: {description}")
-    if tfds_source.is_tfds_source(data_dir):
-        train_df, val_df = tfds_source.split_frames(data_dir, config.split)
-    else:
-        df = read_annotations(data_dir / PREPARED.annotations)
-        train_df, val_df = split_frames(df, config.split, data_dir / PREPARED.annotations)
+    train_df, val_df = split_patients(data_dir, config.split)
     log(f"Split {config.split}: {len(train_df)} training and {len(val_df)} validation patients")
+    folds = None
+    if config.folds:
+        if config.fold == "all":
+            raise ConfigError("fold = 'all' trains every fold in turn (odir_core.evaluation.cross_validation); "
+                              "one run trains one fold: give --fold I")
+        folds = (train_df, fold_assignment(train_df, config.folds, config.seed))
+        train_df, val_df = fold_frames(*folds, int(config.fold))
+        log(f"Fold {config.fold} of {config.folds} (over the split's training patients): {len(train_df)} training "
+            f"and {len(val_df)} validation patients")
     check_training_split(len(train_df), len(val_df), config.split, data_dir)
     pos_weight = None
     if config.weighted_loss:
@@ -228,6 +243,8 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
         else:
             log(f"Run folder: {run_dir}")
             setup.save_config()
+            if folds is not None:
+                save_folds(run_dir / FOLDS_FILE, *folds, config.seed)
     except BaseException:
         lock.release()
         if not resumed:
@@ -314,15 +331,15 @@ def finish_run(run_dir: Path, epochs: int, early_stopped: bool, backup_files: tu
 
 
 def remove_new_run(run_dir: Path) -> bool:
-    """Remove what a new run that stopped before its first epoch wrote (its config, TensorBoard event files,
-    temporaries), then its folders; whether the run folder is gone (a file someone else put there keeps it)."""
+    """Remove what a new run that stopped before its first epoch wrote (its config and folds, TensorBoard event
+    files, temporaries), then its folders; whether the run folder is gone (a file someone else put there keeps it)."""
     board = run_dir / TENSORBOARD_DIR
     if board.is_dir() and not board.is_symlink():
         for series in board.iterdir():
             if series.is_dir() and not series.is_symlink():
                 _remove_files(series, (TENSORBOARD_FILES,))
     _remove_files(board, ())
-    _remove_files(run_dir, (CONFIG_FILE,))
+    _remove_files(run_dir, (CONFIG_FILE, FOLDS_FILE))
     return not run_dir.exists()
 
 
@@ -381,9 +398,11 @@ def end_run(setup: RunSetup, history, diverged_epoch: int | None, best_file: str
     log_summary(history, run_dir, best_file, started, log)
 
 
-def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str) -> int:
+def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, description: str,
+                     every_fold: Callable[[TrainConfig], Path] | None = None) -> int:
     """Parse flags and train through the shared runner (``odir_core.errors.run_cli``): user errors give one
-    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130.
+    line and exit code 2, a diverged run or an unwritable run folder exit code 1, Ctrl-C 130. ``--folds K
+    --fold all`` goes to ``every_fold(config)`` (``odir_core.evaluation.cross_validation``).
 
     Under torchrun every process parses the same flags and rank 0 alone prints what they lead to (their
     errors, ``--help``); an error in training is printed once as ``run_cli`` tells for a distributed run."""
@@ -395,8 +414,12 @@ def run_training_cli(train: Callable[[TrainConfig], Path], argv, prog: str, desc
         config = parse_args(argv, prog=prog, description=description, log=print)
 
     def run(config: TrainConfig) -> int:
-        train(config)  # returns the run folder
+        if config.folds and config.fold == "all" and every_fold is not None:
+            every_fold(config)  # returns the cross-validation folder
+        else:
+            train(config)  # returns the run folder
         return 0
 
+    folder = "the cross-validation folder" if config.folds and config.fold == "all" else "the run folder"
     return run_cli(run, config, rank=ranks.rank,
-                   interrupted="Interrupted. Continue with --resume RUN_DIR (the run folder printed above).")
+                   interrupted=f"Interrupted. Continue with --resume RUN_DIR ({folder} printed above).")
