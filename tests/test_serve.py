@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import struct
 import threading
 import zlib
@@ -216,3 +217,38 @@ def test_load_200_requests_from_8_threads_bounded(server, models):
         else:
             assert headers["retry-after"] == "1" and answer["detail"].startswith("busy: 1 worker(s) busy")
     assert rss[1] - rss[0] < 50, f"RSS grew from {rss[0]:.0f} MB to {rss[1]:.0f} MB over the second hundred requests"
+
+
+def test_command_prints_url_and_bind_note_answers_and_stops_on_ctrl_c(models, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    server = subprocess.Popen([sys.executable, "-m", "keras_odir.serve", "--model", str(models[0]), "--port", "0"],
+                              cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = server.stdout.readline(), server.stdout.readline()
+        url = first.split(" on ", 1)[1].split(" ", 1)[0]
+        assert first.startswith(f"keras_odir.serve: {models[0]} on http://127.0.0.1:"), first
+        assert second.startswith("listening on 127.0.0.1: only this machine can connect"), second
+        assert request(url + "healthz")[:1] == (200,)
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 130 and err.strip() == "interrupted", err  # as every command on Ctrl-C
+
+
+def test_command_refuses_bad_flags_and_a_taken_port_in_one_line(models, capsys):
+    from keras_odir.serve import main as keras_serve
+
+    assert keras_serve(["--model", str(models[0]), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "keras_odir.serve: error: --workers 0: must be at least 1"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert keras_serve(["--model", str(models[0]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"keras_odir.serve: error: cannot listen on 127.0.0.1:{port}"), err

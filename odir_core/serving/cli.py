@@ -22,8 +22,9 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
         prog=f"python -m {backend.name}.serve",
         description="Serve a trained model as a local web page (upload a patient's left and right fundus photographs) "
         "and a JSON API (POST /v1/predict, GET /v1/model, GET /healthz, /openapi.json), with the preprocessing and "
-        "thresholds of predict. For research use only, not a medical device. Exit codes: 0 stopped (Ctrl-C); 1 the "
-        "port could not be opened; 2 bad model, thresholds or flags (one error line).",
+        "thresholds of predict. For research use only, not a medical device. Runs until stopped: exit codes 130 "
+        "Ctrl-C, 143 SIGTERM (after the requests in progress are answered); 2 bad model, thresholds or flags, "
+        "or a port that cannot be opened (one error line).",
     )
     add_config_option(p)
     p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
