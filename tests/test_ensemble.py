@@ -11,7 +11,7 @@ from scipy.special import expit, logit
 from keras_odir.cli_backend import BACKEND
 from odir_core.cli_config import parse_with_config
 from odir_core.errors import InputError
-from odir_core.evaluation import evaluate
+from odir_core.evaluation import evaluate, predict
 from odir_core.evaluation.ensemble import combine
 from odir_core.labels import LABELS
 from reference_data import REAL_SAMPLES, needs
@@ -91,3 +91,35 @@ def test_a_model_list_of_other_values_in_a_config_file_is_refused(tmp_path, caps
     with pytest.raises(SystemExit):
         parse_with_config(evaluate.build_parser(BACKEND), ["--config", str(tmp_path / "e.toml")])
     assert "model = [1, 2] must be a string or a list of strings" in capsys.readouterr().err
+
+
+def test_predict_with_an_ensemble(members, tmp_path, capsys):
+    _, first, second = members
+    rows = pd.DataFrame({"id": ["a", "b"], "left": [str(REAL_SAMPLES / f"{p}_left.png") for p in (1539, 32)],
+                         "right": [str(REAL_SAMPLES / f"{p}_right.png") for p in (1539, 32)]})
+    rows.to_csv(tmp_path / "patients.csv", index=False)
+    outputs = {}
+    for name, models in (("a", [first]), ("b", [second]), ("ab", [first, second])):
+        flags = [arg for model in models for arg in ("--model", str(model))]
+        out = tmp_path / f"{name}.csv"
+        assert predict.main(BACKEND, [*flags, "--batch", str(tmp_path / "patients.csv"), "--out", str(out)]) == 0
+        outputs[name] = pd.read_csv(out)[list(LABELS)].to_numpy()
+    assert np.abs(outputs["a"] - outputs["b"]).max() > 1e-3
+    np.testing.assert_allclose(outputs["ab"], (outputs["a"] + outputs["b"]) / 2, rtol=0, atol=2e-6)
+    capsys.readouterr()
+    left, right = rows.loc[0, "left"], rows.loc[0, "right"]
+    assert predict.main(BACKEND, ["--model", str(first), "--model", str(second), "--ensemble", "geometric",
+                                  left, right]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble (geometric) of 2 models:" in printed and "member 2:" in printed
+    assert "0.5 for every label (default for an ensemble" in printed
+    header = printed.splitlines().index(next(line for line in printed.splitlines() if line.startswith("label ")))
+    table = {line.split()[0]: [float(v) for v in line.split()[1:]]
+             for line in printed.splitlines()[header + 1: header + 1 + len(LABELS)]}
+    for j, label in enumerate(LABELS):
+        a, b, both = table[label]
+        assert both == pytest.approx(expit((logit(a) + logit(b)) / 2), abs=2e-4)  # printed to 4 decimals
+        assert a == pytest.approx(outputs["a"][0, j], abs=1e-4) and b == pytest.approx(outputs["b"][0, j], abs=1e-4)
+    assert predict.main(BACKEND, ["--model", str(first), "--model", str(second), "--gradcam", "--out",
+                                  str(tmp_path / "f.png"), left, right]) == 2
+    assert "--gradcam explains one model" in capsys.readouterr().err
