@@ -59,8 +59,17 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None,
         unknown = sorted(set(values) - set(actions))
         if unknown:
             options.error(f"{known.config}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(actions))}")
-        for key, value in values.items():
+        given = {token.split("=", 1)[0] for token in (sys.argv[1:] if argv is None else argv) if token.startswith("-")}
+        for key, value in list(values.items()):
             action = actions[key]
+            if isinstance(action, argparse._AppendAction):  # a repeatable flag: one value or a list in the file
+                value = values[key] = [value] if isinstance(value, str) else value
+                if given & set(action.option_strings):  # on the command line: its values replace the file's
+                    del values[key]
+                    continue
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    options.error(f"{known.config}: {key} = {value!r} must be a string or a list of strings")
+                continue
             if action.type is not None and not isinstance(value, action.type):
                 options.error(f"{known.config}: {key} = {value!r} must be a {action.type.__name__}")
             if action.choices is not None and value not in action.choices:

@@ -29,6 +29,7 @@ from odir_core.data.splits import split_frames
 from odir_core.data.tfds import source as tfds_source
 from odir_core.errors import OutputExistsError, run_cli
 from odir_core.evaluation import reports
+from odir_core.evaluation.ensemble import COMBINE_HELP, COMBINE_RULES, combine, member_scores
 from odir_core.evaluation.inference import (
     DEVICE_HELP,
     TRAIN_CONFIG_HELP,
@@ -70,6 +71,7 @@ class Evaluation:
     load_pair: Callable | None = None
     saved_thresholds: dict = field(default_factory=dict)  # file name in the folder -> (thresholds, source, n)
     caption: str = ""  # under every figure: what the model was trained on
+    members: list | None = None  # an ensemble's members' scores (odir_core.evaluation.ensemble.member_scores)
 
 
 def build_parser(backend: Backend) -> argparse.ArgumentParser:
@@ -83,8 +85,11 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     )
     add_config_option(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
-                     help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation")
+    src.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}", action="append",
+                     help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation. "
+                     f"Repeat it for an ensemble ({'/'.join(backend.model_suffixes)} files, any mix of backbones, sizes and "
+                     "frameworks): every model predicts the patients of the first one's data and split, each prepared as "
+                     "its own config says, and the report gives each member's scores and the ensemble's")
     src.add_argument("--probs", metavar="FILE",
                      help="evaluate this probabilities file (xlsx/csv, columns ID,N,D,G,C,A,H,M,O) instead of a model; "
                      "it is checked like an ODIR-2019 submission against the ground truth (column order, row order, "
@@ -106,6 +111,7 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                    help="evaluation folder to create (must not exist); default RUN_DIR/eval-<split>[-tta-<mode>] "
                    "(or eval-<name> beside --probs), numbered -2, -3... when taken")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
+    p.add_argument("--ensemble", choices=COMBINE_RULES, default="mean", help=COMBINE_HELP)
     p.add_argument("--batch-size", type=int, default=16, help="patients per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--thresholds", metavar="FILE",
@@ -236,7 +242,9 @@ def _evaluate_probs(args) -> Evaluation:
 
 
 def _evaluate_model(args, backend: Backend, log) -> Evaluation:
-    model = load_model(backend, args.model, train_config=args.train_config, device=args.device)
+    if len(args.model) > 1:
+        return _evaluate_ensemble(args, backend, log)
+    model = load_model(backend, args.model[0], train_config=args.train_config, device=args.device)
     config = model.config
     data, _ = resolve_data(args.data or config.data, log)
     frame = _split_frame(data, args.split, config.split)
@@ -284,6 +292,64 @@ def _evaluate_model(args, backend: Backend, log) -> Evaluation:
                       caption=f"model {model.training_note}")
 
 
+def _evaluate_ensemble(args, backend: Backend, log) -> Evaluation:
+    """Several ``--model``: each predicts the first one's split (prepared as its own config says); their
+    probabilities are combined by ``--ensemble``; thresholds (``--thresholds``, or tuned on the ensemble's
+    validation probabilities) go into the evaluation folder, as members' own thresholds do not apply."""
+    models = [load_model(backend, path, train_config=args.train_config, device=args.device) for path in args.model]
+    first = models[0].config
+    data, _ = resolve_data(args.data or first.data, log)
+    frames = {split: _split_frame(data, split, first.split) for split in dict.fromkeys([args.split, "val"])}
+    needed = list(frames) if args.tune_thresholds else [args.split]
+    log(f"{backend.name}: ensemble ({args.ensemble}) of {len(models)} models on {len(frames[args.split])} patients "
+        f"({args.split} split of {data}), TTA {args.tta}")
+    members: dict[str, dict[str, np.ndarray]] = {split: {} for split in needed}
+    datasets = {}
+    for i, model in enumerate(models):
+        config = model.config
+        log(f"member {i + 1}: {model.path}: {model.training_note}")
+        for split in needed:
+            ds = DualEyeDataset(data, frames[split], image_size=config.image_size, crop_size=config.crop_size,
+                                normalize=config.normalize, train=False)
+            datasets.setdefault(split, ds)
+            members[split][str(model.path)] = predict_dataset(model.predictor, ds, args.batch_size, args.tta,
+                                                              desc=f"{split} ({i + 1}/{len(models)})")
+    y_true = label_matrix(frames[args.split]).astype(np.int64)
+    y_prob = combine(list(members[args.split].values()), args.ensemble)
+    shown = datasets[args.split]
+    index = {int(pid): i for i, pid in enumerate(shown.ids)}
+
+    def load_pair(pid: int):
+        i = index[pid]
+        return _display(shown.image(i, 0)), _display(shown.image(i, 1))
+
+    info = {"title": f"ensemble of {len(models)} models ({args.split})", "framework": backend.name,
+            "ensemble": f"{args.ensemble} of the members' probabilities",
+            **{f"member {i + 1}": f"{m.path} ({m.config.backbone}, head {m.config.head}, "
+               f"{m.config.image_size} px / crop {m.config.crop_size or 'none'}); {m.training_note}"
+               for i, m in enumerate(models)},
+            "data": str(data), "split": f"{args.split} ({first.split}, from member 1)", "TTA": args.tta}
+    result = Evaluation(Path(args.out) if args.out else _free_dir(models[0].run_dir.parent / f"eval-ensemble-{args.split}"),
+                        frames[args.split]["ID"].to_numpy(), y_true, y_prob, info, load_pair=load_pair,
+                        caption=f"ensemble of {len(models)} models; member 1 {models[0].training_note}")
+    result.members = member_scores(y_true, members[args.split])
+    if args.thresholds:
+        result.tuned = load_thresholds(args.thresholds)
+        info["tuned thresholds"] = f"from {args.thresholds}"
+    elif args.tune_thresholds:
+        val_prob = combine(list(members["val"].values()), args.ensemble)
+        val_true = label_matrix(frames["val"]).astype(np.int64)
+        result.tuned = tune_thresholds(val_true, val_prob, args.threshold_metric)
+        info["tuned thresholds"] = (f"per-label {args.threshold_metric} maximised on the ensemble's validation "
+                                    f"probabilities, saved as {THRESHOLDS_FILE} in this folder"
+                                    + (" (optimistic: same patients)" if args.split == "val" else ""))
+        result.saved_thresholds[THRESHOLDS_FILE] = (result.tuned, f"{VALIDATION_SOURCE} ({first.split}) of {data}, "
+                                                    f"ensemble ({args.ensemble}), TTA {args.tta}", len(val_prob))
+    else:
+        info["tuned thresholds"] = "none (the members' own thresholds do not apply to the ensemble)"
+    return result
+
+
 def _summary_lines(folder: Path) -> list[str]:
     summary = json.loads((folder / reports.FILES["metrics"]).read_text())
     lines = []
@@ -291,6 +357,9 @@ def _summary_lines(folder: Path) -> list[str]:
         for setting, values in summary[family].items():
             text = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in values.items())
             lines.append(f"{family:>9} {setting:>8}: {text}")
+    for i, member in enumerate(summary.get("members", [])):
+        text = "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in member["study"].items())
+        lines.append(f"member {i + 1} study at_0.5: {text} ({member['model']})")
     return lines + [f"note: {w}" for w in summary["warnings"]]
 
 
@@ -320,7 +389,8 @@ def _evaluate_cli(backend: Backend, args) -> int:
             save_thresholds(folder / name, thresholds, metric=args.threshold_metric, source=source, n_patients=n)
 
     folder = reports.write_evaluation(ev.out, ev.ids, ev.y_true, ev.y_prob, tuned=ev.tuned,
-                                      load_pair=ev.load_pair, info=ev.info, after=save_thresholds_into, caption=ev.caption)
+                                      load_pair=ev.load_pair, info=ev.info, after=save_thresholds_into, caption=ev.caption,
+                                      members=ev.members)
     print("\n".join(_summary_lines(folder)))
     print(f"evaluation written to {folder} (open {folder / reports.FILES['report']})")
     return 0

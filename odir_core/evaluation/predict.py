@@ -22,6 +22,7 @@ from odir_core.data.augment import center_crop
 from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
 from odir_core.evaluation import plots
+from odir_core.evaluation.ensemble import COMBINE_HELP, COMBINE_RULES, combine
 from odir_core.evaluation.inference import (
     DEVICE_HELP,
     TRAIN_CONFIG_HELP,
@@ -48,6 +49,7 @@ from odir_core.evaluation.thresholds import (
 from odir_core.labels import LABEL_NAMES, LABELS
 from odir_core.scores import binarize
 from odir_core.spreadsheets import quote_csv
+from odir_core.training.config import TrainConfig
 from odir_core.cli_config import add_config_option, parse_with_config
 
 BATCH_COLUMNS = ("left", "right")
@@ -65,8 +67,11 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
         "image, bad model or CSV), one error line; 130 interrupted.",
     )
     add_config_option(p)
-    p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
-                   help="trained model (required); config.toml beside it gives image size, crop and normalisation")
+    p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}", action="append",
+                   help="trained model (required); config.toml beside it gives image size, crop and normalisation. "
+                   "Repeat it for an ensemble (any mix of model files, backbones and input sizes): each model sees the "
+                   "photographs prepared as its own config says; their probabilities are combined by --ensemble")
+    p.add_argument("--ensemble", choices=COMBINE_RULES, default="mean", help=COMBINE_HELP)
     p.add_argument("--train-config", metavar="FILE.toml", help=TRAIN_CONFIG_HELP)
     p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
     p.add_argument("--batch", metavar="CSV",
@@ -83,17 +88,23 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                    help="label the Grad-CAM explains (default: the patient's most probable label)")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument("--thresholds", metavar="FILE",
-                   help=f"per-label thresholds JSON; default {THRESHOLDS_FILE} beside the model when present, else 0.5")
+                   help=f"per-label thresholds JSON; default {THRESHOLDS_FILE} beside the model when present (one "
+                   "model), else 0.5")
     p.add_argument("--batch-size", type=int, default=8, help="with --batch: patients per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p
 
 
-def choose_thresholds(args, model: Model) -> tuple[np.ndarray, str, str | None]:
+def choose_thresholds(args, models: list[Model]) -> tuple[np.ndarray, str, str | None]:
     """The thresholds to apply, a line saying which and where they come from, and a warning when they were
-    tuned on the validation patients of the model's own run."""
+    tuned on the validation patients of the model's own run. An ensemble takes --thresholds or 0.5: its
+    members' own thresholds do not apply to it."""
+    model = models[0]
     if args.thresholds:
         path, found = Path(args.thresholds), "given with --thresholds"
+    elif len(models) > 1:
+        return (as_thresholds(DEFAULT_THRESHOLD), f"thresholds: {DEFAULT_THRESHOLD} for every label (default for an "
+                "ensemble: its members' own thresholds do not apply; give --thresholds FILE)", None)
     elif model.thresholds_path.is_file():
         path, found = model.thresholds_path, "found beside the model"
     else:
@@ -108,8 +119,13 @@ def choose_thresholds(args, model: Model) -> tuple[np.ndarray, str, str | None]:
     return thresholds, f"thresholds: {path} ({found}; {how})", warning
 
 
-def _report_model(model: Model, threshold_text: str, warning: str | None) -> None:
-    print(f"model {model.path}: {model.training_note}")
+def _report_model(models: list[Model], rule: str, threshold_text: str, warning: str | None) -> None:
+    if len(models) == 1:
+        print(f"model {models[0].path}: {models[0].training_note}")
+    else:
+        print(f"ensemble ({rule}) of {len(models)} models:")
+        for i, model in enumerate(models):
+            print(f"  member {i + 1}: {model.path}: {model.training_note}")
     print(threshold_text)
     if warning:
         print(warning, file=sys.stderr)
@@ -162,22 +178,54 @@ def display_image(source, config) -> np.ndarray:
     return img
 
 
+def pair_inputs(paths, configs: list[TrainConfig]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (left, right) model inputs of one patient's photographs ``paths`` for each of ``configs`` (each
+    prepared at its config's size, once per size). Raises the preprocessing's errors for an unusable image."""
+    prepared: dict[int, list[np.ndarray]] = {}
+    inputs = []
+    for config in configs:
+        if config.image_size not in prepared:
+            prepared[config.image_size] = [prepare_photo(path, config) for path in paths]
+        left, right = prepared[config.image_size]
+        inputs.append((model_input(left, config), model_input(right, config)))
+    return inputs
+
+
+def predict_members(models: list[Model], inputs: list[tuple[np.ndarray, np.ndarray]], tta: str,
+                    rule: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(n, 8) probabilities of a batch, combined by ``rule`` over ``models`` (``inputs``: each one's (left, right)
+    NHWC batch), and each model's own."""
+    each = [predict_batch(model.predictor, left, right, tta) for model, (left, right) in zip(models, inputs)]
+    return (each[0] if len(each) == 1 else combine(each, rule)), each
+
+
+def format_members(each: list[np.ndarray], probs: np.ndarray) -> str:
+    """Per label, each member's probability and the ensemble's."""
+    header = "".join(f"{f'member {i + 1}':>11}" for i in range(len(each)))
+    lines = [f"{'label':<7}{header}{'ensemble':>11}"]
+    for j, label in enumerate(LABELS):
+        lines.append(f"{label:<7}" + "".join(f"{p[j]:>11.4f}" for p in each) + f"{probs[j]:>11.4f}")
+    return "\n".join(lines)
+
+
 def predict_one(backend: Backend, args) -> int:
-    """One patient: print the prediction, optionally save the figure. Images are checked before the model loads."""
+    """One patient: print the prediction, optionally save the figure. Images are checked before the models load."""
     if len(args.images) != 2:
         raise InferenceError(f"give exactly two photographs, LEFT RIGHT (got {len(args.images)}), or --batch CSV")
     out = _new_file(Path(args.out)) if args.out else None
-    config = model_config(backend, args.model, args.train_config)
-    left_img, right_img = (prepare_photo(path, config) for path in args.images)
-    left_x, right_x = model_input(left_img, config), model_input(right_img, config)
-    model = load_model(backend, args.model, config, device=args.device)
-    thresholds, threshold_text, warning = choose_thresholds(args, model)
-    probs = predict_batch(model.predictor, left_x[None], right_x[None], args.tta)[0]
-    _report_model(model, threshold_text, warning)
+    configs = [model_config(backend, path, args.train_config) for path in args.model]
+    inputs = pair_inputs(args.images, configs)
+    models = [load_model(backend, path, config, device=args.device) for path, config in zip(args.model, configs)]
+    thresholds, threshold_text, warning = choose_thresholds(args, models)
+    probs, each = predict_members(models, [(left[None], right[None]) for left, right in inputs], args.tta, args.ensemble)
+    probs, each = probs[0], [p[0] for p in each]
+    _report_model(models, args.ensemble, threshold_text, warning)
     print(f"left {args.images[0]}, right {args.images[1]} (TTA {args.tta})")
+    if len(models) > 1:
+        print(format_members(each, probs))
     print(format_prediction(probs, thresholds))
     if out is not None:
-        _figure(model, args.images, left_x, right_x, probs, thresholds, args,
+        _figure(models[0], args.images, *inputs[0], probs, thresholds, args,
                 f"{Path(args.images[0]).name} + {Path(args.images[1]).name}", out)
         print(f"figure written to {out}")
     return EXIT_OK
@@ -231,7 +279,7 @@ def read_batch_csv(path: Path) -> pd.DataFrame:
     return frame[["id", *BATCH_COLUMNS]].reset_index(drop=True)
 
 
-def predict_many(model: Model, args, thresholds, frame: pd.DataFrame) -> int:
+def predict_many(models: list[Model], args, thresholds, frame: pd.DataFrame) -> int:
     """--batch: predict every row of ``frame`` (read_batch_csv), skip and list unusable ones, write the predictions
     CSV atomically."""
     csv_path = Path(args.batch)
@@ -250,26 +298,25 @@ def predict_many(model: Model, args, thresholds, frame: pd.DataFrame) -> int:
     errors = [""] * len(frame)
     bar = tqdm(total=len(frame), desc="predict", unit="patient")
     for start in range(0, len(frame), args.batch_size):
-        rows, lefts, rights = [], [], []
+        rows, pairs = [], []
         for i in range(start, min(start + args.batch_size, len(frame))):
             try:
-                pair = [prepare_photo(frame.at[i, side], model.config) for side in BATCH_COLUMNS]
+                pairs.append(pair_inputs([frame.at[i, side] for side in BATCH_COLUMNS], [m.config for m in models]))
             except USER_ERRORS as exc:
                 errors[i] = str(exc)
                 continue
             rows.append(i)
-            lefts.append(model_input(pair[0], model.config))
-            rights.append(model_input(pair[1], model.config))
         if rows:
-            left_x, right_x = np.stack(lefts), np.stack(rights)
-            probs[rows] = predict_batch(model.predictor, left_x, right_x, args.tta)
+            inputs = [tuple(np.stack([pair[m][side] for pair in pairs]) for side in (0, 1)) for m in range(len(models))]
+            probs[rows] = predict_members(models, inputs, args.tta, args.ensemble)[0]
+            left_x, right_x = inputs[0]
             if figures is not None:
                 for k, i in enumerate(rows):
                     target = figures / _figure_name(frame.at[i, "id"])
                     if target.exists():
                         errors[i] = f"figure {target} already exists; not overwritten"
                         continue
-                    _figure(model, [frame.at[i, side] for side in BATCH_COLUMNS], left_x[k], right_x[k], probs[i],
+                    _figure(models[0], [frame.at[i, side] for side in BATCH_COLUMNS], left_x[k], right_x[k], probs[i],
                             thresholds, args, f"patient {frame.at[i, 'id']}", target)
         bar.update(min(args.batch_size, len(frame) - start))
     bar.close()
@@ -304,6 +351,8 @@ def _predict_cli(backend: Backend, args) -> int:
         raise InferenceError("give either LEFT RIGHT or --batch CSV, not both")
     if args.figures and not args.batch:
         raise InferenceError("--figures is for --batch; for one patient use --out fig.png")
+    if args.gradcam and len(args.model) > 1:
+        raise InferenceError("--gradcam explains one model: give one --model (an ensemble has no single map)")
     if args.gradcam and not (args.out if not args.batch else args.figures):
         raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
     if args.batch_size < 1:
@@ -315,7 +364,7 @@ def _predict_cli(backend: Backend, args) -> int:
         return predict_one(backend, args)
     frame = read_batch_csv(Path(args.batch))
     _check_unique_ids(frame, Path(args.batch), figures=bool(args.figures))
-    model = load_model(backend, args.model, train_config=args.train_config, device=args.device)
-    thresholds, threshold_text, warning = choose_thresholds(args, model)
-    _report_model(model, threshold_text, warning)
-    return predict_many(model, args, thresholds, frame)
+    models = [load_model(backend, path, train_config=args.train_config, device=args.device) for path in args.model]
+    thresholds, threshold_text, warning = choose_thresholds(args, models)
+    _report_model(models, args.ensemble, threshold_text, warning)
+    return predict_many(models, args, thresholds, frame)

@@ -65,6 +65,17 @@ def per_label_frame(summary: dict) -> pd.DataFrame:
     return out
 
 
+def members_frame(summary: dict) -> pd.DataFrame:
+    """An ensemble's rows: each member's study and challenge final (and study kappa, F1, AUC) at threshold 0.5,
+    then the ensemble's."""
+    rows = {}
+    for i, member in enumerate(summary["members"]):
+        rows[f"member {i + 1}: {member['model']}"] = {**member["study"], "challenge final": member["challenge"]["final"]}
+    at = "at_0.5"
+    rows["ensemble"] = {**summary["study"][at], "challenge final": summary["challenge"][at]["final"]}
+    return pd.DataFrame.from_dict(rows, orient="index")[["kappa", "f1", "auc", "final", "challenge final"]]
+
+
 def render_report(summary: dict, report_text: str, figures: dict, files: list[str]) -> str:
     """The HTML page: what was evaluated, metrics, per-label table, figures (name -> PNG path, embedded),
     classification report, and links to ``files`` (names in the same folder)."""
@@ -83,6 +94,8 @@ def render_report(summary: dict, report_text: str, figures: dict, files: list[st
         "<p class='note'>study: mean per-label Cohen kappa, weighted F1, weighted ROC AUC, final = their mean. "
         "challenge (ODIR-2019): kappa, micro F1 and ROC AUC on the flattened label matrix, final = their mean.</p>",
         _table(metrics_frame(summary)),
+        ("<h2>Ensemble members</h2><p class='note'>Each member alone and the ensemble, at threshold 0.5 (study "
+         "scores; challenge final).</p>" + _table(members_frame(summary))) if summary.get("members") else "",
         "".join(f"<p class='note'>Note: {html.escape(w)}.</p>" for w in summary.get("warnings", [])),
         "<h2>Per label</h2>",
         "<p class='note'>precision, recall and F1 at threshold 0.5"

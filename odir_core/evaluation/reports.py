@@ -215,19 +215,23 @@ def write_evaluation(
     info: dict | None = None,
     after: Callable[[Path], None] | None = None,
     caption: str = "",
+    members: list[dict] | None = None,
 ) -> Path:
     """Write the whole evaluation folder ``out_dir`` (must not exist yet) and return its path.
 
     ``tuned``: per-label thresholds reported beside 0.5; ``load_pair``: see pick_examples;
     ``info``: what was evaluated (model, data, split, TTA, threshold source...), shown in the report;
     ``after(folder)``: writes extra files into the (still temporary) folder; ``caption``: a line under
-    every figure (what the model was trained on).
+    every figure (what the model was trained on); ``members``: an ensemble's members' scores
+    (``odir_core.evaluation.ensemble.member_scores``), shown beside the ensemble's.
     Everything is written to a temporary folder renamed to ``out_dir`` at the end.
     """
     ids, y_true, y_prob = check_inputs(ids, y_true, y_prob)
     info = dict(info or {})
     summary = summarize(y_true, y_prob, tuned)
     summary["info"] = info
+    if members:
+        summary["members"] = members
     report_text = classification_report_text(y_true, y_prob, tuned)
     examples = pick_examples(ids, y_true, y_prob, load_pair)
     qualitative_thresholds = tuned if tuned is not None else DEFAULT_THRESHOLD

@@ -70,7 +70,7 @@ def build_app(backend: Backend, args):
 
     _check_flags(args)
     model = load_model(backend, args.model, train_config=args.train_config, device=args.device)
-    thresholds, threshold_text, warning = choose_thresholds(args, model)
+    thresholds, threshold_text, warning = choose_thresholds(args, [model])
     service = PredictionService(model, backend.name, thresholds, threshold_text, warning)
     pool = InferencePool(args.workers, args.queue)
     return create_app(service, pool, int(args.max_upload_mb * 2**20)), pool
