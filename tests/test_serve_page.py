@@ -1,4 +1,4 @@
-"""The serve command's web page in headless Chromium: two real photographs uploaded through the file inputs,
+"""The serve command's web page in headless Chromium: two real photographs uploaded (a file input, a drop),
 the result shows predict's probabilities for the 8 labels, the thresholds and decisions, the Grad-CAM overlays,
 the research-use notice and the model's training-data record.
 
@@ -6,6 +6,7 @@ the research-use notice and the model's training-data record.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 from pathlib import Path
@@ -34,6 +35,15 @@ pytestmark = [
 ]
 
 
+# a DataTransfer holding one file, as a drag from the file manager brings it
+DROPPED_FILE = """([name, data]) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, {type: "image/png"}));
+    return transfer;
+}"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, model path) of a keras_odir server of the tiny .keras model recorded as trained on the demo set."""
@@ -60,7 +70,8 @@ def test_page_uploads_two_photographs_and_shows_the_prediction(served, tmp_path)
             page.goto(url)
             page.wait_for_function("document.getElementById('training-data').textContent.length > 0")
             page.set_input_files("#left", str(PAIR[0]))
-            page.set_input_files("#right", str(PAIR[1]))
+            dropped = page.evaluate_handle(DROPPED_FILE, [PAIR[1].name, base64.b64encode(PAIR[1].read_bytes()).decode()])
+            page.dispatch_event("#drop-right", "drop", {"dataTransfer": dropped})  # the right eye dragged and dropped
             page.check("#gradcam")
             page.click("#submit")
             page.wait_for_selector("#result", state="visible", timeout=60_000)
@@ -73,6 +84,7 @@ def test_page_uploads_two_photographs_and_shows_the_prediction(served, tmp_path)
             result_note = page.locator("#result-training").inner_text()
             cams = [page.locator(f"#cam-{side}").evaluate("img => img.naturalWidth") for side in ("left", "right")]
             error_hidden = page.locator("#error").is_hidden()
+            names = [page.locator(f"#name-{side}").inner_text() for side in ("left", "right")]
             if SCREENSHOT:
                 page.screenshot(path=SCREENSHOT, full_page=True)
         finally:
@@ -83,3 +95,4 @@ def test_page_uploads_two_photographs_and_shows_the_prediction(served, tmp_path)
     assert training.startswith(SYNTHETIC_NOTE) and "experiment demo, epoch 8" in training
     assert result_note.startswith(f"Model {SYNTHETIC_NOTE}")
     assert cams == [224, 224]
+    assert [name.split(" (")[0] for name in names] == [PAIR[0].name, PAIR[1].name]
