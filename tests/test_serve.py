@@ -80,11 +80,30 @@ def test_predict_answers_predicts_probabilities_thresholds_and_decisions(server,
     assert answer["warnings"] == ["model training data unknown: the model file does not record it"]
 
 
-def test_torch_odir_serves_the_pth_model_alike(models):
-    with running_server(TORCH, ["--model", str(models[1])]) as url:
-        status, _, answer = post_photos(url, *PAIR)
-    assert status == 200, answer
-    np.testing.assert_allclose(_probs(answer), _expected(TORCH, models[1], *PAIR), rtol=0, atol=1e-6)
+def test_torch_odir_serves_the_pth_model_alike_on_three_workers_with_gradcam(models):
+    """Three workers, four clients, every third request with Grad-CAM (which hooks the shared model's layers):
+    every answer is predict's."""
+    pairs = [PAIR, PAIR[::-1]]
+    expected = [_expected(TORCH, models[1], *pair) for pair in pairs]
+    answers, lock = [], threading.Lock()
+
+    def client(t: int) -> None:
+        for k in range(3):
+            kind = (t + k) % 2
+            status, _, answer = post_photos(url, *pairs[kind], **({"gradcam": "true"} if (t + k) % 3 == 0 else {}))
+            with lock:
+                answers.append((kind, status, answer))
+
+    with running_server(TORCH, ["--model", str(models[1]), "--workers", "3", "--queue", "8"]) as url:
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(answers) == 12 and all(status == 200 for _, status, _ in answers), answers
+    assert sum(answer["gradcam"] is not None for _, _, answer in answers) == 4
+    for kind, _, answer in answers:
+        np.testing.assert_allclose(_probs(answer), expected[kind], rtol=0, atol=1e-6)
 
 
 def test_model_description_health_and_openapi_offline(server, models):

@@ -40,7 +40,8 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=25.0,
                    help="largest photograph accepted, in MB; a larger upload is refused (413) while it is read")
     p.add_argument("--workers", "--concurrency", dest="workers", type=int, default=1,
-                   help="predictions run at once (threads sharing the one loaded model)")
+                   help="requests handled at once, on threads: their photographs are decoded and prepared in "
+                   "parallel, the one loaded model runs one request at a time")
     p.add_argument("--queue", type=int, default=8,
                    help="requests that may wait for a worker; beyond them the server answers 503 with Retry-After")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

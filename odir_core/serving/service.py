@@ -5,6 +5,7 @@ overlays as PNG data URLs, and the description of the model that ``GET /v1/model
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,10 @@ def _png_data_url(img: np.ndarray) -> str:
 
 
 class PredictionService:
-    """A loaded model with its thresholds, answering for one patient at a time (called on pool threads)."""
+    """A loaded model with its thresholds, answering for one patient (called on pool threads).
+
+    Photographs are decoded and prepared in parallel; the model runs one call at a time: Grad-CAM hooks the
+    shared model's layers, and a call running beside it would feed the hooks (or see them)."""
 
     def __init__(self, model: Model, backend_name: str, thresholds: np.ndarray, threshold_text: str,
                  threshold_warning: str | None):
@@ -50,6 +54,7 @@ class PredictionService:
         self.threshold_text = threshold_text
         self.threshold_warning = threshold_warning
         self.description = self._describe(backend_name)
+        self._model_lock = threading.Lock()
 
     def _describe(self, backend_name: str) -> dict:
         config, model = self.model.config, self.model
@@ -82,8 +87,9 @@ class PredictionService:
     def _gradcam(self, photos, left_x, right_x, probs) -> dict:
         target = int(np.argmax(probs))
         predictor = self.model.predictor
-        stage, size = choose_gradcam_stage(predictor.gradcam_stages(left_x.shape[:2]))
-        maps = predictor.gradcam(left_x[None], right_x[None], target, stage=stage)
+        with self._model_lock:
+            stage, size = choose_gradcam_stage(predictor.gradcam_stages(left_x.shape[:2]))
+            maps = predictor.gradcam(left_x[None], right_x[None], target, stage=stage)
         overlays = {photo.side: _png_data_url(overlay_heatmap(display_image(photo.data, self.model.config), heat))
                     for photo, heat in zip(photos, maps)}
         return {"label": LABELS[target], "stage": stage, "map_size": list(size), **overlays}
@@ -91,7 +97,8 @@ class PredictionService:
     def predict(self, left: Photo, right: Photo, gradcam: bool = False) -> dict:
         """The JSON answer for one patient (see README, "Serve"); input errors as odir_core's InputError."""
         (left_x, left_notes), (right_x, right_notes) = self._inputs(left), self._inputs(right)
-        probs = predict_batch(self.model.predictor, left_x[None], right_x[None], "none")[0]
+        with self._model_lock:
+            probs = predict_batch(self.model.predictor, left_x[None], right_x[None], "none")[0]
         flags = binarize(probs[None], self.thresholds)[0]
         warnings = [f"{photo.title}: {note}" for photo, notes in ((left, left_notes), (right, right_notes))
                     for note in notes]
