@@ -10,6 +10,7 @@ import re
 import socket
 import struct
 import threading
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def test_model_description_health_and_openapi_offline(server, models):
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert status == 200 and body["required"] == ["left", "right"]
     assert request(server + "docs")[0] == 404  # Swagger UI would load from a CDN
+    with urllib.request.urlopen(server, timeout=30) as response:
+        page = response.read().decode()
+    assert "For research use only, not a medical device." in page
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//|@import|url\(", page)  # nothing from elsewhere: works offline
 
 
 def _cli_error(model: Path, bad: Path, capsys) -> str:
