@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     parser.add_argument("--serve-python", default=sys.executable,
                         help="interpreter of a virtual environment with .[serve] only, for the .onnx start-up")
+    parser.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time serve's start to first prediction (--no-startup: the latencies only)")
     args = parser.parse_args()
     photos = reference_photos()
     import torch
@@ -129,13 +131,15 @@ def main() -> None:
                 t = times[name]
                 ratio = f"{medians['onnx'] / medians['keras']:.2f}" if name == "onnx" else ""
                 print(_row([f"{size} px", label, f"{medians[name]:.1f}", f"{min(t):.1f}-{max(t):.1f}", ratio]))
-            if size == args.sizes[0]:
+            if args.startup and size == args.sizes[0]:
                 startup = {
                     f"serve .onnx ({Path(args.serve_python).parent.parent.name})":
                         [first_prediction_s(args.serve_python, onnx_model, photos) for _ in range(3)],
                     f"serve .keras ({Path(sys.executable).parent.parent.name})":
                         [first_prediction_s(sys.executable, keras_model, photos) for _ in range(3)],
                 }
+    if not startup:
+        return
     print()
     print(_row(["start to first prediction", f"median s ({args.sizes[0]} px)", "range s"]))
     print(_row(["---"] * 3))
