@@ -21,9 +21,10 @@ from odir_core.atomic import atomic_path
 from odir_core.data.augment import center_crop
 from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
-from odir_core.evaluation import plots
+from odir_core.evaluation import onnx_predictor, plots
 from odir_core.evaluation.inference import (
     DEVICE_HELP,
+    ONNX_SUFFIX,
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -66,7 +67,9 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     )
     add_config_option(p)
     p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}",
-                   help="trained model (required); config.toml beside it gives image size, crop and normalisation")
+                   help="trained model (required); config.toml beside it gives image size, crop and normalisation; "
+                   "or an exported model.onnx (keras_odir.export; onnxruntime only), whose metadata gives them when "
+                   "no config.toml is beside it")
     p.add_argument("--train-config", metavar="FILE.toml", help=TRAIN_CONFIG_HELP)
     p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
     p.add_argument("--batch", metavar="CSV",
@@ -90,12 +93,16 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
 
 
 def choose_thresholds(args, model: Model) -> tuple[np.ndarray, str, str | None]:
-    """The thresholds to apply, a line saying which and where they come from, and a warning when they were
-    tuned on the validation patients of the model's own run."""
+    """The thresholds to apply (--thresholds, else thresholds.json beside the model, else those an exported model
+    records, else 0.5), a line saying which and where they come from, and a warning when they were tuned on the
+    validation patients of the model's own run."""
     if args.thresholds:
         path, found = Path(args.thresholds), "given with --thresholds"
     elif model.thresholds_path.is_file():
         path, found = model.thresholds_path, "found beside the model"
+    elif model.embedded_thresholds is not None:
+        return (as_thresholds(model.embedded_thresholds), f"thresholds: recorded in {model.path} (the {THRESHOLDS_FILE} "
+                "it was exported with)", None)
     else:
         return (as_thresholds(DEFAULT_THRESHOLD), f"thresholds: {DEFAULT_THRESHOLD} for every label (default: no "
                 f"--thresholds given and no {THRESHOLDS_FILE} beside the model)", None)
@@ -308,6 +315,8 @@ def _predict_cli(backend: Backend, args) -> int:
         raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.gradcam and Path(args.model).suffix == ONNX_SUFFIX and Path(args.model).is_file():
+        raise onnx_predictor.gradcam_refusal(args.model, onnx_predictor.read_metadata(args.model))
     for path in ([] if args.batch else args.images):
         if not Path(path).is_file():
             raise InferenceError(f"{path}: image file not found")
