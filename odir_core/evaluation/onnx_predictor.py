@@ -71,6 +71,11 @@ class OnnxPredictor:
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        want = tuple(self.session.get_inputs()[0].shape[1:])
+        if tuple(left.shape[1:]) != want or right.shape != left.shape:
+            raise InferenceError(f"{self.path} takes {want[0]} x {want[1]} inputs, got {tuple(left.shape[1:3])}: the "
+                                 "config it was given (config.toml beside it or --train-config) is not the one it was "
+                                 "exported with; remove it to use the config the file records")
         feed = {"left": np.ascontiguousarray(left, np.float32), "right": np.ascontiguousarray(right, np.float32)}
         probabilities, = self.session.run(["probabilities"], feed)
         return np.asarray(probabilities, dtype=np.float64)
