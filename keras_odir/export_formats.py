@@ -13,6 +13,7 @@ loads the written file back with its own runtime and returns its outputs on the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -38,14 +39,17 @@ class ExportError(OdirError):
 
 
 class _Serving(torch.nn.Module):
-    """The dual model as the exported graph sees it: positional ``left``, ``right`` -> (probabilities, logits)."""
+    """The dual model as the exported graph sees it: positional ``left``, ``right`` -> (probabilities, logits).
+
+    The Keras model is held outside torch's module tree: Keras' torch layers read their weights as tensors, which
+    the exporters store as constants, so weights registered as parameters as well would be stored twice."""
 
     def __init__(self, model: keras.Model):
         super().__init__()
-        self.model = model
+        object.__setattr__(self, "_model", model)
 
     def forward(self, left, right):
-        logits = self.model({"left": left, "right": right}, training=False)
+        logits = self._model({"left": left, "right": right}, training=False)
         return torch.sigmoid(logits), logits
 
 
@@ -83,7 +87,9 @@ def export_torch(model: keras.Model, path: Path, size: int, example, inputs, met
     module, args, dynamic = _traced(model, example)
     with torch.no_grad():
         program = torch.export.export(module, args, dynamic_shapes=dynamic)
-    torch.export.save(program, str(path), extra_files=metadata)
+    archive = io.BytesIO()  # a file object: the archive's inner folder is not named after the temporary file
+    torch.export.save(program, archive, extra_files=metadata)
+    path.write_bytes(archive.getvalue())
     found = {key: "" for key in metadata}
     loaded = torch.export.load(str(path), extra_files=found)
     _same_metadata(found, metadata, path)

@@ -91,6 +91,10 @@ def test_torch_program_runs_with_torch_export_load(run, capsys):
         probabilities, logits = program.module()(*(torch.from_numpy(inputs[k]) for k in ("left", "right")))
     np.testing.assert_allclose(logits.numpy(), keras_logits(run, inputs), atol=1e-5)
     np.testing.assert_allclose(probabilities.numpy(), _sigmoid(logits.numpy()), atol=1e-6)
+    from keras_odir.weights import read_keras_model
+
+    weights = 4 * read_keras_model(run).count_params()
+    assert out.stat().st_size < 1.2 * weights  # every weight stored once
 
 
 TF_RUN = """
