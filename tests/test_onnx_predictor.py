@@ -4,6 +4,7 @@ or from files beside it, Grad-CAM refused, and no deep-learning framework import
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from keras_odir.export import export
 from keras_odir.predict import main as keras_predict
 from odir_core.evaluation.inference import InferenceError, load_model, model_config, model_input, predict_batch, prepare_photo
 from odir_core.evaluation.predict import choose_thresholds
+from odir_core.evaluation.reports import AT_TUNED
 from odir_core.evaluation.thresholds import save_thresholds
 from odir_core.labels import LABELS
 from odir_core.training.config_files import load_config, save_config
@@ -175,3 +177,7 @@ def test_predict_and_evaluate_on_onnx_without_any_framework(models, tmp_path, ca
     found, expected = (pd.read_excel(tmp_path / name / "probs.xlsx") for name in ("ev_onnx", "ev_keras"))
     assert list(found["ID"]) == list(expected["ID"]) and len(found) > 5
     np.testing.assert_allclose(found[list(LABELS)].to_numpy(), expected[list(LABELS)].to_numpy(), atol=1e-5)
+    # the thresholds the .onnx records are applied as the .keras's thresholds.json is
+    onnx_thresholds, keras_thresholds = (json.loads((tmp_path / name / "metrics.json").read_text())["thresholds"]
+                                         for name in ("ev_onnx", "ev_keras"))
+    assert onnx_thresholds == keras_thresholds and onnx_thresholds[AT_TUNED] == dict(zip(LABELS, THRESHOLDS.tolist()))
