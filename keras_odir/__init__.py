@@ -4,7 +4,8 @@ The torch backend is the default: ``KERAS_BACKEND`` is set to ``torch`` here whe
 user has not chosen one (unset or empty), before keras is imported anywhere in this package; a name
 Keras does not know is refused here too, with one line from the command-line tools. Importing the
 package registers its layers, loss, optimizer and metric, so ``keras.saving.load_model`` reads
-its ``.keras`` files after ``import keras_odir`` alone.
+its ``.keras`` files after ``import keras_odir`` alone. Where keras (or its backend) is not installed the
+package still imports, without registering: predict and evaluate then run an exported ``.onnx`` model.
 """
 
 import os
@@ -46,10 +47,15 @@ except BackendError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
 
-import keras_odir.correlation  # noqa: E402,F401  (these register the classes saved in .keras files)
-import keras_odir.epoch_outputs  # noqa: E402,F401
-import keras_odir.executor  # noqa: E402,F401  (PlannedModel: the class of a trained model's last.keras)
-import keras_odir.layers  # noqa: E402,F401
-import keras_odir.losses  # noqa: E402,F401
-import keras_odir.mldecoder  # noqa: E402,F401
-import keras_odir.optimizers  # noqa: E402,F401
+try:
+    import keras  # noqa: E402,F401
+except ModuleNotFoundError:  # no keras (or no backend): only the framework-free path, an exported .onnx model, works
+    pass
+else:
+    import keras_odir.correlation  # noqa: E402,F401  (these register the classes saved in .keras files)
+    import keras_odir.epoch_outputs  # noqa: E402,F401
+    import keras_odir.executor  # noqa: E402,F401  (PlannedModel: the class of a trained model's last.keras)
+    import keras_odir.layers  # noqa: E402,F401
+    import keras_odir.losses  # noqa: E402,F401
+    import keras_odir.mldecoder  # noqa: E402,F401
+    import keras_odir.optimizers  # noqa: E402,F401

@@ -121,12 +121,18 @@ class KerasPredictor:
         return tuple(gradcam_map(a[0], g[0], channels_last=not self.channels_first) for a, g in zip(maps, grads))
 
 
+def read_dual_model(path: Path) -> keras.Model:
+    """RUN_DIR/best.keras (saved by keras_odir.train) without its training state, or a torch checkpoint of a dual
+    model (torch_odir's best.pth, the study's .pth) converted on the fly; refused when a weight is not finite."""
+    path = Path(path)
+    model = load_dual_checkpoint(path) if path.suffix in TORCH_SUFFIXES else read_keras_model(path)
+    check_finite(((w.path, ops.convert_to_numpy(w)) for w in model.weights), str(path))
+    return model
+
+
 def load_predictor(path: Path, device: str = "auto") -> KerasPredictor:
-    """Load RUN_DIR/best.keras (saved by keras_odir.train) without its training state, or a torch
-    checkpoint of a dual model (torch_odir's best.pth, the study's .pth), converted on the fly, onto ``--device``
-    (``keras_odir.devices``)."""
+    """:func:`read_dual_model` onto ``--device`` (``keras_odir.devices``), as a predictor."""
     chosen = chosen_device(device)
     with on_device(chosen):
-        model = load_dual_checkpoint(path) if path.suffix in TORCH_SUFFIXES else read_keras_model(path)
-    check_finite(((w.path, ops.convert_to_numpy(w)) for w in model.weights), str(path))
+        model = read_dual_model(path)
     return KerasPredictor(model, chosen)

@@ -47,7 +47,7 @@ def pytest_collection_finish(session):
     waiting = [item for item in session.items if getattr(item, "originalname", None) == TEST_NAME]
     if waiting and not IS_CHILD and not session.config.option.collectonly:
         session.items[:] = [item for item in session.items if item not in waiting] + waiting
-        start_reruns()
+        start_reruns([item.callspec.params["rerun"] for item in waiting])
 
 
 def pytest_sessionfinish(session):

@@ -20,16 +20,26 @@ from parity_helpers import other_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
-# The re-runs of each backend, by marker: tensorflow checks ResNet50 and the study's heads; every backbone
-# and the scm head run on torch and jax. XLA compiles on one core, so a backend's parts run side by side.
-PARTS = {
-    "torch": ("not slow and not backbone_zoo", "not slow and backbone_zoo"),
-    "jax": ("not slow and not backbone_zoo", "not slow and backbone_zoo"),
-    "tensorflow": ("not slow and not backbone_zoo",),
+# The re-runs, by name: (backend, marker expression). Every backend checks ResNet50, the study's heads, the
+# ML-Decoder and the losses; the other backbones and the map heads on them (marker backbone_zoo) run in this
+# process (torch by default) and, as a slow check (``-m slow``), again on jax: the layers are the same Keras
+# code on every backend, and the backend's own kernels are already checked on ResNet50 and the heads.
+RERUNS = {
+    "torch": ("torch", "not slow and not backbone_zoo"),
+    "torch-zoo": ("torch", "not slow and backbone_zoo"),
+    "jax": ("jax", "not slow and not backbone_zoo"),
+    "jax-zoo": ("jax", "not slow and backbone_zoo"),
+    "tensorflow": ("tensorflow", "not slow and not backbone_zoo"),
 }
+SLOW_RERUNS = ("torch-zoo", "jax-zoo")
 TEST_NAME = "test_parity_suite_on_backend"
-STARTED: dict[str, list[tuple[subprocess.Popen, Path, str]]] = {}  # backend -> [(process, output, marks)]
+STARTED: dict[str, tuple[subprocess.Popen, Path, str]] = {}  # re-run name -> (process, output, marks)
 _FOLDER: list[Path] = []
+
+
+def reruns() -> list[str]:
+    """The re-runs of the backends other than this process's."""
+    return [name for name, (backend, _) in RERUNS.items() if backend in other_backends()]
 
 
 def _start(backend: str, marks: str, folder: Path) -> tuple[subprocess.Popen, Path, str]:
@@ -44,23 +54,22 @@ def _start(backend: str, marks: str, folder: Path) -> tuple[subprocess.Popen, Pa
     return process, log, marks
 
 
-def start_reruns() -> None:
-    """Start every installed other backend's re-runs together (once)."""
+def start_reruns(names) -> None:
+    """Start the re-runs ``names`` (of :data:`RERUNS`) whose backend is installed, together (once)."""
     if STARTED or _FOLDER:
         return
     _FOLDER.append(Path(tempfile.mkdtemp(prefix="keras-odir-parity-")))
-    for backend in other_backends():
+    for name in names:
+        backend, marks = RERUNS[name]
         if importlib.util.find_spec(MODULES[backend]) is not None:
-            STARTED[backend] = [_start(backend, marks, _FOLDER[0] / backend / f"part{i}")
-                                for i, marks in enumerate(PARTS[backend])]
+            STARTED[name] = _start(backend, marks, _FOLDER[0] / name)
 
 
 def stop_reruns() -> None:
     """Kill the re-runs still running (a session cut short) and remove their folder."""
-    for runs in STARTED.values():
-        for process, _, _ in runs:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    for process, _, _ in STARTED.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     for folder in _FOLDER:
         shutil.rmtree(folder, ignore_errors=True)

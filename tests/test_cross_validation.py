@@ -42,14 +42,14 @@ def _spread(y: np.ndarray, assignment: np.ndarray, folds: int) -> np.ndarray:
 
 
 @needs(ANNOTATIONS)
-@pytest.mark.parametrize("folds", [3, 5])
+@pytest.mark.parametrize("folds", [3, 5, 10])
 def test_folds_of_the_study_training_patients_are_disjoint_complete_and_stratified(folds):
     train, _ = study_split(read_annotations(require(ANNOTATIONS)))
     y = label_matrix(train)
     assignment = fold_assignment(train, folds, seed=0)
     assert set(assignment) == set(range(folds))  # every patient in one fold
     sizes = np.bincount(assignment, minlength=folds)
-    assert np.abs(sizes - len(train) / folds).max() <= 0.02 * len(train) / folds  # sizes within 2% of N/K
+    assert np.abs(sizes - len(train) / folds).max() <= 0.05 * len(train) / folds  # sizes within 5% of N/K
     # every label's patients spread over the folds to within one patient; plain shuffled k-fold is not
     assert _spread(y, assignment, folds).max() <= 1
     plain = np.zeros(len(train), int)

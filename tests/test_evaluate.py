@@ -122,7 +122,7 @@ def test_bad_model_is_one_clear_error(runs, tmp_path, capsys, case):
         model, expect = tmp_path / "best.keras", "config.toml"
         model.write_bytes(b"not a model")
     elif case == "wrong_suffix":
-        model, expect = keras_model.parent / "model.h5", "loads .keras/.pth/.pt files"
+        model, expect = keras_model.parent / "model.h5", "loads .keras/.pth/.pt/.onnx files"
         model.write_bytes(b"not a model")
     else:  # a damaged file in a run folder
         suffix = ".keras" if case == "damaged_keras" else ".pth"

@@ -104,8 +104,7 @@ def test_odir_core_layers_import_only_their_own_and_lower_layers():
 
 # What odir_core may import beyond the standard library: the base install's packages (pyproject's
 # dependencies, by import name) everywhere, an extra's only in the modules that need it.
-BASE_IMPORTS = {"numpy", "pandas", "openpyxl", "sklearn", "iterstrat", "cv2", "PIL", "matplotlib", "tqdm", "tomli",
-                "tomli_w"}
+BASE_IMPORTS = {"numpy", "pandas", "openpyxl", "sklearn", "cv2", "PIL", "matplotlib", "tqdm", "tomli", "tomli_w"}
 EXTRA_IMPORTS = {  # module (or package) prefix -> (extra, its import names)
     "odir_core.training.tensorboard": ("train", {"tensorboard"}),
     "odir_core.data.tfds": ("tfds", {"tensorflow_datasets"}),

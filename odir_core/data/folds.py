@@ -1,8 +1,8 @@
 """k-fold cross-validation folds of patients: multi-label stratified, seeded, saved as JSON beside the runs.
 
-The folds come from ``iterstrat``'s ``MultilabelStratifiedKFold`` (the iterative stratification of Sechidis et
-al. 2011 that ``odir_core.data.splits.iterative_stratification`` implements for one train/val/test split, kept
-there because the study's splits were made with it), with the patients shuffled by the run's seed.
+The folds come from ``odir_core.data.splits.iterative_stratification`` (Sechidis et al. 2011, K equal parts);
+the ``iterative-stratification`` package's ``MultilabelStratifiedKFold`` spreads the labels as evenly on ODIR-5K,
+but it installs a top-level ``tests`` package into site-packages that shadows a project's own.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from odir_core.atomic import atomic_write_text
 from odir_core.data.annotations import label_matrix
-from odir_core.data.splits import SplitError
+from odir_core.data.splits import SplitError, iterative_stratification
 
 FOLDS_FILE = "folds.json"
 
@@ -26,12 +25,7 @@ def fold_assignment(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     exactly one fold, each label's patients spread over the folds as evenly as the stratification can."""
     if len(frame) < folds:
         raise SplitError(f"--folds {folds}: only {len(frame)} training patients; use at most {len(frame)} folds")
-    assignment = np.full(len(frame), -1)
-    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    y = label_matrix(frame)
-    for fold, (_, held_out) in enumerate(splitter.split(np.zeros((len(frame), 1)), y)):
-        assignment[held_out] = fold
-    return assignment
+    return iterative_stratification(label_matrix(frame), [1.0 / folds] * folds, seed=seed)
 
 
 def fold_frames(frame: pd.DataFrame, assignment: np.ndarray, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -40,10 +34,9 @@ def fold_frames(frame: pd.DataFrame, assignment: np.ndarray, fold: int) -> tuple
     return frame[~held_out].reset_index(drop=True), frame[held_out].reset_index(drop=True)
 
 
-def save_folds(path, frame: pd.DataFrame, assignment: np.ndarray, seed: int) -> Path:
-    """Write the folds as JSON, atomically: ``{"folds": K, "seed": S, "ids": [[IDs of fold 0], ...]}``."""
+def save_folds(path, frame: pd.DataFrame, assignment: np.ndarray, folds: int, seed: int) -> Path:
+    """Write the ``folds`` folds as JSON, atomically: ``{"folds": K, "seed": S, "ids": [[IDs of fold 0], ...]}``."""
     ids = frame["ID"].to_numpy()
-    folds = int(np.max(assignment)) + 1 if len(assignment) else 0
     data = {"folds": folds, "seed": int(seed), "ids": [[int(i) for i in ids[assignment == k]] for k in range(folds)]}
     return atomic_write_text(path, json.dumps(data, indent=1))
 

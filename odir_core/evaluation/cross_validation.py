@@ -88,7 +88,7 @@ def _open(config: TrainConfig, resolved: TrainConfig, data_dir: Path) -> tuple[P
     try:
         with writing(folder):
             save_config(resolved, folder / CONFIG_FILE)
-            save_folds(folder / FOLDS_FILE, pool, assignment, resolved.seed)
+            save_folds(folder / FOLDS_FILE, pool, assignment, resolved.folds, resolved.seed)
     except BaseException:
         _remove_empty(folder)
         raise

@@ -86,10 +86,11 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     add_config_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}", action="append",
-                     help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation. "
-                     f"Repeat it for an ensemble ({'/'.join(backend.model_suffixes)} files, any mix of backbones, sizes and "
-                     "frameworks): every model predicts the patients of the first one's data and split, each prepared as "
-                     "its own config says, and the report gives each member's scores and the ensemble's")
+                     help="trained model; its run folder's config.toml gives data, split, image size, crop, normalisation; "
+                     "or an exported model.onnx (keras_odir.export), whose metadata gives them when no config.toml is "
+                     f"beside it. Repeat it for an ensemble ({'/'.join(backend.model_suffixes)}/.onnx files, any mix of "
+                     "backbones, sizes and frameworks): every model predicts the patients of the first one's data and split, "
+                     "each prepared as its own config says, and the report gives each member's scores and the ensemble's")
     src.add_argument("--probs", metavar="FILE",
                      help="evaluate this probabilities file (xlsx/csv, columns ID,N,D,G,C,A,H,M,O) instead of a model; "
                      "it is checked like an ODIR-2019 submission against the ground truth (column order, row order, "
@@ -272,6 +273,9 @@ def _evaluate_model(args, backend: Backend, log) -> Evaluation:
         source = Path(args.thresholds) if args.thresholds else model.thresholds_path
         tuned = load_thresholds(source)
         info["tuned thresholds"] = f"from {source}"
+    elif model.embedded_thresholds is not None and not args.tune_thresholds:
+        tuned = model.embedded_thresholds
+        info["tuned thresholds"] = f"recorded in {model.path} (the {THRESHOLDS_FILE} it was exported with)"
     if args.tune_thresholds:
         if args.split == "val":
             val_true, val_prob = y_true, y_prob

@@ -3,6 +3,8 @@
 A framework package supplies a :class:`Backend`: how to load its model file into a
 :class:`Predictor` (probabilities for a batch of eye pairs, Grad-CAM maps). Everything else --
 the run's input settings, image preparation, test-time augmentation, batching -- lives here.
+Every backend also loads an exported ``.onnx`` model (``odir_core.evaluation.onnx_predictor``, onnxruntime
+only), whose metadata holds its config, thresholds and provenance when no files beside it do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from odir_core.data.imageio import ImageDecodeError
 from odir_core.data.preprocess import PreprocessError, prepare_image
 from odir_core.data.splits import SplitError
 from odir_core.errors import InputError, OdirError
+from odir_core.evaluation import export_metadata
 from odir_core.evaluation.thresholds import THRESHOLDS_FILE, ThresholdError
 from odir_core.model import provenance
 from odir_core.scores import MetricsError
@@ -36,6 +39,12 @@ TTA_HELP = (
     "and swapped, as training's horizontal flip); vflip (+ both eyes upside down); both (original, hflip, "
     "vflip and hflip+vflip)"
 )
+
+
+ONNX_SUFFIX = ".onnx"  # an exported model (keras_odir.export), loaded by every backend
+# "module:function" of the ONNX loader and metadata reader (imported when an .onnx model is used)
+ONNX_LOADER = "odir_core.evaluation.onnx_predictor:load_predictor"
+ONNX_METADATA = "odir_core.evaluation.onnx_predictor:read_metadata"
 
 
 class InferenceError(InputError):
@@ -86,8 +95,13 @@ class Backend:
         """The suffix of the models its own training writes."""
         return self.model_suffixes[0]
 
+    @property
+    def accepted_suffixes(self) -> tuple[str, ...]:
+        """Its model files and an exported .onnx model."""
+        return (*self.model_suffixes, ONNX_SUFFIX)
+
     def load(self, path: Path, device: str = "auto") -> Predictor:
-        return _function(self.loader)(path, device)
+        return _function(ONNX_LOADER if Path(path).suffix == ONNX_SUFFIX else self.loader)(path, device)
 
     def trained_on(self, path: Path) -> dict | None:
         """What the model file records it was trained on (``odir_core.model.provenance``), None when nothing."""
@@ -107,6 +121,7 @@ class Model:
     config: TrainConfig
     predictor: Predictor
     trained_on: dict | None = None  # odir_core.model.provenance record; None: the file does not say
+    embedded_thresholds: np.ndarray | None = None  # (8,) thresholds an exported model's metadata records
 
     @property
     def training_note(self) -> str:
@@ -129,10 +144,13 @@ TRAIN_CONFIG_HELP = (f"training config of a model with no {CONFIG_FILE} beside i
 
 
 def run_config(model_path: Path, train_config=None) -> TrainConfig:
-    """The training config of a model file: ``train_config`` when given, else its run folder's config.toml."""
+    """The training config of a model file: ``train_config`` when given, else its run folder's config.toml,
+    else (an exported .onnx model) the config its metadata records."""
     path = Path(train_config) if train_config else Path(model_path).parent / CONFIG_FILE
     if train_config and not path.is_file():
         raise InferenceError(f"--train-config {path}: no such file")
+    if not path.is_file() and Path(model_path).suffix == ONNX_SUFFIX:
+        return export_metadata.config(_function(ONNX_METADATA)(model_path), model_path)
     if not path.is_file():
         raise InferenceError(
             f"{model_path}: no {CONFIG_FILE} beside it; pass a model from a training run folder, or give the "
@@ -150,8 +168,8 @@ def model_config(backend: Backend, path, train_config=None) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"{path}: model file not found; pass RUN_DIR/best{backend.model_suffix} of a training run")
-    if path.suffix not in backend.model_suffixes:
-        raise InferenceError(f"{path}: {backend.name} loads {'/'.join(backend.model_suffixes)} files; "
+    if path.suffix not in backend.accepted_suffixes:
+        raise InferenceError(f"{path}: {backend.name} loads {'/'.join(backend.accepted_suffixes)} files; "
                              f"got {path.suffix or 'no suffix'}")
     return run_config(path, train_config)
 
@@ -166,8 +184,14 @@ def load_model(backend: Backend, path, config: TrainConfig | None = None, train_
         predictor = backend.load(path, device)
     except OdirError:
         raise  # already one line naming the file
+    except ModuleNotFoundError as exc:  # e.g. keras or torch not installed where only onnxruntime is
+        raise InferenceError(f"{path}: loading it needs {exc.name}, which is not installed; install it, or export "
+                             "the model (python -m keras_odir.export) and pass the .onnx") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    if path.suffix == ONNX_SUFFIX:
+        meta = predictor.metadata
+        return Model(path, config, predictor, export_metadata.trained_on(meta), export_metadata.thresholds(meta, path))
     return Model(path, config, predictor, backend.trained_on(path))
 
 

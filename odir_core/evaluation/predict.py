@@ -21,10 +21,11 @@ from odir_core.atomic import atomic_path
 from odir_core.data.augment import center_crop
 from odir_core.data.preprocess import prepare_image
 from odir_core.errors import OutputExistsError, run_cli, writing
-from odir_core.evaluation import plots
+from odir_core.evaluation import onnx_predictor, plots
 from odir_core.evaluation.ensemble import COMBINE_HELP, COMBINE_RULES, combine
 from odir_core.evaluation.inference import (
     DEVICE_HELP,
+    ONNX_SUFFIX,
     TRAIN_CONFIG_HELP,
     TTA_HELP,
     TTA_MODES,
@@ -68,9 +69,11 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     )
     add_config_option(p)
     p.add_argument("--model", metavar=f"RUN_DIR/best{backend.model_suffix}", action="append",
-                   help="trained model (required); config.toml beside it gives image size, crop and normalisation. "
-                   "Repeat it for an ensemble (any mix of model files, backbones and input sizes): each model sees the "
-                   "photographs prepared as its own config says; their probabilities are combined by --ensemble")
+                   help="trained model (required); config.toml beside it gives image size, crop and normalisation; "
+                   "or an exported model.onnx (keras_odir.export; onnxruntime only), whose metadata gives them when "
+                   "no config.toml is beside it. Repeat it for an ensemble (any mix of model files, backbones and input "
+                   "sizes): each model sees the photographs prepared as its own config says; their probabilities are "
+                   "combined by --ensemble")
     p.add_argument("--ensemble", choices=COMBINE_RULES, default="mean", help=COMBINE_HELP)
     p.add_argument("--train-config", metavar="FILE.toml", help=TRAIN_CONFIG_HELP)
     p.add_argument("images", nargs="*", metavar="LEFT RIGHT", help="the patient's left-eye and right-eye photographs")
@@ -96,9 +99,10 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
 
 
 def choose_thresholds(args, models: list[Model]) -> tuple[np.ndarray, str, str | None]:
-    """The thresholds to apply, a line saying which and where they come from, and a warning when they were
-    tuned on the validation patients of the model's own run. An ensemble takes --thresholds or 0.5: its
-    members' own thresholds do not apply to it."""
+    """The thresholds to apply (--thresholds, else thresholds.json beside the model, else those an exported model
+    records, else 0.5), a line saying which and where they come from, and a warning when they were tuned on the
+    validation patients of the model's own run. An ensemble takes --thresholds or 0.5: its members' own thresholds
+    do not apply to it."""
     model = models[0]
     if args.thresholds:
         path, found = Path(args.thresholds), "given with --thresholds"
@@ -107,6 +111,9 @@ def choose_thresholds(args, models: list[Model]) -> tuple[np.ndarray, str, str |
                 "ensemble: its members' own thresholds do not apply; give --thresholds FILE)", None)
     elif model.thresholds_path.is_file():
         path, found = model.thresholds_path, "found beside the model"
+    elif model.embedded_thresholds is not None:
+        return (as_thresholds(model.embedded_thresholds), f"thresholds: recorded in {model.path} (the {THRESHOLDS_FILE} "
+                "it was exported with)", None)
     else:
         return (as_thresholds(DEFAULT_THRESHOLD), f"thresholds: {DEFAULT_THRESHOLD} for every label (default: no "
                 f"--thresholds given and no {THRESHOLDS_FILE} beside the model)", None)
@@ -357,6 +364,8 @@ def _predict_cli(backend: Backend, args) -> int:
         raise InferenceError("--gradcam draws on the figure: pass --out fig.png (or --figures DIR with --batch)")
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.gradcam and Path(args.model[0]).suffix == ONNX_SUFFIX and Path(args.model[0]).is_file():
+        raise onnx_predictor.gradcam_refusal(args.model[0], onnx_predictor.read_metadata(args.model[0]))
     for path in ([] if args.batch else args.images):
         if not Path(path).is_file():
             raise InferenceError(f"{path}: image file not found")

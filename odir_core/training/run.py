@@ -244,7 +244,7 @@ def setup_run(config: TrainConfig, backup: Path, log: Callable[[str], None] = pr
             log(f"Run folder: {run_dir}")
             setup.save_config()
             if folds is not None:
-                save_folds(run_dir / FOLDS_FILE, *folds, config.seed)
+                save_folds(run_dir / FOLDS_FILE, *folds, config.folds, config.seed)
     except BaseException:
         lock.release()
         if not resumed:
