@@ -109,6 +109,7 @@ EXTRA_IMPORTS = {  # module (or package) prefix -> (extra, its import names)
     "odir_core.training.tensorboard": ("train", {"tensorboard"}),
     "odir_core.data.tfds": ("tfds", {"tensorflow_datasets"}),
     "odir_core.serving": ("serve", {"fastapi", "uvicorn", "python_multipart"}),
+    "odir_core.evaluation.onnx_predictor": ("serve", {"onnxruntime"}),
 }
 
 

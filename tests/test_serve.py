@@ -243,25 +243,75 @@ def test_load_200_requests_from_8_threads_bounded(server, models):
     assert rss[1] - rss[0] < 50, f"RSS grew from {rss[0]:.0f} MB to {rss[1]:.0f} MB over the second hundred requests"
 
 
-def test_command_prints_url_and_bind_note_answers_and_stops_on_ctrl_c(models, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """(best.keras of a tiny run with thresholds.json and a training record, the .onnx exported from it alone in
+    another folder): the .onnx carries the config, thresholds and record as metadata."""
+    from export_runs import keras_run
+
+    from keras_odir.export import export
+
+    root = tmp_path_factory.mktemp("serve_onnx")
+    keras_model = keras_run(root / "run", "resnet18", "v2", 64, crop_size=56, data=str(root / "data"))
+    exported = root / "exported" / "model.onnx"
+    exported.parent.mkdir()
+    export(keras_model, exported, "onnx")
+    return keras_model, exported
+
+
+# keras_odir.serve of an .onnx with every deep-learning framework unimportable
+NO_FRAMEWORK = """
+import sys
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "keras", "jax", "tensorflow", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, Blocker())
+from keras_odir.serve import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_onnx_model_served_without_a_framework_as_predict_gives_it(onnx_model):
+    """The command on an exported .onnx with torch, keras, jax and tensorflow unimportable: it prints its URL
+    and bind note, answers with predict's probabilities (onnxruntime's, and the .keras model's to 1e-5), the
+    thresholds and training record the file carries, Grad-CAM as a warning, and stops on Ctrl-C."""
     import signal
     import subprocess
     import sys
 
+    from export_runs import THRESHOLDS
+
+    keras_model, exported = onnx_model
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    server = subprocess.Popen([sys.executable, "-m", "keras_odir.serve", "--model", str(models[0]), "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-c", NO_FRAMEWORK, "--model", str(exported), "--port", "0"],
                               cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         first, second = server.stdout.readline(), server.stdout.readline()
-        url = first.split(" on ", 1)[1].split(" ", 1)[0]
-        assert first.startswith(f"keras_odir.serve: {models[0]} on http://127.0.0.1:"), first
+        assert first.startswith(f"keras_odir.serve: {exported} on http://127.0.0.1:"), first + server.stderr.read()
         assert second.startswith("listening on 127.0.0.1: only this machine can connect"), second
-        assert request(url + "healthz")[:1] == (200,)
+        url = first.split(" on ", 1)[1].split(" ", 1)[0]
+        status, _, answer = post_photos(url, *PAIR, gradcam="true")
+        info = request(url + "v1/model")[2]
     finally:
         server.send_signal(signal.SIGINT)
-        out, err = server.communicate(timeout=60)
+        _, err = server.communicate(timeout=60)
     assert server.returncode == 130 and err.strip() == "interrupted", err  # as every command on Ctrl-C
+    assert status == 200, answer
+    np.testing.assert_allclose(_probs(answer), _expected(KERAS, exported, *PAIR), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_probs(answer), _expected(KERAS, keras_model, *PAIR), rtol=0, atol=1e-5)
+    np.testing.assert_allclose([answer["thresholds"][label] for label in LABELS], THRESHOLDS)
+    assert answer["decisions"] == {label: bool(answer["probabilities"][label] >= t) for label, t in zip(LABELS, THRESHOLDS)}
+    assert answer["gradcam"] is None
+    assert any(w.startswith("no Grad-CAM:") and "Grad-CAM needs the model's weights" in w for w in answer["warnings"])
+    assert info["thresholds_source"].startswith(f"thresholds: recorded in {exported}")
+    assert info["training_data"]["synthetic"] and info["training_data"]["record"]["experiment"] == "export-test"
+    assert info["architecture"] == {"backbone": "resnet18", "head": "v2"}
 
 
 def test_command_refuses_bad_flags_and_a_taken_port_in_one_line(models, capsys):
