@@ -42,7 +42,8 @@ from torch_odir.model import build_backbone as torch_backbone
 
 pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
 
-BACKBONES = [name for name, spec in REGISTERED.items() if spec.family not in RESNET_DENSENET]
+# the Vision Transformers: test_parity_vit.py
+BACKBONES = [name for name, spec in REGISTERED.items() if spec.family not in (*RESNET_DENSENET, "vit")]
 SIZE, BATCH = 64, 2
 SAMPLES = 1000  # samples for a drop rate: within 5 binomial standard deviations of the rate
 TORCH_BACKEND = keras.backend.backend() == "torch"
