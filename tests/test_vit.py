@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from odir_core.model.checkpoints import backbone_state_dict
 from odir_core.model.families import vit
 
 
@@ -30,3 +31,19 @@ def test_resampled_position_embeddings_are_torchs_antialiased_bicubic(new):
 def test_resampling_to_the_same_grid_is_the_identity():
     np.testing.assert_allclose(vit.resample_matrix(14, (14, 14)), np.eye(196), atol=1e-12)
     assert np.allclose(vit.resample_matrix(14, (4, 4)).sum(axis=1), 1.0)  # each output a weighted mean
+
+
+def test_a_checkpoint_for_another_size_gets_its_position_embeddings_resampled():
+    """torchvision's SWAG files (vit_b_16 at 384 px: 24 x 24 patches) load into the 224 px spec (14 x 14) with
+    their position embeddings resampled as timm does on loading; the other tensors and a 224 px file unchanged."""
+    embedding = torch.randn(1, 1 + 24 * 24, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grid = embedding[:, 1:].reshape(1, 24, 24, 6).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(14, 14), mode="bicubic", antialias=True, align_corners=False)
+    want = torch.cat([embedding[:, :1], want.permute(0, 2, 3, 1).reshape(1, 196, 6)], dim=1).numpy()
+    other = torch.ones(3)
+    state = backbone_state_dict({"encoder.pos_embedding": embedding, "encoder.ln.weight": other,
+                                 "heads.head.weight": torch.zeros(2, 6)}, "vit_b_16")
+    assert set(state) == {"encoder.pos_embedding", "encoder.ln.weight"} and state["encoder.ln.weight"] is other
+    np.testing.assert_allclose(state["encoder.pos_embedding"], want, rtol=0, atol=1e-12)
+    same = torch.randn(1, 197, 6)
+    assert backbone_state_dict({"encoder.pos_embedding": same}, "vit_b_16")["encoder.pos_embedding"] is same

@@ -96,7 +96,7 @@ def build_backbone(backbone: BackboneSpec | str = DEFAULT_BACKBONE,
     setattr(model.get_submodule(parent) if parent else model, name, nn.Identity())
     if weights is not None:
         state = load_imagenet_backbone_state(None if weights == "imagenet" else weights, spec, torch_load)
-        model.load_state_dict(state)
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})  # resampled ones are numpy
     return model
 
 
