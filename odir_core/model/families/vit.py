@@ -122,3 +122,20 @@ def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -
         bound = 1.0 / math.sqrt(shape[1])
         return rng.uniform(-bound, bound, size=shape)
     return None
+
+
+def gradcam_stage(spec: BackboneSpec, uses_maps: bool) -> str:
+    """The torch module whose output tokens Grad-CAM explains, on their patch grid: ``encoder.ln``'s (the feature
+    map) for a head on feature maps. A head on the class token gets no gradient from the patch tokens after the
+    last block (each token is normalised on its own and the class token is read alone), so for it the tokens
+    entering the last block are explained (the output of the block before), through which the last block's
+    attention reaches the class token."""
+    if uses_maps or spec.blocks[0] < 2:
+        return spec.gradcam_stage
+    return layer_prefix(spec.blocks[0] - 2)
+
+
+def token_grid(tokens: np.ndarray) -> np.ndarray:
+    """One image's tokens (1 + s * s, C), class token first, -> its patch tokens on their grid (s, s, C)."""
+    side = math.isqrt(tokens.shape[0] - 1)
+    return tokens[1:].reshape(side, side, tokens.shape[-1])
