@@ -1,5 +1,6 @@
 """The registered backbones of the families besides ResNet and DenseNet (EfficientNet-B0/B3, ConvNeXt-Tiny,
-MobileNetV2) in Keras against torchvision's own models, same weights, 64 px.
+MobileNetV2) in Keras against torchvision's own models, same weights, 64 px (the Vision Transformers, whose
+torchvision model takes 224 px only: test_parity_vit.py).
 
 Per backbone, from one torchvision-format checkpoint file written here (torchvision's constructor, its
 classifier included, with trained-looking weights): both frameworks' ``build_backbone(weights=PATH)``
