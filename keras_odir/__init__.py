@@ -55,6 +55,7 @@ else:
     import keras_odir.correlation  # noqa: E402,F401  (these register the classes saved in .keras files)
     import keras_odir.epoch_outputs  # noqa: E402,F401
     import keras_odir.executor  # noqa: E402,F401  (PlannedModel: the class of a trained model's last.keras)
+    import keras_odir.families.vit  # noqa: E402,F401  (the Vision Transformer's layers)
     import keras_odir.layers  # noqa: E402,F401
     import keras_odir.losses  # noqa: E402,F401
     import keras_odir.mldecoder  # noqa: E402,F401

@@ -17,6 +17,7 @@ from keras_odir.weights import read_keras_model, weight_table
 from odir_core.evaluation.inference import InferenceError, choose_gradcam_stage, gradcam_map
 from odir_core.model.backbone import keras_layer_name
 from odir_core.model.checkpoints import TORCH_SUFFIXES, check_finite
+from odir_core.model.families import vit
 from odir_core.model.model_spec import infer_backbone
 
 
@@ -95,6 +96,9 @@ class KerasPredictor:
         return self._stages[stage]
 
     def gradcam_stages(self, size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
+        if self.spec.patch_size:  # a Vision Transformer: one stage, its tokens on the patch grid
+            patch = self.spec.patch_size
+            return [(vit.gradcam_stage(self.spec, self.parts.uses_maps), (size[0] // patch, size[1] // patch))]
         image = np.zeros((1, *size, 3), np.float32)
         out = []
         for name in (*self.spec.earlier_stages, self.spec.gradcam_stage):
@@ -118,7 +122,13 @@ class KerasPredictor:
 
         with on_device(self.device):
             grads = gradients(fn, *maps)
-        return tuple(gradcam_map(a[0], g[0], channels_last=not self.channels_first) for a, g in zip(maps, grads))
+        return tuple(self._gradcam_map(a[0], g[0]) for a, g in zip(maps, grads))
+
+    def _gradcam_map(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+        """Grad-CAM of one image's map, or of a Vision Transformer's tokens (1 + h * w, C) on their grid."""
+        if activations.ndim == 2:
+            return gradcam_map(vit.token_grid(activations), vit.token_grid(gradients))
+        return gradcam_map(activations, gradients, channels_last=not self.channels_first)
 
 
 def read_dual_model(path: Path) -> keras.Model:

@@ -5,7 +5,8 @@ looked up: ``odir_core.model.model_spec.torch_module_paths``), so the mapping is
 conv kernels OIHW <-> HWIO, depthwise kernels (C, 1, kh, kw) <-> (kh, kw, C, 1), dense kernels
 transposed, BatchNorm weight/bias/running stats <-> gamma/beta/moving stats, LayerNorm weight/bias
 <-> gamma/beta; ``num_batches_tracked`` is ignored (written as 0 towards torch). A layer with a
-``torch_variables()`` method names its own torch parameters (ConvNeXt's ``layer_scale``).
+``torch_variables()`` method names its own torch parameters (ConvNeXt's ``layer_scale``), under its module, or
+as whole keys where its ``torch_path`` is ``""`` (ViT's ``class_token`` and ``encoder.pos_embedding``).
 A dual model's table is ``backbone.`` + its backbone's keys, plus the head's ``head.<i>`` keys.
 Files are read with ``torch.load`` alone (never torchvision, which must not be imported into a
 process that holds TensorFlow).
@@ -43,8 +44,10 @@ def _layer_table(model: keras.Model, prefix: str) -> dict[str, tuple[keras.Varia
             continue
         key = prefix + paths.get(layer.name, layer.name.replace("_", "."))
         if hasattr(layer, "torch_variables"):
+            if getattr(layer, "torch_path", None) == "":  # its torch names are whole keys (ViT's class token)
+                key = prefix.removesuffix(".")
             for name, entry in layer.torch_variables().items():
-                table[f"{key}.{name}"] = entry
+                table[f"{key}.{name}" if key else name] = entry
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
             table[f"{key}.weight"] = (layer.kernel, "depthwise" if depthwise else "conv")

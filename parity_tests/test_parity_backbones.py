@@ -1,5 +1,6 @@
 """The registered backbones of the families besides ResNet and DenseNet (EfficientNet-B0/B3, ConvNeXt-Tiny,
-MobileNetV2) in Keras against torchvision's own models, same weights, 64 px.
+MobileNetV2) in Keras against torchvision's own models, same weights, 64 px (the Vision Transformers, whose
+torchvision model takes 224 px only: test_parity_vit.py).
 
 Per backbone, from one torchvision-format checkpoint file written here (torchvision's constructor, its
 classifier included, with trained-looking weights): both frameworks' ``build_backbone(weights=PATH)``
@@ -42,7 +43,8 @@ from torch_odir.model import build_backbone as torch_backbone
 
 pytestmark = pytest.mark.backbone_zoo  # not in the tensorflow re-run (test_parity_backends.py)
 
-BACKBONES = [name for name, spec in REGISTERED.items() if spec.family not in RESNET_DENSENET]
+# the Vision Transformers: test_parity_vit.py
+BACKBONES = [name for name, spec in REGISTERED.items() if spec.family not in (*RESNET_DENSENET, "vit")]
 SIZE, BATCH = 64, 2
 SAMPLES = 1000  # samples for a drop rate: within 5 binomial standard deviations of the rate
 TORCH_BACKEND = keras.backend.backend() == "torch"

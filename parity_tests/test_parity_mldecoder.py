@@ -38,7 +38,8 @@ def test_mldecoder_logits(record):
 
 
 @pytest.mark.backbone_zoo
-@pytest.mark.parametrize("name", [name for name in BACKBONES if name != "resnet18"])
+# ViT-L/16 left out: ViT-B/16's layers, deeper and wider (304 M weights)
+@pytest.mark.parametrize("name", [name for name in BACKBONES if name not in ("resnet18", "vit_l_16")])
 def test_mldecoder_logits_on_every_backbone(record, name):
     _logits(record, name, seed=11)
 

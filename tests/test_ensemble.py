@@ -123,3 +123,22 @@ def test_predict_with_an_ensemble(members, tmp_path, capsys):
     assert predict.main(BACKEND, ["--model", str(first), "--model", str(second), "--gradcam", "--out",
                                   str(tmp_path / "f.png"), left, right]) == 2
     assert "--gradcam explains one model" in capsys.readouterr().err
+
+
+def test_an_exported_onnx_model_is_a_member_like_its_source(members, tmp_path):
+    from keras_odir.export import export
+
+    _, first, second = members
+    exported = tmp_path / "exported" / "model.onnx"  # no config.toml beside it: its metadata says
+    exported.parent.mkdir()
+    export(first, exported, "onnx", None)
+    rows = pd.DataFrame({"left": [str(REAL_SAMPLES / f"{p}_left.png") for p in (1539, 32)],
+                         "right": [str(REAL_SAMPLES / f"{p}_right.png") for p in (1539, 32)]})
+    rows.to_csv(tmp_path / "patients.csv", index=False)
+    outputs = []
+    for name, member in (("source", first), ("exported", exported)):
+        out = tmp_path / f"{name}.csv"
+        assert predict.main(BACKEND, ["--model", str(member), "--model", str(second), "--batch",
+                                      str(tmp_path / "patients.csv"), "--out", str(out)]) == 0
+        outputs.append(pd.read_csv(out)[list(LABELS)].to_numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-5)

@@ -76,7 +76,8 @@ def _assert_identical(model, x):
 
 
 @on_torch
-@pytest.mark.parametrize("backbone,precision", _cases(BACKBONES))
+# every registered backbone but ViT-L/16 (ViT-B/16's layers, deeper and wider: 304 M weights)
+@pytest.mark.parametrize("backbone,precision", _cases([name for name in BACKBONES if name != "vit_l_16"]))
 def test_every_backbone_bit_identical(backbone, precision):
     keras.utils.set_random_seed(0)
     with dtype_policy(precision):

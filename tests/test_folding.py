@@ -25,7 +25,9 @@ SIZE = 32
 # BatchNorms folded per registered backbone: every one (ResNet, EfficientNet); DenseNet's stem and each
 # dense layer's norm2 (the others come before their convs); ConvNeXt has LayerNorms
 FOLDS = {"resnet18": 20, "resnet34": 36, "resnet50": 53, "resnet101": 104, "densenet121": 59,
-         "efficientnet_b0": 49, "efficientnet_b3": 78, "convnext_tiny": 0}
+         "efficientnet_b0": 49, "efficientnet_b3": 78, "convnext_tiny": 0, "vit_b_16": 0}
+# every registered backbone but ViT-L/16 (ViT-B/16's layers, deeper and wider: 304 M weights)
+CHECKED = [name for name in BACKBONES if name != "vit_l_16"]
 
 
 def _norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -65,7 +67,7 @@ def _assert_close(folded, unfolded, rtol=RTOL):
     assert np.abs(folded - unfolded).max() <= bound, (np.abs(folded - unfolded).max(), bound)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", CHECKED)
 def test_folded_inference_model_matches_unfolded(backbone):
     model = build_dual_model(backbone, "v0", image_size=SIZE)
     _randomize(model)

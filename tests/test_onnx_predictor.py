@@ -117,7 +117,7 @@ def test_files_beside_the_onnx_and_train_config_win_over_its_metadata(models, tm
     assert model_config(KERAS, model, given).data == "given"
     save_thresholds(folder / "thresholds.json", 0.25, metric="f1", source="beside", n_patients=3)
     loaded = load_model(KERAS, model)
-    thresholds, text, _ = choose_thresholds(SimpleNamespace(thresholds=None), loaded)
+    thresholds, text, _ = choose_thresholds(SimpleNamespace(thresholds=None), [loaded])
     np.testing.assert_allclose(thresholds, 0.25)
     assert "found beside the model" in text
     save_config(replace(recorded, crop_size=0), folder / "config.toml")  # 64 px, not 56

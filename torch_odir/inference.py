@@ -9,8 +9,9 @@ import torch
 
 from odir_core.evaluation.inference import choose_gradcam_stage, gradcam_map
 from odir_core.model.checkpoints import check_finite
+from odir_core.model.families import vit
 from torch_odir.devices import resolve_device
-from torch_odir.model import DualNet, dual_model_from_state, read_torch_state
+from torch_odir.model import DualNet, MapHead, dual_model_from_state, read_torch_state
 
 
 class TorchPredictor:
@@ -29,6 +30,9 @@ class TorchPredictor:
 
     def gradcam_stages(self, size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
         spec, found = self.model.spec, {}
+        if spec.patch_size:  # a Vision Transformer: one stage, its tokens on the patch grid
+            stage = vit.gradcam_stage(spec, isinstance(self.model.head, MapHead))
+            return [(stage, (size[0] // spec.patch_size, size[1] // spec.patch_size))]
         names = (*spec.earlier_stages, spec.gradcam_stage)
 
         def hook(name):
@@ -60,10 +64,14 @@ class TorchPredictor:
         finally:
             hook.remove()
         maps, grads = torch.cat(stage_outputs).chunk(2), torch.cat(grads).chunk(2)  # left, right
-        return tuple(
-            gradcam_map(a[0].detach().cpu().numpy(), g[0].cpu().numpy(), channels_last=False)
-            for a, g in zip(maps, grads)
-        )
+        return tuple(_gradcam_map(a[0].detach().cpu().numpy(), g[0].cpu().numpy()) for a, g in zip(maps, grads))
+
+
+def _gradcam_map(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM of one image's map (C, h, w), or of a Vision Transformer's tokens (1 + h * w, C) on their grid."""
+    if activations.ndim == 2:
+        return gradcam_map(vit.token_grid(activations), vit.token_grid(gradients), channels_last=True)
+    return gradcam_map(activations, gradients, channels_last=False)
 
 
 def load_predictor(path: Path, device: str = "auto") -> TorchPredictor:

@@ -29,6 +29,10 @@ from odir_core.model.model_spec import (
     infer_architecture,
 )
 from torch_odir.mldecoder import MLDecoder as MLDecoderModule
+from torch_odir.vit import token_map, vision_transformer
+
+# families built from their spec rather than by torchvision's constructor of the name (same modules and keys)
+CONSTRUCTORS = {"vit": vision_transformer}
 
 torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True)
 
@@ -86,12 +90,13 @@ def build_backbone(backbone: BackboneSpec | str = DEFAULT_BACKBONE,
     path of a torchvision checkpoint file (or a folder holding one).
     """
     spec = backbone_spec(backbone)
-    model = getattr(torchvision.models, spec.torchvision)(weights=None)
+    constructor = CONSTRUCTORS.get(spec.family)
+    model = constructor(spec) if constructor else getattr(torchvision.models, spec.torchvision)(weights=None)
     parent, _, name = spec.classifier.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, nn.Identity())
     if weights is not None:
         state = load_imagenet_backbone_state(None if weights == "imagenet" else weights, spec, torch_load)
-        model.load_state_dict(state)
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})  # resampled ones are numpy
     return model
 
 
@@ -134,7 +139,8 @@ class DualNet(nn.Module):
         return torch.cat(self._per_eye(self.backbone, left, right), dim=1)
 
     def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """The backbone's last feature map (the input of its pooling; ``spec.gradcam_stage``'s output)."""
+        """The backbone's last feature map (the input of its pooling; ``spec.gradcam_stage``'s output; a Vision
+        Transformer's patch tokens after ``encoder.ln`` on their grid)."""
         found: list[torch.Tensor] = []
         stage = self.backbone.get_submodule(self.spec.gradcam_stage)
         hook = stage.register_forward_hook(lambda module, inputs, output: found.append(output))
@@ -142,6 +148,8 @@ class DualNet(nn.Module):
             self.backbone(images)
         finally:
             hook.remove()
+        if self.spec.patch_size:
+            return token_map(found[0], images, self.spec.patch_size)
         maps = torch.relu(found[0]) if self.spec.map_relu else found[0]
         return self.backbone.get_submodule(self.spec.map_norm)(maps) if self.spec.map_norm else maps
 

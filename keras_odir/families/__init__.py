@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 import keras
 
-from keras_odir.families import convnext, densenet, efficientnet, resnet
+from keras_odir.families import convnext, densenet, efficientnet, resnet, vit
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "resnet": resnet.build_backbone,
     "densenet": densenet.build_backbone,
     "efficientnet": efficientnet.build_backbone,
     "convnext": convnext.build_backbone,
+    "vit": vit.build_backbone,
 }

@@ -25,7 +25,9 @@ class BackboneSpec:
     ``widths``: channels per stage (ConvNeXt); ``width_mult``/``depth_mult``: EfficientNet's scaling of B0's
     channels and blocks; ``dropout``: the dropout before torchvision's replaced Linear, kept in the backbone
     (EfficientNet); ``stochastic_depth``: torchvision's ``stochastic_depth_prob``, which each block scales
-    by its depth;
+    by its depth; ``patch_size``/``heads``/``mlp_dim``/``image_size``: a Vision Transformer's patch side,
+    attention heads, MLP width and the input size its position embeddings are for (``blocks``: its depth;
+    0 for the convolutional families);
     ``map_relu``: a ReLU follows ``gradcam_stage`` inside torchvision's ``forward`` (functional, so not
     part of that module's output), before the pooling; ``map_norm``: the torchvision module after the
     pooling that normalises each feature vector (ConvNeXt's ``classifier.0``), which a head on feature
@@ -51,6 +53,10 @@ class BackboneSpec:
     depth_mult: float = 1.0
     dropout: float = 0.0
     stochastic_depth: float = 0.0
+    patch_size: int = 0
+    heads: int = 0
+    mlp_dim: int = 0
+    image_size: int = 0
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
     map_relu: bool = False

@@ -26,12 +26,14 @@ import numpy as np
 
 from odir_core.atomic import atomic_path
 from odir_core.errors import InputError
+from odir_core.model.families import vit
 from odir_core.model.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
 KERAS_SUFFIX = ".keras"  # keras_odir's saved models
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where training scripts put the state_dict
 DDP_PREFIX = "module."
+POSITION_KEY = "encoder.pos_embedding"  # a Vision Transformer's position embeddings
 
 
 class CheckpointError(InputError):
@@ -157,12 +159,17 @@ def dual_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec = DEFAULT_BACKBONE) -> dict[str, Any]:
     """A torchvision model's state_dict without its ImageNet classifier (``fc.*`` for ResNet), with the key
-    names of torchvision's current modules (``spec.renamed_keys``)."""
+    names of torchvision's current modules (``spec.renamed_keys``); a Vision Transformer's position embeddings
+    made for another input size (torchvision's SWAG files: 384 or 512 px) resampled to the spec's grid, as timm
+    does when it loads such a file (a numpy array then)."""
     spec = backbone_spec(backbone)
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     for pattern, replacement in spec.renamed_keys:
         state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+    position = state.get(POSITION_KEY) if spec.patch_size else None
+    if position is not None and position.shape[1] != 1 + vit.grid(spec) ** 2:
+        state[POSITION_KEY] = vit.resample_position_embedding(np.asarray(position), (vit.grid(spec),) * 2)
     return state
 
 

@@ -8,10 +8,11 @@ not pretrained) the backbone's, each tensor in the distribution torchvision and 
   ``attn.out_proj`` weight) as above; ``nn.MultiheadAttention``'s packed ``in_proj_weight`` Xavier-uniform,
   its biases zero; LayerNorms weight 1, bias 0; ``query_embed`` standard normal (``nn.Embedding``'s),
   ``eye_embed`` normal with std 0.02; ``group_weight`` Xavier-normal, ``group_bias`` zero;
-- backbone biases zero; normalisation layers (BatchNorm, LayerNorm): weight 1, bias 0, running mean 0,
-  running variance 1;
-- every other backbone weight (convolutions, ConvNeXt's Linears and ``layer_scale``): its family's own rule,
-  ``initial_weight`` of its module in ``odir_core.model.families``.
+- every backbone tensor its family has a rule for (``initial_weight`` of its module in
+  ``odir_core.model.families``, given the torchvision key): convolutions, ConvNeXt's Linears and ``layer_scale``,
+  ViT's tokens, embeddings, attention and MLP (its MLP biases are not zero);
+- the other backbone biases zero; normalisation layers (BatchNorm, LayerNorm): weight 1, bias 0, running mean 0,
+  running variance 1.
 
 The result is a torch-layout state_dict of numpy arrays (``backbone.*`` and ``head.*`` keys, float32);
 ``torch_odir`` loads it with ``load_state_dict`` and ``keras_odir`` through its weight table. Every tensor
@@ -75,14 +76,14 @@ def _backbone_value(key: str, shape: tuple[int, ...], spec: BackboneSpec, rng) -
     name = key.rsplit(".", 1)[-1]
     if name == "num_batches_tracked":
         return np.zeros(shape, np.int64)
+    value = FAMILIES[spec.family].initial_weight(key, shape, rng)  # the family's rule first (ViT's MLP biases)
+    if value is not None:
+        return value
     if name in ("bias", "running_mean"):
         return np.zeros(shape)
     if name == "running_var" or (name == "weight" and len(shape) == 1):  # a normalisation layer's scale
         return np.ones(shape)
-    value = FAMILIES[spec.family].initial_weight(name, shape, rng)
-    if value is None:
-        raise InitialisationError(f"no initialisation rule for backbone weight {key} {shape} ({spec.family} family)")
-    return value
+    raise InitialisationError(f"no initialisation rule for backbone weight {key} {shape} ({spec.family} family)")
 
 
 def initial_state(shapes: Mapping[str, Sequence[int]], backbone: BackboneSpec, seed: int, *,

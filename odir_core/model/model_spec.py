@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from odir_core.errors import InputError
 from odir_core.labels import NUM_LABELS
 from odir_core.model.backbone import TORCHVISION_URL, BackboneSpec, keras_layer_name
-from odir_core.model.families import convnext, densenet, efficientnet, resnet
+from odir_core.model.families import convnext, densenet, efficientnet, resnet, vit
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     }),  # IMAGENET1K_V1
     "convnext_tiny": convnext.backbone("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1, {
         "convnext_tiny-983f1562.pth": TORCHVISION_URL + "convnext_tiny-983f1562.pth",  # IMAGENET1K_V1
+    }),
+    "vit_b_16": vit.backbone("vit_b_16", 16, 12, 12, 768, 3072, {
+        "vit_b_16-c867db91.pth": TORCHVISION_URL + "vit_b_16-c867db91.pth",  # IMAGENET1K_V1 (224 px)
+        "vit_b_16_swag-9ac1b537.pth": TORCHVISION_URL + "vit_b_16_swag-9ac1b537.pth",  # IMAGENET1K_SWAG_E2E_V1 (384)
+        "vit_b_16_lc_swag-4e70ced5.pth": TORCHVISION_URL + "vit_b_16_lc_swag-4e70ced5.pth",  # SWAG_LINEAR_V1 (224)
+    }),
+    "vit_l_16": vit.backbone("vit_l_16", 16, 24, 16, 1024, 4096, {
+        "vit_l_16-852ce7e3.pth": TORCHVISION_URL + "vit_l_16-852ce7e3.pth",  # IMAGENET1K_V1 (224 px)
+        "vit_l_16_swag-4f3808c9.pth": TORCHVISION_URL + "vit_l_16_swag-4f3808c9.pth",  # IMAGENET1K_SWAG_E2E_V1 (512)
+        "vit_l_16_lc_swag-4d563306.pth": TORCHVISION_URL + "vit_l_16_lc_swag-4d563306.pth",  # SWAG_LINEAR_V1 (224)
     }),
 }
 DEFAULT_BACKBONE = "resnet50"

@@ -23,3 +23,10 @@ def kaiming_normal(shape: tuple[int, ...], mode: str, rng: np.random.Generator) 
 def trunc_normal(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:
     """``trunc_normal_(std=std)``: normal, cut at torch's default bounds +-2."""
     return np.clip(rng.normal(0.0, std, size=shape), -2.0, 2.0)
+
+
+def xavier_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """``xavier_uniform_``: uniform in +-sqrt(6 / (fan_in + fan_out))."""
+    fan_in, fan_out = fans(shape)
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, size=shape)

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from odir_core.model.families import convnext, densenet, efficientnet, resnet
+from odir_core.model.families import convnext, densenet, efficientnet, resnet, vit
 
-FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in (resnet, densenet, efficientnet, convnext)}
+FAMILIES: dict[str, ModuleType] = {module.NAME: module for module in (resnet, densenet, efficientnet, convnext, vit)}

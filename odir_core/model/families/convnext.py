@@ -36,9 +36,9 @@ def backbone(name: str, blocks: tuple[int, ...], widths: tuple[int, ...], stocha
     )
 
 
-def initial_weight(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
     """``layer_scale``: LAYER_SCALE; a Conv2d's or Linear's weight: ``trunc_normal_(std=0.02)``, whose +-2 bounds
     never bind at that std; None for what the family has no rule for."""
-    if name == "layer_scale":
+    if key.endswith("layer_scale"):
         return np.full(shape, LAYER_SCALE)
-    return trunc_normal(shape, WEIGHT_STD, rng) if name == "weight" and len(shape) in (2, 4) else None
+    return trunc_normal(shape, WEIGHT_STD, rng) if key.endswith(".weight") and len(shape) in (2, 4) else None

@@ -1,0 +1,186 @@
+"""Vision Transformer backbones in Keras 3, layer for layer torchvision's ``vit_*`` up to ``heads.head`` (the
+Linear it replaces by ``Identity``), for inputs of any multiple of the patch size
+(``odir_core.model.families.vit``).
+
+torchvision's network: ``conv_proj`` (patch x patch / patch conv) -> one token per patch -> the class token
+first -> plus ``encoder.pos_embedding`` (resampled to the input's grid where it differs) -> pre-norm encoder
+blocks (``ln_1``, multi-head self-attention, residual; ``ln_2``, ``mlp.0`` Linear with exact GELU, ``mlp.3``
+Linear, residual) -> ``encoder.ln`` -> the class token. Layers are named after torchvision's modules with ``.``
+as ``_`` (``encoder.layers.encoder_layer_0.ln_1`` -> ``encoder_layers_encoder_layer_0_ln_1``); the class token
+and the position embeddings are one :class:`TokenEmbedding` layer, each attention one :class:`SelfAttention`
+(weights in torch's layout, the packed ``in_proj_weight``), and the pooling layer (``keras_odir.parts.POOL``)
+takes the class token. torchvision's dropouts (rate 0 in ``vit_b_16`` and ``vit_l_16``) are left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from keras_odir.correlation import _softmax
+from keras_odir.layers import ChannelsLastConv2D, image_input
+from keras_odir.parts import POOL
+from odir_core.model.backbone import BackboneSpec, keras_layer_name
+from odir_core.model.families.vit import EPSILON, MLP_BIAS_STD, POSITION_STD, grid, layer_prefix, resample_matrix
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class TokenEmbedding(layers.Layer):
+    """Patch embeddings (B, h, w, C) -> tokens (B, 1 + h * w, C): the learned class token first, plus the
+    position embeddings of a ``grid`` x ``grid`` patch grid, resampled to (h, w) where it differs (timm's
+    ``resample_abs_pos_embed``, as ``odir_core.model.families.vit.resample_matrix``). Its variables are
+    torchvision's top-level ``class_token`` and ``encoder.pos_embedding``."""
+
+    torch_path = ""  # its torch names are whole keys
+
+    def __init__(self, grid: int, **kwargs):
+        super().__init__(**kwargs)
+        self.grid = grid
+        self._matrices: dict[tuple[int, int], np.ndarray] = {}  # the resampling matrix per input grid
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.class_token = self.add_weight(shape=(1, 1, channels), name="class_token", initializer="zeros")
+        self.pos_embedding = self.add_weight(shape=(1, 1 + self.grid * self.grid, channels), name="pos_embedding",
+                                             initializer=keras.initializers.RandomNormal(stddev=POSITION_STD))
+
+    def call(self, patches):
+        height, width, channels = patches.shape[1:]
+        if height is None or width is None:
+            raise ValueError("a Vision Transformer needs inputs of a known size (a fixed image_size or a batch)")
+        batch = ops.shape(patches)[0]
+        tokens = ops.reshape(patches, (batch, height * width, channels))
+        position = ops.cast(self.pos_embedding, tokens.dtype)
+        if (height, width) != (self.grid, self.grid):
+            if (height, width) not in self._matrices:
+                self._matrices[height, width] = resample_matrix(self.grid, (height, width)).astype(np.float32)
+            matrix = ops.convert_to_tensor(self._matrices[height, width])
+            resampled = ops.einsum("nm,bmc->bnc", ops.cast(matrix, tokens.dtype), position[:, 1:])
+            position = ops.concatenate([position[:, :1], resampled], axis=1)
+        cls = ops.broadcast_to(ops.cast(self.class_token, tokens.dtype), (batch, 1, channels))
+        return ops.concatenate([cls, tokens], axis=1) + position
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, None if height is None or width is None else 1 + height * width, channels)
+
+    def torch_variables(self) -> dict:
+        return {"class_token": (self.class_token, "same"), "encoder.pos_embedding": (self.pos_embedding, "same")}
+
+    def get_config(self):
+        return {**super().get_config(), "grid": self.grid}
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class SelfAttention(layers.Layer):
+    """torch's ``nn.MultiheadAttention(x, x, x)`` (batch first, no dropout): tokens (B, T, E) -> (B, T, E).
+    Weights in torch's layout: the packed ``in_proj_weight`` (3E, E) of q, k and v and ``in_proj_bias``, and
+    ``out_proj`` (weight (E, E), bias); initialised as torch does (Xavier-uniform, zero biases, ``nn.Linear``'s
+    uniform out_proj weight)."""
+
+    def __init__(self, heads: int, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = heads
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        bound = 1.0 / math.sqrt(dim)
+        self.in_proj_weight = self.add_weight(shape=(3 * dim, dim), name="in_proj_weight",
+                                              initializer=keras.initializers.GlorotUniform())
+        self.in_proj_bias = self.add_weight(shape=(3 * dim,), name="in_proj_bias", initializer="zeros")
+        self.out_proj_weight = self.add_weight(shape=(dim, dim), name="out_proj_weight",
+                                               initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.out_proj_bias = self.add_weight(shape=(dim,), name="out_proj_bias", initializer="zeros")
+
+    def call(self, x):
+        batch, length, dim = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
+        head_dim = dim // self.heads
+        qkv = ops.matmul(x, ops.transpose(self.in_proj_weight)) + self.in_proj_bias  # (B, T, 3E)
+        qkv = ops.transpose(ops.reshape(qkv, (batch, length, 3, self.heads, head_dim)), (2, 0, 3, 1, 4))
+        q, k, v = qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]  # (B, heads, T, head_dim)
+        weights = _softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))))
+        out = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (batch, length, dim))
+        return ops.matmul(out, ops.transpose(self.out_proj_weight)) + self.out_proj_bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def torch_variables(self) -> dict:
+        return {"in_proj_weight": (self.in_proj_weight, "same"), "in_proj_bias": (self.in_proj_bias, "same"),
+                "out_proj.weight": (self.out_proj_weight, "same"), "out_proj.bias": (self.out_proj_bias, "same")}
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads}
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class ClassToken(layers.Layer):
+    """Tokens (B, T, C) -> the class token (B, C), torchvision's ``x[:, 0]``."""
+
+    def call(self, tokens):
+        return tokens[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class PatchGrid(layers.Layer):
+    """Tokens (B, 1 + s * s, C) -> the patch tokens on their square grid (B, s, s, C), channels_last: the
+    feature map of a head on maps and of Grad-CAM."""
+
+    def call(self, tokens):
+        length = tokens.shape[1]
+        if length is None:  # a symbolic size: the grid's side from the tensor's shape
+            side = ops.cast(ops.round(ops.sqrt(ops.cast(ops.shape(tokens)[1] - 1, "float32"))), "int32")
+        else:
+            side = self._side(length)
+        return ops.reshape(tokens[:, 1:], (ops.shape(tokens)[0], side, side, tokens.shape[-1]))
+
+    @staticmethod
+    def _side(length: int) -> int:
+        side = math.isqrt(length - 1)
+        if side * side != length - 1:
+            raise ValueError(f"{length} tokens are not a class token and a square patch grid")
+        return side
+
+    def compute_output_shape(self, input_shape):
+        side = None if input_shape[1] is None else self._side(input_shape[1])
+        return (input_shape[0], side, side, input_shape[-1])
+
+
+def _block(x, prefix, spec: BackboneSpec):
+    """torchvision's EncoderBlock ``prefix`` (``.`` as ``_``)."""
+    out = layers.LayerNormalization(epsilon=EPSILON, name=f"{prefix}_ln_1")(x)
+    out = SelfAttention(spec.heads, name=f"{prefix}_self_attention")(out)
+    x = layers.Add(name=f"{prefix}_add_1")([out, x])
+    out = layers.LayerNormalization(epsilon=EPSILON, name=f"{prefix}_ln_2")(x)
+    dense = {"kernel_initializer": keras.initializers.GlorotUniform(),
+             "bias_initializer": keras.initializers.RandomNormal(stddev=MLP_BIAS_STD)}
+    out = layers.Dense(spec.mlp_dim, activation="gelu", name=f"{prefix}_mlp_0", **dense)(out)
+    out = layers.Dense(spec.features, name=f"{prefix}_mlp_3", **dense)(out)
+    return layers.Add(name=f"{prefix}_add_2")([out, x])
+
+
+def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | None = None,
+                   name: str = "backbone") -> keras.Model:
+    """The Vision Transformer of ``spec``: images -> the class token after ``encoder.ln`` (``spec.features``).
+
+    ``input_shape``: (H, W, 3) for channels_last or (3, H, W) for channels_first, H and W multiples of the
+    patch size (a fixed size is needed). Random weights with torchvision's initialisation.
+    """
+    inputs, data_format = image_input(input_shape, data_format)
+    fan_in = 3 * spec.patch_size ** 2
+    x = ChannelsLastConv2D(spec.features, spec.patch_size, strides=spec.patch_size, data_format=data_format,
+                           kernel_initializer=keras.initializers.RandomNormal(stddev=math.sqrt(1.0 / fan_in)),
+                           name="conv_proj")(inputs)
+    if data_format == "channels_first":
+        x = layers.Permute((2, 3, 1), name="conv_proj_permute")(x)
+    x = TokenEmbedding(grid(spec), name="encoder_pos_embedding")(x)
+    for i in range(spec.blocks[0]):
+        x = _block(x, keras_layer_name(layer_prefix(i)), spec)
+    x = layers.LayerNormalization(epsilon=EPSILON, name="encoder_ln")(x)
+    return keras.Model(inputs, ClassToken(name=POOL)(x), name=name)
