@@ -4,11 +4,12 @@ page and the JSON API on a local port (uvicorn), inference on a bounded pool of 
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 
 from odir_core.cli_config import add_config_option, parse_with_config
-from odir_core.errors import run_cli
+from odir_core.errors import Terminated, run_cli
 from odir_core.evaluation.inference import DEVICE_HELP, TRAIN_CONFIG_HELP, Backend, InferenceError, load_model
 from odir_core.evaluation.predict import choose_thresholds
 from odir_core.evaluation.thresholds import THRESHOLDS_FILE
@@ -116,12 +117,23 @@ def _serve(backend: Backend, args) -> int:
     print(bind_note(args.host))
     print("For research use only, not a medical device. Ctrl-C stops the server.")
     sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    class Server(uvicorn.Server):
+        # uvicorn takes Ctrl-C and SIGTERM to shut down, then raises the signal again; asyncio's own Ctrl-C
+        # handling loses that second signal when the serving task has just finished, so remember the first
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig, frame):
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
     finally:
         pool.close()
         sock.close()
+    if server.stopped_by is not None:  # the exit code of the signal, as every command gives it
+        raise Terminated() if server.stopped_by == signal.SIGTERM else KeyboardInterrupt()
     return 0
 
 
