@@ -1,10 +1,9 @@
 """The parity suite's re-runs under the other Keras backends (the backend is fixed per process).
 
-In one test process they start as soon as the session's tests are known to include
-``test_parity_suite_on_backend`` (see ``conftest.pytest_collection_finish``), at the lowest CPU priority: they
-use what the rest of the suite leaves of the CPU without slowing it, and the checks that wait for them run last.
-Under pytest-xdist (the default ``-n 2``) the worker that runs the first of those checks starts them all at
-normal priority and waits, while the other worker goes on with the rest of the suite.
+They start as soon as the session's tests are known to include ``test_parity_suite_on_backend`` (see
+``conftest.pytest_collection_finish``), at the lowest CPU priority: they use what the rest of the suite leaves
+of the CPU (its subprocess starts, file work and single-threaded stretches) without slowing it, and the checks
+that wait for them run last.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ RERUNS = {
 SLOW_RERUNS = ("torch-zoo", "jax-zoo")
 TEST_NAME = "test_parity_suite_on_backend"
 STARTED: dict[str, tuple[subprocess.Popen, Path, str]] = {}  # re-run name -> (process, output, marks)
-SELECTED: list[str] = []  # the re-runs this session's tests wait for
 _FOLDER: list[Path] = []
 
 
@@ -44,7 +42,7 @@ def reruns() -> list[str]:
     return [name for name, (backend, _) in RERUNS.items() if backend in other_backends()]
 
 
-def _start(backend: str, marks: str, folder: Path, background: bool) -> tuple[subprocess.Popen, Path, str]:
+def _start(backend: str, marks: str, folder: Path) -> tuple[subprocess.Popen, Path, str]:
     env = dict(os.environ, KERAS_BACKEND=backend, KERAS_ODIR_PARITY_CHILD="1")
     folder.mkdir(parents=True)
     log = folder / "output.txt"
@@ -52,20 +50,19 @@ def _start(backend: str, marks: str, folder: Path, background: bool) -> tuple[su
                "-o", "addopts=", "-m", marks, "--basetemp", str(folder / "tmp")]
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                   preexec_fn=(lambda: os.nice(19)) if background else None)
+                                   preexec_fn=lambda: os.nice(19))
     return process, log, marks
 
 
-def start_reruns(names, background: bool = True) -> None:
-    """Start the re-runs ``names`` (of :data:`RERUNS`) whose backend is installed, together (once);
-    ``background``: at the lowest CPU priority, beside a session that goes on with other tests."""
+def start_reruns(names) -> None:
+    """Start the re-runs ``names`` (of :data:`RERUNS`) whose backend is installed, together (once)."""
     if STARTED or _FOLDER:
         return
     _FOLDER.append(Path(tempfile.mkdtemp(prefix="keras-odir-parity-")))
     for name in names:
         backend, marks = RERUNS[name]
         if importlib.util.find_spec(MODULES[backend]) is not None:
-            STARTED[name] = _start(backend, marks, _FOLDER[0] / name, background)
+            STARTED[name] = _start(backend, marks, _FOLDER[0] / name)
 
 
 def stop_reruns() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from parity_helpers import CHILD_REPORTS, IS_CHILD, SUMMARY_TITLE
-from parity_reruns import RERUNS, SELECTED, SLOW_RERUNS, STARTED, reruns, start_reruns
+from parity_reruns import RERUNS, SLOW_RERUNS, STARTED, reruns
 
 
 @pytest.mark.skipif(IS_CHILD, reason="already inside a per-backend re-run")
@@ -17,7 +17,6 @@ from parity_reruns import RERUNS, SELECTED, SLOW_RERUNS, STARTED, reruns, start_
                                    for name in reruns()])
 def test_parity_suite_on_backend(rerun):
     backend = RERUNS[rerun][0]
-    start_reruns(SELECTED or [rerun], background=False)  # under pytest-xdist: now, by this worker
     if rerun not in STARTED:
         pytest.skip(f"{backend} is not installed; install it to check parity on the {backend} backend")
     process, log, marks = STARTED[rerun]
