@@ -188,3 +188,18 @@ def other_backends() -> list[str]:
 
 
 IS_CHILD = os.environ.get("KERAS_ODIR_PARITY_CHILD") == "1"
+
+
+def assert_initialised_alike(want: dict, got: dict) -> None:
+    """Fresh Keras weights ``got`` (numpy state) drawn as torch's ``want`` (state_dict) was: the same keys, constants
+    equal, and random tensors of n >= 1000 values with the same mean and standard deviation within 6 standard
+    errors of their difference (std ratio within 6 / sqrt(n): 19% at n = 1000, where a wrong gain or fan is 40%
+    or more off)."""
+    assert set(got) == set(want)
+    for key, value in want.items():
+        value, drawn = value.double().numpy(), got[key].astype(np.float64)
+        if value.std() == 0:
+            np.testing.assert_array_equal(drawn, value, err_msg=key)
+        elif value.size >= 1000:
+            assert abs(drawn.mean() - value.mean()) <= 6 * np.sqrt(2 / value.size) * value.std(), key
+            assert abs(drawn.std() / value.std() - 1) <= 6 / np.sqrt(value.size), key

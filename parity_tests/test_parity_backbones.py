@@ -35,7 +35,7 @@ from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
 from odir_core.model.model_spec import BACKBONES as REGISTERED
 from odir_core.model.model_spec import backbone_spec, infer_architecture, infer_backbone
 from odir_core.training.class_weights import pos_weight_from_labels
-from parity_helpers import float64_error, images, nchw
+from parity_helpers import assert_initialised_alike, float64_error, images, nchw
 from test_parity_resnet_densenet import FAMILIES as RESNET_DENSENET
 from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit, labels, torch_fit
 from torch_odir.model import DualNet
@@ -385,14 +385,7 @@ def test_initialisation_as_torchvision(name):
     want = torch_backbone(name).state_dict()
     keras.utils.set_random_seed(0)
     got = keras_to_numpy_state(build_backbone(name))
-    assert set(got) == set(want)
-    for key, value in want.items():
-        value, drawn = value.double().numpy(), got[key].astype(np.float64)
-        if value.std() == 0:
-            np.testing.assert_array_equal(drawn, value, err_msg=key)
-        elif value.size >= 1000:
-            assert abs(drawn.mean() - value.mean()) <= 6 * np.sqrt(2 / value.size) * value.std(), key
-            assert abs(drawn.std() / value.std() - 1) <= 6 / np.sqrt(value.size), key
+    assert_initialised_alike(want, got)
 
 
 @pytest.mark.skipif(not TORCH_BACKEND, reason="saving is checked on the torch backend")

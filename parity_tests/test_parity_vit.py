@@ -26,7 +26,7 @@ from odir_core.model.backbone import BackboneSpec
 from odir_core.model.families import vit
 from odir_core.model.model_spec import BACKBONES
 from odir_core.training.class_weights import pos_weight_from_labels
-from parity_helpers import float64_error, images, nchw
+from parity_helpers import assert_initialised_alike, float64_error, images, nchw
 from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit, labels, torch_fit
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
@@ -174,14 +174,7 @@ def test_initialisation_as_torchvision():
     want = _torchvision(spec).state_dict()
     keras.utils.set_random_seed(0)
     got = keras_to_numpy_state(build_backbone(spec, (32, 32, 3)))
-    assert set(got) == set(want)
-    for key, value in want.items():
-        value, drawn = value.double().numpy(), got[key].astype(np.float64)
-        if value.std() == 0:
-            np.testing.assert_array_equal(drawn, value, err_msg=key)
-        elif value.size >= 1000:
-            assert abs(drawn.mean() - value.mean()) <= 6 * np.sqrt(2 / value.size) * value.std(), key
-            assert abs(drawn.std() / value.std() - 1) <= 6 / np.sqrt(value.size), key
+    assert_initialised_alike(want, got)
 
 
 @pytest.mark.skipif(not TORCH_BACKEND, reason="saving is checked on the torch backend")
