@@ -10,7 +10,10 @@ module imports ``keras`` first (Keras alone would fall back to ``~/.keras/keras.
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# subprocesses load tests/sitecustomize.py (Keras' TensorFlow probe off on the torch and jax backends: 3 s each)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
 
 import torchvision  # noqa: F401, E402
