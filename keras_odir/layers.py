@@ -34,8 +34,8 @@ class ChannelsLastConv2D(layers.Conv2D):
     """Keras' Conv2D (kernel HWIO, saved and converted as usual) with a copy-free torch path.
 
     Torch backend, channels_last, no groups or dilation, ``valid`` or stride-1 ``same`` padding:
-    ``torch_kernels.conv2d_nhwc`` (the input as a channels_last view, the kernel transposed once per
-    weight version while no gradient is needed; the bias and a ReLU in the same call). Otherwise Keras' conv.
+    ``torch_kernels.conv2d_nhwc`` (the input as a channels_last view, the kernel kept in (O, H, W, I) memory
+    order so that its OIHW view is channels_last too; the bias and a ReLU in the same call). Otherwise Keras' conv.
     """
 
     def _fast(self) -> bool:
@@ -43,6 +43,11 @@ class ChannelsLastConv2D(layers.Conv2D):
         return (TORCH and self.data_format == "channels_last" and self.groups == 1
                 and tuple(self.dilation_rate) == (1, 1)
                 and (self.padding == "valid" or (tuple(self.strides) == (1, 1) and height == width and height % 2)))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self._fast():
+            torch_kernels.keep_oihw_layout(self.kernel.value)
 
     def call(self, inputs):
         if not self._fast():

@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
-# OIHW channels_last copies of kernels, reused while no gradient is needed and the kernel is unchanged:
-# kernel tensor (held weakly) -> (its version, the copy)
-_KERNELS = WeakIdKeyDictionary()
+def keep_oihw_layout(kernel: torch.nn.Parameter) -> None:
+    """Store an HWIO kernel's values in (O, H, W, I) memory order, in place (the same parameter object: the
+    optimizer and Keras keep tracking it; assignments copy into this layout). Its OIHW view is then a channels_last
+    tensor, which the convolution takes without a copy, forward and backward."""
+    with torch.no_grad():
+        kernel.data = kernel.data.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last).permute(2, 3, 1, 0)
 
 
 def _oihw(kernel: torch.Tensor) -> torch.Tensor:
-    """HWIO kernel -> OIHW in channels_last memory (O, H, W, I), cached per weight version without grad."""
-    if torch.is_grad_enabled() and kernel.requires_grad:
-        return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-    cached = _KERNELS.get(kernel)
-    if cached is None or cached[0] != kernel._version:
-        with torch.no_grad():
-            cached = _KERNELS[kernel] = (kernel._version,
-                                         kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last))
-    return cached[1]
+    """HWIO kernel -> OIHW in channels_last memory (O, H, W, I): a view of a kernel kept so, else a copy."""
+    return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
 
 def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int,
