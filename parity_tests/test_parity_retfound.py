@@ -1,0 +1,83 @@
+"""RETFound (timm's ViT-L/16, global average pooling + fc_norm) from its published file layout, in Keras against
+torch (timm), same weights.
+
+A file in RETFound's layout (``retfound_files``: random weights, the MAE decoder's keys beside the encoder's) is
+passed as ``--weights PATH`` to both trainers' model builders: the encoder's tensors are loaded, the decoder, mask
+token and the encoder's final norm ignored, ``fc_norm`` starts at weight 1, bias 0 (as RETFound's fine-tuning
+starts it), and the dual models' logits agree. By default at 2 blocks (the registered spec at that depth: every
+block is the same code) at 224 px (the position embeddings' own size) and at 32 and 48 px (resampled to 2 x 2
+and 3 x 3 as timm does); the whole 24-block network at 224 and 448 px is a slow check. Fresh Keras weights are
+drawn as timm draws them.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import keras_odir.train as ktrain
+import torch_odir.train as ttrain
+from keras_odir.model import build_backbone
+from keras_odir.weights import keras_to_numpy_state
+from odir_core.model.families import vit
+from odir_core.model.model_spec import BACKBONES
+from odir_core.training.config import TrainConfig
+from parity_helpers import assert_initialised_alike, images, nchw
+from retfound_files import write_mae_checkpoint
+from torch_odir.vit import timm_vision_transformer
+
+NAME, DEPTH = "retfound", 2
+TORCH_BACKEND = keras.backend.backend() == "torch"
+
+
+def _logits_from_file(monkeypatch, tmp_path, depth: int, size: int, record):
+    """Both trainers' dual models (head v1) from a RETFound file of the registered spec at ``depth`` blocks:
+    the torch model's backbone holds the file's encoder, Keras holds torch's weights, and their logits agree."""
+    spec = vit.at_depth(BACKBONES[NAME], depth) if depth != BACKBONES[NAME].blocks[0] else BACKBONES[NAME]
+    monkeypatch.setitem(BACKBONES, NAME, spec)  # what the configs' backbone name resolves to
+    path = tmp_path / "RETFound_cfp_weights.pth"
+    encoder = write_mae_checkpoint(spec, path)
+    config = TrainConfig(backbone=NAME, head="v1", weights=str(path), image_size=size, seed=1)
+    torch_model = ttrain.build_model(config).eval()
+    loaded = torch_model.backbone.state_dict()
+    assert set(loaded) == spec.state_keys
+    for key, value in encoder.items():
+        if key in loaded:
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(loaded["fc_norm.weight"], torch.ones(spec.features), rtol=0, atol=0)
+    torch.testing.assert_close(loaded["fc_norm.bias"], torch.zeros(spec.features), rtol=0, atol=0)
+    keras_model = ktrain.build_model(config)
+    state = keras_to_numpy_state(keras_model)
+    for key, value in torch_model.state_dict().items():
+        np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
+    left, right = images(2, size, seed=4), images(2, size, seed=5)
+    with torch.no_grad():
+        want = torch_model(nchw(left), nchw(right)).numpy()
+    got = keras.ops.convert_to_numpy(keras_model({"left": left, "right": right}, training=False))
+    record(f"{NAME} depth {depth} from its file, dual v1 logits 2x{size}px", got, want)
+    assert got.shape == (2, 8) and np.abs(want).max() > 0.1
+
+
+@pytest.mark.parametrize("size", [224, 32, 48])
+def test_published_file_loads_alike_in_both_trainers(monkeypatch, tmp_path, record, size):
+    _logits_from_file(monkeypatch, tmp_path, DEPTH, size, record)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [224, 448])
+def test_whole_network_from_its_file(monkeypatch, tmp_path, record, size):
+    _logits_from_file(monkeypatch, tmp_path, BACKBONES[NAME].blocks[0], size, record)
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="initialisation is checked on the torch backend")
+def test_initialisation_as_timm():
+    """Fresh Keras weights drawn as timm's VisionTransformer draws them: constants equal; random tensors of
+    n >= 1000 values with the same mean and standard deviation within 6 standard errors."""
+    spec = vit.at_depth(BACKBONES[NAME], 1)
+    torch.manual_seed(0)
+    want = timm_vision_transformer(spec).state_dict()
+    keras.utils.set_random_seed(0)
+    got = keras_to_numpy_state(build_backbone(spec, (32, 32, 3)))
+    assert_initialised_alike(want, got)
