@@ -37,13 +37,12 @@ from odir_core.model.families.vit import (
     TIMM,
     TIMM_CLS_STD,
     TIMM_STD,
+    TOKEN_KEYS,
     block_prefix,
     grid,
     resample_matrix,
 )
 
-TORCHVISION_KEYS = ("class_token", "encoder.pos_embedding")  # TokenEmbedding's variables' torch keys, per layout
-TIMM_KEYS = ("cls_token", "pos_embed")
 PATCH_GRID = "patch_grid"  # the layer putting a head on maps' patch tokens on their grid (keras_odir.model)
 
 
@@ -58,7 +57,7 @@ class TokenEmbedding(layers.Layer):
 
     torch_path = ""  # its torch names are whole keys
 
-    def __init__(self, grid: int, keys=TORCHVISION_KEYS, class_std: float = 0.0, **kwargs):
+    def __init__(self, grid: int, keys=TOKEN_KEYS["torchvision"], class_std: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.grid = grid
         self.keys = tuple(keys)
@@ -250,7 +249,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     if data_format == "channels_first":
         x = layers.Permute((2, 3, 1), name="conv_proj_permute")(x)
     timm = spec.layout == TIMM
-    x = TokenEmbedding(grid(spec), TIMM_KEYS if timm else TORCHVISION_KEYS, TIMM_CLS_STD if timm else 0.0,
+    x = TokenEmbedding(grid(spec), TOKEN_KEYS[spec.layout], TIMM_CLS_STD if timm else 0.0,
                        name=NAMES[spec.layout]["tokens"])(x)
     for i in range(spec.blocks[0]):
         x = _block(x, keras_layer_name(block_prefix(spec, i)), spec)

@@ -43,7 +43,8 @@ CUBIC_A = -0.5  # the cubic kernel of torch's antialiased bicubic resize (PIL's)
 TIMM = "timm"  # the layout of timm's VisionTransformer
 TIMM_STD = 0.02  # timm's trunc_normal_ of pos_embed and of every Linear weight
 TIMM_CLS_STD = 1e-6  # timm's normal_ init of cls_token
-POSITION_KEYS = {"torchvision": "encoder.pos_embedding", TIMM: "pos_embed"}
+# the class token's and the position embeddings' state_dict keys per layout
+TOKEN_KEYS = {"torchvision": ("class_token", "encoder.pos_embedding"), TIMM: ("cls_token", "pos_embed")}
 
 
 def layer_prefix(i: int) -> str:
@@ -58,7 +59,7 @@ def block_prefix(spec: BackboneSpec, i: int) -> str:
 
 def position_key(spec: BackboneSpec) -> str:
     """The state_dict key of ``spec``'s position embeddings."""
-    return POSITION_KEYS[spec.layout]
+    return TOKEN_KEYS[spec.layout][1]
 
 
 def state_keys(layers: int) -> frozenset[str]:
