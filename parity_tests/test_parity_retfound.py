@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ import keras_odir.train as ktrain
 import torch_odir.train as ttrain
 from keras_odir.model import build_backbone
 from keras_odir.weights import keras_to_numpy_state
+from odir_core.data.synthetic import generate
 from odir_core.model.families import vit
 from odir_core.model.model_spec import BACKBONES
 from odir_core.training.config import TrainConfig
@@ -32,14 +34,20 @@ NAME, DEPTH = "retfound", 2
 TORCH_BACKEND = keras.backend.backend() == "torch"
 
 
-def _logits_from_file(monkeypatch, tmp_path, depth: int, size: int, record):
-    """Both trainers' dual models (head v1) from a RETFound file of the registered spec at ``depth`` blocks:
-    the torch model's backbone holds the file's encoder, Keras holds torch's weights, and their logits agree."""
+def _small_file(monkeypatch, tmp_path, depth: int = DEPTH):
+    """The registered spec at ``depth`` blocks, registered under its name for the test, and a RETFound file of it:
+    (spec, path, the file's encoder tensors)."""
     spec = vit.at_depth(BACKBONES[NAME], depth) if depth != BACKBONES[NAME].blocks[0] else BACKBONES[NAME]
     monkeypatch.setitem(BACKBONES, NAME, spec)  # what the configs' backbone name resolves to
     path = tmp_path / "RETFound_cfp_weights.pth"
-    encoder = write_mae_checkpoint(spec, path)
-    config = TrainConfig(backbone=NAME, head="v1", weights=str(path), image_size=size, seed=1)
+    return spec, path, write_mae_checkpoint(spec, path)
+
+
+def _logits_from_file(monkeypatch, tmp_path, depth: int, size: int, record, head: str = "v1"):
+    """Both trainers' dual models (``head``) from a RETFound file of the registered spec at ``depth`` blocks:
+    the torch model's backbone holds the file's encoder, Keras holds torch's weights, and their logits agree."""
+    spec, path, encoder = _small_file(monkeypatch, tmp_path, depth)
+    config = TrainConfig(backbone=NAME, head=head, weights=str(path), image_size=size, seed=1)
     torch_model = ttrain.build_model(config).eval()
     loaded = torch_model.backbone.state_dict()
     assert set(loaded) == spec.state_keys
@@ -56,13 +64,51 @@ def _logits_from_file(monkeypatch, tmp_path, depth: int, size: int, record):
     with torch.no_grad():
         want = torch_model(nchw(left), nchw(right)).numpy()
     got = keras.ops.convert_to_numpy(keras_model({"left": left, "right": right}, training=False))
-    record(f"{NAME} depth {depth} from its file, dual v1 logits 2x{size}px", got, want)
+    record(f"{NAME} depth {depth} from its file, dual {head} logits 2x{size}px", got, want)
     assert got.shape == (2, 8) and np.abs(want).max() > 0.1
+    return keras_model, (left, right), got
 
 
-@pytest.mark.parametrize("size", [224, 32, 48])
+# 224 px (the position embeddings' own size: 196 tokens) is the slow case on jax and tensorflow
+@pytest.mark.parametrize("size", [pytest.param(224, marks=() if TORCH_BACKEND else pytest.mark.slow), 32, 48])
 def test_published_file_loads_alike_in_both_trainers(monkeypatch, tmp_path, record, size):
     _logits_from_file(monkeypatch, tmp_path, DEPTH, size, record)
+
+
+@pytest.mark.parametrize("head", ["scm", "mldecoder"])
+def test_heads_on_maps_from_the_file(monkeypatch, tmp_path, record, head):
+    """The heads on feature maps get the patch tokens after the last block through fc_norm at every position."""
+    _logits_from_file(monkeypatch, tmp_path, DEPTH, 32, record, head)
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="saving is checked on the torch backend")
+def test_saved_model_reloads(monkeypatch, tmp_path, record):
+    keras_model, (left, right), logits = _logits_from_file(monkeypatch, tmp_path, 1, 32, record)
+    keras_model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    again = keras.ops.convert_to_numpy(restored({"left": left, "right": right}, training=False))
+    np.testing.assert_array_equal(again, logits)
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="the trainers' command lines are checked on the torch backend")
+def test_one_epoch_in_each_trainer_from_the_file(monkeypatch, tmp_path):
+    """``--backbone retfound --weights PATH`` (the file as published) in both command lines: one epoch on the tiny
+    synthetic set at 32 px, one block, backbone frozen (no --fine-tune); both start from the file's encoder and the
+    same drawn head and see the same batches, so their losses agree."""
+    _, path, _ = _small_file(monkeypatch, tmp_path, 1)
+    data = generate(tmp_path / "set", patients=20, size=40, seed=3)
+    histories = {}
+    for name, module in (("torch", ttrain), ("keras", ktrain)):
+        args = ["--data", str(data), "--run-dir", str(tmp_path / name), "--backbone", NAME, "--weights", str(path),
+                "--image-size", "32", "--batch-size", "8", "--no-weighted-loss", "--experiment", "t",
+                "--workers", "0", "--epochs", "1", "--seed", "1"]
+        assert module.main(args) == 0
+        (run,) = [p for p in (tmp_path / name).iterdir() if p.is_dir()]
+        assert (run / "finished.json").is_file()
+        histories[name] = pd.read_csv(run / "history.csv")
+    for column in ("train_loss", "val_loss"):
+        assert np.isfinite(histories["torch"][column][0]), column
+        assert histories["keras"][column][0] == pytest.approx(histories["torch"][column][0], abs=1e-3), column
 
 
 @pytest.mark.slow
