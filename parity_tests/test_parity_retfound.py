@@ -7,7 +7,7 @@ token and the encoder's final norm ignored, ``fc_norm`` starts at weight 1, bias
 starts it), and the dual models' logits agree. By default at 2 blocks (the registered spec at that depth: every
 block is the same code) at 224 px (the position embeddings' own size) and at 32 and 48 px (resampled to 2 x 2
 and 3 x 3 as timm does); the whole 24-block network at 224 and 448 px is a slow check. Fresh Keras weights are
-drawn as timm draws them.
+drawn as timm draws them. ``keras_odir.convert`` makes a Keras backbone of the file, and back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
+from keras_odir.convert import main as convert_main
 from keras_odir.model import build_backbone
 from keras_odir.weights import keras_to_numpy_state
 from odir_core.data.synthetic import generate
@@ -88,6 +89,32 @@ def test_saved_model_reloads(monkeypatch, tmp_path, record):
     restored = keras.saving.load_model(tmp_path / "model.keras")
     again = keras.ops.convert_to_numpy(restored({"left": left, "right": right}, training=False))
     np.testing.assert_array_equal(again, logits)
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="the convert command line is checked on the torch backend")
+def test_convert_makes_a_keras_backbone_of_the_file_and_back(monkeypatch, tmp_path, capsys):
+    """``keras_odir.convert RETFound_cfp_weights.pth retfound.keras``: a Keras backbone (read from the file's keys)
+    whose features at 224 px are the torch backbone's from the same file; converted back, the backbone's keys;
+    and the .keras as --weights gives the Keras trainer the same model as the .pth."""
+    spec, path, _ = _small_file(monkeypatch, tmp_path, 1)
+    assert convert_main([str(path), str(tmp_path / "retfound.keras")]) == 0
+    backbone = keras.saving.load_model(tmp_path / "retfound.keras")
+    torch_backbone = ttrain.build_model(TrainConfig(backbone=NAME, weights=str(path))).backbone.eval()
+    x = images(2, spec.image_size, seed=6)
+    with torch.no_grad():
+        want = torch_backbone(nchw(x)).numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(x, training=False)), want, rtol=0, atol=1e-5)
+    assert convert_main([str(tmp_path / "retfound.keras"), str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert set(back) == spec.state_keys
+    for key, value in torch_backbone.state_dict().items():
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0)
+    configs = [TrainConfig(backbone=NAME, weights=str(file), image_size=32, seed=2)
+               for file in (path, tmp_path / "retfound.keras")]
+    states = [keras_to_numpy_state(ktrain.build_model(config)) for config in configs]
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(states[1][key], value, err_msg=key)
+    assert capsys.readouterr().out.count("wrote ") == 2
 
 
 @pytest.mark.skipif(not TORCH_BACKEND, reason="the trainers' command lines are checked on the torch backend")

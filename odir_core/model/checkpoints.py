@@ -27,7 +27,7 @@ import numpy as np
 from odir_core.atomic import atomic_path
 from odir_core.errors import InputError
 from odir_core.model.families import vit
-from odir_core.model.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
+from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, backbone_spec, infer_backbone
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
 KERAS_SUFFIX = ".keras"  # keras_odir's saved models
@@ -170,6 +170,16 @@ def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec =
     for pattern, replacement in spec.renamed_keys:
         state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
     return vit.checkpoint_state(state, spec) if spec.patch_size else state
+
+
+def published_backbone(state: Mapping[str, Any]) -> BackboneSpec:
+    """The registered backbone whose published file ``state`` is (a torchvision checkpoint, RETFound's MAE file):
+    the one whose keys it holds once made ready for it (:func:`backbone_state_dict`); else an ``ArchitectureError``
+    naming the closest."""
+    for spec in BACKBONES.values():
+        if {k for k in backbone_state_dict(state, spec) if not k.endswith("num_batches_tracked")} == spec.state_keys:
+            return spec
+    return infer_backbone(state)  # raises, naming the closest backbone
 
 
 def check_finite(named_arrays, source: str) -> None:
