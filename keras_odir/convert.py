@@ -2,7 +2,9 @@
 ``.keras``, in the direction given by the suffixes (the weight table is ``keras_odir.weights``).
 
 A ``.pth`` may be torch_odir's (``best.pth``) or the study's own (``classifier.*`` head keys);
-its backbone and head are read from its keys. What the model was trained on
+its backbone and head are read from its keys. A ``.pth`` of a backbone alone (a torchvision checkpoint,
+RETFound's published file) becomes a Keras backbone (images -> features) and back, its backbone read from its
+keys (``odir_core.model.checkpoints.published_backbone``). What the model was trained on
 (``odir_core.model.provenance``) goes with it: a ``.pth`` that records it becomes torch_odir's
 ``{"state_dict", "trained_on"}``, otherwise a bare state_dict.
 """
@@ -14,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from keras_odir.model import dual_model_from_state
+from keras_odir.model import build_backbone, dual_model_from_state
+from keras_odir.parts import is_dual_model
 from keras_odir.weights import (
     WeightConversionError,
     keras_to_torch_state,
@@ -22,11 +25,20 @@ from keras_odir.weights import (
     read_torch_state,
     to_numpy,
     torch_load,
+    torch_to_keras_state,
 )
 from odir_core.atomic import atomic_path
 from odir_core.errors import InputError, OutputExistsError, run_cli, writing
 from odir_core.model import provenance
-from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, check_finite, dual_state_dict
+from odir_core.model.checkpoints import (
+    KERAS_SUFFIX,
+    TORCH_SUFFIXES,
+    backbone_state_dict,
+    check_finite,
+    dual_state_dict,
+    is_dual_state,
+    published_backbone,
+)
 from odir_core.model.model_spec import (
     BACKBONES,
     HEADS,
@@ -35,6 +47,7 @@ from odir_core.model.model_spec import (
     backbone_spec,
     head_spec,
     infer_architecture,
+    infer_backbone,
 )
 from odir_core.cli_config import add_config_option, parse_with_config
 
@@ -58,8 +71,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: Ba
     if dst.suffix == KERAS_SUFFIX:
         state = dual_state_dict(read_torch_state(src))
         check_finite(((k, to_numpy(v)) for k, v in state.items()), str(src))
-        _check_requested(state, src, backbone, head)
-        model = dual_model_from_state(state, source=str(src), freeze_backbone=not fine_tune, image_size=image_size)
+        if is_dual_state(state):
+            _check_requested(state, src, backbone, head)
+            model = dual_model_from_state(state, source=str(src), freeze_backbone=not fine_tune,
+                                          image_size=image_size)
+        else:
+            model = _backbone_from_state(state, src, backbone, image_size)
         trained_on = provenance.read(src, torch_load)
         with writing(dst), atomic_path(dst) as tmp:
             model.save(tmp)
@@ -68,20 +85,38 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone: Ba
     else:
         import torch
 
-        state = keras_to_torch_state(read_keras_model(src))
+        model = read_keras_model(src)
+        state = keras_to_torch_state(model)
         check_finite(((k, v.numpy()) for k, v in state.items()), str(src))
-        _check_requested(state, src, backbone, head)
+        if is_dual_model(model):
+            _check_requested(state, src, backbone, head)
+        else:
+            _check_backbone(infer_backbone(state), src, backbone)
         trained_on = provenance.read(src)
         with writing(dst), atomic_path(dst) as tmp:  # a bare state_dict, or torch_odir's layout with the record
             torch.save({"state_dict": state, provenance.TORCH_KEY: trained_on} if trained_on else state, tmp)
     return dst
 
 
+def _backbone_from_state(state: dict, src: Path, backbone: BackboneSpec | None, image_size: int | None):
+    """The Keras backbone holding a backbone file's weights (a Vision Transformer's input fixed to ``image_size``,
+    by default the size its position embeddings are for)."""
+    spec = published_backbone(state)
+    _check_backbone(spec, src, backbone)
+    size = image_size or (spec.image_size if spec.patch_size else None)
+    model = build_backbone(spec, (size, size, 3))
+    return torch_to_keras_state(model, backbone_state_dict(state, spec), source=str(src))
+
+
+def _check_backbone(found: BackboneSpec, src: Path, backbone: BackboneSpec | None) -> None:
+    if backbone is not None and backbone != found:
+        raise WeightConversionError(f"{src} holds backbone {found.name}, not the requested {backbone.name}.")
+
+
 def _check_requested(state: dict, src: Path, backbone: BackboneSpec | None, head: HeadSpec | None) -> None:
     """Refuse a model whose backbone or head is not the requested one (None: any)."""
     found_backbone, found_head = infer_architecture(state)
-    if backbone is not None and backbone != found_backbone:
-        raise WeightConversionError(f"{src} holds backbone {found_backbone.name}, not the requested {backbone.name}.")
+    _check_backbone(found_backbone, src, backbone)
     if head is not None and head != found_head:
         raise WeightConversionError(f"{src} holds head {found_head.name}, not the requested {head.name}.")
 
@@ -92,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m keras_odir.convert",
         description="Convert a dual model between a torch state_dict (.pth/.pt: torch_odir's or the study's "
                     "own) and a keras_odir model (.keras), in the direction given by the file suffixes; "
-                    "backbone and head are read from the checkpoint. Every flag is also a key of --config FILE.toml.")
+                    "backbone and head are read from the checkpoint. A backbone's own file (a torchvision "
+                    "checkpoint, RETFound's published weights) becomes a Keras backbone, and back. Every flag is also a key of --config FILE.toml.")
     add_config_option(parser)
-    parser.add_argument("src", type=Path, help="input file: a torch_odir or study .pth/.pt, or a keras_odir .keras")
+    parser.add_argument("src", type=Path, help="input file: a torch_odir or study .pth/.pt, a backbone's .pth "
+                        "(torchvision's, RETFound's), or a keras_odir .keras")
     parser.add_argument("dst", type=Path, help="output file: .keras when SRC is .pth/.pt, .pth/.pt when SRC is .keras")
     parser.add_argument("--backbone", choices=tuple(BACKBONES),
                         help="fail unless the model holds this backbone (default: detected)")
@@ -103,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch -> keras: build the Keras model with a trainable backbone (default), or with "
                         "--no-fine-tune a frozen one (BatchNorm in inference mode), as training's fine_tune")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="torch -> keras: fix the Keras input size to N x N (default: any size)")
+                        help="torch -> keras: fix the Keras input size to N x N (default: any size; a Vision "
+                        "Transformer's backbone alone: the size its position embeddings are for)")
     parser.add_argument("--force", action="store_true", help="overwrite DST when it exists")
     args = parse_with_config(parser, argv)
 

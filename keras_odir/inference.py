@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_odir.devices import chosen_device, on_device
 from keras_odir.executor import planned
+from keras_odir.families.vit import PATCH_GRID
 from keras_odir.folding import fold_batchnorm
 from keras_odir.model import load_dual_checkpoint
 from keras_odir.parts import dual_parts
@@ -86,7 +87,13 @@ class KerasPredictor:
         stage). An earlier stage's map is the output of the last layer named after it (``layer2_3_relu3``)."""
         if stage not in self._stages:
             last = self.parts.feature_map_model()
-            if stage == self.spec.gradcam_stage:
+            normed_tokens = self.parts.uses_maps and self.spec.patch_size and self.spec.map_norm
+            if stage == self.spec.gradcam_stage and normed_tokens:
+                # the patch tokens entering the norm a head on maps gets at every position (RETFound's fc_norm)
+                tokens = self.parts.backbone.get_layer(PATCH_GRID).output
+                self._stages[stage] = (keras.Model(self.parts.backbone.inputs[0], tokens, name="stage_map"),
+                                       keras.Model(tokens, last.output, name="stage_to_last_map"))
+            elif stage == self.spec.gradcam_stage:
                 self._stages[stage] = (last, None)
             else:
                 prefix = keras_layer_name(stage) + "_"

@@ -13,7 +13,7 @@ from keras import layers
 import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.families import BUILDERS
-from keras_odir.families.vit import PatchGrid
+from keras_odir.families.vit import PATCH_GRID, PatchGrid
 from keras_odir.mldecoder import MLDecoder as MLDecoderLayer
 from keras_odir.parts import BACKBONE, FEATURES, HEAD, POOL
 from keras_odir.weights import load_imagenet_weights, read_torch_state, torch_to_keras_state
@@ -113,7 +113,7 @@ def build_dual_model(backbone: BackboneSpec | str = DEFAULT_BACKBONE, head: Head
     if maps:  # the same layers up to the last feature map (normalised at every position where the spec says)
         feature_map = shared.get_layer(POOL).input
         if spec.patch_size:  # a Vision Transformer's tokens: its patch tokens on their grid
-            feature_map = PatchGrid(name="patch_grid")(feature_map)
+            feature_map = PatchGrid(name=PATCH_GRID)(feature_map)
         if spec.map_norm:
             feature_map = shared.get_layer(keras_layer_name(spec.map_norm))(feature_map)
         shared = keras.Model(shared.input, feature_map, name=BACKBONE)

@@ -36,12 +36,18 @@ class DualParts(NamedTuple):
         """The backbone's global pooling layer (a backbone that ends in it: ``not uses_maps``)."""
         return self.backbone.get_layer(POOL)
 
+    def pooling(self) -> keras.Model:
+        """The backbone from its last feature map to its features: the global pooling and what follows it
+        (ConvNeXt's and RETFound's norm); a backbone that ends in the pooling: ``not uses_maps``."""
+        return keras.Model(self.pool.input, self.backbone.output, name="pooling")
+
     def join(self, left_map, right_map):
         """What the head takes from both eyes' last feature maps: their pooled features, or the maps,
         concatenated [left, right] on channels."""
         if self.uses_maps:
             return keras.ops.concatenate([left_map, right_map], axis=-1)
-        return keras.ops.concatenate([self.pool(left_map), self.pool(right_map)], axis=-1)
+        pooling = self.pooling()
+        return keras.ops.concatenate([pooling(left_map), pooling(right_map)], axis=-1)
 
     def feature_model(self, model: keras.Model) -> keras.Model:
         """``model`` up to the concatenated [left, right] features, for inference: both eyes go through the

@@ -32,7 +32,7 @@ from keras_odir.lr_schedule import EpochSchedule
 from keras_odir.executor import planned
 from keras_odir.model import build_dual_model
 from keras_odir.optimizers import TorchSGD
-from keras_odir.parts import dual_parts
+from keras_odir.parts import dual_parts, is_dual_model
 from keras_odir.precision import dtype_policy
 from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
 from odir_core.errors import on_every_rank
@@ -61,7 +61,8 @@ def build_model(config: TrainConfig) -> keras.Model:
     """The dual model of ``config`` with its starting weights.
 
     ``weights``: ``none``; ``imagenet`` (torchvision checkpoint, backbone); a torchvision ``.pth``
-    (backbone); a whole-model ``.pth`` (torch_odir's or the study's own), ``.keras`` or ``.weights.h5``.
+    (backbone); a whole-model ``.pth`` (torch_odir's or the study's own), ``.keras`` or ``.weights.h5``; a
+    backbone's ``.keras`` (``keras_odir.convert`` of a backbone file).
     What the weights leave random (the head; the backbone too with ``none``) is drawn from ``config.seed``
     by ``odir_core.model.initial_weights``, the same numbers as torch_odir.train's.
     """
@@ -86,6 +87,10 @@ def build_model(config: TrainConfig) -> keras.Model:
         model.load_weights(path)
     elif path.suffix == KERAS_SUFFIX:
         saved = read_keras_model(path)
+        if not is_dual_model(saved):  # a backbone alone (keras_odir.convert of a backbone's .pth)
+            state = keras_to_numpy_state(saved)
+            torch_to_keras_state(dual_parts(model).backbone, backbone_state_dict(state, spec), source=str(path))
+            return load_initial_weights(model, spec, config.seed, draw_backbone=False)
         check_architecture(keras_to_numpy_state(saved), spec, head, f"--weights {path}")
         model.set_weights(saved.get_weights())
     else:

@@ -6,13 +6,11 @@ VisionTransformer at 224 px; the Keras features match torch's at 224 px and at 3
 embeddings resampled to the smaller grid) in inference and training mode, relative to their largest value
 within 1e-4 or twice torch's own float32-vs-float64 error; the dual model's logits, an exact state round trip
 and every weight after one SGD step of the whole model (the contract's 1e-4 relative); Keras' weight table
-holds torchvision's keys and shapes for every registered ViT; fresh Keras weights are drawn as torchvision
-draws them; a saved backbone reloads.
+holds torch_odir's keys and shapes for every registered ViT (RETFound's timm layout too; its parity:
+test_parity_retfound.py); fresh Keras weights are drawn as torchvision draws them; a saved backbone reloads.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import keras
 import numpy as np
@@ -39,8 +37,7 @@ TORCH_BACKEND = keras.backend.backend() == "torch"
 
 def small(name: str) -> BackboneSpec:
     """Registered ViT ``name`` with DEPTH encoder blocks."""
-    return dataclasses.replace(BACKBONES[name], name=f"{name}_depth{DEPTH}", blocks=(DEPTH,),
-                               state_keys=vit.state_keys(DEPTH))
+    return vit.at_depth(BACKBONES[name], DEPTH)
 
 
 def _torchvision(spec) -> TorchvisionViT:
@@ -147,12 +144,12 @@ def test_dual_model_logits_round_trip_and_one_sgd_step(pair, record):
 
 
 @pytest.mark.parametrize("name", VITS)
-def test_keras_weights_have_torchvisions_keys_and_shapes(name):
-    """Keras' weight table of every registered ViT (at DEPTH blocks) is torchvision's state_dict: keys and
-    shapes."""
+def test_keras_weights_have_torchs_keys_and_shapes(name):
+    """Keras' weight table of every registered ViT (at DEPTH blocks) is the state_dict of torch_odir's backbone
+    (torchvision's VisionTransformer, or timm's for RETFound's layout): keys and shapes."""
     spec = small(name)
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in _torchvision(spec).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in torch_backbone(spec).state_dict().items()}
     table = weight_table(build_backbone(spec, (32, 32, 3)))
     assert {key: _torch_shape(variable, kind) for key, (variable, kind) in table.items()} == want
 

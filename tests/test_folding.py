@@ -26,8 +26,8 @@ SIZE = 32
 # dense layer's norm2 (the others come before their convs); ConvNeXt has LayerNorms
 FOLDS = {"resnet18": 20, "resnet34": 36, "resnet50": 53, "resnet101": 104, "densenet121": 59,
          "efficientnet_b0": 49, "efficientnet_b3": 78, "convnext_tiny": 0, "vit_b_16": 0}
-# every registered backbone but ViT-L/16 (ViT-B/16's layers, deeper and wider: 304 M weights)
-CHECKED = [name for name in BACKBONES if name != "vit_l_16"]
+# every registered backbone but the ViT-L/16s (vit_l_16, retfound: ViT-B/16's layers, deeper and wider: 304 M weights)
+CHECKED = [name for name in BACKBONES if name not in ("vit_l_16", "retfound")]
 
 
 def _norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:

@@ -1,11 +1,12 @@
-"""Grad-CAM on a Vision Transformer (vit_b_16 swapped for 2 encoder blocks, 64 px: a 4 x 4 patch grid) in both
-packages: the tokens explained on their patch grid, the same map from Keras as from torch, and why a head on the
-class token is explained on the tokens entering the last block (after it, no patch token reaches the class
-token: the gradient there is exactly zero)."""
+"""Grad-CAM on a Vision Transformer (the first registered ViT of each key layout: vit_b_16, and RETFound's timm
+layout, with 2 blocks, 64 px: a 4 x 4 patch grid) in both packages: the tokens explained on their patch grid, the
+same map from Keras as from torch, and why a head on torchvision's class token is explained on the tokens entering
+the last block (after it, no patch token reaches the class token: the gradient there is exactly zero). With
+RETFound's global pooling every patch token after the last block reaches the features, so the last block's output
+(the tokens entering the pooling and fc_norm) is explained, for a head on maps too (which gets them through
+fc_norm)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
@@ -20,21 +21,32 @@ from torch_odir.inference import TorchPredictor
 from torch_odir.model import DualNet
 
 SIZE, DEPTH = 64, 2
+LAYOUTS = {}  # key layout -> its first registered ViT
+for _name, _spec in BACKBONES.items():
+    if _spec.family == vit.NAME:
+        LAYOUTS.setdefault(_spec.layout, _name)
+# the module explained per layout and head: on the class token, on maps
+STAGES = {"torchvision": {"v0": "encoder.layers.encoder_layer_0", "mldecoder": "encoder.ln"},
+          vit.TIMM: {"v0": "blocks.1", "mldecoder": "blocks.1"}}
+
+
+def _small(monkeypatch, name: str):
+    spec = vit.at_depth(BACKBONES[name], DEPTH)
+    monkeypatch.setitem(BACKBONES, name, spec)  # the predictors read the backbone from the weights' keys
+    return spec
 
 
 @pytest.fixture
 def small_vit(monkeypatch):
-    spec = dataclasses.replace(BACKBONES["vit_b_16"], blocks=(DEPTH,), state_keys=vit.state_keys(DEPTH))
-    monkeypatch.setitem(BACKBONES, "vit_b_16", spec)  # the predictors read the backbone from the weights' keys
-    return spec
+    return _small(monkeypatch, "vit_b_16")
 
 
 def _predictors(spec, head: str):
     torch.manual_seed(0)
     model = DualNet(spec, head)
     with torch.no_grad():  # a class token and position embeddings that matter
-        model.backbone.class_token.normal_(0.0, 0.5)
-        model.backbone.encoder.pos_embedding.normal_(0.0, 0.5)
+        for key in vit.TOKEN_KEYS[spec.layout]:
+            model.backbone.get_parameter(key).normal_(0.0, 0.5)
     keras_model = torch_to_keras_state(build_dual_model(spec, head, image_size=SIZE), model.state_dict())
     return TorchPredictor(model, torch.device("cpu")), KerasPredictor(keras_model)
 
@@ -44,9 +56,12 @@ def _eyes():
     return tuple(rng.normal(size=(1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2))
 
 
-@pytest.mark.parametrize("head,stage", [("v0", "encoder.layers.encoder_layer_0"), ("mldecoder", "encoder.ln")])
-def test_gradcam_on_the_patch_grid_matches_torch_in_keras(small_vit, head, stage):
-    torch_side, keras_side = _predictors(small_vit, head)
+@pytest.mark.parametrize("head", ["v0", "mldecoder"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_gradcam_on_the_patch_grid_matches_torch_in_keras(monkeypatch, layout, head):
+    spec = _small(monkeypatch, LAYOUTS[layout])
+    stage = STAGES[layout][head]
+    torch_side, keras_side = _predictors(spec, head)
     for predictor in (torch_side, keras_side):
         assert predictor.gradcam_stages((SIZE, SIZE)) == [(stage, (4, 4))]
     left, right = _eyes()

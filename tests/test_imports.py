@@ -1,5 +1,5 @@
 """The package import graph: odir_core imports no framework, keras_odir never imports torch_odir or
-torchvision, odir_core's layers import only downwards, and no module imports itself back through a cycle
+torchvision (nor timm), odir_core's layers import only downwards, and no module imports itself back through a cycle
 (imports inside functions included)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("odir_core", "keras_odir", "torch_odir")
 FORBIDDEN = {
-    "odir_core": {"keras", "torch", "torchvision", "tensorflow", "jax", "keras_odir", "torch_odir"},
-    "keras_odir": {"torch_odir", "torchvision"},
+    "odir_core": {"keras", "torch", "torchvision", "timm", "tensorflow", "jax", "keras_odir", "torch_odir"},
+    "keras_odir": {"torch_odir", "torchvision", "timm"},
     "torch_odir": {"keras", "keras_odir"},
 }
 LAYERS = ("data", "model", "training", "evaluation", "serving")  # odir_core's layer folders, lowest first, above its root
@@ -139,7 +139,7 @@ def test_frameworks_are_an_extra_and_dev_installs_every_extra():
     base = " ".join(project["dependencies"])
     assert not any(framework in base for framework in ("keras", "torch", "tensorboard", "onnxruntime", "fastapi"))
     extras = project["optional-dependencies"]
-    assert {"tensorboard", "keras>=3.10", "torch>=2.4", "torchvision>=0.19"} == set(extras["train"])
+    assert {"tensorboard", "keras>=3.10", "torch>=2.4", "torchvision>=0.19", "timm>=1.0"} == set(extras["train"])
     assert {"onnxruntime", "fastapi", "uvicorn", "python-multipart"} == set(extras["serve"])
     assert {f"keras-odir[{extra}]" for extra in extras if extra != "dev"} <= set(extras["dev"])
     assert {extra for extra, _ in EXTRA_IMPORTS.values()} <= set(extras)

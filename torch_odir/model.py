@@ -140,7 +140,8 @@ class DualNet(nn.Module):
 
     def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map (the input of its pooling; ``spec.gradcam_stage``'s output; a Vision
-        Transformer's patch tokens after ``encoder.ln`` on their grid)."""
+        Transformer's patch tokens after ``encoder.ln`` (RETFound's after the last block) on their grid; normalised
+        at every position by ``spec.map_norm`` where the spec has one)."""
         found: list[torch.Tensor] = []
         stage = self.backbone.get_submodule(self.spec.gradcam_stage)
         hook = stage.register_forward_hook(lambda module, inputs, output: found.append(output))
@@ -148,8 +149,9 @@ class DualNet(nn.Module):
             self.backbone(images)
         finally:
             hook.remove()
-        if self.spec.patch_size:
-            return token_map(found[0], images, self.spec.patch_size)
+        if self.spec.patch_size:  # the norm per token (RETFound's fc_norm), then the patch tokens on their grid
+            tokens = self.backbone.get_submodule(self.spec.map_norm)(found[0]) if self.spec.map_norm else found[0]
+            return token_map(tokens, images, self.spec.patch_size)
         maps = torch.relu(found[0]) if self.spec.map_relu else found[0]
         return self.backbone.get_submodule(self.spec.map_norm)(maps) if self.spec.map_norm else maps
 

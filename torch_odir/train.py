@@ -88,7 +88,7 @@ def build_model(config: TrainConfig) -> DualNet:
             check_architecture(state, spec, head, f"--weights {path}")
             model.load_state_dict(state)
         else:  # a torchvision checkpoint of the backbone alone
-            model.backbone.load_state_dict(backbone_state_dict(state, spec))
+            model.backbone.load_state_dict({k: torch.as_tensor(v) for k, v in backbone_state_dict(state, spec).items()})
             load_initial_weights(model, model.spec, config.seed, draw_backbone=False)
     except RuntimeError as error:  # load_state_dict lists every missing, unexpected and mis-shaped key
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)

@@ -1,15 +1,20 @@
 """torchvision's VisionTransformer for inputs of any size (``odir_core.model.families.vit``): the same modules
 and state_dict keys, built from the spec, with the position embeddings resampled to the input's patch grid
 (timm's ``resample_abs_pos_embed``: bicubic, antialiased, the class token's kept) where it differs from the
-one they were made for; at that size the forward pass is torchvision's."""
+one they were made for; at that size the forward pass is torchvision's. A spec in timm's layout (RETFound) is
+timm's own ``VisionTransformer`` with the spec's arguments, which resamples its position embeddings itself
+(``dynamic_img_size``)."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 from odir_core.model.backbone import BackboneSpec
+from odir_core.model.families.vit import EPSILON, TIMM
 
 
 def resample_position_embedding(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -40,8 +45,22 @@ class VisionTransformer(TorchvisionViT):
         return self.heads(self.tokens(x)[:, 0])
 
 
-def vision_transformer(spec: BackboneSpec) -> VisionTransformer:
-    """The VisionTransformer of ``spec`` (its depth, width, heads, MLP and position-embedding size)."""
+def timm_vision_transformer(spec: BackboneSpec) -> torch.nn.Module:
+    """timm's VisionTransformer of ``spec`` as RETFound builds it (qkv bias, LayerNorm eps 1e-6, global average
+    pooling of the patch tokens then ``fc_norm``; no classes), for inputs of any multiple of the patch size."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return TimmViT(img_size=spec.image_size, patch_size=spec.patch_size, embed_dim=spec.features,
+                   depth=spec.blocks[0], num_heads=spec.heads, mlp_ratio=spec.mlp_dim / spec.features, qkv_bias=True,
+                   norm_layer=partial(torch.nn.LayerNorm, eps=EPSILON), num_classes=0,
+                   global_pool="avg" if spec.global_pool else "token", dynamic_img_size=True)
+
+
+def vision_transformer(spec: BackboneSpec) -> torch.nn.Module:
+    """The VisionTransformer of ``spec`` (its depth, width, heads, MLP and position-embedding size): timm's for
+    timm's layout, else torchvision's."""
+    if spec.layout == TIMM:
+        return timm_vision_transformer(spec)
     return VisionTransformer(image_size=spec.image_size, patch_size=spec.patch_size, num_layers=spec.blocks[0],
                              num_heads=spec.heads, hidden_dim=spec.features, mlp_dim=spec.mlp_dim)
 

@@ -36,6 +36,13 @@ class BackboneSpec:
     too small (``odir_core.evaluation.inference.choose_gradcam_stage``); ``renamed_keys``: (pattern,
     replacement) regular expressions turning the key names of older torchvision checkpoints into today's;
     ``state_keys``: its torchvision state_dict keys, classifier and ``num_batches_tracked`` aside.
+
+    A backbone that is not torchvision's (``torchvision`` empty) names its key ``layout`` (``"timm"``: timm's
+    module names) and may pool differently (``global_pool``: a Vision Transformer's features are the mean of its
+    patch tokens, then the LayerNorm ``fc_norm``, instead of its class token after the final norm);
+    ``ignored_keys``: regular expressions of the keys its published checkpoints hold that the backbone does not
+    use (a pretraining decoder); ``weights_source``: where its weights are published, for a backbone without
+    a torchvision ImageNet file (``imagenet_checkpoints`` empty).
     """
 
     name: str
@@ -62,6 +69,10 @@ class BackboneSpec:
     map_relu: bool = False
     map_norm: str = ""
     renamed_keys: tuple[tuple[str, str], ...] = ()
+    layout: str = "torchvision"
+    global_pool: bool = False
+    ignored_keys: tuple[str, ...] = ()
+    weights_source: str = ""
     state_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
 

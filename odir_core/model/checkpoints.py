@@ -27,13 +27,12 @@ import numpy as np
 from odir_core.atomic import atomic_path
 from odir_core.errors import InputError
 from odir_core.model.families import vit
-from odir_core.model.model_spec import DEFAULT_BACKBONE, BackboneSpec, backbone_spec
+from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, backbone_spec, infer_backbone
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
 KERAS_SUFFIX = ".keras"  # keras_odir's saved models
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where training scripts put the state_dict
 DDP_PREFIX = "module."
-POSITION_KEY = "encoder.pos_embedding"  # a Vision Transformer's position embeddings
 
 
 class CheckpointError(InputError):
@@ -82,6 +81,9 @@ def find_imagenet_checkpoint(path: str | os.PathLike | None = None,
 def missing_checkpoint_message(backbone: str | BackboneSpec = DEFAULT_BACKBONE, folder: Path | None = None) -> str:
     """One line saying which file to download and where to put it."""
     spec = backbone_spec(backbone)
+    if not spec.imagenet_checkpoints:
+        return (f"{spec.name} has no torchvision ImageNet checkpoint: download its weights ({spec.weights_source}) "
+                "and pass the file's path as weights (--weights PATH)")
     folder = folder or torch_hub_checkpoint_dir()
     (name, url), *others = spec.imagenet_checkpoints.items()
     alternatives = f" (or {', '.join(n for n, _ in others)})" if others else ""
@@ -115,7 +117,7 @@ def imagenet_checkpoint(path: str | os.PathLike | None = None, backbone: str | B
     found = find_imagenet_checkpoint(path, spec)
     if found is not None:
         return found
-    if not download:
+    if not download or not spec.imagenet_checkpoints:
         raise CheckpointNotFoundError(missing_checkpoint_message(spec))
     url = next(iter(spec.imagenet_checkpoints.values()))
     try:
@@ -159,18 +161,25 @@ def dual_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def backbone_state_dict(state: Mapping[str, Any], backbone: str | BackboneSpec = DEFAULT_BACKBONE) -> dict[str, Any]:
     """A torchvision model's state_dict without its ImageNet classifier (``fc.*`` for ResNet), with the key
-    names of torchvision's current modules (``spec.renamed_keys``); a Vision Transformer's position embeddings
-    made for another input size (torchvision's SWAG files: 384 or 512 px) resampled to the spec's grid, as timm
-    does when it loads such a file (a numpy array then)."""
+    names of torchvision's current modules (``spec.renamed_keys``); a Vision Transformer's published file made
+    ready for the spec (``odir_core.model.families.vit.checkpoint_state``: position embeddings for another input
+    size resampled, the keys it does not use dropped)."""
     spec = backbone_spec(backbone)
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     for pattern, replacement in spec.renamed_keys:
         state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
-    position = state.get(POSITION_KEY) if spec.patch_size else None
-    if position is not None and position.shape[1] != 1 + vit.grid(spec) ** 2:
-        state[POSITION_KEY] = vit.resample_position_embedding(np.asarray(position), (vit.grid(spec),) * 2)
-    return state
+    return vit.checkpoint_state(state, spec) if spec.patch_size else state
+
+
+def published_backbone(state: Mapping[str, Any]) -> BackboneSpec:
+    """The registered backbone whose published file ``state`` is (a torchvision checkpoint, RETFound's MAE file):
+    the one whose keys it holds once made ready for it (:func:`backbone_state_dict`); else an ``ArchitectureError``
+    naming the closest."""
+    for spec in BACKBONES.values():
+        if {k for k in backbone_state_dict(state, spec) if not k.endswith("num_batches_tracked")} == spec.state_keys:
+            return spec
+    return infer_backbone(state)  # raises, naming the closest backbone
 
 
 def check_finite(named_arrays, source: str) -> None:

@@ -76,7 +76,7 @@ def _backbone_value(key: str, shape: tuple[int, ...], spec: BackboneSpec, rng) -
     name = key.rsplit(".", 1)[-1]
     if name == "num_batches_tracked":
         return np.zeros(shape, np.int64)
-    value = FAMILIES[spec.family].initial_weight(key, shape, rng)  # the family's rule first (ViT's MLP biases)
+    value = FAMILIES[spec.family].initial_weight(key, shape, rng, spec)  # the family's rule first (ViT's MLP biases)
     if value is not None:
         return value
     if name in ("bias", "running_mean"):

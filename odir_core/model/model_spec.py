@@ -192,6 +192,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         "vit_l_16_swag-4f3808c9.pth": TORCHVISION_URL + "vit_l_16_swag-4f3808c9.pth",  # IMAGENET1K_SWAG_E2E_V1 (512)
         "vit_l_16_lc_swag-4d563306.pth": TORCHVISION_URL + "vit_l_16_lc_swag-4d563306.pth",  # SWAG_LINEAR_V1 (224)
     }),
+    # RETFound (Zhou et al., Nature 2023): timm's ViT-L/16, global average pooling of the patch tokens + fc_norm;
+    # its MAE-pretrained file holds the encoder, the MAE decoder and mask token (ignored) and the encoder's final
+    # norm (not used with global pooling)
+    "retfound": vit.timm_backbone("retfound", 16, 24, 16, 1024, 4096, ignored_keys=(
+        r"decoder_", r"mask_token$", r"norm\."), weights_source=(
+        "RETFound_cfp_weights.pth from github.com/rmaphoh/RETFound_MAE, or RETFound_mae_natureCFP.pth from "
+        "huggingface.co/YukunZhou/RETFound_mae_natureCFP")),
 }
 DEFAULT_BACKBONE = "resnet50"
 

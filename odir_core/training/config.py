@@ -224,8 +224,8 @@ class TrainConfig:
     weights: str = _opt(
         "imagenet",
         "backbone weights: 'imagenet' (torchvision's ImageNet checkpoint of the backbone, from the torch hub "
-        "folder, downloaded when missing), 'none' (random), or the path of a model file (.pth: a whole model or "
-        "a torchvision backbone; keras_odir also .keras/.weights.h5)",
+        "folder, downloaded when missing), 'none' (random), or the path of a model file (.pth: a whole model, "
+        "a torchvision backbone or RETFound's published file; keras_odir also .keras/.weights.h5)",
     )
     # optimisation
     batch_size: int = _opt(32, "patients per batch")

@@ -36,7 +36,8 @@ def backbone(name: str, blocks: tuple[int, ...], widths: tuple[int, ...], stocha
     )
 
 
-def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
+                   spec: BackboneSpec) -> np.ndarray | None:
     """``layer_scale``: LAYER_SCALE; a Conv2d's or Linear's weight: ``trunc_normal_(std=0.02)``, whose +-2 bounds
     never bind at that std; None for what the family has no rule for."""
     if key.endswith("layer_scale"):

@@ -37,6 +37,7 @@ def backbone(name: str, blocks: tuple[int, ...], features: int, checkpoints: dic
     )
 
 
-def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
+                   spec: BackboneSpec) -> np.ndarray | None:
     """A convolution's kernel: ``kaiming_normal_()`` (fan_in); None for what the family has no rule for."""
     return kaiming_normal(shape, "fan_in", rng) if key.endswith(".weight") and len(shape) == 4 else None

@@ -95,6 +95,7 @@ def backbone(name: str, width_mult: float, depth_mult: float, dropout: float,
     return replace(spec, features=4 * mbconv_blocks(spec)[-1].out_channels, state_keys=state_keys(spec))
 
 
-def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
+                   spec: BackboneSpec) -> np.ndarray | None:
     """A convolution's kernel: ``kaiming_normal_(mode="fan_out")``; None for what the family has no rule for."""
     return kaiming_normal(shape, "fan_out", rng) if key.endswith(".weight") and len(shape) == 4 else None

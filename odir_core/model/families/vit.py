@@ -13,11 +13,22 @@ resampled to their grid as timm's ``resample_abs_pos_embed`` does: the class tok
 patch embeddings on their square grid resized bicubic with antialiasing (torch's
 ``interpolate(mode="bicubic", antialias=True, align_corners=False)``); :func:`resample_matrix` is that
 resize as a matrix, the same numbers in both frameworks.
+
+The same network in timm's layout (``spec.layout == "timm"``, timm's ``VisionTransformer``: RETFound, Zhou et
+al., Nature 2023) has other module names (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.<i>``
+with ``norm1``, ``attn.qkv`` (the packed q, k, v projection), ``attn.proj``, ``norm2``, ``mlp.fc1``,
+``mlp.fc2``) and, with ``spec.global_pool``, other features: the mean of the patch tokens after the last block,
+normalised by ``fc_norm`` (timm's ``global_pool="avg"``; the final ``norm`` is then not part of the network).
+Its feature map is the patch tokens entering that pooling, the output of the last block, on their grid: what
+Grad-CAM explains; a head on maps gets it normalised by ``fc_norm`` at every position (``spec.map_norm``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -29,11 +40,26 @@ EPSILON = 1e-6  # every LayerNorm's
 POSITION_STD = 0.02  # torchvision's normal_ init of encoder.pos_embedding
 MLP_BIAS_STD = 1e-6  # torchvision's normal_ init of the MLP biases
 CUBIC_A = -0.5  # the cubic kernel of torch's antialiased bicubic resize (PIL's)
+TIMM = "timm"  # the layout of timm's VisionTransformer
+TIMM_STD = 0.02  # timm's trunc_normal_ of pos_embed and of every Linear weight
+TIMM_CLS_STD = 1e-6  # timm's normal_ init of cls_token
+# the class token's and the position embeddings' state_dict keys per layout
+TOKEN_KEYS = {"torchvision": ("class_token", "encoder.pos_embedding"), TIMM: ("cls_token", "pos_embed")}
 
 
 def layer_prefix(i: int) -> str:
     """The torchvision module path of encoder block ``i``."""
     return f"encoder.layers.encoder_layer_{i}"
+
+
+def block_prefix(spec: BackboneSpec, i: int) -> str:
+    """The torch module path of block ``i`` of ``spec``'s layout."""
+    return f"blocks.{i}" if spec.layout == TIMM else layer_prefix(i)
+
+
+def position_key(spec: BackboneSpec) -> str:
+    """The state_dict key of ``spec``'s position embeddings."""
+    return TOKEN_KEYS[spec.layout][1]
 
 
 def state_keys(layers: int) -> frozenset[str]:
@@ -57,6 +83,58 @@ def backbone(name: str, patch_size: int, layers: int, heads: int, hidden: int, m
         imagenet_checkpoints=checkpoints, gradcam_stage="encoder.ln", blocks=(layers,), patch_size=patch_size,
         heads=heads, mlp_dim=mlp_dim, image_size=image_size, state_keys=state_keys(layers),
     )
+
+
+def timm_state_keys(layers: int, global_pool: bool) -> frozenset[str]:
+    """timm VisionTransformer state_dict keys without ``head``: with ``global_pool`` (``"avg"``) its ``fc_norm``,
+    else its final ``norm``."""
+    final = "fc_norm" if global_pool else "norm"
+    keys = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+            f"{final}.weight", f"{final}.bias"]
+    for i in range(layers):
+        keys += [f"blocks.{i}.{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+                 for p in ("weight", "bias")]
+    return frozenset(keys)
+
+
+def timm_backbone(name: str, patch_size: int, layers: int, heads: int, hidden: int, mlp_dim: int, *,
+                  weights_source: str, ignored_keys: tuple[str, ...] = (), image_size: int = 224) -> BackboneSpec:
+    """A timm VisionTransformer with global average pooling of its patch tokens and ``fc_norm`` (RETFound's
+    fine-tuning model): ``layers`` blocks of width ``hidden``, ``heads`` heads, an MLP of ``mlp_dim``, qkv bias,
+    LayerNorm eps 1e-6, position embeddings for ``image_size`` px inputs; its weights from ``weights_source``."""
+    return BackboneSpec(
+        name=name, family=NAME, features=hidden, torchvision="", classifier="head", imagenet_checkpoints={},
+        gradcam_stage=f"blocks.{layers - 1}", blocks=(layers,), patch_size=patch_size, heads=heads,
+        mlp_dim=mlp_dim, image_size=image_size, state_keys=timm_state_keys(layers, True), layout=TIMM,
+        global_pool=True, map_norm="fc_norm", ignored_keys=ignored_keys, weights_source=weights_source,
+    )
+
+
+def checkpoint_state(state: Mapping, spec: BackboneSpec) -> dict:
+    """A published checkpoint's backbone state for ``spec``: the keys it ignores dropped (``spec.ignored_keys``),
+    the position embeddings resampled to the spec's grid where they were made for another (torchvision's SWAG
+    files: 384 or 512 px), as timm does when it loads such a file (a numpy array then); with ``global_pool`` and
+    no ``fc_norm`` in the file (a pretrained encoder: RETFound's MAE file), ``fc_norm`` starts as LayerNorm
+    starts (weight 1, bias 0), as RETFound's fine-tuning starts it."""
+    state = {k: v for k, v in state.items() if not any(re.match(p, k) for p in spec.ignored_keys)}
+    key = position_key(spec)
+    position = state.get(key)
+    if position is not None and position.shape[1] != 1 + grid(spec) ** 2:
+        state[key] = resample_position_embedding(np.asarray(position), (grid(spec),) * 2)
+    if spec.global_pool and "fc_norm.weight" not in state:
+        state["fc_norm.weight"] = np.ones(spec.features, np.float32)
+        state["fc_norm.bias"] = np.zeros(spec.features, np.float32)
+    return state
+
+
+def at_depth(spec: BackboneSpec, depth: int) -> BackboneSpec:
+    """``spec`` with ``depth`` blocks (its keys and Grad-CAM stage to match), named after its depth: a small model
+    of the same layout."""
+    if spec.layout == TIMM:
+        return dataclasses.replace(spec, name=f"{spec.name}_depth{depth}", blocks=(depth,),
+                                   state_keys=timm_state_keys(depth, spec.global_pool),
+                                   gradcam_stage=f"blocks.{depth - 1}")
+    return dataclasses.replace(spec, name=f"{spec.name}_depth{depth}", blocks=(depth,), state_keys=state_keys(depth))
 
 
 def grid(spec: BackboneSpec) -> int:
@@ -102,12 +180,22 @@ def resample_position_embedding(embedding: np.ndarray, new: tuple[int, int]) -> 
     return np.concatenate([embedding[:, :1], patches.astype(embedding.dtype)], axis=1)
 
 
-def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
+                   spec: BackboneSpec) -> np.ndarray | None:
     """torchvision's VisionTransformer initialisation: ``conv_proj`` weight ``trunc_normal_(std=sqrt(1 /
     fan_in))``; class token zero; position embeddings normal (std 0.02); the MLP's Linears Xavier-uniform with
     normal (std 1e-6) biases; the attention's packed ``in_proj_weight`` Xavier-uniform, ``in_proj_bias`` zero,
-    ``out_proj.weight`` ``nn.Linear``'s uniform +-1/sqrt(fan_in). None for what the family has no rule for
-    (zero biases, LayerNorms)."""
+    ``out_proj.weight`` ``nn.Linear``'s uniform +-1/sqrt(fan_in). In timm's layout, timm's: ``pos_embed`` and
+    every Linear weight truncated normal (std 0.02), ``cls_token`` normal (std 1e-6), ``patch_embed.proj``
+    ``nn.Conv2d``'s uniform +-1/sqrt(fan_in), weight and bias. None for what the family has no rule for (zero
+    biases, LayerNorms)."""
+    if key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+        bound = 1.0 / math.sqrt(3 * spec.patch_size ** 2)
+        return rng.uniform(-bound, bound, size=shape)
+    if key == "pos_embed" or key.endswith(("attn.qkv.weight", "attn.proj.weight", "fc1.weight", "fc2.weight")):
+        return trunc_normal(shape, TIMM_STD, rng)
+    if key == "cls_token":
+        return rng.normal(0.0, TIMM_CLS_STD, size=shape)
     if key == "conv_proj.weight":
         return trunc_normal(shape, math.sqrt(1.0 / math.prod(shape[1:])), rng)
     if key == "class_token" or key.endswith("in_proj_bias"):
@@ -129,8 +217,9 @@ def gradcam_stage(spec: BackboneSpec, uses_maps: bool) -> str:
     map) for a head on feature maps. A head on the class token gets no gradient from the patch tokens after the
     last block (each token is normalised on its own and the class token is read alone), so for it the tokens
     entering the last block are explained (the output of the block before), through which the last block's
-    attention reaches the class token."""
-    if uses_maps or spec.blocks[0] < 2:
+    attention reaches the class token. With ``global_pool`` every patch token after the last block reaches the
+    features, so its output is explained."""
+    if uses_maps or spec.global_pool or spec.blocks[0] < 2:
         return spec.gradcam_stage
     return layer_prefix(spec.blocks[0] - 2)
 

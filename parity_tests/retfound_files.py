@@ -1,0 +1,58 @@
+"""RETFound's published checkpoint layout, written with random weights: ``{"model": state}`` where ``state`` holds
+the MAE-pretrained encoder under timm's keys (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.<i>``,
+the encoder's final ``norm``; no ``head``, no ``fc_norm``) and the MAE decoder with the shapes of the ViT-L MAE's
+(``decoder_embed`` 1024 -> 512, ``mask_token``, ``decoder_pos_embed``, 8 ``decoder_blocks`` of width 512 and 16
+heads, ``decoder_norm``, ``decoder_pred`` 512 -> 16 * 16 * 3 pixels)."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import Block
+
+from odir_core.model.backbone import BackboneSpec
+from odir_core.model.families.vit import EPSILON, grid
+from torch_odir.vit import timm_vision_transformer
+
+DECODER_DIM, DECODER_DEPTH, DECODER_HEADS = 512, 8, 16
+
+
+def _decoder(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """The MAE decoder's tensors (random) under their keys in MAE's state_dict."""
+    state = {"mask_token": torch.randn(1, 1, DECODER_DIM) * 0.02,
+             "decoder_pos_embed": torch.randn(1, 1 + grid(spec) ** 2, DECODER_DIM)}
+    modules = {"decoder_embed": torch.nn.Linear(spec.features, DECODER_DIM),
+               "decoder_norm": torch.nn.LayerNorm(DECODER_DIM, eps=EPSILON),
+               "decoder_pred": torch.nn.Linear(DECODER_DIM, spec.patch_size ** 2 * 3)}
+    norm = partial(torch.nn.LayerNorm, eps=EPSILON)
+    modules |= {f"decoder_blocks.{i}": Block(DECODER_DIM, DECODER_HEADS, 4.0, qkv_bias=True, norm_layer=norm)
+                for i in range(DECODER_DEPTH)}
+    for prefix, module in modules.items():
+        state |= {f"{prefix}.{key}": value for key, value in module.state_dict().items()}
+    return state
+
+
+def encoder_state(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The MAE encoder of ``spec``: timm's VisionTransformer with its final ``norm`` (no pooling head), every
+    tensor trained-looking (norm scales near 1, biases, class token and position embeddings that matter)."""
+    torch.manual_seed(seed)
+    encoder = timm_vision_transformer(dataclasses.replace(spec, global_pool=False))
+    with torch.no_grad():
+        for key, param in encoder.named_parameters():
+            if param.ndim == 1 and key.endswith("weight"):
+                param.uniform_(0.5, 1.5)
+            elif param.ndim == 1:
+                param.normal_(0.0, 0.1)
+            elif key in ("cls_token", "pos_embed"):
+                param.normal_(0.0, 0.5)
+    return dict(encoder.state_dict())
+
+
+def write_mae_checkpoint(spec: BackboneSpec, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Write RETFound's file layout for ``spec`` at ``path``; returns the encoder's tensors."""
+    encoder = encoder_state(spec, seed)
+    torch.save({"model": {**encoder, **_decoder(spec)}}, path)
+    return encoder
