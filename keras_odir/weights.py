@@ -24,7 +24,7 @@ import numpy as np
 
 from keras_odir.parts import dual_parts, is_dual_model
 from odir_core.errors import InputError
-from odir_core.model.checkpoints import CheckpointError, load_imagenet_backbone_state, read_checkpoint
+from odir_core.model.checkpoints import SAFE_GLOBALS, CheckpointError, load_imagenet_backbone_state, read_checkpoint
 from odir_core.model.backbone import BackboneSpec
 from odir_core.model.model_spec import torch_module_paths
 
@@ -156,7 +156,8 @@ def torch_load(path):
     """What a torch checkpoint file holds (tensors on the CPU, no arbitrary objects): ``torch.load``."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_torch_state(path: str | os.PathLike) -> dict:

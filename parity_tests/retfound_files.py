@@ -1,4 +1,5 @@
-"""RETFound's published checkpoint layout, written with random weights: ``{"model": state}`` where ``state`` holds
+"""RETFound's published checkpoint layout, written with random weights: ``{"model": state, "args": Namespace,
+"epoch": int}`` (MAE's ``save_model``) where ``state`` holds
 the MAE-pretrained encoder under timm's keys (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.<i>``,
 the encoder's final ``norm``; no ``head``, no ``fc_norm``) and the MAE decoder with the shapes of the ViT-L MAE's
 (``decoder_embed`` 1024 -> 512, ``mask_token``, ``decoder_pos_embed``, 8 ``decoder_blocks`` of width 512 and 16
@@ -6,6 +7,7 @@ heads, ``decoder_norm``, ``decoder_pred`` 512 -> 16 * 16 * 3 pixels)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from functools import partial
 from pathlib import Path
@@ -54,5 +56,7 @@ def encoder_state(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
 def write_mae_checkpoint(spec: BackboneSpec, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """Write RETFound's file layout for ``spec`` at ``path``; returns the encoder's tensors."""
     encoder = encoder_state(spec, seed)
-    torch.save({"model": {**encoder, **_decoder(spec)}}, path)
+    # as MAE's save_model writes it: the weights under "model", beside the training script's argparse arguments
+    args = argparse.Namespace(model="vit_large_patch16", input_size=224, mask_ratio=0.75, norm_pix_loss=True)
+    torch.save({"model": {**encoder, **_decoder(spec)}, "args": args, "epoch": 799}, path)
     return encoder

@@ -6,7 +6,6 @@ Its state_dict is ``backbone.`` + the torchvision model's own keys, plus ``head.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 
@@ -14,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from odir_core.model.checkpoints import dual_state_dict, load_imagenet_backbone_state, read_checkpoint
+from odir_core.model.checkpoints import SAFE_GLOBALS, dual_state_dict, load_imagenet_backbone_state, read_checkpoint
 from odir_core.model.model_spec import (
     DEFAULT_BACKBONE,
     BackboneSpec,
@@ -34,7 +33,11 @@ from torch_odir.vit import token_map, vision_transformer
 # families built from their spec rather than by torchvision's constructor of the name (same modules and keys)
 CONSTRUCTORS = {"vit": vision_transformer}
 
-torch_load = functools.partial(torch.load, map_location="cpu", weights_only=True)
+
+def torch_load(path):
+    """What a torch checkpoint file holds (tensors on the CPU, no arbitrary objects): ``torch.load``."""
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class CorrelationFusion(nn.Module):

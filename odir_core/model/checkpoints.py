@@ -13,6 +13,7 @@ study's own files, ``classifier.*`` for the head (``classifier.weight`` for v0, 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -28,6 +29,10 @@ from odir_core.atomic import atomic_path
 from odir_core.errors import InputError
 from odir_core.model.families import vit
 from odir_core.model.model_spec import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, backbone_spec, infer_backbone
+
+# The Python objects a checkpoint may hold beside tensors and plain containers, rebuilt as data by torch's
+# weights_only reader (no code runs): the argparse Namespace that MAE-style training scripts (RETFound's) save as "args"
+SAFE_GLOBALS = (argparse.Namespace,)
 
 TORCH_SUFFIXES = (".pth", ".pt")  # torch checkpoint files
 KERAS_SUFFIX = ".keras"  # keras_odir's saved models
