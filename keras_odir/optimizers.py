@@ -4,6 +4,19 @@ import keras
 from keras import ops
 
 
+def follow_layouts(slots, variables) -> None:
+    """On torch, store each optimizer slot in its weight's memory layout (a convolution kernel is kept in (O, H, W, I)
+    order: ``keras_odir.layers``), so that the batched updates run over matching strides, as fast as contiguous."""
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    with torch.no_grad():
+        for slot, variable in zip(slots, variables):
+            if slot is not None and slot.value.stride() != variable.value.stride():
+                slot.value.data = torch.empty_like(variable.value).copy_(slot.value)
+
+
 @keras.saving.register_keras_serializable(package="keras_odir")
 class TorchSGD(keras.optimizers.Optimizer):
     """``torch.optim.SGD`` as a Keras optimizer.
@@ -73,6 +86,7 @@ class TorchSGD(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.momentum_buffers = self.add_optimizer_variables(variables, "momentum_buffer")
+        follow_layouts(self.momentum_buffers, variables)
 
     def _apply_weight_decay(self, variables):
         # Keras decays weights decoupled (w -= lr*wd*w, before the step); torch SGD adds

@@ -1,6 +1,6 @@
 """keras_odir.layers on the torch backend: ChannelsLastConv2D keeps its HWIO kernel in (O, H, W, I) memory order,
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
-backward, through assignment, training steps and a saved model."""
+backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model."""
 
 import keras
 import numpy as np
@@ -64,6 +64,8 @@ def test_layout_and_values_survive_training_steps_and_saving(tmp_path):
         F.mse_loss(out, torch.tensor(y)).backward()
         ref_opt.step()
     assert conv.kernel.value is parameter and _in_oihw_channels_last(parameter)
+    buffer = model.optimizer.momentum_buffers[model.optimizer._get_variable_index(conv.kernel)].value
+    assert buffer.stride() == parameter.stride()  # the batched update runs over matching strides
     np.testing.assert_allclose(conv.get_weights()[0], ref_kernel.detach().permute(2, 3, 1, 0).numpy(), atol=1e-5)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
