@@ -18,6 +18,7 @@ resize as a matrix, the same numbers in both frameworks.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -139,3 +140,18 @@ def token_grid(tokens: np.ndarray) -> np.ndarray:
     """One image's tokens (1 + s * s, C), class token first, -> its patch tokens on their grid (s, s, C)."""
     side = math.isqrt(tokens.shape[0] - 1)
     return tokens[1:].reshape(side, side, tokens.shape[-1])
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per encoder block."""
+    return spec.blocks[0]
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key as BEiT's and RETFound's ``get_layer_id_for_vit``: 0 for the patch embedding,
+    class token and position embeddings, ``i + 1`` for encoder block ``i``, one past the last block for the
+    final LayerNorm (``encoder.ln``)."""
+    if key in ("class_token", "encoder.pos_embedding") or key.startswith("conv_proj."):
+        return 0
+    block = re.match(r"encoder\.layers\.encoder_layer_(\d+)\.", key)
+    return int(block.group(1)) + 1 if block else depth_count(spec) + 1
