@@ -189,7 +189,8 @@ def make_optimizer(config: TrainConfig, model: keras.Model, trained, steps_per_e
     ``odir_core.training.param_groups``; its learning rate a per-step schedule with ``--schedule-step step``."""
     lr = config.lr
     if config.schedule_step == "step":
-        lr = StepLearningRate(config.scheduler, config.lr, {**config.scheduler_params(), "steps_per_epoch": steps_per_epoch})
+        lr = StepLearningRate(config.scheduler, config.lr,
+                              {**config.scheduler_params(), "steps_per_epoch": steps_per_epoch})
     if config.optimizer == "adamw":
         optimizer = TorchAdamW(learning_rate=lr, beta_1=config.adamw_beta1, beta_2=config.adamw_beta2,
                                epsilon=config.adamw_eps, weight_decay=config.weight_decay)

@@ -5,8 +5,8 @@ The same options, configs and run folder as ``keras_odir.train`` (``--help``): `
 ``train_results.xlsx``, ``history.csv``, ``tensorboard/``, and ``backup/state.pth`` while it runs
 (``--resume RUN_DIR``). torch's SGD or AdamW over the param groups of ``odir_core.training.param_groups``,
 ``BCEWithLogitsLoss(pos_weight)`` (or ``--loss focal|asl``, ``torch_odir.losses``), ``LinearLR``/``CyclicLR``/
-``LambdaLR`` (warmup_cosine) stepped once per epoch or per step, a DataLoader following the shared epoch order; ``--precision bf16|fp16``
-runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
+``LambdaLR`` (warmup_cosine) stepped once per epoch or per step, a DataLoader following the shared epoch order;
+``--precision bf16|fp16`` runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ FRACTION = Bounds(0.0, 1.0)
 GAMMA = Bounds(0.0, losses.MAX_GAMMA)
 # The range of every numeric field, the same for both trainers: torch's own checks (SGD: momentum and
 # weight_decay >= 0; AdamW: betas in [0, 1), eps > 0; LinearLR: start_factor in (0, 1], end_factor in [0, 1]) and
-# keras_odir's TorchSGD (momentum <= 1) together; a layer decay above 1 would train the stem fastest. CyclicLR's gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1. The
+# keras_odir's TorchSGD (momentum <= 1) together; a layer decay above 1 would train the stem fastest. CyclicLR's
+# gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1. The
 # losses' focusing exponents are >= 0 (odir_core.training.losses.MAX_GAMMA at most), focal_alpha a fraction or -1
 # (no alpha weighting, torchvision's convention), and the ASL margin below 1 (at 1 every negative term vanishes).
 NUMBER_RULES: dict[str, Bounds] = {
