@@ -50,8 +50,8 @@ class TorchSGD(ParamGroups, keras.optimizers.Optimizer):
     schedule changes it, old gradients keep their old learning rate there but take the new
     one here. ``learning_rate`` and ``momentum`` are variables: assign them between epochs
     (``opt.learning_rate = 0.01``; ``opt.momentum = 0.85``), e.g. from a CyclicLR schedule.
-    ``reduce_gradients`` (not saved): a function applied to the list of gradients before each step,
-    e.g. the mean over the processes of a data-parallel run.
+    Param groups and ``reduce_gradients``: :class:`ParamGroups` (with groups, the torch backend's batched
+    ``_foreach`` step gives way to the per-weight one).
     """
 
     def __init__(
