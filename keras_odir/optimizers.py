@@ -172,6 +172,7 @@ class TorchSGD(ParamGroups, keras.optimizers.Optimizer):
         return config
 
 
+# Not keras.optimizers.AdamW: it adds epsilon before the bias correction, so its steps are not torch's.
 @keras.saving.register_keras_serializable(package="keras_odir")
 class TorchAdamW(ParamGroups, keras.optimizers.Optimizer):
     """``torch.optim.AdamW`` as a Keras optimizer (``amsgrad=False``, ``maximize=False``).
