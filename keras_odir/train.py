@@ -28,13 +28,14 @@ from keras_odir.data import EpochBatches, feature_batches, image_batches
 from keras_odir.epoch_outputs import EpochOutputs
 from keras_odir.initial_weights import load_initial_weights
 from keras_odir.losses import training_loss
-from keras_odir.lr_schedule import EpochSchedule
+from keras_odir.lr_schedule import EpochSchedule, StepLearningRate, StepScheduleLog
 from keras_odir.executor import planned
 from keras_odir.model import build_dual_model
-from keras_odir.optimizers import TorchSGD
+from keras_odir.optimizers import TorchAdamW, TorchSGD
 from keras_odir.parts import dual_parts, is_dual_model
 from keras_odir.precision import dtype_policy
-from keras_odir.weights import keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state
+from keras_odir.weights import (keras_to_numpy_state, read_keras_model, read_torch_state, torch_to_keras_state,
+                                weight_table)
 from odir_core.errors import on_every_rank
 from odir_core.evaluation.cross_validation import cross_validate
 from odir_core.model.checkpoints import KERAS_SUFFIX, TORCH_SUFFIXES, backbone_state_dict, dual_state_dict, is_dual_state
@@ -44,6 +45,7 @@ from odir_core.training.config import TrainConfig
 from odir_core.training.feature_cache import build_feature_cache
 from odir_core.training.history import History
 from odir_core.training.losses import numpy_loss
+from odir_core.training.param_groups import param_groups
 from odir_core.training.ranks import Ranks, check_batch_split, training_rows
 from odir_core.training.run import (
     RunSetup,
@@ -53,7 +55,6 @@ from odir_core.training.run import (
     setup_run,
 )
 from odir_core.training.run_datasets import run_datasets
-from odir_core.training.schedules import make_schedule
 from odir_core.training.tensorboard import ScalarWriter
 
 
@@ -175,12 +176,41 @@ def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ran
     return Loop(trainable, network, train_batches, train_eval, val_eval, outputs, ranks)
 
 
-def compile_loop(loop: Loop, setup: RunSetup) -> None:
-    """Compile ``loop.trainable`` with TorchSGD (gradients averaged over the processes where there are several)
-    and the config's loss (``--loss``, class-weighted with ``--weighted-loss``); the epoch-outputs metric where the
-    epoch's train metrics or loss need it."""
+def weight_groups(config: TrainConfig, model: keras.Model, variables) -> list[tuple]:
+    """(variable, lr_scale, decays) of each of the trained ``variables`` of the dual ``model``, by the rules of
+    ``odir_core.training.param_groups`` on its torch key (and torch shape: ConvNeXt's layer scales are (C, 1, 1))."""
+    names = {id(variable): (key, kind) for key, (variable, kind) in weight_table(model).items()}
+    shapes = {}
+    for variable in variables:
+        key, kind = names[id(variable)]
+        shapes[key] = (variable, tuple(variable.shape) + ((1, 1) if kind == "channel" else ()))
+    groups = param_groups([(key, shape) for key, (_, shape) in shapes.items()], config.backbone_spec,
+                          config.layer_decay, exempt=config.optimizer == "adamw")
+    return [(shapes[key][0], group.lr_scale, group.decay) for group in groups for key in group.keys]
+
+
+def make_optimizer(config: TrainConfig, model: keras.Model, trained, steps_per_epoch: int):
+    """TorchSGD or TorchAdamW over the ``trained`` variables of the dual ``model`` with the param groups of
+    ``odir_core.training.param_groups``; its learning rate a per-step schedule with ``--schedule-step step``."""
+    lr = config.lr
+    if config.schedule_step == "step":
+        lr = StepLearningRate(config.scheduler, config.lr,
+                              {**config.scheduler_params(), "steps_per_epoch": steps_per_epoch})
+    if config.optimizer == "adamw":
+        optimizer = TorchAdamW(learning_rate=lr, beta_1=config.adamw_beta1, beta_2=config.adamw_beta2,
+                               epsilon=config.adamw_eps, weight_decay=config.weight_decay)
+    else:
+        optimizer = TorchSGD(learning_rate=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer.set_param_groups(weight_groups(config, model, trained))
+    return optimizer
+
+
+def compile_loop(loop: Loop, setup: RunSetup, model: keras.Model) -> None:
+    """Compile ``loop.trainable`` with the config's optimizer (:func:`make_optimizer`; gradients averaged over the
+    processes where there are several) and loss (``--loss``, class-weighted with ``--weighted-loss``); the
+    epoch-outputs metric where the epoch's train metrics or loss need it."""
     config = setup.config
-    optimizer = TorchSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, model, loop.trainable.trainable_variables, loop.train_batches.steps_per_epoch)
     optimizer.reduce_gradients = data_parallel.gradient_reducer(loop.ranks)
     keep_outputs = config.train_metrics == "epoch" or loop.ranks.distributed
     loop.trainable.compile(optimizer=optimizer, loss=training_loss(config, setup.pos_weight),
@@ -227,13 +257,15 @@ def _train(setup: RunSetup, started: float, ranks: Ranks, log) -> None:
         with dtype_policy(config.precision):
             model = build_model(config)
     loop = build_loop(setup, model, start_epoch, ranks, log)
-    compile_loop(loop, setup)
+    compile_loop(loop, setup, model)
     evaluation = epoch_evaluation(setup, loop, history, log)
-    schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
+    steps = loop.train_batches.steps_per_epoch
+    schedule = config.schedule(steps)
+    schedule_callback = StepScheduleLog(schedule, steps) if config.schedule_step == "step" else EpochSchedule(schedule)
     # the checkpoints save the dual model: the trained one itself (with its optimizer) where it is trained whole
     saved = model if config.uses_feature_cache else loop.trainable
     callbacks = training_callbacks(run_dir=run_dir, model=saved, evaluation=evaluation,
-                                   schedule_callback=EpochSchedule(schedule), patience=config.patience,
+                                   schedule_callback=schedule_callback, patience=config.patience,
                                    seed=config.seed, resumed_val_losses=val_losses, trained_on=setup.trained_on,
                                    ranks=ranks)
     if setup.resumed and ranks.main:  # config.toml once the backup (the callback before) is restored

@@ -7,7 +7,8 @@ Dropout is off; shuffling is off; the batches are identical.
 
 Checked in float32: the loss before any update (<= 1e-6), every weight after one SGD-momentum
 step (<= 1e-4 relative to the tensor's largest magnitude, BatchNorm running statistics included),
-and the per-step losses of 3 epochs x 4 steps under each schedule (<= 1e-3 relative).
+and the per-step losses of 3 epochs x 4 steps under each schedule (<= 1e-3 relative); also AdamW with
+layer-decay learning-rate scales and a per-step warm-up + cosine on the small pair.
 A small Conv/BatchNorm/Dense pair covers every schedule x loss and meets these with ~1e-7.
 On the dual ResNet50 a float32 case may exceed them only up to twice torch's own float32-vs-float64
 error on the same case (``Float64Reference``): the frozen head's first loss (2e-6 vs torch's own
@@ -35,10 +36,10 @@ import torch
 
 from keras_odir.layers import TorchBatchNormalization
 from keras_odir.losses import WeightedBCEWithLogits
-from keras_odir.lr_schedule import EpochSchedule
+from keras_odir.lr_schedule import EpochSchedule, StepLearningRate
 from keras_odir.model import build_dual_model
-from keras_odir.optimizers import TorchSGD
-from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state
+from keras_odir.optimizers import TorchAdamW, TorchSGD
+from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state, weight_table
 from odir_core.training.class_weights import pos_weight_from_labels
 from odir_core.training.schedules import make_schedule
 from parity_helpers import dropout_off, images, keras_float64, nchw
@@ -366,3 +367,39 @@ def test_dual_model_finetune_one_step_float64(record, backbone_state):
         record("dual v0 fine-tuned one step, float64: loss", got[0], want[0], tol=FLOAT64_LOSS_TOL)
         compare_states(record, "dual v0 fine-tuned one step, float64", keras_model, torch_model,
                        tol=FLOAT64_STEP_TOL)
+
+
+# The fine-tuning recipe on the small pair: AdamW, a learning-rate scale per depth (conv1 0.65**2, bn1 0.65, fc 1),
+# no weight decay for 1-D weights, a per-step warm-up + cosine (torch: LambdaLR stepped after each step).
+RECIPE_SCALES = {"conv1": 0.65 ** 2, "bn1": 0.65, "fc": 1.0}
+RECIPE_SCHEDULE = dict(epochs=EPOCHS, warmup_epochs=1, min_lr=1e-4, steps_per_epoch=STEPS)
+
+
+def test_small_model_adamw_layer_decay_per_step_cosine(record):
+    keras_model, torch_model = small_pair(seed=6)
+    x, y = small_data(seed=7)
+    lr = StepLearningRate("warmup_cosine", 0.01, RECIPE_SCHEDULE)
+    groups = [{"params": [p], "lr": 0.01 * RECIPE_SCALES[key.split(".")[0]], "weight_decay": 0.05 * (p.ndim > 1)}
+              for key, p in torch_model.named_parameters()]
+    optimizer = torch.optim.AdamW(groups, lr=0.01, weight_decay=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, **lr.schedule.torch_kwargs())
+    loss_fn, want = torch.nn.BCEWithLogitsLoss(), []
+    torch_model.train()
+    for _ in range(EPOCHS):
+        for start in range(0, len(y), BATCH):
+            optimizer.zero_grad()
+            loss = loss_fn(torch_model(nchw(x)[start:start + BATCH]), torch.from_numpy(y[start:start + BATCH]))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            want.append(loss.item())
+    keras_optimizer = TorchAdamW(lr, weight_decay=0.05)
+    keras_optimizer.set_param_groups((variable, RECIPE_SCALES[key.split(".")[0]], variable.ndim > 1)
+                                     for key, (variable, _) in weight_table(keras_model).items() if variable.trainable)
+    keras_model.compile(optimizer=keras_optimizer, loss=WeightedBCEWithLogits())
+    steps = StepLosses()
+    keras_model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[steps])
+    got = steps.losses()
+    case = "small adamw layer-decay per-step warmup_cosine"
+    record(f"{case}: {EPOCHS}x{STEPS} step losses (relative)", got / np.array(want), np.ones(len(want)), tol=CURVE_TOL)
+    compare_states(record, f"{case} after {EPOCHS}x{STEPS} steps", keras_model, torch_model, tol=STEP_TOL)

@@ -41,6 +41,14 @@ def test_integer_in_toml_is_accepted_for_float_field(tmp_path):
         ("head = 'v9'\n", ["head", "v0, v1, v2"]),
         ("image_size = 64\ncrop_size = 96\n", ["crop_size", "image_size"]),
         ("lr = [\n", ["not valid TOML"]),
+        ("optimizer = 'adam'\n", ["optimizer", "sgd, adamw"]),
+        ("layer_decay = 1.5\n", ["layer_decay", "(0, 1]"]),
+        ("scheduler = 'warmup_cosine'\nepochs = 5\nwarmup_epochs = 5\n", ["warmup_epochs = 5", "below epochs"]),
+        ("scheduler = 'warmup_cosine'\nlr = 0.01\nmin_lr = 0.1\n", ["min_lr", "must not exceed lr"]),
+        ("schedule_step = 'step'\nscheduler = 'linear'\n", ["schedule_step", "--scheduler warmup_cosine"]),
+        ("optimizer = 'adamw'\nscheduler = 'cyclic'\n", ["cycles the momentum", "--no-cycle-momentum"]),
+        ("scheduler = 'cyclic'\nlayer_decay = 0.65\n", ["one learning rate", "--layer-decay"]),
+        ("adamw_beta2 = 1.0\n", ["adamw_beta2", "[0, 1)"]),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, words):
@@ -110,6 +118,15 @@ def test_scheduler_params_are_torch_keyword_names():
     torch.optim.lr_scheduler.CyclicLR(opt, **conf.scheduler_params())
     conf = cfg.TrainConfig(scheduler="linear")
     torch.optim.lr_scheduler.LinearLR(opt, **conf.scheduler_params())
+
+
+def test_warmup_cosine_schedule_per_epoch_or_per_step():
+    conf = cfg.TrainConfig(scheduler="warmup_cosine", lr=0.01, epochs=10, warmup_epochs=2, min_lr=1e-5)
+    assert conf.schedule(7).steps_per_epoch == 1  # per epoch by default: the steps do not matter
+    per_step = conf.replace(schedule_step="step").schedule(7)
+    assert (per_step.base_lr, per_step.epochs, per_step.warmup_epochs, per_step.min_lr, per_step.steps_per_epoch) == (
+        0.01, 10, 2, 1e-5, 7)
+    assert per_step.lr_at(7) == conf.schedule(7).lr_at(1)  # step 7 of 7 per epoch is epoch 1
 
 
 def _study_rows():

@@ -91,6 +91,26 @@ def test_killed_mid_write_resumes_to_the_uninterrupted_weights(data, straight, t
     assert_same_run(straight[trainer], cut, trainer)
 
 
+# The fine-tuning recipe: TorchAdamW's running averages and step count in Keras' backup, and the per-step schedule
+# (the optimizer's step count) continuing where the killed run stopped; the head alone trained on cached features
+# keeps it fast (what the backup holds is the same optimizer state for any set of weights).
+RECIPE = ("--backbone", "resnet18", "--head", "v2", "--epochs", "2", "--patience", "0", "--optimizer", "adamw",
+          "--weight-decay", "0.05", "--layer-decay", "0.75", "--scheduler", "warmup_cosine", "--warmup-epochs", "1",
+          "--schedule-step", "step", "--lr", "0.002")
+
+
+def test_killed_adamw_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
+    proc = run("keras", "none", *tiny_train_args(data, tmp_path / "straight", *RECIPE))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("keras", "backup-weights", *tiny_train_args(data, tmp_path / "cut", *RECIPE))
+    assert proc.returncode == KILLED, proc.stderr[-3000:]
+    cut = only_run(tmp_path / "cut")
+    proc = run("keras", "none", "--resume", str(cut))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming after epoch 1" in proc.stdout
+    assert_same_run(only_run(tmp_path / "straight"), cut, "keras")
+
+
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
 def test_killed_before_the_first_backup_points_to_the_last_model(data, tmp_path, trainer):
     """Epoch 1's checkpoints and history are written, its backup is not: no resume, but its last model."""

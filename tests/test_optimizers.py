@@ -1,4 +1,4 @@
-"""keras_odir.optimizers.TorchSGD against torch.optim.SGD and hand-computed steps.
+"""keras_odir.optimizers.TorchSGD against torch.optim.SGD and hand-computed steps; TorchAdamW saved and restored.
 
 Runs on whichever Keras backend is active (torch by default; also passes with
 KERAS_BACKEND=jax); the reference is always torch itself.
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from keras_odir.optimizers import TorchSGD
+from keras_odir.lr_schedule import StepLearningRate
+from keras_odir.optimizers import TorchAdamW, TorchSGD
 
 import keras  # noqa: E402  (after keras_odir, which picks the default backend)
 from keras import ops  # noqa: E402
@@ -160,3 +161,36 @@ def test_saved_in_keras_file_and_resumes_identically(tmp_path):
     loaded.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_adamw_saved_in_keras_file_and_resumes_identically(tmp_path):
+    """TorchAdamW's state (step count, both running averages) and its per-step learning rate survive a .keras file:
+    training on from the file equals training on in memory."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    y = rng.normal(size=(8, 3)).astype(np.float32)
+    lr = StepLearningRate("warmup_cosine", 0.01, dict(epochs=3, warmup_epochs=1, min_lr=1e-4, steps_per_epoch=2))
+    model = small_model(seed=2)
+    model.compile(optimizer=TorchAdamW(lr, beta_1=0.8, beta_2=0.99, epsilon=1e-7, weight_decay=0.1), loss="mse")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    path = tmp_path / "model.keras"
+    model.save(path)
+
+    loaded = keras.saving.load_model(path)
+    opt = loaded.optimizer
+    assert isinstance(opt, TorchAdamW) and isinstance(opt._learning_rate, StepLearningRate)
+    assert (opt.beta_1, opt.beta_2, opt.epsilon, opt.weight_decay) == pytest.approx((0.8, 0.99, 1e-7, 0.1))
+    assert int(ops.convert_to_numpy(opt.iterations)) == 2
+    for a, b in zip(opt.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_adamw_invalid_arguments():
+    for kwargs, match in (({"beta_1": 1.0}, "beta_1 must be in"), ({"beta_2": -0.1}, "beta_2 must be in"),
+                          ({"epsilon": 0.0}, "epsilon must be > 0"), ({"weight_decay": -1.0}, "weight_decay must")):
+        with pytest.raises(ValueError, match=match):
+            TorchAdamW(**kwargs)

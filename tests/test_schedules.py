@@ -1,4 +1,5 @@
-"""odir_core.training.schedules against torch's LinearLR / CyclicLR stepped once per epoch."""
+"""odir_core.training.schedules against torch's LinearLR / CyclicLR / CosineAnnealingLR / LambdaLR, stepped once per
+epoch (or per step)."""
 
 import math
 
@@ -9,6 +10,7 @@ from odir_core.training.schedules import (
     ConstantSchedule,
     CyclicSchedule,
     LinearSchedule,
+    WarmupCosineSchedule,
     make_schedule,
 )
 
@@ -134,6 +136,11 @@ def test_torch_kwargs_build_the_same_torch_scheduler():
         ("linear", 0.1, {"start_factor": 0.0}, "start_factor must be in"),
         ("linear", 0.1, {"end_factor": 1.5}, "end_factor must be in"),
         ("linear", 0.1, {"total_iters": 2.5}, "total_iters must be"),
+        ("warmup_cosine", 0.1, {"warmup_epochs": 2}, "epochs is required"),
+        ("warmup_cosine", 0.1, {"epochs": 5, "warmup_epochs": 5}, "warmup_epochs must be in"),
+        ("warmup_cosine", 0.1, {"epochs": 5, "min_lr": 0.2}, "min_lr must be in"),
+        ("warmup_cosine", 0.1, {"epochs": 5, "steps_per_epoch": 0}, "steps_per_epoch must be"),
+        ("warmup_cosine", 0.1, {"epochs": 5, "max_lr": 1.0}, "does not take max_lr"),
     ],
 )
 def test_bad_parameters_are_rejected(name, lr, params, match):
@@ -142,6 +149,73 @@ def test_bad_parameters_are_rejected(name, lr, params, match):
 
 
 def test_negative_epoch_is_rejected():
-    for s in (ConstantSchedule(0.1), LinearSchedule(0.1), CyclicSchedule(0.1, 1.0)):
+    for s in (ConstantSchedule(0.1), LinearSchedule(0.1), CyclicSchedule(0.1, 1.0), WarmupCosineSchedule(0.1, 3)):
         with pytest.raises(ValueError, match="epoch must be >= 0"):
             s.lr_at(-1)
+
+
+# (lr, epochs, warmup_epochs, min_lr, steps_per_epoch): RETFound's fine-tuning shape (per step), per epoch, no warm-up
+WARMUP_COSINE_CASES = [(5e-4, 10, 2, 1e-6, 7), (0.01, 20, 3, 0.0, 1), (0.1, 6, 0, 1e-3, 4), (0.05, 12, 1, 0.0, 1)]
+
+
+def torch_warmup_cosine(lr, epochs, warmup_epochs, min_lr, steps):
+    """The lr of each iteration from torch's own schedulers: iteration 0 at 0, then LinearLR(1 / W, 1, W - 1)
+    (lr * (i + 1) / W, i.e. lr * t / W at iteration t = i + 1) over the warm-up's W iterations, then
+    CosineAnnealingLR(T_max = the rest, eta_min = min_lr), each stepped once per iteration (chainable form)."""
+    warmup, total = warmup_epochs * steps, epochs * steps
+    lrs = []
+    if warmup:
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.AdamW([param], lr=lr)
+        linear = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / warmup, 1.0, warmup - 1)
+        lrs.append(0.0)
+        for _ in range(warmup - 1):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            linear.step()
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=min_lr)
+    for _ in range(total - warmup):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        cosine.step()
+    return lrs
+
+
+@pytest.mark.parametrize("lr,epochs,warmup_epochs,min_lr,steps", WARMUP_COSINE_CASES)
+def test_warmup_cosine_equals_torch_linear_then_cosine_annealing(lr, epochs, warmup_epochs, min_lr, steps):
+    params = dict(epochs=epochs, warmup_epochs=warmup_epochs, min_lr=min_lr, steps_per_epoch=steps)
+    schedule = make_schedule("warmup_cosine", lr, **params)
+    assert schedule == WarmupCosineSchedule(base_lr=lr, **params)
+    expected = torch_warmup_cosine(lr, epochs, warmup_epochs, min_lr, steps)
+    assert len(expected) == epochs * steps
+    for i, want in enumerate(expected):
+        assert schedule.lr_at(i) == pytest.approx(want, abs=1e-12, rel=1e-9), i
+        assert schedule.momentum_at(i) is None
+
+
+def test_warmup_cosine_lambda_lr_gives_each_group_its_scaled_value():
+    """torch_odir's LambdaLR (torch_kwargs) multiplies each param group's own lr (layer decay) by the factor."""
+    schedule = make_schedule("warmup_cosine", 0.01, epochs=4, warmup_epochs=1, min_lr=1e-4, steps_per_epoch=3)
+    assert schedule.torch_name == "LambdaLR"
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.AdamW([{"params": [params[0]], "lr": 0.01}, {"params": [params[1]], "lr": 0.01 * 0.65}])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, **schedule.torch_kwargs())
+    for i in range(12):
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+            [schedule.lr_at(i), 0.65 * schedule.lr_at(i)], abs=1e-15, rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_warmup_cosine_values_by_hand():
+    """RETFound's adjust_learning_rate: lr * t / W in the warm-up, then min_lr + (lr - min_lr) * (1 + cos) / 2."""
+    s = make_schedule("warmup_cosine", 0.1, epochs=10, warmup_epochs=2, min_lr=0.0, steps_per_epoch=4)
+    assert s.lr_at(0) == 0.0
+    assert s.lr_at(3) == pytest.approx(0.1 * 0.75 / 2, abs=1e-15)  # t = 0.75
+    assert s.lr_at(8) == pytest.approx(0.1, abs=1e-15)  # t = 2: the peak
+    assert s.lr_at(24) == pytest.approx(0.05, abs=1e-15)  # t = 6: half way down the cosine
+    per_epoch = make_schedule("warmup_cosine", 0.1, epochs=10, warmup_epochs=2, min_lr=0.01)
+    assert per_epoch.lr_at(1) == pytest.approx(0.05, abs=1e-15)
+    assert per_epoch.lr_at(6) == pytest.approx(0.01 + 0.09 * 0.5, abs=1e-15)

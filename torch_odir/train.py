@@ -3,10 +3,10 @@
 The same options, configs and run folder as ``keras_odir.train`` (``--help``): ``config.toml``,
 ``best.pth`` (lowest validation loss) and ``last.pth`` (each ``{"state_dict", "config", "epoch"}``),
 ``train_results.xlsx``, ``history.csv``, ``tensorboard/``, and ``backup/state.pth`` while it runs
-(``--resume RUN_DIR``). torch's SGD, ``BCEWithLogitsLoss(pos_weight)`` (or ``--loss focal|asl``,
-``torch_odir.losses``), ``LinearLR``/``CyclicLR``
-stepped once per epoch, a DataLoader following the shared epoch order; ``--precision bf16|fp16``
-runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
+(``--resume RUN_DIR``). torch's SGD or AdamW over the param groups of ``odir_core.training.param_groups``,
+``BCEWithLogitsLoss(pos_weight)`` (or ``--loss focal|asl``, ``torch_odir.losses``), ``LinearLR``/``CyclicLR``/
+``LambdaLR`` (warmup_cosine) stepped once per epoch or per step, a DataLoader following the shared epoch order;
+``--precision bf16|fp16`` runs the forward pass under ``torch.autocast`` (fp16 with a ``GradScaler``), weights stay float32.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from odir_core.training.run import (
     setup_run,
 )
 from odir_core.training.run_datasets import run_datasets
-from odir_core.training.schedules import make_schedule
+from odir_core.training.param_groups import param_groups
 from odir_core.training.tensorboard import ScalarWriter
 from torch_odir.cli_backend import BACKEND
 from torch_odir.data import make_loader
@@ -97,9 +97,25 @@ def build_model(config: TrainConfig) -> DualNet:
     return model
 
 
-def make_scheduler(config: TrainConfig, optimizer):
-    """torch's LinearLR / CyclicLR of the config (stepped once per epoch), or None."""
-    schedule = make_schedule(config.scheduler, config.lr, **config.scheduler_params())
+def make_optimizer(config: TrainConfig, model: DualNet) -> torch.optim.Optimizer:
+    """torch's SGD or AdamW over the trained weights of ``model``, one param group per learning-rate scale
+    (``--layer-decay``) and, for adamw, weight decay or none (``odir_core.training.param_groups``)."""
+    named = [(key, p) for key, p in model.named_parameters() if p.requires_grad]
+    weights = dict(named)
+    groups = [{"params": [weights[key] for key in group.keys], "lr": config.lr * group.lr_scale,
+               "weight_decay": config.weight_decay if group.decay else 0.0}
+              for group in param_groups([(key, tuple(p.shape)) for key, p in named], model.spec, config.layer_decay,
+                                        exempt=config.optimizer == "adamw")]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adamw_beta1, config.adamw_beta2),
+                                 eps=config.adamw_eps, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """torch's LinearLR / CyclicLR / LambdaLR of the config (stepped once per epoch, or per step with
+    ``--schedule-step step``), or None."""
+    schedule = config.schedule(steps_per_epoch)
     if schedule.torch_name is None:
         return None
     return getattr(torch.optim.lr_scheduler, schedule.torch_name)(optimizer, **schedule.torch_kwargs())
@@ -152,7 +168,8 @@ class Loop:
     """What one epoch of training and validation runs: ``forward`` (the model, or its head on cached
     features; DDP-wrapped under several processes) over this rank's loaders, with its optimizer, loss,
     fp16 loss scaler, device, precision and ranks; ``val_loss``: the validation loss in numpy (the training loss
-    without the class weights)."""
+    without the class weights); ``step_scheduler``: the learning-rate scheduler when it is stepped after each
+    optimizer step (``--schedule-step step``; else None, and ``save_epoch`` steps it after each epoch)."""
 
     forward: nn.Module
     train_loader: object
@@ -165,11 +182,13 @@ class Loop:
     precision: str
     ranks: Ranks
     val_loss: Callable[[np.ndarray, np.ndarray], float]
+    step_scheduler: object = None
 
 
-def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, list]:
+def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, list, dict]:
     """One pass over the epoch's training batches: (mean loss over the global batches, this rank's labels
-    and training-mode logits per batch). Stops at the first non-finite loss (the mean is then not finite).
+    and training-mode logits per batch, the first param group's settings of the last step: lr, momentum).
+    Stops at the first non-finite loss (the mean is then not finite).
 
     Each rank's mean loss is weighted by its share of the global batch (``odir_core.training.ranks.loss_share``)
     so that DDP's gradient average is the gradient of the global batch's mean loss."""
@@ -191,6 +210,9 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
         loop.scaler.scale(loss).backward()  # loss scaling for fp16; plain backward otherwise
         loop.scaler.step(loop.optimizer)
         loop.scaler.update()
+        group = {key: loop.optimizer.param_groups[0].get(key) for key in ("lr", "momentum")}
+        if loop.step_scheduler is not None:
+            loop.step_scheduler.step()
         total += batch_total
         labels.append(y.cpu().numpy())
         logits_seen.append(logits.detach().float().cpu().numpy())
@@ -198,7 +220,7 @@ def train_one_epoch(loop: Loop, epoch: int, desc: str) -> tuple[float, list, lis
         bar.set_postfix(loss=f"{total / seen:.4f}")
         if not math.isfinite(batch_total):
             break
-    return total / seen, labels, logits_seen
+    return total / seen, labels, logits_seen, group
 
 
 def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray, y_val: np.ndarray,
@@ -206,8 +228,7 @@ def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray,
     """The epoch's record (``odir_core.training.epoch_metrics``) from the outputs of ``train_one_epoch``: train metrics
     from the epoch's training-mode outputs (as the study) or a clean pass, validation metrics from a pass over
     the validation split; every rank predicts its slices and gets the same record."""
-    loss, y_epoch, epoch_logits = trained
-    group = loop.optimizer.param_groups[0]
+    loss, y_epoch, epoch_logits, group = trained
     loop.forward.eval()
 
     def predict(loader):
@@ -220,7 +241,7 @@ def validate(loop: Loop, trained: tuple[float, list, list], y_train: np.ndarray,
             y, train_logits = y_train, predict(loop.eval_train)
         return y, train_logits, predict(loop.eval_val)
 
-    return epoch_record(loss, outputs, y_val, group["lr"], group.get("momentum"), loop.val_loss)
+    return epoch_record(loss, outputs, y_val, group["lr"], group["momentum"], loop.val_loss)
 
 
 def save_epoch(setup: RunSetup, model: DualNet, loop: Loop, scheduler, history: History, epoch: int) -> None:
@@ -231,7 +252,7 @@ def save_epoch(setup: RunSetup, model: DualNet, loop: Loop, scheduler, history: 
         _save(run_dir / "best.pth", model, setup, epoch)
     if write:
         _save(run_dir / "last.pth", model, setup, epoch)
-    if scheduler is not None:
+    if scheduler is not None and loop.step_scheduler is None:
         scheduler.step()
     if not write:
         return
@@ -304,8 +325,7 @@ def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ran
         train_loader = make_loader(data.train, batch, workers=workers, **order)
         eval_train = make_loader(data.train_plain, batch, workers=workers, ranks=ranks)
         eval_val = make_loader(data.val, batch, workers=workers, ranks=ranks)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, model)
     pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     return Loop(wrap(forward, ranks, device, config.sync_bn), train_loader, eval_train, eval_val, optimizer,
@@ -318,7 +338,9 @@ def _train(setup: RunSetup, started: float, device: torch.device, ranks: Ranks, 
     with on_every_rank():  # every rank reads the same --weights
         model = build_model(config).to(device)
     loop = build_loop(setup, model, device, ranks, log)
-    scheduler = make_scheduler(config, loop.optimizer)
+    scheduler = make_scheduler(config, loop.optimizer, len(loop.train_loader))
+    if config.schedule_step == "step":
+        loop.step_scheduler = scheduler
     history = History(run_dir, files=ranks.main)
     start_epoch = 0
     if setup.resumed:

@@ -24,7 +24,7 @@ from odir_core.model.model_spec import DEFAULT_BACKBONE, HEAD_HELP, BackboneSpec
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
 from odir_core.training import losses
 from odir_core.training.losses import LOSSES
-from odir_core.training.schedules import CYCLIC_MODES, SCHEDULERS
+from odir_core.training.schedules import CYCLIC_MODES, SCHEDULE_STEPS, SCHEDULERS, Schedule, make_schedule
 
 # Where an empty ``data`` looks for a prepared ODIR-5K (relative to the working folder).
 PREPARED_ODIR = Path("data") / "odir5k"
@@ -33,6 +33,7 @@ HEADS = tuple(HEAD_SPECS)
 BACKBONES = tuple(BACKBONE_SPECS)
 PRECISIONS = ("float32", "bf16", "fp16")
 TRAIN_METRICS = ("epoch", "clean")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ POSITIVE = Bounds(0.0, low_open=True)
 FRACTION = Bounds(0.0, 1.0)
 GAMMA = Bounds(0.0, losses.MAX_GAMMA)
 # The range of every numeric field, the same for both trainers: torch's own checks (SGD: momentum and
-# weight_decay >= 0; LinearLR: start_factor in (0, 1], end_factor in [0, 1]) and keras_odir's TorchSGD (momentum
-# <= 1) together. CyclicLR's gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1. The
+# weight_decay >= 0; AdamW: betas in [0, 1), eps > 0; LinearLR: start_factor in (0, 1], end_factor in [0, 1]) and
+# keras_odir's TorchSGD (momentum <= 1) together; a layer decay above 1 would train the stem fastest. CyclicLR's
+# gamma scales the amplitude by gamma**epoch, which only shrinks for gamma <= 1. The
 # losses' focusing exponents are >= 0 (odir_core.training.losses.MAX_GAMMA at most), focal_alpha a fraction or -1
 # (no alpha weighting, torchvision's convention), and the ASL margin below 1 (at 1 every negative term vanishes).
 NUMBER_RULES: dict[str, Bounds] = {
@@ -102,6 +104,10 @@ NUMBER_RULES: dict[str, Bounds] = {
     "lr": POSITIVE,
     "momentum": FRACTION,
     "weight_decay": Bounds(0.0),
+    "adamw_beta1": Bounds(0.0, 1.0, high_open=True),
+    "adamw_beta2": Bounds(0.0, 1.0, high_open=True),
+    "adamw_eps": POSITIVE,
+    "layer_decay": Bounds(0.0, 1.0, low_open=True),
     "linear_start_factor": Bounds(0.0, 1.0, low_open=True),
     "linear_end_factor": FRACTION,
     "linear_total_iters": _whole(0, MAX_EPOCHS),
@@ -111,6 +117,8 @@ NUMBER_RULES: dict[str, Bounds] = {
     "cyclic_gamma": Bounds(0.0, 1.0, low_open=True),
     "cyclic_base_momentum": FRACTION,
     "cyclic_max_momentum": FRACTION,
+    "warmup_epochs": _whole(0, MAX_EPOCHS),
+    "min_lr": Bounds(0.0),
     "focal_gamma": GAMMA,
     "focal_alpha": Bounds(0.0, 1.0, special=losses.NO_ALPHA),
     "asl_gamma_neg": GAMMA,
@@ -123,7 +131,7 @@ NUMBER_RULES: dict[str, Bounds] = {
 }
 # (field, field it must not exceed); a crop_size of 0 means no crop
 NOT_ABOVE = (("crop_size", "image_size"), ("cyclic_base_lr", "cyclic_max_lr"),
-             ("cyclic_base_momentum", "cyclic_max_momentum"))
+             ("cyclic_base_momentum", "cyclic_max_momentum"), ("min_lr", "lr"))
 
 
 def check_experiment_name(name: str) -> None:
@@ -145,6 +153,24 @@ def check_numbers(config: "TrainConfig") -> None:
     for name, limit in NOT_ABOVE:
         if getattr(config, name) > getattr(config, limit):
             raise ConfigError(f"{name} = {getattr(config, name)}: must not exceed {limit} ({getattr(config, limit)})")
+
+
+def check_schedule(config: "TrainConfig") -> None:
+    """Refuse a schedule the optimizer or the run cannot follow: a cycled momentum with adamw (which has none),
+    cyclic (one learning rate for all) with layer decay, a per-step schedule other than warmup_cosine, a warm-up as
+    long as the run."""
+    if config.scheduler == "cyclic" and config.cycle_momentum and config.optimizer != "sgd":
+        raise ConfigError(f"scheduler = 'cyclic' cycles the momentum, which optimizer = {config.optimizer!r} has "
+                          "not: add --no-cycle-momentum or use --optimizer sgd")
+    if config.scheduler == "cyclic" and config.layer_decay != 1:
+        raise ConfigError("scheduler = 'cyclic' sets one learning rate for every weight, which layer_decay "
+                          f"= {config.layer_decay} scales: leave --layer-decay out or use another scheduler")
+    if config.schedule_step == "step" and config.scheduler != "warmup_cosine":
+        raise ConfigError(f"schedule_step = 'step' is for scheduler warmup_cosine, not {config.scheduler!r}: "
+                          "leave --schedule-step out or use --scheduler warmup_cosine")
+    if config.scheduler == "warmup_cosine" and config.warmup_epochs >= config.epochs:
+        raise ConfigError(f"warmup_epochs = {config.warmup_epochs}: must be below epochs ({config.epochs}), "
+                          "or the cosine never starts")
 
 
 def check_fold(folds: int, fold: str) -> None:
@@ -250,10 +276,30 @@ class TrainConfig:
         False, "class weights pos_weight = negatives/positives per label on the training split, multiplying the "
         "positive term of the loss (BCE's pos_weight; likewise the positive term of focal and asl)"
     )
-    lr: float = _opt(0.001, "SGD learning rate (the start value of a schedule)")
+    optimizer: str = _opt(
+        "sgd",
+        "sgd (torch.optim.SGD) or adamw (torch.optim.AdamW: decoupled weight decay, and none for biases, norm "
+        "weights and a ViT's class token and position embeddings)",
+        choices=OPTIMIZERS,
+    )
+    lr: float = _opt(0.001, "learning rate (the start value of a schedule, the peak of warmup_cosine)")
     momentum: float = _opt(0.9, "SGD momentum (PyTorch semantics; cycled by the cyclic scheduler)")
-    weight_decay: float = _opt(0.0, "SGD weight decay (L2 added to the gradient, PyTorch semantics)")
-    scheduler: str = _opt("none", "per-epoch learning-rate schedule", choices=SCHEDULERS)
+    weight_decay: float = _opt(
+        0.0, "weight decay: sgd's L2 added to the gradient; adamw's decoupled decay w -= lr * weight_decay * w"
+    )
+    adamw_beta1: float = _opt(0.9, "AdamW beta1 (running average of the gradient)")
+    adamw_beta2: float = _opt(0.999, "AdamW beta2 (running average of the squared gradient)")
+    adamw_eps: float = _opt(1e-8, "AdamW eps, added to the bias-corrected square root")
+    layer_decay: float = _opt(
+        1.0,
+        "layer-wise learning-rate decay D: a weight at depth d of S (0 stem / patch embedding, ViT blocks or CNN "
+        "stages 1..S, S+1 the rest and the head) trains with lr * D**(S+1-d); 1: off",
+    )
+    scheduler: str = _opt("none", "learning-rate schedule (warmup_cosine: per --schedule-step)", choices=SCHEDULERS)
+    schedule_step: str = _opt(
+        "epoch", "warmup_cosine changes the learning rate each epoch or each step (fractional epochs)",
+        choices=SCHEDULE_STEPS,
+    )
     linear_start_factor: float = _opt(1.0, "LinearLR start_factor")
     linear_end_factor: float = _opt(0.1, "LinearLR end_factor")
     linear_total_iters: int = _opt(50, "LinearLR total_iters (epochs)")
@@ -265,6 +311,8 @@ class TrainConfig:
     cycle_momentum: bool = _opt(True, "CyclicLR cycles momentum inversely to the lr")
     cyclic_base_momentum: float = _opt(0.8, "CyclicLR base_momentum")
     cyclic_max_momentum: float = _opt(0.9, "CyclicLR max_momentum")
+    warmup_epochs: int = _opt(0, "warmup_cosine: epochs of linear warm-up from 0 to lr")
+    min_lr: float = _opt(0.0, "warmup_cosine: the learning rate at the end of the cosine")
     epochs: int = _opt(50, "maximum number of epochs")
     patience: int = _opt(5, "early stopping: epochs without a lower validation loss")
     # run
@@ -302,13 +350,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("backbone", BACKBONES), ("head", HEADS), ("augment", AUGMENT_MODES),
                               ("precision", PRECISIONS), ("train_metrics", TRAIN_METRICS),
-                              ("scheduler", SCHEDULERS), ("loss", LOSSES),
+                              ("scheduler", SCHEDULERS), ("loss", LOSSES), ("optimizer", OPTIMIZERS),
+                              ("schedule_step", SCHEDULE_STEPS),
                               ("cyclic_mode", CYCLIC_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         check_experiment_name(self.experiment)
         check_numbers(self)
         check_fold(self.folds, self.fold)
+        check_schedule(self)
 
     @property
     def input_size(self) -> int:
@@ -350,7 +400,17 @@ class TrainConfig:
                 "base_momentum": self.cyclic_base_momentum,
                 "max_momentum": self.cyclic_max_momentum,
             }
+        if self.scheduler == "warmup_cosine":
+            return {"epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "min_lr": self.min_lr}
         return {}
+
+    def schedule(self, steps_per_epoch: int) -> Schedule:
+        """The run's learning-rate schedule (``odir_core.training.schedules``); per optimizer step over
+        ``steps_per_epoch`` steps with ``schedule_step`` step."""
+        params = self.scheduler_params()
+        if self.schedule_step == "step":
+            params["steps_per_epoch"] = steps_per_epoch
+        return make_schedule(self.scheduler, self.lr, **params)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (TOML-serialisable)."""

@@ -1,4 +1,4 @@
-"""Per-epoch learning-rate and momentum schedules, equal to torch's schedulers stepped once per epoch.
+"""Learning-rate and momentum schedules, equal to torch's schedulers stepped once per epoch (or per step).
 
 Epoch ``e`` (0-based) trains with the value a torch scheduler holds after ``e`` calls of
 ``scheduler.step()`` (construction itself performs the first, "epoch 0", evaluation):
@@ -9,6 +9,9 @@ Epoch ``e`` (0-based) trains with the value a torch scheduler holds after ``e`` 
   where one scheduler "iteration" is one epoch. It also cycles the momentum inversely to
   the learning rate (``cycle_momentum=True``, torch's default), and overrides the
   optimizer's learning rate (epoch 0 trains at ``base_lr``) and momentum (``max_momentum``).
+- ``"warmup_cosine"``: a linear warm-up from 0 then a half cosine down to ``min_lr`` (RETFound's and MAE's
+  ``adjust_learning_rate``), per epoch or, with ``steps_per_epoch``, per optimizer step on fractional epochs;
+  torch_odir drives it with ``torch.optim.lr_scheduler.LambdaLR`` (:meth:`WarmupCosineSchedule.factor_at`).
 
 The schedules are pure functions of the epoch (closed forms), so a resumed run gets the
 same values as an uninterrupted one. ``torch_kwargs()`` gives the arguments for the torch
@@ -20,7 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEDULERS = ("none", "linear", "cyclic")
+SCHEDULERS = ("none", "linear", "cyclic", "warmup_cosine")
+SCHEDULE_STEPS = ("epoch", "step")  # when the schedule changes the learning rate: each epoch or each step
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
@@ -189,7 +193,60 @@ class CyclicSchedule:
         }
 
 
-Schedule = ConstantSchedule | LinearSchedule | CyclicSchedule
+@dataclass(frozen=True)
+class WarmupCosineSchedule:
+    """RETFound's (and MAE's) ``adjust_learning_rate``: at iteration ``i`` (an epoch, or an optimizer step when
+    ``steps_per_epoch`` > 1), on the fractional epoch ``t = i / steps_per_epoch``::
+
+        t <  warmup_epochs:  lr = base_lr * t / warmup_epochs
+        t >= warmup_epochs:  lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * (t - warmup_epochs)
+                                                                        / (epochs - warmup_epochs))) / 2
+
+    Iteration 0 of a warm-up trains at lr 0, as there. The warm-up equals torch's ``LinearLR`` and the decay
+    its ``CosineAnnealingLR`` (``eta_min=min_lr``), which the tests check step by step.
+    """
+
+    base_lr: float
+    epochs: int
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    steps_per_epoch: int = 1
+
+    torch_name = "LambdaLR"
+
+    def __post_init__(self):
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_cosine schedule: warmup_epochs must be in [0, epochs = {self.epochs}), "
+                             f"got {self.warmup_epochs}")
+        if not 0 <= self.min_lr <= self.base_lr:
+            raise ValueError(f"warmup_cosine schedule: min_lr must be in [0, lr = {self.base_lr}], got {self.min_lr}")
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"warmup_cosine schedule: steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate for 0-based ``iteration`` (epoch, or step with ``steps_per_epoch``)."""
+        _check_epoch(iteration)
+        t = iteration / self.steps_per_epoch
+        if t < self.warmup_epochs:
+            return self.base_lr * t / self.warmup_epochs
+        progress = (t - self.warmup_epochs) / (self.epochs - self.warmup_epochs)
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def factor_at(self, iteration: int) -> float:
+        """``lr_at(iteration) / base_lr``: ``LambdaLR``'s factor of each group's own learning rate."""
+        return self.lr_at(iteration) / self.base_lr
+
+    def momentum_at(self, iteration: int) -> float | None:
+        """The schedule leaves the momentum alone: None."""
+        _check_epoch(iteration)
+        return None
+
+    def torch_kwargs(self) -> dict:
+        """Keyword arguments of ``torch.optim.lr_scheduler.LambdaLR`` (besides the optimizer)."""
+        return {"lr_lambda": lambda iteration: self.factor_at(iteration)}
+
+
+Schedule = ConstantSchedule | LinearSchedule | CyclicSchedule | WarmupCosineSchedule
 
 
 def make_schedule(name: str, lr: float, **params) -> Schedule:
@@ -198,7 +255,8 @@ def make_schedule(name: str, lr: float, **params) -> Schedule:
     ``params`` are the torch scheduler's keyword arguments: for "linear" ``start_factor``,
     ``end_factor``, ``total_iters``; for "cyclic" ``max_lr`` (required), ``base_lr``
     (default ``lr``), ``step_size_up``, ``step_size_down``, ``mode``, ``gamma``,
-    ``cycle_momentum``, ``base_momentum``, ``max_momentum``. "none" takes none.
+    ``cycle_momentum``, ``base_momentum``, ``max_momentum``; for "warmup_cosine" ``epochs`` (required),
+    ``warmup_epochs``, ``min_lr``, ``steps_per_epoch``. "none" takes none.
     """
     if name == "none":
         _reject_unknown(name, params, set())
@@ -219,6 +277,11 @@ def make_schedule(name: str, lr: float, **params) -> Schedule:
             raise ValueError("cyclic schedule: max_lr is required (e.g. max_lr=0.1)")
         params = {"base_lr": float(lr), **params}
         return CyclicSchedule(**params)
+    if name == "warmup_cosine":
+        _reject_unknown(name, params, {"epochs", "warmup_epochs", "min_lr", "steps_per_epoch"})
+        if "epochs" not in params:
+            raise ValueError("warmup_cosine schedule: epochs is required (the length of the cosine)")
+        return WarmupCosineSchedule(base_lr=float(lr), **params)
     raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 

@@ -43,3 +43,18 @@ def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
     if key.endswith("layer_scale"):
         return np.full(shape, LAYER_SCALE)
     return trunc_normal(shape, WEIGHT_STD, rng) if key.endswith(".weight") and len(shape) in (2, 4) else None
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per stage."""
+    return len(spec.blocks)
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key: 0 for the stem (``features.0``), ``s`` for stage ``s``'s blocks
+    (``features.<2s - 1>``) and the downsampling before it (``features.<2s - 2>``), one past the last stage for
+    the final LayerNorm (``classifier.0``)."""
+    if key.startswith("classifier."):
+        return depth_count(spec) + 1
+    index = int(key.split(".")[1])
+    return (index + 2) // 2 if index else 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from odir_core.model.backbone import BackboneSpec, norm_keys
@@ -41,3 +43,17 @@ def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
                    spec: BackboneSpec) -> np.ndarray | None:
     """A convolution's kernel: ``kaiming_normal_()`` (fan_in); None for what the family has no rule for."""
     return kaiming_normal(shape, "fan_in", rng) if key.endswith(".weight") and len(shape) == 4 else None
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per dense block."""
+    return len(spec.blocks)
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key: 0 for the stem (``conv0``, ``norm0``), ``b`` for ``denseblock<b>`` and the
+    ``transition<b>`` after it, one past the last block for the final ``norm5``."""
+    stage = re.match(r"features\.(?:denseblock|transition)(\d+)\.", key)
+    if stage:
+        return int(stage.group(1))
+    return depth_count(spec) + 1 if key.startswith("features.norm5.") else 0

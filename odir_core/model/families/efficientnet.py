@@ -99,3 +99,14 @@ def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
                    spec: BackboneSpec) -> np.ndarray | None:
     """A convolution's kernel: ``kaiming_normal_(mode="fan_out")``; None for what the family has no rule for."""
     return kaiming_normal(shape, "fan_out", rng) if key.endswith(".weight") and len(shape) == 4 else None
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per MBConv stage."""
+    return mbconv_blocks(spec)[-1].stage
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key ``features.<i>...``: ``i`` (0: the stem conv, 1..S: the MBConv stages, S + 1:
+    the last 1x1 conv)."""
+    return int(key.split(".")[1])

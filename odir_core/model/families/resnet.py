@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from odir_core.model.backbone import BackboneSpec, norm_keys
@@ -38,3 +40,14 @@ def initial_weight(key: str, shape: tuple[int, ...], rng: np.random.Generator,
                    spec: BackboneSpec) -> np.ndarray | None:
     """A convolution's kernel: ``kaiming_normal_(mode="fan_out")``; None for what the family has no rule for."""
     return kaiming_normal(shape, "fan_out", rng) if key.endswith(".weight") and len(shape) == 4 else None
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per stage."""
+    return len(spec.blocks)
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key: 0 for the stem (``conv1``, ``bn1``), ``s`` for ``layer<s>``."""
+    stage = re.match(r"layer(\d+)\.", key)
+    return int(stage.group(1)) if stage else 0

@@ -228,3 +228,18 @@ def token_grid(tokens: np.ndarray) -> np.ndarray:
     """One image's tokens (1 + s * s, C), class token first, -> its patch tokens on their grid (s, s, C)."""
     side = math.isqrt(tokens.shape[0] - 1)
     return tokens[1:].reshape(side, side, tokens.shape[-1])
+
+
+def depth_count(spec: BackboneSpec) -> int:
+    """Depths of layer-wise learning-rate decay (``odir_core.training.param_groups``): one per encoder block."""
+    return spec.blocks[0]
+
+
+def depth_of(key: str, spec: BackboneSpec) -> int:
+    """The depth of a backbone key as BEiT's and RETFound's ``get_layer_id_for_vit``: 0 for the patch embedding,
+    class token and position embeddings, ``i + 1`` for block ``i``, one past the last block for what follows
+    (torchvision's ``encoder.ln``; timm's ``norm`` / ``fc_norm``)."""
+    if key in TOKEN_KEYS[spec.layout] or key.startswith(("conv_proj.", "patch_embed.")):
+        return 0
+    block = re.match(r"(?:encoder\.layers\.encoder_layer_|blocks\.)(\d+)\.", key)
+    return int(block.group(1)) + 1 if block else depth_count(spec) + 1
