@@ -242,3 +242,14 @@ def test_training_cli_help_is_plain_text(capsys, module):
     out = " ".join(capsys.readouterr().out.split())
     assert "``" not in out and "Defaults: without --config" in out
     assert "--device" in out
+
+
+def test_retfound_recipe_is_retfounds_fine_tuning():
+    """experiments/retfound_vit_l.toml: RETFound's main_finetune.py settings (blr 5e-3 x batch 16 / 256, layer
+    decay 0.65, weight decay 0.05, 10 warm-up epochs of 50, min_lr 1e-6, per-step schedule) on its backbone."""
+    conf = load_config(EXPERIMENTS / "retfound_vit_l.toml")
+    assert (conf.backbone, conf.optimizer, conf.scheduler, conf.schedule_step) == (
+        "retfound", "adamw", "warmup_cosine", "step")
+    assert conf.lr == pytest.approx(5e-3 * 16 / 256, rel=1e-12) and conf.batch_size == 16
+    assert (conf.layer_decay, conf.weight_decay, conf.warmup_epochs, conf.epochs, conf.min_lr, conf.input_size) == (
+        0.65, 0.05, 10, 50, 1e-6, 224)
