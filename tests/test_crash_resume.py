@@ -99,6 +99,7 @@ RECIPE = ("--backbone", "resnet18", "--head", "v2", "--epochs", "2", "--patience
           "--schedule-step", "step", "--lr", "0.002")
 
 
+@pytest.mark.slow  # three training processes; the optimizer's state round trip: tests/test_optimizers.py
 def test_killed_adamw_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
     proc = run("keras", "none", *tiny_train_args(data, tmp_path / "straight", *RECIPE))
     assert proc.returncode == 0, proc.stderr[-3000:]
