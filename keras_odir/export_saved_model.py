@@ -29,8 +29,10 @@ def write(source: str, folder: str, size: int) -> None:
     from keras_odir.weights import read_keras_model
 
     model = fold_batchnorm(read_keras_model(source))
+    # The endpoint's variables are saved with it. The model is not ``track``ed: tracking walks every nested
+    # model's default signature, traced at its own input shape, which a Vision Transformer backbone (size not
+    # fixed) cannot be traced at.
     archive = keras.export.ExportArchive()
-    archive.track(model)
 
     def serve(left, right):
         logits = model({"left": left, "right": right}, training=False)
