@@ -29,9 +29,9 @@ def write(source: str, folder: str, size: int) -> None:
     from keras_odir.weights import read_keras_model
 
     model = fold_batchnorm(read_keras_model(source))
-    # The endpoint's variables are saved with it. The model is not ``track``ed: tracking walks every nested
-    # model's default signature, traced at its own input shape, which a Vision Transformer backbone (size not
-    # fixed) cannot be traced at.
+    # No ``archive.track(model)``: the endpoint's variables are saved with it anyway, and tracking traces every
+    # nested model's default signature at its declared input shape, [batch, None, None, 3] for the shared
+    # backbone, which a Vision Transformer cannot run at (its position embeddings need the image size).
     archive = keras.export.ExportArchive()
 
     def serve(left, right):
