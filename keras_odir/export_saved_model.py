@@ -29,8 +29,10 @@ def write(source: str, folder: str, size: int) -> None:
     from keras_odir.weights import read_keras_model
 
     model = fold_batchnorm(read_keras_model(source))
+    # No ``archive.track(model)``: the endpoint's variables are saved with it anyway, and tracking traces every
+    # nested model's default signature at its declared input shape, [batch, None, None, 3] for the shared
+    # backbone, which a Vision Transformer cannot run at (its position embeddings need the image size).
     archive = keras.export.ExportArchive()
-    archive.track(model)
 
     def serve(left, right):
         logits = model({"left": left, "right": right}, training=False)

@@ -1,6 +1,6 @@
 """keras_odir.export: each format written, read back with its own runtime and compared with the source Keras model
-(a map head too); the metadata; bad input refused with one line and nothing left at OUT; every registered backbone
-to ONNX under -m slow."""
+(a map head too); the metadata; bad input refused with one line and nothing left at OUT. Every registered backbone
+to every format: test_export_backbones."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from keras_odir import export_formats
 from keras_odir.export import export, main
 from odir_core.evaluation import export_metadata
 from odir_core.labels import LABELS
-from odir_core.model.model_spec import BACKBONES
 from odir_core.training.config_files import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,16 +192,3 @@ def test_failed_check_leaves_nothing(run, tmp_path, capsys, monkeypatch, fmt, na
     assert "export check failed: max |logit diff| 0.5 > tolerance" in err
     assert list(tmp_path.iterdir()) == []
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_every_backbone_exports_to_onnx(backbone, tmp_path):
-    model = keras_run(tmp_path / "run", backbone, "v1", SIZE, extras=False)
-    out = tmp_path / "m.onnx"
-    diff, tol = export(model, out, "onnx")
-    assert diff <= tol
-    inputs = pairs(SIZE, 1, seed=1)
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    reference = keras_logits(model, inputs)
-    np.testing.assert_allclose(session.run(["logits"], inputs)[0], reference,
-                               atol=export_metadata.CHECK_TOLERANCE * max(1.0, np.abs(reference).max()))
