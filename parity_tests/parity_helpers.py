@@ -116,6 +116,22 @@ def calibrated_backbone(name: str, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def trained_looking_vit(model: torch.nn.Module, token_keys, seed: int = 0) -> torch.nn.Module:
+    """A ViT's random weights in which every parameter matters: norm scales near 1, biases O(0.1) (torchvision
+    draws the MLP's at std 1e-6), the class token and position embeddings (``token_keys``) O(0.5); the projections
+    keep their draws."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if param.ndim == 1 and key.endswith("weight"):
+                param.uniform_(0.5, 1.5)
+            elif param.ndim == 1:
+                param.normal_(0.0, 0.1)
+            elif key in token_keys:
+                param.normal_(0.0, 0.5)
+    return model
+
+
 def images(batch: int, size: int, seed: int, channels_first: bool = False) -> np.ndarray:
     """ImageNet-normalised-looking float32 images, NHWC (or NCHW)."""
     shape = (batch, 3, size, size) if channels_first else (batch, size, size, 3)

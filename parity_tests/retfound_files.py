@@ -16,7 +16,9 @@ import torch
 from timm.models.vision_transformer import Block
 
 from odir_core.model.backbone import BackboneSpec
+from odir_core.model.families import vit
 from odir_core.model.families.vit import EPSILON, grid
+from parity_helpers import trained_looking_vit
 from torch_odir.vit import timm_vision_transformer
 
 DECODER_DIM, DECODER_DEPTH, DECODER_HEADS = 512, 8, 16
@@ -42,14 +44,7 @@ def encoder_state(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
     tensor trained-looking (norm scales near 1, biases, class token and position embeddings that matter)."""
     torch.manual_seed(seed)
     encoder = timm_vision_transformer(dataclasses.replace(spec, global_pool=False))
-    with torch.no_grad():
-        for key, param in encoder.named_parameters():
-            if param.ndim == 1 and key.endswith("weight"):
-                param.uniform_(0.5, 1.5)
-            elif param.ndim == 1:
-                param.normal_(0.0, 0.1)
-            elif key in ("cls_token", "pos_embed"):
-                param.normal_(0.0, 0.5)
+    trained_looking_vit(encoder, vit.TOKEN_KEYS[vit.TIMM], seed)
     return dict(encoder.state_dict())
 
 

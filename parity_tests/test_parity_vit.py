@@ -24,7 +24,7 @@ from odir_core.model.backbone import BackboneSpec
 from odir_core.model.families import vit
 from odir_core.model.model_spec import BACKBONES
 from odir_core.training.class_weights import pos_weight_from_labels
-from parity_helpers import assert_initialised_alike, float64_error, images, nchw
+from parity_helpers import assert_initialised_alike, float64_error, images, nchw, trained_looking_vit
 from test_training_parity import SCHEDULES, STEP_TOL, compare_states, keras_fit, labels, torch_fit
 from torch_odir.model import DualNet
 from torch_odir.model import build_backbone as torch_backbone
@@ -48,26 +48,13 @@ def _torchvision(spec) -> TorchvisionViT:
     return model
 
 
-def _trained_looking(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter matters: norm scales near 1, biases (the MLP's torchvision draws at std 1e-6) and the
-    class token and position embeddings O(0.1-0.5); the projections keep torchvision's draws."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            if param.ndim == 1 and key.endswith("weight"):
-                param.uniform_(0.5, 1.5)
-            elif param.ndim == 1:
-                param.normal_(0.0, 0.1)
-            elif key in ("class_token", "encoder.pos_embedding"):
-                param.normal_(0.0, 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def pair():
     """(spec, torch_odir backbone, its state) of the checked ViT at DEPTH, trained-looking weights."""
     spec = small(CHECKED)
-    model = _trained_looking(torch_backbone(spec))
+    model = trained_looking_vit(torch_backbone(spec), vit.TOKEN_KEYS[spec.layout]).eval()
     return spec, model, model.state_dict()
 
 

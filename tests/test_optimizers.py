@@ -135,6 +135,16 @@ def small_model(seed=0):
     return keras.Model(inputs, outputs)
 
 
+def _assert_trains_on_alike(model, loaded, x, y, epochs: int) -> None:
+    """The loaded optimizer's state equals the saved one's, and training on from either gives the same weights."""
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=4, epochs=epochs, verbose=0, shuffle=False)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_saved_in_keras_file_and_resumes_identically(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 5)).astype(np.float32)
@@ -154,13 +164,7 @@ def test_saved_in_keras_file_and_resumes_identically(tmp_path):
     assert float(ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.02)
     assert float(ops.convert_to_numpy(opt.momentum)) == pytest.approx(0.8)
     assert opt.nesterov and opt.weight_decay == pytest.approx(1e-3)
-    for a, b in zip(opt.variables, model.optimizer.variables):
-        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
-
-    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    loaded.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    for a, b in zip(loaded.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    _assert_trains_on_alike(model, loaded, x, y, epochs=1)
 
 
 def test_torch_adamw_saved_in_keras_file_and_resumes_identically(tmp_path):
@@ -181,12 +185,7 @@ def test_torch_adamw_saved_in_keras_file_and_resumes_identically(tmp_path):
     assert isinstance(opt, TorchAdamW) and isinstance(opt._learning_rate, StepLearningRate)
     assert (opt.beta_1, opt.beta_2, opt.epsilon, opt.weight_decay) == pytest.approx((0.8, 0.99, 1e-7, 0.1))
     assert int(ops.convert_to_numpy(opt.iterations)) == 2
-    for a, b in zip(opt.variables, model.optimizer.variables):
-        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
-    loaded.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
-    for a, b in zip(loaded.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    _assert_trains_on_alike(model, loaded, x, y, epochs=2)
 
 
 def test_torch_adamw_invalid_arguments():
