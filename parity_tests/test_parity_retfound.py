@@ -6,7 +6,8 @@ passed as ``--weights PATH`` to both trainers' model builders: the encoder's ten
 token and the encoder's final norm ignored, ``fc_norm`` starts at weight 1, bias 0 (as RETFound's fine-tuning
 starts it), and the dual models' logits agree. By default at 2 blocks (the registered spec at that depth: every
 block is the same code) at 224 px (the position embeddings' own size) and at 32 and 48 px (resampled to 2 x 2
-and 3 x 3 as timm does); the whole 24-block network at 224 and 448 px is a slow check. Fresh Keras weights are
+and 3 x 3 as timm does; on jax and tensorflow 32 px by default, the rest slow); the whole 24-block network at 224
+and 448 px is a slow check. Fresh Keras weights are
 drawn as timm draws them. ``keras_odir.convert`` makes a Keras backbone of the file, and back.
 """
 
@@ -70,13 +71,19 @@ def _logits_from_file(monkeypatch, tmp_path, depth: int, size: int, record, head
     return keras_model, (left, right), got
 
 
-# 224 px (the position embeddings' own size: 196 tokens) is the slow case on jax and tensorflow
-@pytest.mark.parametrize("size", [pytest.param(224, marks=() if TORCH_BACKEND else pytest.mark.slow), 32, 48])
+# on jax and tensorflow the default run keeps 32 px (every layer's kernels and the resampling); 224 px (the
+# position embeddings' own size: 196 tokens), 48 px and the heads on maps (each checked on those backends on its
+# own) are slow checks there
+OTHER_BACKEND_SLOW = () if TORCH_BACKEND else pytest.mark.slow
+
+
+@pytest.mark.parametrize("size", [pytest.param(224, marks=OTHER_BACKEND_SLOW), 32,
+                                  pytest.param(48, marks=OTHER_BACKEND_SLOW)])
 def test_published_file_loads_alike_in_both_trainers(monkeypatch, tmp_path, record, size):
     _logits_from_file(monkeypatch, tmp_path, DEPTH, size, record)
 
 
-@pytest.mark.parametrize("head", ["scm", "mldecoder"])
+@pytest.mark.parametrize("head", [pytest.param(h, marks=OTHER_BACKEND_SLOW) for h in ("scm", "mldecoder")])
 def test_heads_on_maps_from_the_file(monkeypatch, tmp_path, record, head):
     """The heads on feature maps get the patch tokens after the last block through fc_norm at every position."""
     _logits_from_file(monkeypatch, tmp_path, DEPTH, 32, record, head)
