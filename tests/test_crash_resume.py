@@ -15,6 +15,7 @@ import torch
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise; registers its layers)
 from odir_core.data.synthetic import generate
 from odir_core.training.run import FINISHED_FILE
+import warm_processes
 from training_runs import only_run, tiny_train_args
 
 SCRIPT = Path(__file__).with_name("crash_run.py")
@@ -32,8 +33,7 @@ def data(tmp_path_factory):
 
 def run(trainer: str, point: str, *flags) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.run([sys.executable, str(SCRIPT), trainer, point, *flags], env=env, capture_output=True,
-                          text=True, timeout=900)
+    return warm_processes.run([sys.executable, str(SCRIPT), trainer, point, *flags], env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")

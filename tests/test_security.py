@@ -20,6 +20,7 @@ from odir_core.data.synthetic import generate
 from odir_core.errors import EXIT_TERMINATED, EXIT_USAGE
 from odir_core.training.run import remove_new_run
 from odir_core.training.run_lock import LOCK_FILE, RunInUseError, RunLock
+import warm_processes
 from test_faults import _slow_source as slow_source
 from training_runs import only_run, tiny_train_args
 
@@ -40,8 +41,11 @@ def _env() -> dict:
 
 
 def crash_run(trainer: str, point: str, *flags) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CRASH), trainer, point, *flags], env=_env(), capture_output=True,
-                          text=True, timeout=900, cwd=REPO)
+    return warm_processes.run([sys.executable, str(CRASH), trainer, point, *flags], env=_env(), timeout=900, cwd=REPO)
+
+
+def trainer_run(module: str, *flags: str) -> subprocess.CompletedProcess:
+    return warm_processes.run([sys.executable, "-m", module, *flags], env=_env(), timeout=900, cwd=REPO)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -84,8 +88,7 @@ def test_resume_refuses_changes_and_a_live_owner_then_keeps_every_user_file(kill
     module = f"{trainer}_odir.train"
 
     # a flag that changes the network is refused before anything is written
-    proc = subprocess.run([sys.executable, "-m", module, "--resume", str(run_dir), "--backbone", "resnet34"],
-                          env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = trainer_run(module, "--resume", str(run_dir), "--backbone", "resnet34")
     assert proc.returncode == EXIT_USAGE
     one_error_line(proc, "--backbone resnet34", "resnet18", "config.toml")
     assert snapshot(run_dir) == before
@@ -93,8 +96,7 @@ def test_resume_refuses_changes_and_a_live_owner_then_keeps_every_user_file(kill
     # a run folder held by a live process is refused, naming it
     lock = RunLock(run_dir).acquire()
     try:
-        proc = subprocess.run([sys.executable, "-m", module, "--resume", str(run_dir)], env=_env(),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        proc = trainer_run(module, "--resume", str(run_dir))
     finally:
         lock.release()
     assert proc.returncode == EXIT_USAGE
@@ -103,8 +105,7 @@ def test_resume_refuses_changes_and_a_live_owner_then_keeps_every_user_file(kill
 
     # the lock file a dead process left is taken over; the run then finishes
     (run_dir / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "host": socket.gethostname()}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", module, "--resume", str(run_dir)], env=_env(),
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = trainer_run(module, "--resume", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "finished.json").is_file()
     for name in USER_FILES:
@@ -150,8 +151,7 @@ def test_a_crafted_torch_backup_runs_no_code(finished, tmp_path):
     marker = tmp_path / "code-ran"
     run_dir = _unfinished_copy(finished["torch"], tmp_path / "run")
     torch.save({"epoch": 1, "model": Marker(marker)}, run_dir / "backup" / "state.pth")
-    proc = subprocess.run([sys.executable, "-m", "torch_odir.train", "--resume", str(run_dir)], env=_env(),
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = trainer_run("torch_odir.train", "--resume", str(run_dir))
     assert proc.returncode == EXIT_USAGE
     one_error_line(proc, "backup is damaged", "refused", "could run code")
     assert not marker.exists()
@@ -177,8 +177,7 @@ def test_a_crafted_keras_backup_runs_no_code_and_reads_nothing_outside(finished,
             h5.create_dataset("x", data=np.zeros(3))
         weights = "../../elsewhere.weights.h5"
     (run_dir / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "weights": weights}))
-    proc = subprocess.run([sys.executable, "-m", "keras_odir.train", "--resume", str(run_dir), "--epochs", "2"], env=_env(),
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = trainer_run("keras_odir.train", "--resume", str(run_dir), "--epochs", "2")
     assert proc.returncode == EXIT_USAGE, proc.stderr[-3000:]
     one_error_line(proc, "backup is damaged")
     assert not marker.exists()
@@ -257,8 +256,7 @@ def _terminate_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None
 def test_sigterm_in_a_new_runs_first_epoch_removes_its_folder(data, tmp_path, trainer):
     root = tmp_path / "runs"
     args = tiny_train_args(data, root, "--backbone", "resnet18", "--epochs", "1")
-    proc = subprocess.Popen([sys.executable, "-m", f"{trainer}_odir.train", *args], env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = warm_processes.start([sys.executable, "-m", f"{trainer}_odir.train", *args], env=_env(), cwd=REPO)
     _terminate_when(proc, lambda: any(root.glob("*/config.toml")))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_TERMINATED, err[-3000:]
