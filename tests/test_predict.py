@@ -26,6 +26,7 @@ from reference_data import REAL_SAMPLES, needs
 from tiny_runs import new_run, recording_run, run_config, shared_models
 from torch_odir.cli_backend import BACKEND as TORCH
 from torch_odir.predict import main as torch_predict
+import warm_processes
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = needs(REAL_SAMPLES / "samples.csv")
@@ -153,8 +154,8 @@ def test_bad_image_exits_2_with_one_line(runs, tmp_path, capsys, case, expect):
 def test_black_image_via_the_command_line(runs, tmp_path):
     keras_model, _ = runs
     black = _black(tmp_path / "black.png")
-    done = subprocess.run([sys.executable, "-m", "keras_odir.predict", "--model", str(keras_model), str(black), str(black)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = warm_processes.run([sys.executable, "-m", "keras_odir.predict", "--model", str(keras_model), str(black),
+                               str(black)], cwd=REPO, timeout=300)
     assert done.returncode == 2
     assert "black.png" in done.stderr and "is black" in done.stderr and "Traceback" not in done.stderr
 
@@ -163,8 +164,8 @@ def test_noise_image_via_the_command_line_exits_2(runs, tmp_path):
     keras_model, _ = runs
     noise = tmp_path / "noise.png"
     cv2.imwrite(str(noise), noise_image())
-    done = subprocess.run([sys.executable, "-m", "keras_odir.predict", "--model", str(keras_model), str(noise),
-                           str(RAW / "raw_1.png")], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = warm_processes.run([sys.executable, "-m", "keras_odir.predict", "--model", str(keras_model), str(noise),
+                               str(RAW / "raw_1.png")], cwd=REPO, timeout=300)
     assert done.returncode == 2, done.stdout
     assert "noise.png: not a fundus photograph" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "predicted" not in done.stdout
