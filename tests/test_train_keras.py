@@ -23,7 +23,7 @@ from odir_core.model import provenance
 from odir_core.training.config import TrainConfig
 from odir_core.training.config_files import load_config
 from reference_data import EXPERIMENTS
-from training_runs import only_run, tiny_train_args
+from training_runs import SMALL, only_run, tiny_train_args
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -109,8 +109,8 @@ def test_validation_loss_is_unweighted_bce(data, tmp_path):
     split = save_split(tmp_path / "split.json", df["ID"][:16].tolist(), df["ID"][16:].tolist())
     val_df = df.iloc[16:].reset_index(drop=True)
 
-    assert ktrain.main(tiny_train_args(folder, tmp_path / "runs", "--epochs", "1", "--weighted-loss", "--fine-tune",
-                                       "--split", str(split))) == 0
+    assert ktrain.main(tiny_train_args(folder, tmp_path / "runs", *SMALL, "--epochs", "1", "--weighted-loss",
+                                       "--fine-tune", "--split", str(split))) == 0
     run = only_run(tmp_path / "runs")
     model = keras.saving.load_model(run / "best.keras", compile=False)
     x, y = DualEyeDataset(folder, val_df, image_size=32, train=False).batch(range(len(val_df)))
@@ -154,7 +154,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
-    extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
+    extra = [*SMALL, "--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
              "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
     assert ktrain.main(tiny_train_args(data, tmp_path / "straight", *extra)) == 0
@@ -218,7 +218,7 @@ def test_resume_on_the_jax_backend():
 @pytest.mark.parametrize("precision,scheduler", [("bf16", "linear"), ("fp16", "cyclic")])
 def test_mixed_precision_trains_and_keeps_float32_checkpoints(data, tmp_path, precision, scheduler):
     # fp16 wraps TorchSGD in Keras' LossScaleOptimizer; the cyclic schedule still sets its momentum
-    assert ktrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "1", "--precision", precision,
+    assert ktrain.main(tiny_train_args(data, tmp_path, *SMALL, "--fine-tune", "--epochs", "1", "--precision", precision,
                                        "--scheduler", scheduler)) == 0
     run = only_run(tmp_path)
     assert load_config(run / "config.toml").precision == precision

@@ -11,7 +11,7 @@ from odir_core.metric_table import STUDY_COLUMNS
 from odir_core.training.config import TrainConfig
 from odir_core.training.config_files import load_config
 from torch_odir.model import DualResNet50
-from training_runs import only_run, tiny_train_args
+from training_runs import SMALL, only_run, tiny_train_args
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
 
 
 def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, monkeypatch):
-    extra = ["--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
+    extra = [*SMALL, "--fine-tune", "--augment", "dual", "--crop-size", "28", "--balanced-sampler", "--head", "v1",
              "--scheduler", "cyclic", "--cyclic-step-size-up", "2", "--cyclic-max-lr", "0.01", "--epochs", "2",
              "--patience", "0", "--lr", "0.002"]
     assert ttrain.main(tiny_train_args(data, tmp_path / "straight", *extra)) == 0
@@ -85,7 +85,7 @@ def test_resume_after_interruption_ends_with_identical_weights(data, tmp_path, m
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_keeps_float32_checkpoints(data, tmp_path, precision):
-    assert ttrain.main(tiny_train_args(data, tmp_path, "--fine-tune", "--epochs", "1", "--precision", precision,
+    assert ttrain.main(tiny_train_args(data, tmp_path, *SMALL, "--fine-tune", "--epochs", "1", "--precision", precision,
                                        "--lr", "0.01")) == 0
     run = only_run(tmp_path)
     state = torch.load(run / "best.pth", weights_only=True)["state_dict"]

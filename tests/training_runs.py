@@ -10,6 +10,11 @@ def tiny_train_args(data, run_dir, *extra) -> list[str]:
             "--weights", "none", "--no-weighted-loss", "--experiment", "t", "--workers", "0", *extra]
 
 
+# ResNet-18 where what a test checks (resume, console, precision, losses) is the same for any network, at a third of
+# ResNet-50's layers; the end-to-end CLI tests keep the study's ResNet-50
+SMALL = ("--backbone", "resnet18")
+
+
 def only_run(run_root: Path) -> Path:
     """The single run folder under ``run_root`` (fails when there are none or several)."""
     runs = sorted(p for p in run_root.iterdir() if p.is_dir())
