@@ -1,5 +1,5 @@
-"""Training runs for the distributed tests, run by every process of one torchrun launch (one launch pays
-the start-up once): ``torchrun --nproc_per_node N tests/distributed_runs.py TRAINER OUT DATA JOB...``.
+"""Training runs for the distributed tests, run by every process of one launch of two processes with torchrun's
+variables (``launch``; one launch pays the start-up once): ``tests/distributed_runs.py TRAINER OUT DATA JOB...``.
 
 Each JOB trains into ``OUT/<job>/`` through the trainer's own CLI (``torch`` or ``keras``); ``cut`` stops
 both processes after the first epoch's backup as Ctrl-C would, and ``resume-NAME`` continues the run under
@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+import warm_processes
 from training_runs import only_run, tiny_train_args
 
 TESTS = Path(__file__).resolve().parent
@@ -61,21 +63,44 @@ def job_args(job: str, data, out) -> list[str]:
     return tiny_train_args(data, Path(out) / job, *JOBS[job])
 
 
+def _worker_env() -> dict[str, str]:
+    """The environment of every worker process (the repository and the tests importable, one thread each)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "KERAS_BACKEND": "torch",
+            "OMP_NUM_THREADS": "1"}
+
+
 def _launch(out: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     """The command and environment of torchrun starting two gloo processes that run ``args`` (a script or
     ``-m MODULE``, then its arguments); each rank's output goes to ``out/logs``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
-           "KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--log-dir", str(out / "logs"),
-            "--redirects", "3", *args], env
+            "--redirects", "3", *args], _worker_env()
 
 
-def torchrun(trainer: str, out: Path, data: Path, *jobs: str) -> subprocess.CompletedProcess:
-    """Run ``jobs`` of this file under torchrun with two gloo processes; each rank's output in ``out/logs``."""
-    command, env = _launch(out, __file__, trainer, str(out), str(data), *jobs)
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def launch(trainer: str, out: Path, data: Path, *jobs: str) -> None:
+    """Run ``jobs`` of this file in two gloo processes given the variables torchrun gives its workers (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, the rendezvous address), forked from the warm server (``warm_processes``:
+    torchrun itself is tested by ``train_and_kill``); each rank's output in ``out/logs/<rank>``."""
+    env = {**_worker_env(), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    ranks = [warm_processes.start([sys.executable, __file__, trainer, str(out), str(data), *jobs],
+                                  env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in (0, 1)]
+    try:
+        for rank, process in enumerate(ranks):
+            outputs = process.communicate(timeout=300)
+            for stream, text in zip(("stdout", "stderr"), outputs):
+                (out / "logs" / str(rank)).mkdir(parents=True, exist_ok=True)
+                (out / "logs" / str(rank) / f"{stream}.log").write_text(text)
+            assert process.returncode == 0, outputs[1][-3000:]
+    finally:
+        for process in ranks:
+            process.kill()
+
+
+def free_port() -> int:
+    """A TCP port of this machine that no one listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def train_and_kill(trainer: str, out: Path, data: Path, job: str, backup: Path, rank: int = 1,

@@ -3,14 +3,13 @@ devices of two processes joined through keras.distribution.initialize, each agai
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from distributed_runs import TESTS
+from distributed_runs import TESTS, free_port
 from keras_odir.data_parallel import DistributedError, JaxJob, jax_job
 from odir_core.data.synthetic import generate
 from training_runs import only_run
@@ -36,12 +35,6 @@ def largest_difference(one, two) -> float:
     return max(float(np.abs(one[k].astype(np.float64) - two[k]).max() / max(1.0, np.abs(one[k]).max())) for k in one)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Started together, as they share the CPU: ``tests/jax_runs.py`` in one process with two host devices
@@ -54,7 +47,7 @@ def runs(tmp_path_factory):
     base = {k: v for k, v in os.environ.items()
             if k not in ("XLA_FLAGS", "WORLD_SIZE", "RANK", "LOCAL_RANK") and not k.startswith(("JAX_", "KERAS_DIST"))}
     base.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     launches = {"devices": ([TESTS / "jax_runs.py", root / "devices", data, "fine_tuned_small_step", "uneven"],
                             {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})}
     for rank in (0, 1):

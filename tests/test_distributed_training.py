@@ -1,4 +1,5 @@
-"""Both trainers under torchrun with two gloo processes against one process with the same global batch:
+"""Both trainers in two gloo processes (torchrun's variables; torchrun itself where a process is killed) against one
+process with the same global batch:
 torch_odir (DDP) and keras_odir on the torch backend (gradients averaged inside model.fit); errors every
 process meets printed once, and a process killed mid-training."""
 
@@ -22,7 +23,7 @@ import torch
 
 import keras_odir.train as ktrain
 import torch_odir.train as ttrain
-from distributed_runs import TESTS, job_args, rank_output, torchrun, train_and_kill
+from distributed_runs import TESTS, job_args, launch, rank_output, train_and_kill
 from keras_odir.callbacks import BACKUP_METADATA, read_backup
 from odir_core.data.synthetic import generate
 from odir_core.training.run import FINISHED_FILE
@@ -72,10 +73,10 @@ def killed(trainer, data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two(trainer, data, killed, tmp_path_factory):
-    """The jobs trained by two processes, in one torchrun launch; it also resumes a copy of the killed run."""
+    """The jobs trained by two processes, in one launch; it also resumes a copy of the killed run."""
     out = tmp_path_factory.mktemp("two")
     shutil.copytree(killed[1], out / "killed" / killed[1].name)
-    torchrun(trainer, out, data, "frozen", "frozen_images", "fine_tuned", "straight", "cut", "resume-cut",
+    launch(trainer, out, data, "frozen", "frozen_images", "fine_tuned", "straight", "cut", "resume-cut",
              *ERRORS, "resume-killed")
     return out
 

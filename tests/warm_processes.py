@@ -113,6 +113,8 @@ def _main(argv: list[str], env: dict, cwd: str, interpreter_path: list[str], out
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    if env.get("OMP_NUM_THREADS", "").isdigit() and "torch" in sys.modules:  # OpenMP read it when torch loaded
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
     entry = {"-m": os.getcwd(), "-c": ""}.get(argv[0], os.path.dirname(os.path.realpath(argv[0])))
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [entry, *paths, *interpreter_path]
