@@ -1,7 +1,7 @@
 """Layers shared by the Keras backbones.
 
-On the torch backend, with channels_last data, both layers run one torch kernel without Keras'
-layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
+On the torch backend, with channels_last data, the convolution, padding and BatchNorm layers run one torch
+kernel without Keras' layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
 """
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ class ChannelsLastConv2D(layers.Conv2D):
                                         self.strides, 0 if self.padding == "valid" else self.kernel_size[0] // 2,
                                         bias=ops.convert_to_tensor(self.bias) if self.use_bias else None, relu=relu)
         return out if relu else self.activation(out)
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class ChannelsLastZeroPadding2D(layers.ZeroPadding2D):
+    """Keras' ZeroPadding2D; on the torch backend with channels_last data, one ``torch_kernels.zero_pad_nhwc``
+    call (``ops.pad`` builds a Keras operation object per call, whose name counter ``torch.compile`` guards on,
+    so a compiled plan would recompile at every call)."""
+
+    def call(self, inputs):
+        if not (TORCH and self.data_format == "channels_last"):
+            return super().call(inputs)
+        return torch_kernels.zero_pad_nhwc(ops.convert_to_tensor(inputs), self.padding)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")

@@ -36,6 +36,12 @@ def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: in
     return out.permute(0, 2, 3, 1)
 
 
+def zero_pad_nhwc(inputs: torch.Tensor, padding) -> torch.Tensor:
+    """NHWC ``inputs`` with ``padding`` ((top, bottom), (left, right)) zeros around the spatial dimensions."""
+    (top, bottom), (left, right) = padding
+    return F.pad(inputs, (0, 0, left, right, top, bottom))
+
+
 def batch_norm(inputs, axis: int, moving_mean, moving_variance, gamma, beta, *, training: bool, momentum: float,
                epsilon: float, relu: bool = False) -> torch.Tensor:
     """torch's batch_norm over channel ``axis`` of ``inputs`` (a view, no copy, when it is the last); in training

@@ -1,12 +1,13 @@
 """keras_odir.layers on the torch backend: ChannelsLastConv2D keeps its HWIO kernel in (O, H, W, I) memory order,
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
-backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model."""
+backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model;
+ChannelsLastZeroPadding2D pads as numpy does, without building a Keras operation per call."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_odir.layers import ChannelsLastConv2D
+from keras_odir.layers import ChannelsLastConv2D, ChannelsLastZeroPadding2D
 from keras_odir.optimizers import TorchSGD
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the copy-free path is torch's")
@@ -72,3 +73,20 @@ def test_layout_and_values_survive_training_steps_and_saving(tmp_path):
     assert _in_oihw_channels_last(loaded.layers[1].kernel.value)
     np.testing.assert_array_equal(loaded.layers[1].get_weights()[0], conv.get_weights()[0])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)))
+
+
+@pytest.mark.parametrize("padding", [1, ((1, 2), (3, 0))])
+def test_zero_padding_pads_as_numpy_and_builds_no_keras_operation(padding, monkeypatch):
+    x = np.random.default_rng(2).normal(size=(2, 5, 6, 3)).astype("float32")
+    (top, bottom), (left, right) = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+    expected = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    layer = ChannelsLastZeroPadding2D(padding)
+    layer.build(x.shape)
+
+    def no_operation(*args, **kwargs):
+        raise AssertionError("a Keras operation was built in the call")
+
+    monkeypatch.setattr(keras.src.ops.operation.Operation, "__init__", no_operation)
+    got = layer.call(torch.from_numpy(x))
+    np.testing.assert_array_equal(got.numpy(), expected)
+    assert got.is_contiguous()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_odir.layers import ChannelsLastConv2D, TorchBatchNormalization, image_input
+from keras_odir.layers import ChannelsLastConv2D, ChannelsLastZeroPadding2D, TorchBatchNormalization, image_input
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
 
@@ -56,10 +56,10 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     """
     inputs, data_format = image_input(input_shape, data_format)
     axis = 1 if data_format == "channels_first" else -1
-    x = layers.ZeroPadding2D(3, data_format=data_format, name="features_pad0")(inputs)
+    x = ChannelsLastZeroPadding2D(3, data_format=data_format, name="features_pad0")(inputs)
     x = _conv(INIT_FEATURES, 7, 2, "features_conv0", data_format)(x)
     x = _bn_relu("features_norm0", data_format)(x)
-    x = layers.ZeroPadding2D(1, data_format=data_format, name="features_padpool0")(x)
+    x = ChannelsLastZeroPadding2D(1, data_format=data_format, name="features_padpool0")(x)
     # zero padding is exact here: the input follows a ReLU (>= 0) and every window holds a real pixel
     x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="features_pool0")(x)
     channels = INIT_FEATURES

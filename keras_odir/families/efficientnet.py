@@ -21,6 +21,7 @@ from keras import layers
 
 from keras_odir.layers import (
     ChannelsLastConv2D,
+    ChannelsLastZeroPadding2D,
     FreezableDropout,
     SqueezeExcitation,
     StochasticDepth,
@@ -54,7 +55,7 @@ def _pad(x, kernel, stride, name, data_format):
     """torch's symmetric (k - 1) // 2 padding, explicit before a stride-2 conv; the conv's padding mode."""
     if stride == 1:
         return x, "same"
-    return layers.ZeroPadding2D((kernel - 1) // 2, data_format=data_format, name=name)(x), "valid"
+    return ChannelsLastZeroPadding2D((kernel - 1) // 2, data_format=data_format, name=name)(x), "valid"
 
 
 def _mbconv(x, block: MBConv, data_format):
@@ -87,7 +88,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     """
     inputs, data_format = image_input(input_shape, data_format)
     blocks = mbconv_blocks(spec)
-    x = layers.ZeroPadding2D(1, data_format=data_format, name="features_0_pad")(inputs)
+    x = ChannelsLastZeroPadding2D(1, data_format=data_format, name="features_0_pad")(inputs)
     x = ChannelsLastConv2D(blocks[0].in_channels, 3, strides=2, use_bias=False, name="features_0_0",
                            data_format=data_format, kernel_initializer=_CONV_INIT)(x)
     x = _bn(x, "features_0", data_format)

@@ -19,7 +19,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_odir.layers import ChannelsLastConv2D, ResidualReLU, TorchBatchNormalization, image_input
+from keras_odir.layers import (
+    ChannelsLastConv2D,
+    ChannelsLastZeroPadding2D,
+    ResidualReLU,
+    TorchBatchNormalization,
+    image_input,
+)
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
 
@@ -48,7 +54,7 @@ def _bottleneck(x, prefix, width, stride, downsample, data_format):
     if stride == 1:
         out = _conv(width, 3, 1, f"{prefix}_conv2", data_format, padding="same")(out)
     else:
-        out = layers.ZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad2")(out)
+        out = ChannelsLastZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad2")(out)
         out = _conv(width, 3, stride, f"{prefix}_conv2", data_format)(out)
     out = _bn(f"{prefix}_bn2", data_format, relu=True)(out)
     out = _conv(width * EXPANSION, 1, 1, f"{prefix}_conv3", data_format)(out)
@@ -65,7 +71,7 @@ def _basic_block(x, prefix, width, stride, downsample, data_format):
     if stride == 1:
         out = _conv(width, 3, 1, f"{prefix}_conv1", data_format, padding="same")(x)
     else:
-        out = layers.ZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad1")(x)
+        out = ChannelsLastZeroPadding2D(1, data_format=data_format, name=f"{prefix}_pad1")(x)
         out = _conv(width, 3, stride, f"{prefix}_conv1", data_format)(out)
     out = _bn(f"{prefix}_bn1", data_format, relu=True)(out)
     out = _conv(width, 3, 1, f"{prefix}_conv2", data_format, padding="same")(out)
@@ -84,10 +90,10 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     channels_first. Random weights with torchvision's initialisation.
     """
     inputs, data_format = image_input(input_shape, data_format)
-    x = layers.ZeroPadding2D(3, data_format=data_format, name="conv1_pad")(inputs)
+    x = ChannelsLastZeroPadding2D(3, data_format=data_format, name="conv1_pad")(inputs)
     x = _conv(64, 7, 2, "conv1", data_format)(x)
     x = _bn("bn1", data_format, relu=True)(x)
-    x = layers.ZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
+    x = ChannelsLastZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="maxpool")(x)
     make_block = _bottleneck if spec.bottleneck else _basic_block
     for stage, (width, blocks) in enumerate(zip(WIDTHS, spec.blocks), start=1):
