@@ -32,6 +32,7 @@ class CorrelationFusion(layers.Layer):
 
 
 def _softmax(x):
-    # ops.softmax, written out: Keras warns on every call when the axis has size 1 (a 1x1 map at small sizes)
-    e = ops.exp(x - ops.max(x, axis=-1, keepdims=True))
+    # ops.softmax, written out: Keras warns on every call when the axis has size 1 (a 1x1 map at small sizes);
+    # amax, as ops.max on torch checks its result's type in a way torch.compile cannot trace
+    e = ops.exp(x - ops.amax(x, axis=-1, keepdims=True))
     return e / ops.sum(e, axis=-1, keepdims=True)

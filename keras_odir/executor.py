@@ -16,7 +16,8 @@ of a nested model's inputs to its ``Input`` dtypes. BatchNorm's moving statistic
 order: the outputs (and their gradients) are bit-identical to ``model(x)``'s.
 
 ``PlannedModel`` is the functional model that runs its plan where that pays: on the torch backend, eagerly
-(not under ``torch.compile``), on tensors. Elsewhere (jax and tensorflow, which trace the call once into a
+(not inside a ``torch.compile`` of its caller), on tensors; ``planned(model, compile=True)`` runs the plan itself
+under ``torch.compile``. Elsewhere (jax and tensorflow, which trace the call once into a
 compiled function anyway; symbolic calls) it is Keras' own functional call. ``planned(model)`` is a
 ``PlannedModel`` view of a built model: the same layers and weights, shared, not copied.
 """
@@ -219,7 +220,17 @@ class GraphPlan:
     def run(self, flat_inputs, training=None):
         """The model's flat outputs for its flat inputs (already standardised, as ``Functional.call`` does)."""
         current = keras.src.backend.get_autocast_scope()
-        scopes = self._step_scopes(_ABSENT if current is None else current.dtype)
+        return self.execute(flat_inputs, training, self._step_scopes(_ABSENT if current is None else current.dtype))
+
+    def compile(self) -> None:
+        """Run the steps under ``torch.compile`` from now on (the scopes, cached per autocast scope, are looked
+        up outside it: filling that cache inside would make every new entry a recompilation)."""
+        import torch
+
+        self.execute = torch.compile(self.execute)
+
+    def execute(self, flat_inputs, training, scopes):
+        """The steps, each in its autocast scope of ``scopes`` (``_step_scopes``)."""
         values = [None] * self._count
         for index, x in zip(self.input_slots, flat_inputs):
             values[index] = x
@@ -295,15 +306,22 @@ class PlannedModel(Functional):
         plan = self.__dict__.get("_graph_plan")
         if plan is None:
             plan = GraphPlan(self)
+            if self.__dict__.get("_compile"):
+                plan.compile()
             self.__dict__["_graph_plan"] = plan  # not a tracked attribute (no weights of its own)
         outputs = plan.run(flat, training)
         packed = keras.tree.pack_sequence_as(self._outputs_struct, outputs)
         return packed[0] if isinstance(packed, (list, tuple)) and len(packed) == 1 else packed
 
 
-def planned(model: keras.Model) -> keras.Model:
+def planned(model: keras.Model, *, compile: bool = False) -> keras.Model:  # noqa: A002 - as the trainers' flag
     """A ``PlannedModel`` of ``model``'s layers and weights (shared, not copied), named as it; ``model``
-    itself if it is one already, or if it is not a functional model (returned as it is)."""
-    if isinstance(model, PlannedModel) or not isinstance(model, Functional):
+    itself if it is one already, or if it is not a functional model (returned as it is). ``compile``: on the
+    torch backend its plan runs under ``torch.compile`` (one graph, no breaks: ``tests/test_compile.py``)."""
+    if not isinstance(model, Functional):
         return model
-    return PlannedModel(model.input, model.output, name=model.name)
+    if not isinstance(model, PlannedModel):
+        model = PlannedModel(model.input, model.output, name=model.name)
+    if compile and model.__dict__.get("_compile") is not True:
+        model.__dict__.update(_compile=True, _graph_plan=None)
+    return model

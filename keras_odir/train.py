@@ -151,6 +151,7 @@ def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ran
     config = setup.config
     data = run_datasets(setup)
     batch, workers = config.batch_size, config.workers
+    compiled = config.compile and keras.backend.backend() == "torch"  # jax, tensorflow: Keras' jit_compile
     order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
                  start_epoch=start_epoch, epochs=config.epochs, ranks=ranks, training=True)
     if config.uses_feature_cache:
@@ -163,12 +164,13 @@ def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ran
                                batches.sizes, ranks)
 
         cache = build_feature_cache(extract, data.train_plain, data.val, log)
-        trainable = network = planned(parts.head)
+        trainable = network = planned(parts.head, compile=compiled)
         train_batches = feature_batches(cache.train, setup.y_train, batch, **order)
         train_eval = feature_batches(cache.train, setup.y_train, batch, ranks=ranks)
         val_eval = feature_batches(cache.val, setup.y_val, batch, ranks=ranks)
     else:
-        trainable, network = planned(model), planned(dual_parts(model).inference_model(model))
+        trainable = planned(model, compile=compiled)
+        network = planned(dual_parts(model).inference_model(model), compile=compiled)
         train_batches = image_batches(data.train, batch, workers=workers, **order)
         train_eval, val_eval = (image_batches(d, batch, workers=workers, ranks=ranks)
                                 for d in (data.train_plain, data.val))
@@ -214,7 +216,8 @@ def compile_loop(loop: Loop, setup: RunSetup, model: keras.Model) -> None:
     optimizer.reduce_gradients = data_parallel.gradient_reducer(loop.ranks)
     keep_outputs = config.train_metrics == "epoch" or loop.ranks.distributed
     loop.trainable.compile(optimizer=optimizer, loss=training_loss(config, setup.pos_weight),
-                           metrics=[loop.epoch_outputs] if keep_outputs else None)
+                           metrics=[loop.epoch_outputs] if keep_outputs else None,
+                           jit_compile=True if config.compile and keras.backend.backend() != "torch" else "auto")
     # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
     x0, y0 = loop.train_batches[0][:2]
     loop.trainable.compute_loss(x0, y0, loop.trainable(x0, training=False))

@@ -328,7 +328,10 @@ def build_loop(setup: RunSetup, model: DualNet, device: torch.device, ranks: Ran
     optimizer = make_optimizer(config, model)
     pos_weight = None if setup.pos_weight is None else torch.from_numpy(setup.pos_weight).to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    return Loop(wrap(forward, ranks, device, config.sync_bn), train_loader, eval_train, eval_val, optimizer,
+    forward = wrap(forward, ranks, device, config.sync_bn)
+    if config.compile:
+        forward = torch.compile(forward)  # the checkpoints keep saving ``model`` itself (its own keys)
+    return Loop(forward, train_loader, eval_train, eval_val, optimizer,
                 training_loss(config, pos_weight), scaler, device, config.precision, ranks, numpy_loss(config))
 
 

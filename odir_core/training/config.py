@@ -334,6 +334,11 @@ class TrainConfig:
         "under several processes, BatchNorm over the global batch (torch SyncBatchNorm, CUDA only; jax already "
         "normalises over the global batch); default: each process normalises its own slice, as DDP does",
     )
+    compile: bool = _opt(  # noqa: A003 - the flag's name
+        False,
+        "compile the forward pass: torch.compile (torch_odir; keras_odir on the torch backend compiles its graph "
+        "executor's plan), Keras' jit_compile on jax and tensorflow; the first steps of each mode take the compile time",
+    )
     device: str = _opt("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; an unavailable one is an "
                        "error (keras_odir: on the torch backend; jax and tensorflow take auto only)")
     precision: str = _opt(

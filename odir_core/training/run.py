@@ -58,7 +58,7 @@ TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_FILES = "events.out.tfevents.*"  # what odir_core.training.tensorboard writes, one folder per series
 # what a resumed run may change from the flags; anything else would change the network, the data or the run's
 # numbers, so the flag is refused
-RESUME_MAY_CHANGE = ("epochs", "patience", "workers", "device", "run_dir", "resume")
+RESUME_MAY_CHANGE = ("epochs", "patience", "workers", "device", "compile", "run_dir", "resume")
 
 
 class DataSourceError(InputError):
@@ -284,7 +284,7 @@ def check_unchanged(run_dir: Path, config: TrainConfig) -> None:
     for name in FIELDS:
         ours, theirs = getattr(config, name), getattr(saved, name)
         if name not in RESUME_MAY_CHANGE and not _same_setting(name, ours, theirs):
-            allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_MAY_CHANGE[:4])
+            allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_MAY_CHANGE[:5])
             raise ResumeError(f"--resume {run_dir}: --{name.replace('_', '-')} {ours} differs from the run's "
                               f"{theirs} ({CONFIG_FILE}); a resumed run keeps its settings (only {allowed} may "
                               "change): leave the flag out, or start a new run")
