@@ -34,7 +34,8 @@ def _backbone(args) -> str:
 def throughput(args) -> tuple[dict, list[str]]:
     """Every regime, size and precision: the per-round times and the printed tables. The launch-bound regime
     (``model_throughput.REGIMES["launch"]``: 32 px, 2 pairs, 1 thread) comes first: the framework's own cost
-    per layer, which a GPU exposes at every size; then 224 and 448 px at batch 32."""
+    per layer, which a GPU exposes at every size; then 224 and 448 px at batch 32; then the launch-bound regime
+    compiled (``--compile``: torch_odir and keras_odir's executor under ``torch.compile``)."""
     raw, tables = {}, []
     if args.quick:
         regimes = [("quick", [32], 2, os.cpu_count())]
@@ -45,13 +46,20 @@ def throughput(args) -> tuple[dict, list[str]]:
             bench = argparse.Namespace(
                 batch=batch, rounds=1 if args.quick else 7, iters=1 if args.quick else 3,
                 warmup=1 if args.quick else 3, threads=threads, precision=precision, device=args.device,
-                backbone=_backbone(args), timeout=args.timeout)
+                backbone=_backbone(args), timeout=args.timeout, compile=False)
             results = {}
             for size in sizes:
                 for backend in model_throughput.DEFAULT_BACKENDS:
                     results[size, backend] = model_throughput.run_backend(backend, size, bench)
                     raw[f"{regime} {precision} {size} {backend}"] = results[size, backend]
             tables.append(model_throughput.table(results, bench))
+    if not args.quick:  # compiled against compiled, where compilation pays most: the launch-bound regime
+        sizes, batch, threads = model_throughput.REGIMES["launch"]
+        bench = argparse.Namespace(batch=batch, rounds=7, iters=3, warmup=3, threads=threads, precision="float32",
+                                   device=args.device, backbone=_backbone(args), timeout=args.timeout, compile=True)
+        results = {(sizes[0], "torch"): model_throughput.run_backend("torch", sizes[0], bench)}
+        raw[f"launch compiled float32 {sizes[0]} torch"] = results[sizes[0], "torch"]
+        tables.append(model_throughput.table(results, bench))
     return raw, tables
 
 

@@ -9,10 +9,13 @@ the median ratio to torch_odir in the same rounds with its range (> 1 is faster 
 "keras/torch folded" is the inference model that evaluate/predict use, BatchNorm folded into the convs
 (``keras_odir.folding``); it has no training step (training never folds). "... executor": the same models
 run from their precomputed plan (``keras_odir.executor.planned``), as keras_odir.train and KerasPredictor
-run them on torch; without it, Keras' own functional call.
+run them on torch; without it, Keras' own functional call. ``--compile``: torch_odir and keras_odir's executor
+each eager and under ``torch.compile`` (the trainers' ``--compile``: keras_odir compiles its plan), with the
+first step of each (the compilation) in its own column.
 
     python benchmarks/model_throughput.py                       # 64 and 224 px, batch 8, float32
     python benchmarks/model_throughput.py --regime launch       # 32 px, 2 pairs, 1 thread: the framework's own cost
+    python benchmarks/model_throughput.py --regime launch --backends torch --compile   # compiled against compiled
     python benchmarks/model_throughput.py --backbone all --sizes 64   # every registered backbone
     python benchmarks/model_throughput.py --precision bf16 --sizes 224 --rounds 7
     python benchmarks/model_throughput.py --device cuda --sizes 224 448 --batch 32
@@ -38,6 +41,7 @@ CONFIGS_BY_BACKEND = {
     "jax": ("torch_odir", "keras/jax"),
     "tensorflow": ("torch_odir", "keras/tensorflow"),
 }
+COMPILED_CONFIGS = ("torch_odir", "torch_odir compiled", "keras/torch executor", "keras/torch compiled executor")
 DEFAULT_BACKENDS = ("torch", "jax")  # tensorflow-cpu has no GPU build: asked for by name
 # Named settings of (sizes, batch, threads). "launch": so little compute per layer that a step takes as long as
 # the Python that launches its kernels, the regime a GPU puts every size in; "compute": the CPU's own regime.
@@ -54,8 +58,9 @@ def _batch(batch: int, size: int, seed: int = 0):
     return left, right, labels
 
 
-def torch_steps(batch, size, precision: str, device: str, backbone: str, channels_last: bool):
-    """(train step, inference) closures of torch_odir's DualNet: eager, SGD + BCEWithLogits."""
+def torch_steps(batch, size, precision: str, device: str, backbone: str, channels_last: bool, compiled=False):
+    """(train step, inference) closures of torch_odir's DualNet: eager (``compiled``: under ``torch.compile``),
+    SGD + BCEWithLogits."""
     import torch
 
     from torch_odir.model import DualNet
@@ -63,8 +68,9 @@ def torch_steps(batch, size, precision: str, device: str, backbone: str, channel
     memory = torch.channels_last if channels_last else torch.contiguous_format
     left, right, labels = (torch.from_numpy(a).to(device) for a in _batch(batch, size))
     left, right = (x.permute(0, 3, 1, 2).contiguous(memory_format=memory) for x in (left, right))
-    model = DualNet(backbone, "v0").to(device, memory_format=memory)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    network = DualNet(backbone, "v0").to(device, memory_format=memory)
+    model = torch.compile(network) if compiled else network
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -88,11 +94,12 @@ def torch_steps(batch, size, precision: str, device: str, backbone: str, channel
     return train, infer
 
 
-def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False, executor: bool = False):
+def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False, executor: bool = False,
+                compiled: bool = False):
     """(train step, inference) closures of keras_odir's dual model: ``train_on_batch`` with the trainer's
     optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch).
     ``folded``: (None, inference of the model with its BatchNorms folded), as evaluate/predict run it.
-    ``executor``: both models run from their plan (``keras_odir.executor``)."""
+    ``executor``: both models run from their plan (``keras_odir.executor``), ``compiled``: under torch.compile."""
     import keras
 
     from keras_odir.executor import planned
@@ -107,7 +114,7 @@ def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False
         keras.mixed_precision.set_global_policy({"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision])
     left, right, labels = _batch(batch, size)
     model = build_dual_model(backbone, "v0", image_size=size)
-    wrap = planned if executor else (lambda m: m)
+    wrap = (lambda m: planned(m, compile=compiled)) if executor else (lambda m: m)
     model = wrap(model)
     model.compile(optimizer=TorchSGD(learning_rate=0.01, momentum=0.9), loss=WeightedBCEWithLogits())
     inference = wrap(dual_parts(model).inference_model(model))
@@ -127,27 +134,34 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     backend = os.environ["KERAS_BACKEND"]
     steps = {}
-    for config in CONFIGS_BY_BACKEND[backend]:
+    configs = COMPILED_CONFIGS if args.compile and backend == "torch" else CONFIGS_BY_BACKEND[backend]
+    for config in configs:
+        compiled = "compiled" in config
         if config.startswith("torch_odir"):
             steps[config] = torch_steps(args.batch, args.size, args.precision, args.device, args.backbone,
-                                        channels_last=config == REFERENCE)
+                                        channels_last="NCHW" not in config, compiled=compiled)
         else:
             steps[config] = keras_steps(args.batch, args.size, args.precision, args.backbone,
-                                        folded="folded" in config, executor=config.endswith("executor"))
+                                        folded="folded" in config, executor=config.endswith("executor"),
+                                        compiled=compiled)
     times = {config: {kind: [] for kind, index in (("train", 0), ("infer", 1)) if pair[index] is not None}
              for config, pair in steps.items()}
+    first = {config: {} for config in steps}  # seconds of each configuration's first step (compilation)
     for kind, index in (("train", 0), ("infer", 1)):
         timed = {config: pair for config, pair in steps.items() if pair[index] is not None}
         for config, pair in timed.items():
-            for _ in range(args.warmup):
+            for warmup in range(args.warmup):
+                start = time.perf_counter()
                 pair[index]()
+                if warmup == 0:
+                    first[config][kind] = time.perf_counter() - start
         for _ in range(args.rounds):
             for config, pair in timed.items():
                 start = time.perf_counter()
                 for _ in range(args.iters):
                     pair[index]()
                 times[config][kind].append((time.perf_counter() - start) / args.iters)
-    print("RESULT " + json.dumps(times))
+    print("RESULT " + json.dumps({"times": times, "first": first}))
 
 
 def run_backend(backend: str, size: int, args) -> dict | str:
@@ -156,7 +170,7 @@ def run_backend(backend: str, size: int, args) -> dict | str:
     command = [sys.executable, __file__, "--worker", "--sizes", str(size), "--batch", str(args.batch),
                "--iters", str(args.iters), "--warmup", str(args.warmup), "--rounds", str(args.rounds),
                "--precision", args.precision, "--threads", str(args.threads), "--device", args.device,
-               "--backbone", args.backbone]
+               "--backbone", args.backbone, *(["--compile"] if args.compile else [])]
     try:
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -172,6 +186,7 @@ def summarize(times: dict) -> dict:
     """Per configuration and kind: pairs/s is computed by the caller; here median seconds and the median,
     min and max of the per-round ratio torch_odir time / configuration time."""
     out = {}
+    times = times["times"]
     for config, kinds in times.items():
         out[config] = {}
         for kind, seconds in kinds.items():
@@ -186,7 +201,8 @@ def table(results: dict, args) -> str:
     lines = [f"{args.backbone}, batch {args.batch} pairs, {args.precision}, {args.device}, {args.threads} threads, "
              f"{args.rounds} interleaved rounds of {args.iters} steps after {args.warmup} warm-up; "
              "pairs/s and ratio to torch_odir (median, range over rounds)",
-             "| size | configuration | train step | inference |", "|---|---|---|---|"]
+             "| size | configuration | train step | inference | first train / inference step, s |",
+             "|---|---|---|---|---|"]
     for (size, backend), result in results.items():
         if isinstance(result, str):
             lines.append(f"| {size} | {backend} backend | {result} | |")
@@ -196,7 +212,8 @@ def table(results: dict, args) -> str:
                 continue
             cells = [f"{args.batch / k['seconds']:.2f} ({k['ratio']:.2f}x, {k['low']:.2f}-{k['high']:.2f})"
                      if k else "-" for k in (kinds.get("train"), kinds.get("infer"))]
-            lines.append(f"| {size} | {config} | {cells[0]} | {cells[1]} |")
+            firsts = " / ".join(f"{s:.1f}" for s in result["first"][config].values())
+            lines.append(f"| {size} | {config} | {cells[0]} | {cells[1]} | {firsts} |")
     return "\n".join(lines)
 
 
@@ -219,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="backbone of odir_core.model.model_spec, or all: every registered backbone in turn")
     parser.add_argument("--backends", nargs="+", choices=list(CONFIGS_BY_BACKEND), default=list(DEFAULT_BACKENDS),
                         help="Keras backends to compare with torch_odir")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch backend: torch_odir and keras_odir's executor, eager and under torch.compile")
     parser.add_argument("--json", type=Path, help="also write the raw per-round times here")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per backend and size")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -18,8 +18,8 @@ def test_gpu_report_runs_on_cpu(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert set(report["throughput"]) == {f"quick {p} 32 {b}" for p in ("float32", "bf16") for b in ("torch", "jax")}
-    for times in report["throughput"].values():
-        for config, kinds in times.items():  # the folded inference models have no training step
+    for result in report["throughput"].values():
+        for config, kinds in result["times"].items():  # the folded inference models have no training step
             assert len(kinds.get("train", [])) == (0 if "folded" in config else 1) and kinds["infer"][0] > 0
     for epoch in report["training_epoch"].values():
         assert epoch["exit"] == 0 and epoch["training_s"] > 0
