@@ -11,6 +11,7 @@ from odir_core.training import config as cfg
 from odir_core.training.config_files import load_config, save_config
 from odir_core.training.config_flags import parse_args, recipe_summary
 from odir_core.training.losses import loss_parameters
+from odir_core.training.run import ResumeError, check_unchanged
 from reference_data import STUDY_TABLE, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +110,18 @@ def test_resume_uses_the_run_config(tmp_path):
     assert conf.head == "v2" and conf.epochs == 12 and conf.resume == str(run)
     with pytest.raises(SystemExit):
         parse_args(["--resume", str(tmp_path / "missing")])
+
+
+def test_resume_may_change_how_it_runs_but_not_what_it_computes(tmp_path):
+    """--compile, --device, --workers change how a resumed run executes and are allowed; a setting of the run is
+    refused with the flags that may change named."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg.TrainConfig(head="v2", epochs=9), run / "config.toml")
+    check_unchanged(run, parse_args(["--resume", str(run), "--compile", "--device", "cpu", "--workers", "2"]))
+    with pytest.raises(ResumeError, match=r"--lr 0.5 differs .* \(only --epochs, --patience, --workers, --device, "
+                                          r"--compile may change\)"):
+        check_unchanged(run, parse_args(["--resume", str(run), "--lr", "0.5"]))
 
 
 def test_scheduler_params_are_torch_keyword_names():
