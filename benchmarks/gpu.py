@@ -37,29 +37,24 @@ def throughput(args) -> tuple[dict, list[str]]:
     per layer, which a GPU exposes at every size; then 224 and 448 px at batch 32; then the launch-bound regime
     compiled (``--compile``: torch_odir and keras_odir's executor under ``torch.compile``)."""
     raw, tables = {}, []
+    launch = model_throughput.REGIMES["launch"]
     if args.quick:
-        regimes = [("quick", [32], 2, os.cpu_count())]
-    else:
-        regimes = [("launch", *model_throughput.REGIMES["launch"]), ("large", [224, 448], 32, os.cpu_count())]
-    for regime, sizes, batch, threads in regimes:
-        for precision in ("float32", "bf16"):
+        passes = [("quick", [32], 2, os.cpu_count(), False)]
+    else:  # compiled against compiled where compilation pays most: the launch-bound regime
+        passes = [("launch", *launch, False), ("large", [224, 448], 32, os.cpu_count(), False),
+                  ("launch compiled", *launch, True)]
+    for regime, sizes, batch, threads, compiled in passes:
+        for precision in ("float32",) if compiled else ("float32", "bf16"):
             bench = argparse.Namespace(
                 batch=batch, rounds=1 if args.quick else 7, iters=1 if args.quick else 3,
                 warmup=1 if args.quick else 3, threads=threads, precision=precision, device=args.device,
-                backbone=_backbone(args), timeout=args.timeout, compile=False)
+                backbone=_backbone(args), timeout=args.timeout, compile=compiled)
             results = {}
             for size in sizes:
-                for backend in model_throughput.DEFAULT_BACKENDS:
+                for backend in ("torch",) if compiled else model_throughput.DEFAULT_BACKENDS:
                     results[size, backend] = model_throughput.run_backend(backend, size, bench)
                     raw[f"{regime} {precision} {size} {backend}"] = results[size, backend]
             tables.append(model_throughput.table(results, bench))
-    if not args.quick:  # compiled against compiled, where compilation pays most: the launch-bound regime
-        sizes, batch, threads = model_throughput.REGIMES["launch"]
-        bench = argparse.Namespace(batch=batch, rounds=7, iters=3, warmup=3, threads=threads, precision="float32",
-                                   device=args.device, backbone=_backbone(args), timeout=args.timeout, compile=True)
-        results = {(sizes[0], "torch"): model_throughput.run_backend("torch", sizes[0], bench)}
-        raw[f"launch compiled float32 {sizes[0]} torch"] = results[sizes[0], "torch"]
-        tables.append(model_throughput.table(results, bench))
     return raw, tables
 
 
