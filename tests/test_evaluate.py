@@ -20,9 +20,9 @@ from odir_core.evaluation import plots
 from odir_core.evaluation.thresholds import load_thresholds
 from odir_core.labels import LABELS
 from reference_data import REAL_SAMPLES, needs
-from tiny_runs import CROP_SIZE, HEAD, IMAGE_SIZE, new_run, recording_run, run_config, shared_models
+from tiny_runs import BACKBONE, CROP_SIZE, HEAD, IMAGE_SIZE, new_run, recording_run, run_config, shared_models
 from torch_odir.evaluate import main as torch_evaluate
-from torch_odir.model import DualResNet50
+from torch_odir.model import DualNet
 
 pytestmark = needs(REAL_SAMPLES / "samples.csv")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -47,7 +47,7 @@ def _reference_input(path: Path) -> np.ndarray:
 
 
 def _reference_probs(torch_model: Path, ids, tta_hflip: bool) -> np.ndarray:
-    model = DualResNet50(head=HEAD)
+    model = DualNet(BACKBONE, head=HEAD)
     model.load_state_dict(torch.load(torch_model, weights_only=True)["state_dict"])
     model.eval()
     left = np.stack([_reference_input(REAL_SAMPLES / f"{i}_left.png") for i in ids])

@@ -111,7 +111,7 @@ def test_model_description_health_and_openapi_offline(server, models):
     status, _, info = request(server + "v1/model")
     assert status == 200
     assert info["file"] == str(models[0]) and info["loaded_by"] == "keras_odir"
-    assert info["architecture"] == {"backbone": "resnet50", "head": "v2"}
+    assert info["architecture"] == {"backbone": "resnet18", "head": "v2"}
     assert [row["label"] for row in info["labels"]] == list(LABELS)
     assert info["preprocessing"]["image_size"] == 64 and info["preprocessing"]["crop_size"] == 56
     assert info["thresholds_source"].startswith("thresholds: 0.5 for every label")
@@ -212,7 +212,7 @@ def _rss_mb() -> float:
 def test_load_200_requests_from_8_threads_bounded(server, models):
     """8 client threads send 200 requests to one worker with a queue of 2: the requests beyond it are 503 with
     Retry-After, every other answer is predict's; memory is steady from the first hundred to the second.
-    About 15-20 s on 2 cores: some 80 of the requests run the ResNet50 model, the rest are refused."""
+    About 10-15 s on 2 cores: some 80 of the requests run the model, the rest are refused."""
     photos = [(RAW / f"raw_{i}.png") for i in range(3)]
     pairs = [(photos[i % 3], photos[(i + 1) % 3]) for i in range(3)]
     expected = [_expected(KERAS, models[0], *pair) for pair in pairs]
