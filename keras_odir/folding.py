@@ -86,14 +86,15 @@ def _folded_weights(conv, norm) -> tuple[np.ndarray, np.ndarray]:
 def _folded_conv(conv, norm):
     """A new conv layer (``conv``'s class, name and arguments, with a bias and ``norm``'s activation) holding the
     folded weights. Made from the public attributes rather than ``get_config``, whose serialization imports
-    TensorFlow on every backend."""
+    TensorFlow on every backend; built with zero weights, as the folded ones replace them (a random draw is one
+    compiled program per shape on jax)."""
     common = dict(kernel_size=conv.kernel_size, strides=conv.strides, padding=conv.padding,
                   data_format=conv.data_format, dilation_rate=conv.dilation_rate, activation=_activation(norm),
                   use_bias=True, dtype=conv.dtype_policy, name=conv.name)
     if isinstance(conv, keras.layers.DepthwiseConv2D):
-        folded = conv.__class__(depth_multiplier=conv.depth_multiplier, **common)
+        folded = conv.__class__(depth_multiplier=conv.depth_multiplier, depthwise_initializer="zeros", **common)
     else:
-        folded = conv.__class__(conv.filters, groups=conv.groups, **common)
+        folded = conv.__class__(conv.filters, groups=conv.groups, kernel_initializer="zeros", **common)
     folded.build(conv.input.shape)
     kernel, bias = _folded_weights(conv, norm)
     folded.kernel.assign(kernel.astype(folded.kernel.dtype))

@@ -11,6 +11,8 @@ import math
 import keras
 from keras import layers, ops
 
+import keras_odir.initializers as initializers
+
 TORCH = keras.backend.backend() == "torch"
 if TORCH:
     import keras_odir.torch_kernels as torch_kernels
@@ -257,7 +259,7 @@ class SqueezeExcitation(layers.Layer):
     def build(self, input_shape):
         channels = input_shape[1 if self.data_format == "channels_first" else -1]
         # torchvision's EfficientNet init: kaiming_normal_(mode="fan_out"), zero bias
-        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+        init = initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
         self.fc1_kernel = self.add_weight(shape=(1, 1, channels, self.squeeze_channels), initializer=init,
                                           name="fc1_kernel")
         self.fc1_bias = self.add_weight(shape=(self.squeeze_channels,), initializer="zeros", name="fc1_bias")

@@ -11,6 +11,7 @@ import math
 import keras
 from keras import layers, ops
 
+import keras_odir.initializers as initializers
 from keras_odir.correlation import _softmax
 from odir_core.model.model_spec import MLDecoder as MLDecoderSpec
 
@@ -46,17 +47,17 @@ class MLDecoder(layers.Layer):
 
         def uniform(fan_in):  # torch.nn.Linear's init
             bound = 1.0 / math.sqrt(fan_in)
-            return keras.initializers.RandomUniform(-bound, bound)
+            return initializers.RandomUniform(-bound, bound)
 
         def weight(name, shape, initializer):
             return self.add_weight(shape=shape, name=name, initializer=initializer)
 
         self.embed_weight = weight("embed_weight", (d, channels), uniform(channels))
         self.embed_bias = weight("embed_bias", (d,), uniform(channels))
-        self.eye_embed = weight("eye_embed", (2, d), keras.initializers.RandomNormal(stddev=0.02))
-        self.query_embed = weight("query_embed", (k, d), keras.initializers.RandomNormal(stddev=1.0))
+        self.eye_embed = weight("eye_embed", (2, d), initializers.RandomNormal(stddev=0.02))
+        self.query_embed = weight("query_embed", (k, d), initializers.RandomNormal(stddev=1.0))
         # nn.MultiheadAttention's init: xavier_uniform_ on the packed projections, zero biases
-        self.in_proj_weight = weight("in_proj_weight", (3 * d, d), keras.initializers.GlorotUniform())
+        self.in_proj_weight = weight("in_proj_weight", (3 * d, d), initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
         self.in_proj_bias = weight("in_proj_bias", (3 * d,), "zeros")
         self.out_proj_weight = weight("out_proj_weight", (d, d), uniform(d))
         self.out_proj_bias = weight("out_proj_bias", (d,), "zeros")
@@ -68,7 +69,7 @@ class MLDecoder(layers.Layer):
         self.norm2_gamma, self.norm2_beta = weight("norm2_gamma", (d,), "ones"), weight("norm2_beta", (d,), "zeros")
         # torch's xavier_normal_ on (K, dim, group): fan_in dim * group, fan_out K * group
         std = math.sqrt(2.0 / (spec.group * (d + k)))
-        self.group_weight = weight("group_weight", (k, d, spec.group), keras.initializers.RandomNormal(stddev=std))
+        self.group_weight = weight("group_weight", (k, d, spec.group), initializers.RandomNormal(stddev=std))
         self.group_bias = weight("group_bias", (spec.units,), "zeros")
 
     def _dropout(self, x, training):

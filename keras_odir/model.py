@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
+import keras_odir.initializers as initializers
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.families import BUILDERS
 from keras_odir.families.vit import PATCH_GRID, PatchGrid
@@ -38,8 +39,8 @@ def _dense(units, fan_in, name, dtype=None):
     # torch.nn.Linear's init: weight and bias uniform in +-1/sqrt(fan_in)
     bound = 1.0 / math.sqrt(fan_in)
     return layers.Dense(units, name=name, dtype=dtype,
-                        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
-                        bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+                        kernel_initializer=initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+                        bias_initializer=initializers.RandomUniform(-bound, bound))
 
 
 def build_head(head: HeadSpec, in_features: int) -> keras.Model:

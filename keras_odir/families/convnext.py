@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+import keras_odir.initializers as initializers
 from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth, image_input
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
@@ -25,7 +26,7 @@ from odir_core.model.families.convnext import LAYER_SCALE, WEIGHT_STD
 EPSILON = 1e-6
 # torchvision's init for every Conv2d and Linear: trunc_normal_(std=0.02) truncated at +-2, i.e. 100 standard
 # deviations: a plain normal (Keras' TruncatedNormal cuts at 2 standard deviations)
-_INIT = keras.initializers.RandomNormal(stddev=WEIGHT_STD)
+_INIT = initializers.RandomNormal(stddev=WEIGHT_STD)
 
 
 def _channels_last(x, name, data_format):

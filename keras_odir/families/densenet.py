@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+import keras_odir.initializers as initializers
 from keras_odir.layers import ChannelsLastConv2D, ChannelsLastZeroPadding2D, TorchBatchNormalization, image_input
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
@@ -29,7 +30,7 @@ def _conv(filters, kernel, stride, name, data_format, padding="valid"):
     # torchvision's DenseNet init: kaiming_normal_ with its defaults (fan_in, gain sqrt(2))
     return ChannelsLastConv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name,
                               data_format=data_format,
-                              kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal"))
+                              kernel_initializer=initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal"))
 
 
 def _bn_relu(name, data_format):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+import keras_odir.initializers as initializers
 from keras_odir.layers import (
     ChannelsLastConv2D,
     ChannelsLastZeroPadding2D,
@@ -34,8 +35,8 @@ from odir_core.model.families.efficientnet import MBConv, mbconv_blocks
 
 # torchvision's init: kaiming_normal_(mode="fan_out") for every conv. A depthwise kernel is (C, 1, k, k) in
 # torch, fan_out C*k*k; Keras' (k, k, C, 1) has that as its fan_in.
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
-_DEPTHWISE_INIT = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+_CONV_INIT = initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+_DEPTHWISE_INIT = initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
 
 def _conv_bn(x, filters, name, data_format, *, silu=True):

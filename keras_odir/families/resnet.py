@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+import keras_odir.initializers as initializers
 from keras_odir.layers import (
     ChannelsLastConv2D,
     ChannelsLastZeroPadding2D,
@@ -37,7 +38,7 @@ def _conv(filters, kernel, stride, name, data_format, padding="valid"):
     # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu")
     return ChannelsLastConv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name,
                               data_format=data_format,
-                         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"))
+                         kernel_initializer=initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"))
 
 
 def _bn(name, data_format, relu=False):

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+import keras_odir.initializers as initializers
 from keras_odir.correlation import _softmax
 from keras_odir.layers import ChannelsLastConv2D, image_input
 from keras_odir.parts import POOL
@@ -66,10 +67,10 @@ class TokenEmbedding(layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        initializer = keras.initializers.RandomNormal(stddev=self.class_std) if self.class_std else "zeros"
+        initializer = initializers.RandomNormal(stddev=self.class_std) if self.class_std else "zeros"
         self.class_token = self.add_weight(shape=(1, 1, channels), name="class_token", initializer=initializer)
         self.pos_embedding = self.add_weight(shape=(1, 1 + self.grid * self.grid, channels), name="pos_embedding",
-                                             initializer=keras.initializers.RandomNormal(stddev=POSITION_STD))
+                                             initializer=initializers.RandomNormal(stddev=POSITION_STD))
 
     def call(self, patches):
         height, width, channels = patches.shape[1:]
@@ -114,14 +115,14 @@ class SelfAttention(layers.Layer):
     def build(self, input_shape):
         dim = input_shape[-1]
         bound = 1.0 / math.sqrt(dim)
-        timm = keras.initializers.RandomNormal(stddev=TIMM_STD)
+        timm = initializers.RandomNormal(stddev=TIMM_STD)
         self.in_proj_weight = self.add_weight(
             shape=(3 * dim, dim), name="in_proj_weight",
-            initializer=timm if self.layout == TIMM else keras.initializers.GlorotUniform())
+            initializer=timm if self.layout == TIMM else initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
         self.in_proj_bias = self.add_weight(shape=(3 * dim,), name="in_proj_bias", initializer="zeros")
         self.out_proj_weight = self.add_weight(
             shape=(dim, dim), name="out_proj_weight",
-            initializer=timm if self.layout == TIMM else keras.initializers.RandomUniform(-bound, bound))
+            initializer=timm if self.layout == TIMM else initializers.RandomUniform(-bound, bound))
         self.out_proj_bias = self.add_weight(shape=(dim,), name="out_proj_bias", initializer="zeros")
 
     def call(self, x):
@@ -213,10 +214,10 @@ def _block(x, prefix, spec: BackboneSpec):
     x = layers.Add(name=f"{prefix}_add_1")([out, x])
     out = layers.LayerNormalization(epsilon=EPSILON, name=f"{prefix}_{names['norm2']}")(x)
     if spec.layout == TIMM:
-        dense = {"kernel_initializer": keras.initializers.RandomNormal(stddev=TIMM_STD), "bias_initializer": "zeros"}
+        dense = {"kernel_initializer": initializers.RandomNormal(stddev=TIMM_STD), "bias_initializer": "zeros"}
     else:
-        dense = {"kernel_initializer": keras.initializers.GlorotUniform(),
-                 "bias_initializer": keras.initializers.RandomNormal(stddev=MLP_BIAS_STD)}
+        dense = {"kernel_initializer": initializers.VarianceScaling(1.0, "fan_avg", "uniform"),
+                 "bias_initializer": initializers.RandomNormal(stddev=MLP_BIAS_STD)}
     out = layers.Dense(spec.mlp_dim, activation="gelu", name=f"{prefix}_{names['fc1']}", **dense)(out)
     out = layers.Dense(spec.features, name=f"{prefix}_{names['fc2']}", **dense)(out)
     return layers.Add(name=f"{prefix}_add_2")([out, x])
@@ -228,10 +229,10 @@ def _patch_embedding(spec: BackboneSpec, data_format: str) -> layers.Layer:
     fan_in = 3 * spec.patch_size ** 2
     if spec.layout == TIMM:
         bound = 1.0 / math.sqrt(fan_in)
-        init = {"kernel_initializer": keras.initializers.RandomUniform(-bound, bound),
-                "bias_initializer": keras.initializers.RandomUniform(-bound, bound)}
+        init = {"kernel_initializer": initializers.RandomUniform(-bound, bound),
+                "bias_initializer": initializers.RandomUniform(-bound, bound)}
     else:
-        init = {"kernel_initializer": keras.initializers.RandomNormal(stddev=math.sqrt(1.0 / fan_in))}
+        init = {"kernel_initializer": initializers.RandomNormal(stddev=math.sqrt(1.0 / fan_in))}
     return ChannelsLastConv2D(spec.features, spec.patch_size, strides=spec.patch_size, data_format=data_format,
                               name=NAMES[spec.layout]["patches"], **init)
 
