@@ -171,7 +171,7 @@ OTHER_BACKEND_CHECK = textwrap.dedent(f"""
     from keras_odir.executor import planned
     from keras_odir.model import build_dual_model
     keras.utils.set_random_seed(0)
-    model = build_dual_model("resnet50", "v1", image_size={SIZE})
+    model = build_dual_model("resnet18", "v1", image_size={SIZE})
     _randomize_statistics(model)
     plan = planned(model)
     x = _inputs()

@@ -33,8 +33,8 @@ def test_epoch_outputs_equal_a_clean_pass_when_training_changes_nothing(data, tm
     """Frozen backbone, head without dropout, no augmentation and a vanishing learning rate: the
     training-mode outputs of a shuffled epoch are the inference outputs of every training
     patient, so both ways agree; a label/output mix-up or a missing batch would break this."""
-    config = TrainConfig(data=str(data), image_size=32, batch_size=5, weights="none", epochs=2, head="v0",
-                         lr=1e-12, experiment="m", patience=0, feature_cache=feature_cache)
+    config = TrainConfig(data=str(data), backbone="resnet18", image_size=32, batch_size=5, weights="none",
+                         epochs=2, head="v0", lr=1e-12, experiment="m", patience=0, feature_cache=feature_cache)
     epoch = _train_metrics(trainer, config, tmp_path / "epoch")
     clean = _train_metrics(trainer, config.replace(train_metrics="clean"), tmp_path / "clean")
     assert epoch == pytest.approx(clean, rel=1e-5, abs=1e-6)
@@ -43,8 +43,8 @@ def test_epoch_outputs_equal_a_clean_pass_when_training_changes_nothing(data, tm
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_epoch_metrics_come_from_training_mode_outputs(data, tmp_path, trainer):
     """With dropout 0.5 in the head, training-mode outputs differ from inference outputs."""
-    config = TrainConfig(data=str(data), image_size=32, batch_size=5, weights="none", epochs=1, head="v2",
-                         lr=1e-12, experiment="m", patience=0)
+    config = TrainConfig(data=str(data), backbone="resnet18", image_size=32, batch_size=5, weights="none",
+                         epochs=1, head="v2", lr=1e-12, experiment="m", patience=0)
     epoch = _train_metrics(trainer, config, tmp_path / "epoch")
     clean = _train_metrics(trainer, config.replace(train_metrics="clean"), tmp_path / "clean")
     assert epoch != pytest.approx(clean, rel=1e-3)
