@@ -3,6 +3,7 @@ provenance record beside best.keras) and deterministic inputs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
@@ -52,3 +53,21 @@ def keras_logits(model_path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     from keras_odir.weights import read_keras_model
 
     return keras.ops.convert_to_numpy(read_keras_model(model_path)(inputs, training=False))
+
+
+def shared_onnx_export(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(best.keras of a resnet18 + v2 run at 64 px cropped to 56 with thresholds.json and a training record, the
+    .onnx exported from it alone in another folder, the prepared real samples the run names as its data), made
+    once per test session: the tests only read them."""
+    from keras_odir.export import export
+    from tiny_runs import real_samples_prepared
+
+    root = tmp_path_factory.getbasetemp() / "onnx_export"
+    keras_model, onnx_model = root / "run" / "best.keras", root / "exported" / "model.onnx"
+    if not (root / "ready").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        keras_run(root / "run", "resnet18", "v2", 64, crop_size=56, data=str(real_samples_prepared(root / "data")))
+        onnx_model.parent.mkdir()
+        export(keras_model, onnx_model, "onnx")
+        (root / "ready").touch()
+    return keras_model, onnx_model, root / "data"

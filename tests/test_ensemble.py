@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from export_runs import shared_onnx_export
 from scipy.special import expit, logit
 
 from keras_odir.cli_backend import BACKEND
@@ -125,18 +126,15 @@ def test_predict_with_an_ensemble(members, tmp_path, capsys):
     assert "--gradcam explains one model" in capsys.readouterr().err
 
 
-def test_an_exported_onnx_model_is_a_member_like_its_source(members, tmp_path):
-    from keras_odir.export import export
-
-    _, first, second = members
-    exported = tmp_path / "exported" / "model.onnx"  # no config.toml beside it: its metadata says
-    exported.parent.mkdir()
-    export(first, exported, "onnx", None)
+def test_an_exported_onnx_model_is_a_member_like_its_source(members, tmp_path, tmp_path_factory):
+    """An .onnx alone in its folder (its metadata says what a config.toml would) beside a .pth of other input size."""
+    _, _, second = members
+    source, exported, _ = shared_onnx_export(tmp_path_factory)
     rows = pd.DataFrame({"left": [str(REAL_SAMPLES / f"{p}_left.png") for p in (1539, 32)],
                          "right": [str(REAL_SAMPLES / f"{p}_right.png") for p in (1539, 32)]})
     rows.to_csv(tmp_path / "patients.csv", index=False)
     outputs = []
-    for name, member in (("source", first), ("exported", exported)):
+    for name, member in (("source", source), ("exported", exported)):
         out = tmp_path / f"{name}.csv"
         assert predict.main(BACKEND, ["--model", str(member), "--model", str(second), "--batch",
                                       str(tmp_path / "patients.csv"), "--out", str(out)]) == 0

@@ -17,11 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from export_runs import THRESHOLDS, keras_run
+from export_runs import THRESHOLDS, shared_onnx_export
 
 from keras_odir.cli_backend import BACKEND as KERAS
 from keras_odir.evaluate import main as keras_evaluate
-from keras_odir.export import export
 from keras_odir.predict import main as keras_predict
 from odir_core.evaluation.inference import InferenceError, load_model, model_config, model_input, predict_batch, prepare_photo
 from odir_core.evaluation.predict import choose_thresholds
@@ -30,7 +29,6 @@ from odir_core.evaluation.thresholds import save_thresholds
 from odir_core.labels import LABELS
 from odir_core.training.config_files import load_config, save_config
 from reference_data import REAL_SAMPLES, needs
-from tiny_runs import real_samples_prepared
 from torch_odir.cli_backend import BACKEND as TORCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,13 +57,7 @@ atexit.register(lambda: open(os.environ["LOADED_REPORT"], "w").write(
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(best.keras in its run folder, the .onnx exported from it alone in another folder, the data folder)."""
-    root = tmp_path_factory.mktemp("onnx_predictor")
-    data = real_samples_prepared(root / "data")
-    keras_model = keras_run(root / "run", "resnet18", "v2", 64, crop_size=56, data=str(data))
-    onnx_model = root / "exported" / "model.onnx"
-    onnx_model.parent.mkdir()
-    export(keras_model, onnx_model, "onnx")
-    return keras_model, onnx_model, data
+    return shared_onnx_export(tmp_path_factory)
 
 
 def _probs(model, tta="both") -> np.ndarray:

@@ -247,16 +247,9 @@ def test_load_200_requests_from_8_threads_bounded(server, models):
 def onnx_model(tmp_path_factory):
     """(best.keras of a tiny run with thresholds.json and a training record, the .onnx exported from it alone in
     another folder): the .onnx carries the config, thresholds and record as metadata."""
-    from export_runs import keras_run
+    from export_runs import shared_onnx_export
 
-    from keras_odir.export import export
-
-    root = tmp_path_factory.mktemp("serve_onnx")
-    keras_model = keras_run(root / "run", "resnet18", "v2", 64, crop_size=56, data=str(root / "data"))
-    exported = root / "exported" / "model.onnx"
-    exported.parent.mkdir()
-    export(keras_model, exported, "onnx")
-    return keras_model, exported
+    return shared_onnx_export(tmp_path_factory)[:2]
 
 
 # keras_odir.serve of an .onnx with every deep-learning framework unimportable
