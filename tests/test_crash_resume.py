@@ -128,7 +128,7 @@ def test_killed_before_the_first_backup_points_to_the_last_model(data, tmp_path,
 
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
 def test_killed_after_the_finish_marker_says_finished(data, tmp_path, trainer):
-    proc = run(trainer, "finish", *tiny_train_args(data, tmp_path, "--epochs", "1"))
+    proc = run(trainer, "finish", *tiny_train_args(data, tmp_path, "--backbone", "resnet18", "--epochs", "1"))
     assert proc.returncode == KILLED
     cut = only_run(tmp_path)
     proc = run(trainer, "none", "--resume", str(cut))
