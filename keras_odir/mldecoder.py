@@ -57,7 +57,8 @@ class MLDecoder(layers.Layer):
         self.eye_embed = weight("eye_embed", (2, d), initializers.RandomNormal(stddev=0.02))
         self.query_embed = weight("query_embed", (k, d), initializers.RandomNormal(stddev=1.0))
         # nn.MultiheadAttention's init: xavier_uniform_ on the packed projections, zero biases
-        self.in_proj_weight = weight("in_proj_weight", (3 * d, d), initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
+        glorot = initializers.VarianceScaling(1.0, "fan_avg", "uniform")
+        self.in_proj_weight = weight("in_proj_weight", (3 * d, d), glorot)
         self.in_proj_bias = weight("in_proj_bias", (3 * d,), "zeros")
         self.out_proj_weight = weight("out_proj_weight", (d, d), uniform(d))
         self.out_proj_bias = weight("out_proj_bias", (d,), "zeros")

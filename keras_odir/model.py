@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
 import keras_odir.initializers as initializers
+import keras_odir.layers  # noqa: F401  (registers the custom layers a saved model refers to)
 from keras_odir.correlation import CorrelationFusion
 from keras_odir.families import BUILDERS
 from keras_odir.families.vit import PATCH_GRID, PatchGrid

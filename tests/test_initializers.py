@@ -50,26 +50,30 @@ def test_draws_the_distribution_of_keras_own_initializer(name, ours, theirs, std
 def test_seeds_behave_as_keras_seeds():
     """An integer seed draws the same values at every call (Keras' rule); an unseeded initialiser takes its seed
     from Python's ``random`` (which ``keras.utils.set_random_seed`` seeds); a SeedGenerator is left to Keras."""
+    def draw(initializer, shape):
+        return keras.ops.convert_to_numpy(initializer(shape))
+
     seeded = initializers.RandomNormal(seed=3)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(seeded((4, 5))), keras.ops.convert_to_numpy(seeded((4, 5))))
+    np.testing.assert_array_equal(draw(seeded, (4, 5)), draw(seeded, (4, 5)))
     draws = []
     for _ in range(2):
         random.seed(11)
-        draws.append(keras.ops.convert_to_numpy(initializers.VarianceScaling(2.0, "fan_in", "uniform")((6, 7))))
+        draws.append(draw(initializers.VarianceScaling(2.0, "fan_in", "uniform"), (6, 7)))
     np.testing.assert_array_equal(*draws)
-    assert not np.array_equal(draws[0], keras.ops.convert_to_numpy(initializers.VarianceScaling(2.0, "fan_in", "uniform")((6, 7))))
+    assert not np.array_equal(draws[0], draw(initializers.VarianceScaling(2.0, "fan_in", "uniform"), (6, 7)))
     generator = initializers.RandomUniform(seed=keras.random.SeedGenerator(5))
     assert keras.ops.convert_to_numpy(generator((3, 3))).std() > 0
 
 
 def test_a_model_saved_with_them_loads(tmp_path):
-    layer_input = keras.Input((4,))
-    model = keras.Model(layer_input, keras.layers.Dense(3, kernel_initializer=initializers.VarianceScaling(
-        1.0, "fan_avg", "uniform"), bias_initializer=initializers.RandomNormal(stddev=0.1))(layer_input))
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, kernel_initializer=initializers.VarianceScaling(1.0, "fan_avg", "uniform"),
+                               bias_initializer=initializers.RandomNormal(stddev=0.1))
+    model = keras.Model(inputs, dense(inputs))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    dense = loaded.layers[-1]
-    assert isinstance(dense.kernel_initializer, initializers.VarianceScaling) and dense.kernel_initializer.mode == "fan_avg"
+    initializer = loaded.layers[-1].kernel_initializer
+    assert isinstance(initializer, initializers.VarianceScaling) and initializer.mode == "fan_avg"
     np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
 
 
