@@ -71,6 +71,7 @@ def test_the_compiled_plan_computes_what_the_eager_plan_does():
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5 * max(1.0, float(eager.abs().max())))
 
 
+@pytest.mark.slow  # the frozen trainer test below compiles the same head and compares its losses with eager ones
 def test_the_compiled_head_computes_what_the_eager_head_does():
     """The part ``--compile`` compiles with a frozen backbone (the head on cached features): logits and the
     gradients of its weights, to float rounding (head v0: compiled code draws dropout masks from a generator

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from training_runs import only_run, tiny_train_args
+from training_runs import SMALL, only_run, tiny_train_args
 
 import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherwise)
 import odir_core.data.prepare as prepare_mod
@@ -62,7 +62,7 @@ def data(tmp_path_factory):
 
 
 def test_diverged_torch_run_exits_non_zero_and_keeps_finite_checkpoints(data, tmp_path, capsys):
-    assert ttrain.main(tiny_train_args(data, tmp_path, "--epochs", "4", "--lr", "1e30", "--fine-tune")) == 1
+    assert ttrain.main(tiny_train_args(data, tmp_path, *SMALL, "--epochs", "4", "--lr", "1e30", "--fine-tune")) == 1
     err = capsys.readouterr().err
     assert "NaN or infinite" in err and "--lr" in err and "Traceback" not in err
     run = only_run(tmp_path)
@@ -290,7 +290,7 @@ def test_synthetic_and_evaluate_disk_full_simulated(data, probs_csv, tmp_path, m
 
 
 def _check_trainer_run_folder_error(data, root: Path, capsys) -> None:
-    assert ttrain.main(tiny_train_args(data, root / "runs", "--epochs", "1")) == EXIT_FAILURE
+    assert ttrain.main(tiny_train_args(data, root / "runs", *SMALL, "--epochs", "1")) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert [line for line in error_lines(err) if line.startswith("error:")] == [error_lines(err)[-1]]
@@ -586,13 +586,13 @@ def test_resume_without_a_backup_after_saved_epochs_points_to_the_last_model(tmp
 
 def test_config_records_the_data_folder_as_an_absolute_path(data, tmp_path, monkeypatch):
     monkeypatch.chdir(data.parent)
-    assert ttrain.main(tiny_train_args(Path(data.name), tmp_path, "--epochs", "1")) == 0
+    assert ttrain.main(tiny_train_args(Path(data.name), tmp_path, *SMALL, "--epochs", "1")) == 0
     assert Path(load_config(only_run(tmp_path) / "config.toml").data) == data.resolve()
 
 
 def test_load_model_needs_only_import_keras_odir(tmp_path):
     """A fresh process that imports keras_odir (nothing else of it) reads a keras_odir .keras file."""
-    model = build_dual_model("resnet50", "v2", image_size=32)
+    model = build_dual_model("resnet18", "v2", image_size=32)
     model.save(tmp_path / "m.keras")
     script = ("import keras_odir, keras; m = keras.saving.load_model(r'%s'); "
               "print(m.count_params())" % (tmp_path / "m.keras"))

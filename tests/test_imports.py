@@ -187,7 +187,7 @@ def test_keras_odir_works_without_torch_odir_and_torchvision(tmp_path):
         from keras_odir.convert import main
         from keras_odir.model import build_dual_model
         from keras_odir.weights import keras_to_torch_state
-        model = build_dual_model(head="v1", image_size=32)
+        model = build_dual_model("resnet18", head="v1", image_size=32)
         torch.save({{"model": keras_to_torch_state(model)}}, r"{tmp_path}/m.pth")
         assert main([r"{tmp_path}/m.pth", r"{tmp_path}/m.keras"]) == 0
         assert main([r"{tmp_path}/m.keras", r"{tmp_path}/back.pth"]) == 0

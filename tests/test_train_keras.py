@@ -126,8 +126,8 @@ def _head_weights(path):
 
 
 def test_cached_features_give_the_same_head_as_the_full_model(data, tmp_path):
-    base = TrainConfig(data=str(data), image_size=32, batch_size=8, weights="none", epochs=2, head="v0",
-                       lr=1e-4, scheduler="linear", linear_total_iters=2, experiment="c", patience=0)
+    base = TrainConfig(data=str(data), backbone="resnet18", image_size=32, batch_size=8, weights="none", epochs=2,
+                       head="v0", lr=1e-4, scheduler="linear", linear_total_iters=2, experiment="c", patience=0)
     cached = ktrain.train(base.replace(run_dir=str(tmp_path / "cached")), log=lambda *_: None)
     full = ktrain.train(base.replace(run_dir=str(tmp_path / "full"), feature_cache=False), log=lambda *_: None)
     a, b = _head_weights(cached / "last.keras"), _head_weights(full / "last.keras")
