@@ -36,44 +36,46 @@ def _fans(shape) -> tuple[float, float]:
     return float(shape[-2] * receptive), float(shape[-1] * receptive)
 
 
+class _HostDraw:
+    """``__call__`` of the initialisers below: ``_draw`` with NumPy's generator, or Keras' own draw where
+    ``_draw`` has none (a SeedGenerator seed, a distribution not drawn here)."""
+
+    def __call__(self, shape, dtype=None):
+        rng = _generator(self.seed)
+        values = None if rng is None else self._draw(rng, tuple(shape))
+        return super().__call__(shape, dtype) if values is None else _tensor(values, dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_odir")
-class RandomNormal(keras.initializers.RandomNormal):
+class RandomNormal(_HostDraw, keras.initializers.RandomNormal):
     """``keras.initializers.RandomNormal`` drawn with NumPy."""
 
-    def __call__(self, shape, dtype=None):
-        rng = _generator(self.seed)
-        if rng is None:
-            return super().__call__(shape, dtype)
-        return _tensor(rng.standard_normal(shape, np.float32) * np.float32(self.stddev) + np.float32(self.mean), dtype)
+    def _draw(self, rng, shape):
+        return rng.standard_normal(shape, np.float32) * np.float32(self.stddev) + np.float32(self.mean)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
-class RandomUniform(keras.initializers.RandomUniform):
+class RandomUniform(_HostDraw, keras.initializers.RandomUniform):
     """``keras.initializers.RandomUniform`` drawn with NumPy."""
 
-    def __call__(self, shape, dtype=None):
-        rng = _generator(self.seed)
-        if rng is None:
-            return super().__call__(shape, dtype)
+    def _draw(self, rng, shape):
         low, high = np.float32(self.minval), np.float32(self.maxval)
-        return _tensor(low + (high - low) * rng.random(shape, np.float32), dtype)
+        return low + (high - low) * rng.random(shape, np.float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
-class VarianceScaling(keras.initializers.VarianceScaling):
+class VarianceScaling(_HostDraw, keras.initializers.VarianceScaling):
     """``keras.initializers.VarianceScaling`` drawn with NumPy for the ``uniform`` and ``untruncated_normal``
     distributions (``truncated_normal``: Keras' own draw). ``VarianceScaling(1.0, "fan_avg", "uniform")`` is
     Glorot's uniform."""
 
-    def __call__(self, shape, dtype=None):
-        rng = _generator(self.seed)
-        if rng is None or self.distribution == "truncated_normal":
-            return super().__call__(shape, dtype)
+    def _draw(self, rng, shape):
+        if self.distribution == "truncated_normal":
+            return None
         fan_in, fan_out = _fans(shape)
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
         scale = self.scale / max(1.0, fan)
         if self.distribution == "untruncated_normal":
-            return _tensor(rng.standard_normal(shape, np.float32) * np.float32(math.sqrt(scale)), dtype)
+            return rng.standard_normal(shape, np.float32) * np.float32(math.sqrt(scale))
         limit = np.float32(math.sqrt(3.0 * scale))
-        return _tensor(limit * (2.0 * rng.random(shape, np.float32) - 1.0), dtype)
-
+        return limit * (2.0 * rng.random(shape, np.float32) - 1.0)
