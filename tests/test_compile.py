@@ -35,18 +35,23 @@ QUICK = {("resnet18", "mldecoder")}  # the default run (the richest head); every
                                            for b in BACKBONES for h in HEADS])
 def test_the_plan_is_one_graph_without_breaks(backbone, head):
     """torch._dynamo traces the whole dual model's plan (both eyes, the head, BatchNorm's statistics updates in
-    training mode) into one graph, which the next call reuses."""
+    training mode) into one graph per mode (``fullgraph=True``: a graph break raises), which the next call reuses."""
+    from torch._dynamo.testing import CompileCounter
+
     plan = GraphPlan(build_dual_model(backbone, head, image_size=SIZE))
-    for training in (True, False):
-        explained = torch._dynamo.explain(plan.run)(_inputs(), training)
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    # and the graph is reused: no call changes what it was traced under (a Keras op built per call renames a
-    # global counter, which made every call a recompilation)
     torch._dynamo.reset()
-    run = torch.compile(plan.run, backend="eager")
-    run(_inputs(), True)
+    graphs = CompileCounter()
+    # what ``GraphPlan.compile`` compiles, with a backend that counts the graphs
+    plan.execute = torch.compile(plan.execute, backend=graphs, fullgraph=True)
+    for training in (True, False):
+        plan.run(_inputs(), training)
+    assert graphs.frame_count == 2 and graphs.op_count > 100
+    # and the graphs are reused: no call changes what they were traced under (a Keras op built per call renames a
+    # global counter, which made every call a recompilation)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        run(_inputs(1), True)
+        for training in (True, False):
+            plan.run(_inputs(1), training)
+    assert graphs.frame_count == 2
 
 
 def _outputs_and_gradients(model, x):
