@@ -16,11 +16,12 @@ import keras_odir  # noqa: F401  (torch backend unless KERAS_BACKEND says otherw
 from odir_core.data.synthetic import generate
 from odir_core.training.run import FINISHED_FILE
 import warm_processes
-from training_runs import only_run, tiny_train_args
+from training_runs import keras_weights, only_run, tiny_train_args
 
 SCRIPT = Path(__file__).with_name("crash_run.py")
-# ResNet18: what a kill can damage (checkpoints, backups, history) is the same for any backbone, at half the bytes
-FLAGS = ("--backbone", "resnet18", "--fine-tune", "--augment", "dual", "--crop-size", "28", "--epochs", "3",
+# ResNet18: what a kill can damage (checkpoints, backups, history) is the same for any backbone, at half the bytes;
+# two epochs: a run killed during the second one's writes resumes after the first and trains the second again
+FLAGS = ("--backbone", "resnet18", "--fine-tune", "--augment", "dual", "--crop-size", "28", "--epochs", "2",
          "--patience", "0", "--lr", "0.002", "--scheduler", "cyclic", "--cyclic-step-size-up", "2",
          "--cyclic-max-lr", "0.01")
 KILLED = -9
@@ -52,9 +53,7 @@ def weights(run_dir: Path, trainer: str) -> list[np.ndarray]:
     if trainer == "torch":
         state = torch.load(run_dir / "last.pth", weights_only=True)["state_dict"]
         return [v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")]
-    import keras
-
-    return keras.saving.load_model(run_dir / "last.keras", compile=False).get_weights()
+    return list(keras_weights(run_dir / "last.keras").values())
 
 
 def assert_same_run(a: Path, b: Path, trainer: str) -> None:

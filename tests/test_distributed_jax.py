@@ -12,20 +12,12 @@ import pytest
 from distributed_runs import TESTS, free_port
 from keras_odir.data_parallel import DistributedError, JaxJob, jax_job
 from odir_core.data.synthetic import generate
-from training_runs import only_run
+from training_runs import keras_weights, only_run
 
 
 def weights(root, job="fine_tuned_small_step"):
-    """The weights of ``root/job``'s last.keras, read without building the model (the archive holds them as HDF5)."""
-    import h5py
-    import zipfile
-
-    with zipfile.ZipFile(only_run(root / job) / "last.keras") as archive:
-        archive.extract("model.weights.h5", root)
-    values = []
-    with h5py.File(root / "model.weights.h5") as f:
-        f.visititems(lambda name, item: values.append((name, item[()])) if isinstance(item, h5py.Dataset) else None)
-    return dict(values)
+    """The weights of ``root/job``'s last.keras."""
+    return keras_weights(only_run(root / job) / "last.keras")
 
 
 def largest_difference(one, two) -> float:

@@ -27,7 +27,7 @@ from distributed_runs import TESTS, job_args, launch, rank_output, train_and_kil
 from keras_odir.callbacks import BACKUP_METADATA, read_backup
 from odir_core.data.synthetic import generate
 from odir_core.training.run import FINISHED_FILE
-from training_runs import only_run
+from training_runs import keras_weights, only_run
 
 TRAINERS = {"torch": ttrain.main, "keras": ktrain.main}
 CHECKPOINTS = {"torch": ("best.pth", "last.pth"), "keras": ("best.keras", "last.keras")}
@@ -43,7 +43,7 @@ def weights(trainer: str, run: Path) -> list[np.ndarray]:
     if trainer == "torch":
         state = torch.load(run / "last.pth", weights_only=True)["state_dict"]
         return [v.double().numpy() for v in state.values() if v.is_floating_point()]
-    return [np.asarray(w, np.float64) for w in keras.saving.load_model(run / "last.keras", compile=False).get_weights()]
+    return [np.asarray(w, np.float64) for w in keras_weights(run / "last.keras").values()]
 
 
 def max_difference(a, b) -> float:
