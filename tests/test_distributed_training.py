@@ -43,7 +43,7 @@ def weights(trainer: str, run: Path) -> list[np.ndarray]:
     if trainer == "torch":
         state = torch.load(run / "last.pth", weights_only=True)["state_dict"]
         return [v.double().numpy() for v in state.values() if v.is_floating_point()]
-    return [np.asarray(w, np.float64) for w in keras_weights(run / "last.keras").values()]
+    return [np.asarray(w, np.float64) for w in keras_weights(run / "last.keras", optimizer=False).values()]
 
 
 def max_difference(a, b) -> float:

@@ -27,10 +27,15 @@ def only_run(run_root: Path) -> Path:
     return runs[0]
 
 
-def keras_weights(path: Path) -> dict[str, np.ndarray]:
-    """The weights a ``.keras`` file holds, by their path in its ``model.weights.h5``, read without building the
-    model (a fraction of a second, where loading the model takes about one)."""
+def keras_weights(path: Path, optimizer: bool = True) -> dict[str, np.ndarray]:
+    """The weights a ``.keras`` file holds (with ``optimizer=False`` the model's alone), by their path in its
+    ``model.weights.h5``, read without building the model (a fraction of a second, where loading it takes one)."""
     values = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset) and (optimizer or not name.startswith("optimizer/")):
+            values[name] = item[()]
+
     with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
-        h5.visititems(lambda name, item: values.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+        h5.visititems(keep)
     return values
