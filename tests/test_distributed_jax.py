@@ -1,5 +1,6 @@
-"""keras_odir.train on jax: keras.distribution.DataParallel over two host devices of one process, and over the
-devices of two processes joined through keras.distribution.initialize, each against one device."""
+"""keras_odir.train on jax: keras.distribution.DataParallel over the devices of two processes joined through
+keras.distribution.initialize against one device, and over two host devices of one process (against one device
+as a slow check: the same SPMD program as the two processes'; by default a batch that cannot be split is refused)."""
 
 import json
 import os
@@ -27,25 +28,22 @@ def largest_difference(one, two) -> float:
     return max(float(np.abs(one[k].astype(np.float64) - two[k]).max() / max(1.0, np.abs(one[k]).max())) for k in one)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Started together, as they share the CPU: ``tests/jax_runs.py`` in one process with two host devices
-    (``devices/one``: one device, ``devices/two``: DataParallel over both, ``uneven``), and the two processes of
-    one jax job on this machine (``two``: one CPU device each, gloo collectives). Returns the folder and each
-    launch's (exit code, output)."""
-    pytest.importorskip("jax")
-    root = tmp_path_factory.mktemp("jax")
-    data = generate(root / "set", patients=20, size=40, seed=3)
+def _jax_env() -> dict[str, str]:
+    """This environment without any jax job or device settings, on the jax backend's CPU devices."""
     base = {k: v for k, v in os.environ.items()
             if k not in ("XLA_FLAGS", "WORLD_SIZE", "RANK", "LOCAL_RANK") and not k.startswith(("JAX_", "KERAS_DIST"))}
-    base.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
-    address = f"127.0.0.1:{free_port()}"
-    launches = {"devices": ([TESTS / "jax_runs.py", root / "devices", data, "fine_tuned_small_step", "uneven"],
-                            {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})}
-    for rank in (0, 1):
-        launches[f"process {rank}"] = ([TESTS / "jax_processes.py", root / "two", data, "fine_tuned_small_step"],
-                                       {**base, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
-                                        "JAX_PROCESS_ID": str(rank)})
+    return {**base, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+
+
+def _two_devices(root, data, *runs):
+    """``tests/jax_runs.py``'s command and environment: ``runs`` in one process with two host devices."""
+    return [TESTS / "jax_runs.py", root / "devices", data, *runs], \
+        {**_jax_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _run_together(launches: dict) -> dict[str, tuple[int, str]]:
+    """Start every launch (name -> (python arguments, environment)) at once; each one's (exit code, output)."""
     procs = {name: subprocess.Popen([sys.executable, *map(str, args)], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
              for name, (args, env) in launches.items()}
@@ -59,7 +57,25 @@ def runs(tmp_path_factory):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    return root, results
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Started together, as they share the CPU: ``tests/jax_runs.py`` in one process with two host devices
+    (``devices/one``: the fine-tuned job on one device, ``uneven``), and the two processes of one jax job on this
+    machine (``two``: one CPU device each, gloo collectives). Returns the folder and each launch's (exit code,
+    output)."""
+    pytest.importorskip("jax")
+    root = tmp_path_factory.mktemp("jax")
+    data = generate(root / "set", patients=20, size=40, seed=3)
+    address = f"127.0.0.1:{free_port()}"
+    launches = {"devices": _two_devices(root, data, "one/fine_tuned_small_step", "uneven")}
+    for rank in (0, 1):
+        launches[f"process {rank}"] = ([TESTS / "jax_processes.py", root / "two", data, "fine_tuned_small_step"],
+                                       {**_jax_env(), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+                                        "JAX_PROCESS_ID": str(rank)})
+    return root, _run_together(launches)
 
 
 def _succeeded(results, *names) -> None:
@@ -68,15 +84,23 @@ def _succeeded(results, *names) -> None:
         assert code == 0, f"{name}:\n{output[-4000:]}"
 
 
-def test_data_parallel_over_two_devices_equals_one_for_a_fine_tuned_model(runs):
+def test_batches_that_cannot_be_split_over_the_devices_are_refused(runs):
     root, results = runs
     _succeeded(results, "devices")
-    output = results["devices"][1]
-    assert "DataParallel over 2 devices" in output
     # batches of 7 cannot be split in equal parts over 2 devices: one line, no run folder left
-    assert "--batch-size 7 on 2 jax devices: a training batch of 7 patient(s)" in output
+    assert "--batch-size 7 on 2 jax devices: a training batch of 7 patient(s)" in results["devices"][1]
     assert not any((root / "devices" / "uneven" / "frozen").iterdir())
-    worst = largest_difference(weights(root / "devices" / "one"), weights(root / "devices" / "two"))
+
+
+@pytest.mark.slow  # DataParallel over two devices, here of one process, is tested over two processes below
+def test_data_parallel_over_two_devices_equals_one_for_a_fine_tuned_model(tmp_path):
+    pytest.importorskip("jax")
+    data = generate(tmp_path / "set", patients=20, size=40, seed=3)
+    results = _run_together({"devices": _two_devices(tmp_path, data, "one/fine_tuned_small_step",
+                                                     "two/fine_tuned_small_step")})
+    _succeeded(results, "devices")
+    assert "DataParallel over 2 devices" in results["devices"][1]
+    worst = largest_difference(weights(tmp_path / "devices" / "one"), weights(tmp_path / "devices" / "two"))
     print(f"largest relative difference {worst:.2e}")
     assert worst <= 1e-5  # BatchNorm over the global batch under SPMD; only the summation order differs
 
