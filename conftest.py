@@ -5,12 +5,21 @@ folders; written to a disk, those bytes cost a sixth of the trainer tests' time 
 against 69 s on tmpfs). When ``TMPDIR`` is not set and ``/dev/shm`` is a tmpfs with at least 8 GiB free, the
 session (pytest's ``tmp_path`` folders, Python's ``tempfile`` in this process and, through ``TMPDIR``, in every
 process the tests start) uses it; otherwise the system's temporary folder, as usual.
+
+On a RAM disk the folders of module-scoped fixtures (the distributed tests' run folders alone hold 2 GB) would stay
+in memory until the session ends: each module's are removed when it ends with every test passed (a failed module's
+are kept, as pytest keeps a failed test's ``tmp_path``). Folders made once and read by several modules live under
+``SESSION_FOLDER`` in pytest's base folder.
 """
 
 import os
+import shutil
 import tempfile
 
+import pytest
+
 RAM_DISK = "/dev/shm"
+SESSION_FOLDER = "session"  # tests/tiny_runs.py and tests/export_runs.py keep their shared models there
 NEEDED_BYTES = 8 * 2**30
 
 
@@ -35,3 +44,14 @@ def pytest_configure(config):
     if folder is not None:
         os.environ["TMPDIR"] = folder
         tempfile.tempdir = folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_removed(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for folder in set(base.iterdir()) - before:
+            if folder.name != SESSION_FOLDER:
+                shutil.rmtree(folder, ignore_errors=True)

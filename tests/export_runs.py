@@ -62,7 +62,7 @@ def shared_onnx_export(tmp_path_factory) -> tuple[Path, Path, Path]:
     from keras_odir.export import export
     from tiny_runs import real_samples_prepared
 
-    root = tmp_path_factory.getbasetemp() / "onnx_export"
+    root = tmp_path_factory.getbasetemp() / "session" / "onnx_export"  # kept for the session (conftest.py)
     keras_model, onnx_model = root / "run" / "best.keras", root / "exported" / "model.onnx"
     if not (root / "ready").exists():
         shutil.rmtree(root, ignore_errors=True)

@@ -62,7 +62,7 @@ def _build_models(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 def shared_models(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(prepared folder of the real samples, best.keras, best.pth), built once per test session."""
-    root = tmp_path_factory.getbasetemp() / "tiny_models"
+    root = tmp_path_factory.getbasetemp() / "session" / "tiny_models"  # kept for the session (conftest.py)
     if not (root / "ready").exists():
         shutil.rmtree(root, ignore_errors=True)
         real_samples_prepared(root / "data")
