@@ -7,6 +7,7 @@ import copy
 import os
 
 import numpy as np
+import pytest
 
 import keras_odir  # noqa: F401  (sets KERAS_BACKEND=torch when unset, before keras loads)
 import keras
@@ -204,6 +205,12 @@ def other_backends() -> list[str]:
 
 
 IS_CHILD = os.environ.get("KERAS_ODIR_PARITY_CHILD") == "1"
+
+
+def main_run_only(reason: str):
+    """The mark of a check made by the session's own backend and left out of the other backends' re-runs
+    (``reason``: why the backend does not change what it checks, or where it is checked on every backend)."""
+    return pytest.mark.skipif(IS_CHILD, reason=reason)
 
 
 def assert_initialised_alike(want: dict, got: dict) -> None:

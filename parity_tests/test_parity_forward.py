@@ -14,7 +14,7 @@ import torchvision
 from keras_odir.model import build_backbone, build_dual_model
 from keras_odir.weights import keras_to_numpy_state, keras_to_torch_state, torch_to_keras_state, weight_table
 from odir_core.model.model_spec import HEADS as HEAD_SPECS
-from parity_helpers import TOLERANCE, dropout_off, float64_error, images, nchw
+from parity_helpers import TOLERANCE, dropout_off, float64_error, images, main_run_only, nchw
 from torch_odir.model import DualResNet50
 
 HEADS = tuple(HEAD_SPECS)  # every head of the model specification
@@ -40,9 +40,15 @@ def model_pairs(backbone_state):
     return pairs
 
 
+# heads on pooled features see the same input at every size: at 224 px the backbone's kernels, which every backend
+# checks with v0, are what changes
+POOLED_AT_224 = main_run_only("the size changes the backbone alone, checked at 224 px with v0 on every backend")
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "train-bn"])
-@pytest.mark.parametrize("batch,size", SHAPES, ids=[f"b{b}x{s}px" for b, s in SHAPES])
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head,batch,size", [
+    pytest.param(head, batch, size, marks=POOLED_AT_224 if (head in ("v1", "v2") and size == 224) else (),
+                 id=f"{head}-b{batch}x{size}px") for head in HEADS for batch, size in SHAPES])
 def test_dual_model_logits(model_pairs, record, head, batch, size, training):
     torch_model, keras_model, state = model_pairs[head]
     left, right = images(batch, size, seed=size), images(batch, size, seed=size + 1)

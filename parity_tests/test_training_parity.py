@@ -42,7 +42,7 @@ from keras_odir.optimizers import TorchAdamW, TorchSGD
 from keras_odir.weights import keras_to_numpy_state, torch_to_keras_state, weight_table
 from odir_core.training.class_weights import pos_weight_from_labels
 from odir_core.training.schedules import make_schedule
-from parity_helpers import dropout_off, images, keras_float64, nchw
+from parity_helpers import dropout_off, images, keras_float64, main_run_only, nchw
 from torch_odir.model import DualResNet50
 
 EPOCHS, STEPS, BATCH = 3, 4, 2
@@ -350,6 +350,8 @@ def test_dual_model_one_step_weights(record, backbone_state, frozen):
                    tol=STEP_TOL, reference=exact)
 
 
+@main_run_only("float64 checks what Keras computes, the same code on every backend; each backend's float32 "
+               "kernels: test_dual_model_one_step_weights")
 def test_dual_model_finetune_one_step_float64(record, backbone_state):
     """The fine-tuned case of ``test_dual_model_one_step_weights`` in float64 on both sides (Keras under
     ``keras_float64``, torch ``.double()``): no ReLU input is within rounding of zero any more, so any
