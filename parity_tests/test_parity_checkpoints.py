@@ -79,7 +79,10 @@ def test_backbone_from_a_torchvision_checkpoint(tmp_path, backbone_state, record
 READ_ALIKE = "the file is read into NumPy arrays alike on every backend"
 
 
-@pytest.mark.parametrize("head", [h if h == "v2" else pytest.param(h, marks=main_run_only(READ_ALIKE + " (v2: on each)"))
+OTHER_STUDY_HEAD = main_run_only(READ_ALIKE + " (v2: on each)")
+
+
+@pytest.mark.parametrize("head", [h if h == "v2" else pytest.param(h, marks=OTHER_STUDY_HEAD)
                                   for h in STUDY_CLASSIFIERS])
 def test_study_checkpoint_converts(tmp_path, backbone_state, record, head):
     study, path = _study_file(tmp_path, head, backbone_state)

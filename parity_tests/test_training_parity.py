@@ -338,7 +338,7 @@ def test_dual_model_loss_curve(record, backbone_state, head, frozen, weighted, s
 
 
 @pytest.mark.parametrize("frozen", [
-    pytest.param(True, marks=main_run_only("the frozen model's head steps: test_dual_model_loss_curve on every backend")),
+    pytest.param(True, marks=main_run_only("the frozen head's steps: test_dual_model_loss_curve on each backend")),
     False], ids=["frozen", "finetune"])
 def test_dual_model_one_step_weights(record, backbone_state, frozen):
     keras_model, torch_model, size = dual_pair("v0", frozen, backbone_state, seed=31)
