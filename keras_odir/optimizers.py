@@ -171,7 +171,10 @@ class TorchSGD(ParamGroups, keras.optimizers.Optimizer):
                 step = torch._foreach_mul(bufs, mu)
                 torch._foreach_add_(step, grads)
             lr = keras.ops.convert_to_tensor(learning_rate)
-            torch._foreach_sub_(params, torch._foreach_mul(step, lr))
+            if lr.device.type == "cpu":  # read without a device sync: one pass per weight, as torch's SGD
+                torch._foreach_add_(params, step, alpha=-lr.item())
+            else:  # the learning rate stays on the device: two batched passes, no host sync
+                torch._foreach_sub_(params, torch._foreach_mul(step, lr))
 
     def get_config(self):
         """Constructor arguments, with the current learning rate and momentum."""
