@@ -56,9 +56,9 @@ class ChannelsLastConv2D(layers.Conv2D):
             return super().call(inputs)
         # the bias and a ReLU in the same torch call (a conv with BatchNorm folded in: keras_odir.folding)
         relu = self.activation is keras.activations.relu
-        out = torch_kernels.conv2d_nhwc(ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel),
+        out = torch_kernels.conv2d_nhwc(torch_kernels.tensor(inputs), torch_kernels.tensor(self.kernel),
                                         self.strides, 0 if self.padding == "valid" else self.kernel_size[0] // 2,
-                                        bias=ops.convert_to_tensor(self.bias) if self.use_bias else None, relu=relu)
+                                        bias=torch_kernels.tensor(self.bias) if self.use_bias else None, relu=relu)
         return out if relu else self.activation(out)
 
 
@@ -71,7 +71,7 @@ class ChannelsLastZeroPadding2D(layers.ZeroPadding2D):
     def call(self, inputs):
         if not (TORCH and self.data_format == "channels_last"):
             return super().call(inputs)
-        return torch_kernels.zero_pad_nhwc(ops.convert_to_tensor(inputs), self.padding)
+        return torch_kernels.zero_pad_nhwc(torch_kernels.tensor(inputs), self.padding)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
@@ -100,8 +100,8 @@ class TorchBatchNormalization(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if TORCH and mask is None and self.scale and self.center:
             outputs = torch_kernels.batch_norm(
-                ops.convert_to_tensor(inputs), self.axis, self.moving_mean.value, self.moving_variance.value,
-                ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta),
+                torch_kernels.tensor(inputs), self.axis, self.moving_mean.value, self.moving_variance.value,
+                torch_kernels.tensor(self.gamma), torch_kernels.tensor(self.beta),
                 training=bool(training and self.trainable), momentum=self.momentum, epsilon=self.epsilon,
                 relu=self.activation == "relu")
         else:
@@ -169,7 +169,7 @@ class ResidualReLU(layers.Layer):
     def call(self, inputs):
         x, shortcut = inputs
         if TORCH:
-            return torch_kernels.add_relu(ops.convert_to_tensor(x), ops.convert_to_tensor(shortcut))
+            return torch_kernels.add_relu(torch_kernels.tensor(x), torch_kernels.tensor(shortcut))
         return ops.relu(ops.add(x, shortcut))
 
     def compute_output_shape(self, input_shape):

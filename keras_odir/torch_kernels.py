@@ -10,8 +10,17 @@ NHWC is contiguous without a copy.
 
 from __future__ import annotations
 
+import keras
 import torch
 import torch.nn.functional as F
+
+
+def tensor(x) -> torch.Tensor:
+    """``x`` as a torch tensor, without Keras' conversion where it is one already (a layer's input: Keras' call, or
+    the model's plan, has converted it) or a variable (its value, cast in an autocast scope)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return x.value if isinstance(x, keras.Variable) else keras.ops.convert_to_tensor(x)
 
 def keep_oihw_layout(kernel: torch.nn.Parameter) -> None:
     """Store an HWIO kernel's values in (O, H, W, I) memory order, in place (the same parameter object: the
@@ -21,8 +30,24 @@ def keep_oihw_layout(kernel: torch.nn.Parameter) -> None:
         kernel.data = kernel.data.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last).permute(2, 3, 1, 0)
 
 
+class _KernelOIHW(torch.autograd.Function):
+    """An HWIO kernel's OIHW form whose gradient comes back as a tensor of its own rather than a view of the
+    convolution's weight gradient: autograd then adds the second eye's gradient into the first in place (a view's
+    storage is shared with its base, which autograd never overwrites), one copy of the kernel's size fewer."""
+
+    @staticmethod
+    def forward(ctx, kernel):
+        return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.permute(2, 3, 1, 0).detach()
+
+
 def _oihw(kernel: torch.Tensor) -> torch.Tensor:
     """HWIO kernel -> OIHW in channels_last memory (O, H, W, I): a view of a kernel kept so, else a copy."""
+    if kernel.requires_grad and torch.is_grad_enabled():
+        return _KernelOIHW.apply(kernel)
     return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
 
