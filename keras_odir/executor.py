@@ -84,13 +84,14 @@ def _template(structure, slots: dict[int, int]):
     return keras.tree.map_structure(lambda x: _Slot(slots[id(x)]) if _is_tensor(x) else x, structure)
 
 
-def _fill(template, values):
+def _fill(template, values, convert):
+    """``template`` with each slot replaced by ``convert`` of its tensor in ``values``."""
     if isinstance(template, _Slot):
-        return values[template.index]
+        return convert(values[template.index])
     if isinstance(template, (list, tuple)):
-        return type(template)(_fill(t, values) for t in template)
+        return type(template)(_fill(t, values, convert) for t in template)
     if isinstance(template, dict):
-        return {k: _fill(v, values) for k, v in template.items()}
+        return {k: _fill(v, values, convert) for k, v in template.items()}
     return template
 
 
@@ -245,7 +246,7 @@ class GraphPlan:
             return d
 
         def cast(x, dtype):
-            if keras.ops.is_tensor(x):
+            if dtype is not None and keras.ops.is_tensor(x):
                 d = dtype_of(x)
                 if d != dtype and keras.backend.is_float_dtype(d):
                     return keras.ops.cast(x, dtype)
@@ -259,14 +260,13 @@ class GraphPlan:
                 values[step.outputs[0]] = x
                 continue
             if step.single:
-                args = (values[step.args[0].index],)
+                args = (cast(values[step.args[0].index], step.cast),)
                 kwargs = dict(step.kwargs) if step.kwargs else {}
             else:
-                args, kwargs = _fill(step.args, values), _fill(step.kwargs, values)
-            if step.cast is not None:
-                args = keras.tree.map_structure(lambda x: cast(x, step.cast), args)
-                if kwargs:
-                    kwargs = keras.tree.map_structure(lambda x: cast(x, step.cast), kwargs)
+                def convert(x, dtype=step.cast):
+                    return cast(x, dtype)
+
+                args, kwargs = _fill(step.args, values, convert), _fill(step.kwargs, values, convert)
             if step.training and training is not None:
                 kwargs["training"] = training
             if scope is _ABSENT:
