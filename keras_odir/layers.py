@@ -1,7 +1,7 @@
 """Layers shared by the Keras backbones.
 
-On the torch backend, with channels_last data, the convolution, padding and BatchNorm layers run one torch
-kernel without Keras' layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
+On the torch backend, with channels_last data, the convolution (dense and depthwise), padding and BatchNorm layers
+run one torch kernel without Keras' layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def image_input(input_shape=None, data_format: str | None = None) -> tuple[keras
     return keras.Input(shape=tuple(input_shape), name="image"), data_format
 
 
+def _copy_free(layer) -> bool:
+    """Whether a convolution layer runs its copy-free torch kernel: the torch backend, channels_last, no dilation,
+    ``valid`` padding or ``same`` with stride 1 and an odd square kernel (symmetric: torch's padding)."""
+    height, width = layer.kernel_size
+    return (TORCH and layer.data_format == "channels_last" and tuple(layer.dilation_rate) == (1, 1)
+            and (layer.padding == "valid" or (tuple(layer.strides) == (1, 1) and height == width and height % 2)))
+
+
+def _torch_padding(layer) -> int:
+    return 0 if layer.padding == "valid" else layer.kernel_size[0] // 2
+
+
 @keras.saving.register_keras_serializable(package="keras_odir")
 class ChannelsLastConv2D(layers.Conv2D):
     """Keras' Conv2D (kernel HWIO, saved and converted as usual) with a copy-free torch path.
@@ -41,10 +53,7 @@ class ChannelsLastConv2D(layers.Conv2D):
     """
 
     def _fast(self) -> bool:
-        height, width = self.kernel_size
-        return (TORCH and self.data_format == "channels_last" and self.groups == 1
-                and tuple(self.dilation_rate) == (1, 1)
-                and (self.padding == "valid" or (tuple(self.strides) == (1, 1) and height == width and height % 2)))
+        return self.groups == 1 and _copy_free(self)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -57,9 +66,30 @@ class ChannelsLastConv2D(layers.Conv2D):
         # the bias and a ReLU in the same torch call (a conv with BatchNorm folded in: keras_odir.folding)
         relu = self.activation is keras.activations.relu
         out = torch_kernels.conv2d_nhwc(torch_kernels.tensor(inputs), torch_kernels.tensor(self.kernel),
-                                        self.strides, 0 if self.padding == "valid" else self.kernel_size[0] // 2,
+                                        self.strides, _torch_padding(self),
                                         bias=torch_kernels.tensor(self.bias) if self.use_bias else None, relu=relu)
         return out if relu else self.activation(out)
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
+class ChannelsLastDepthwiseConv2D(layers.DepthwiseConv2D):
+    """Keras' DepthwiseConv2D (kernel (kh, kw, C, M), saved and converted as usual) with the copy-free torch path
+    of :class:`ChannelsLastConv2D`, in the same cases: ``torch_kernels.depthwise_conv2d_nhwc``, one grouped
+    convolution with the bias (the kernel kept in (C, M, kh, kw) memory order, so that its torch form is a view).
+    Otherwise Keras' depthwise conv, which copies the input, the kernel and the output."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if _copy_free(self):
+            torch_kernels.keep_depthwise_layout(self.kernel.value)
+
+    def call(self, inputs):
+        if not _copy_free(self):
+            return super().call(inputs)
+        out = torch_kernels.depthwise_conv2d_nhwc(
+            torch_kernels.tensor(inputs), torch_kernels.tensor(self.kernel), self.strides, _torch_padding(self),
+            bias=torch_kernels.tensor(self.bias) if self.use_bias else None)
+        return self.activation(out)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
@@ -180,7 +210,8 @@ class ResidualReLU(layers.Layer):
 class StochasticDepth(layers.Layer):
     """torchvision's ``StochasticDepth(rate, "row")``: in training, each sample's input (a residual branch) is
     zeroed with probability ``rate`` and kept ones are scaled by 1 / (1 - ``rate``); the identity in inference
-    and while the layer is not trainable (a frozen backbone runs in inference mode, as its BatchNorm does)."""
+    and while the layer is not trainable (a frozen backbone runs in inference mode, as its BatchNorm does).
+    Under ``torch.compile`` the draws come from torch's generator (``--compile``'s dropout masks)."""
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -193,6 +224,9 @@ class StochasticDepth(layers.Layer):
     def call(self, inputs, training=False):
         if not (training and self.trainable) or self.rate == 0.0:
             return inputs
+        if TORCH and torch_kernels.compiling():
+            # a seeded Keras draw cannot be traced: compiled code draws from torch's generator, as Keras' Dropout does
+            return torch_kernels.row_dropout(torch_kernels.tensor(inputs), self.rate)
         noise_shape = (None,) + (1,) * (len(inputs.shape) - 1)  # one draw per sample
         return keras.random.dropout(inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
 

@@ -1,5 +1,5 @@
-"""Torch-backend kernels for ``keras_odir.layers``: convolution and BatchNorm on NHWC data without
-layout copies. Imported only when the Keras backend is torch.
+"""Torch-backend kernels for ``keras_odir.layers``: convolution (dense and depthwise) and BatchNorm on NHWC
+data without layout copies. Imported only when the Keras backend is torch.
 
 Keras' torch convolution makes every NHWC input NCHW-contiguous, transposes the HWIO kernel to
 OIHW on every call, and makes the NCHW output NHWC-contiguous again: three copies per layer.
@@ -51,6 +51,43 @@ def _oihw(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
 
+def keep_depthwise_layout(kernel: torch.nn.Parameter) -> None:
+    """Store a depthwise kernel (kh, kw, C, M) in (C, M, kh, kw) memory order, in place (as ``keep_oihw_layout``):
+    its torch form (C * M, 1, kh, kw) is then a view."""
+    with torch.no_grad():
+        kernel.data = kernel.data.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+
+
+class _DepthwiseKernel(torch.autograd.Function):
+    """A depthwise kernel's torch form (as ``_KernelOIHW``: its gradient a tensor of its own)."""
+
+    @staticmethod
+    def forward(ctx, kernel):
+        ctx.shape = tuple(kernel.shape)
+        return _depthwise_weight(kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        height, width, channels, multiplier = ctx.shape
+        return grad.reshape(channels, multiplier, height, width).permute(2, 3, 0, 1).detach()
+
+
+def _depthwise_weight(kernel: torch.Tensor) -> torch.Tensor:
+    height, width, channels, multiplier = kernel.shape
+    return kernel.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, height, width)
+
+
+def depthwise_conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise convolution of NHWC ``inputs`` with a Keras depthwise ``kernel`` (kh, kw, C, M): output channel
+    ``c * M + m`` from input channel ``c`` (Keras' order and torch's ``groups=C``), symmetric zero ``padding``."""
+    weight = (_DepthwiseKernel.apply(kernel) if kernel.requires_grad and torch.is_grad_enabled()
+              else _depthwise_weight(kernel))
+    out = F.conv2d(inputs.permute(0, 3, 1, 2), weight, bias, stride=tuple(strides), padding=padding,
+                   groups=kernel.shape[2])
+    return out.permute(0, 2, 3, 1)
+
+
 def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int,
                 bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """Convolution of NHWC ``inputs`` with an HWIO ``kernel`` and optional ``bias``, symmetric zero ``padding``.
@@ -83,3 +120,16 @@ def batch_norm(inputs, axis: int, moving_mean, moving_variance, gamma, beta, *, 
 def add_relu(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """relu(x + shortcut) with one new tensor: the ReLU in place on the sum (add's backward needs no output)."""
     return torch.add(x, shortcut).relu_()
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the running code."""
+    return torch.compiler.is_compiling()
+
+
+def row_dropout(inputs: torch.Tensor, rate: float) -> torch.Tensor:
+    """Each sample of ``inputs`` zeroed with probability ``rate``, the kept ones scaled by 1 / (1 - ``rate``)
+    (torchvision's stochastic depth, "row"), the draws from torch's own generator."""
+    keep = 1.0 - rate
+    mask = torch.empty((inputs.shape[0],) + (1,) * (inputs.dim() - 1), dtype=inputs.dtype, device=inputs.device)
+    return inputs * mask.bernoulli_(keep).div_(keep)

@@ -124,3 +124,16 @@ def test_each_trainer_trains_compiled_as_it_trains_eagerly(data, tmp_path, train
     rows = slice(None) if tuning == "frozen" else slice(0, 1)
     for column in columns:
         np.testing.assert_allclose(compiled[column][rows], eager[column][rows], rtol=1e-4)
+
+
+def test_stochastic_depth_traces_and_drops_whole_samples():
+    """Under torch.compile StochasticDepth draws from torch's generator (a seeded Keras draw would break the graph):
+    each sample is zeroed or scaled by 1 / (1 - rate), as in eager training."""
+    from keras_odir.layers import StochasticDepth
+
+    layer = StochasticDepth(0.5, seed=1)
+    x = torch.ones((64, 2, 2, 3))
+    y = torch.compile(lambda t: layer(t, training=True), fullgraph=True, backend="eager")(x)
+    rows = {float(v) for v in y.reshape(64, -1).unique(dim=0).flatten()}
+    assert rows == {0.0, 2.0}
+    assert 10 < int((y[:, 0, 0, 0] == 0).sum()) < 54  # about half the samples dropped

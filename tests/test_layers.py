@@ -1,13 +1,14 @@
 """keras_odir.layers on the torch backend: ChannelsLastConv2D keeps its HWIO kernel in (O, H, W, I) memory order,
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
 backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model;
-ChannelsLastZeroPadding2D pads as numpy does, without building a Keras operation per call."""
+ChannelsLastDepthwiseConv2D computes and trains as Keras' own DepthwiseConv2D; ChannelsLastZeroPadding2D pads as
+numpy does, without building a Keras operation per call."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_odir.layers import ChannelsLastConv2D, ChannelsLastZeroPadding2D
+from keras_odir.layers import ChannelsLastConv2D, ChannelsLastDepthwiseConv2D, ChannelsLastZeroPadding2D
 from keras_odir.optimizers import TorchSGD
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the copy-free path is torch's")
@@ -73,6 +74,61 @@ def test_layout_and_values_survive_training_steps_and_saving(tmp_path):
     assert _in_oihw_channels_last(loaded.layers[1].kernel.value)
     np.testing.assert_array_equal(loaded.layers[1].get_weights()[0], conv.get_weights()[0])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)))
+
+
+def _depthwise_pair(strides, padding, multiplier):
+    """ChannelsLastDepthwiseConv2D and Keras' own DepthwiseConv2D with the same weights (bias included)."""
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(3, 3, 4, multiplier)).astype("float32"),
+               rng.normal(size=4 * multiplier).astype("float32")]
+    pair = []
+    for cls in (ChannelsLastDepthwiseConv2D, keras.layers.DepthwiseConv2D):
+        layer = cls(3, strides=strides, padding=padding, depth_multiplier=multiplier)
+        layer.build((None, 9, 9, 4))
+        layer.set_weights(weights)
+        pair.append(layer)
+    return pair
+
+
+@pytest.mark.parametrize("strides, padding, multiplier", [(1, "same", 1), (2, "valid", 2)])
+def test_depthwise_computes_what_keras_computes_forward_and_backward(strides, padding, multiplier):
+    ours, keras_own = _depthwise_pair(strides, padding, multiplier)
+    assert ours.kernel.value.permute(2, 3, 0, 1).is_contiguous()  # its torch form (C * M, 1, 3, 3) is a view
+    rng = np.random.default_rng(1)
+    left, right = (torch.tensor(rng.normal(size=(2, 9, 9, 4)).astype("float32")) for _ in range(2))
+    results = []
+    for layer in (ours, keras_own):
+        # called on both eyes, as a shared backbone is: the two calls' kernel gradients add up
+        inputs = [x.clone().requires_grad_(True) for x in (left, right)]
+        outputs = [layer(x) for x in inputs]
+        sum(y.square().sum() for y in outputs).backward()
+        results.append([*(y.detach() for y in outputs), *(x.grad for x in inputs),
+                        layer.kernel.value.grad, layer.bias.value.grad])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_depthwise_layout_and_values_survive_training_steps_and_saving(tmp_path):
+    x = np.random.default_rng(2).normal(size=(4, 9, 9, 4)).astype("float32")
+    y = np.random.default_rng(3).normal(size=(4, 8)).astype("float32")
+    models = []
+    for layer in _depthwise_pair(1, "same", 2):
+        inputs = keras.Input((9, 9, 4))
+        model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(layer(inputs)))
+        model.compile(optimizer=TorchSGD(learning_rate=0.1, momentum=0.9), loss="mse")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        models.append(model)
+    ours, keras_own = (m.layers[1] for m in models)
+    assert ours.kernel.value.permute(2, 3, 0, 1).is_contiguous()
+    optimizer = models[0].optimizer
+    buffer = optimizer.momentum_buffers[optimizer._get_variable_index(ours.kernel)].value
+    assert buffer.stride() == ours.kernel.value.stride()
+    np.testing.assert_allclose(ours.get_weights()[0], keras_own.get_weights()[0], rtol=1e-5, atol=1e-6)
+    models[0].save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert loaded.layers[1].kernel.value.permute(2, 3, 0, 1).is_contiguous()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(models[0](x)))
 
 
 @pytest.mark.parametrize("padding", [1, ((1, 2), (3, 0))])

@@ -18,7 +18,13 @@ import keras
 from keras import layers
 
 import keras_odir.initializers as initializers
-from keras_odir.layers import ChannelsLastConv2D, LayerScale, StochasticDepth, image_input
+from keras_odir.layers import (
+    ChannelsLastConv2D,
+    ChannelsLastDepthwiseConv2D,
+    LayerScale,
+    StochasticDepth,
+    image_input,
+)
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
 from odir_core.model.families.convnext import LAYER_SCALE, WEIGHT_STD
@@ -52,8 +58,8 @@ def _conv(x, filters, kernel, name, data_format):
 
 def _block(x, prefix, channels, drop_rate, data_format):
     """torchvision's CNBlock ``prefix`` (``.`` as ``_``)."""
-    out = layers.DepthwiseConv2D(7, padding="same", data_format=data_format, depthwise_initializer=_INIT,
-                                 name=f"{prefix}_block_0")(x)
+    out = ChannelsLastDepthwiseConv2D(7, padding="same", data_format=data_format, depthwise_initializer=_INIT,
+                                      name=f"{prefix}_block_0")(x)
     out = _channels_last(out, f"{prefix}_block_1", data_format)
     out = layers.LayerNormalization(epsilon=EPSILON, name=f"{prefix}_block_2")(out)
     out = layers.Dense(4 * channels, activation="gelu", kernel_initializer=_INIT, name=f"{prefix}_block_3")(out)

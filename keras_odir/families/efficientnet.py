@@ -22,6 +22,7 @@ from keras import layers
 import keras_odir.initializers as initializers
 from keras_odir.layers import (
     ChannelsLastConv2D,
+    ChannelsLastDepthwiseConv2D,
     ChannelsLastZeroPadding2D,
     FreezableDropout,
     SqueezeExcitation,
@@ -68,9 +69,9 @@ def _mbconv(x, block: MBConv, data_format):
         out = _conv_bn(out, block.expanded, f"{prefix}_0", data_format)
         i = 1
     out, padding = _pad(out, block.kernel, block.stride, f"{prefix}_{i}_pad", data_format)
-    out = layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding=padding, use_bias=False,
-                                 data_format=data_format, depthwise_initializer=_DEPTHWISE_INIT,
-                                 name=f"{prefix}_{i}_0")(out)
+    out = ChannelsLastDepthwiseConv2D(block.kernel, strides=block.stride, padding=padding, use_bias=False,
+                                      data_format=data_format, depthwise_initializer=_DEPTHWISE_INIT,
+                                      name=f"{prefix}_{i}_0")(out)
     out = _bn(out, f"{prefix}_{i}", data_format)
     out = SqueezeExcitation(block.squeeze, data_format=data_format, name=f"{prefix}_{i + 1}")(out)
     out = _conv_bn(out, block.out_channels, f"{prefix}_{i + 2}", data_format, silu=False)
