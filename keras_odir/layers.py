@@ -1,7 +1,8 @@
 """Layers shared by the Keras backbones.
 
-On the torch backend, with channels_last data, the convolution (dense and depthwise), padding and BatchNorm layers
-run one torch kernel without Keras' layout copies (``keras_odir.torch_kernels``); every other backend runs Keras' own ops.
+On the torch backend, with channels_last data, the convolution (dense and depthwise), padding and BatchNorm
+layers run one torch kernel without Keras' layout copies (``keras_odir.torch_kernels``); every other backend
+runs Keras' own ops.
 """
 
 from __future__ import annotations
