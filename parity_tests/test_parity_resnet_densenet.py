@@ -3,7 +3,7 @@ torchvision's own models, same weights, 64 px.
 
 Per backbone: pooled features in inference and with training-mode BatchNorm (relative to their
 largest value, within 1e-4 or twice torch's own float32-vs-float64 error), BatchNorm running
-statistics after one training forward, the dual model's logits against torch_odir's DualNet, the
+statistics after one training forward (within 1e-3 relative, or twice torch's own float32 error), the dual model's logits against torch_odir's DualNet, the
 Keras -> torch state round trip (exact), and a torchvision-format checkpoint file written here
 loaded by both frameworks' ``build_backbone(weights=PATH)``.
 """
@@ -57,7 +57,17 @@ def test_features_match_torchvision(references, record, name, training):
         worst = max(keys, key=lambda k: np.abs(got_state[k] - want_state[k].numpy()).max()
                     / np.abs(want_state[k].numpy()).max())
         record(f"{name} BN running stats after 1 train forward (worst: {worst}, relative)", got_state[worst],
-               want_state[worst].numpy(), tol=1e-3, relative=True)
+               want_state[worst].numpy(), tol=1e-3, relative=True,
+               floor=lambda: _running_stat_error(references[name], x, worst, want_state[worst].numpy()))
+
+
+def _running_stat_error(reference, x, key, want) -> float:
+    """torch's own float32 error on BatchNorm statistic ``key`` after one training forward of ``x`` (its float32
+    value ``want`` against the float64 model's), relative to max |want|: deeper networks carry more rounding."""
+    exact = copy.deepcopy(reference).double().train(True)
+    with torch.no_grad():
+        exact(nchw(x).double())
+    return float(np.abs(exact.state_dict()[key].numpy() - want).max() / np.abs(want).max())
 
 
 @pytest.mark.parametrize("name", BACKBONES)
