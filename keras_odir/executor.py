@@ -300,6 +300,9 @@ class PlannedModel(Functional):
     call elsewhere. Saved and loaded as any functional model (its config is a functional model's)."""
 
     def call(self, inputs, training=None, mask=None, **kwargs):
+        if mask is not None and all(m is None for m in keras.tree.flatten(mask)):
+            # Layer.__call__ hands tensor inputs (fit's and predict's batches) a mask per input, None for each
+            mask = None
         if keras.backend.backend() != "torch" or mask is not None or kwargs:
             return super().call(inputs, training=training, mask=mask, **kwargs)
         flat = self._standardize_inputs(inputs)  # as Functional.call

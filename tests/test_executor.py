@@ -68,7 +68,9 @@ def _assert_identical(model, x):
 
     for training in (True, False):
         expected = _outputs_and_gradients(restored(model), x, training)
+        plan.__dict__["_graph_plan"] = None
         got = _outputs_and_gradients(restored(plan), x, training)
+        assert plan.__dict__["_graph_plan"] is not None  # the call ran the plan, not Keras' own call
         assert len(expected) == len(got)
         for a, b in zip(expected, got):
             assert a.dtype == b.dtype and a.shape == b.shape
@@ -144,6 +146,7 @@ def test_fit_step_identical():
         keras.utils.set_random_seed(1)
         model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
         results.append([keras.ops.convert_to_numpy(v) for v in model.variables])
+    assert model.__dict__["_graph_plan"] is not None  # fit's batches (torch tensors) ran through the plan
     assert all(np.array_equal(a, b) for a, b in zip(*results))
 
 
