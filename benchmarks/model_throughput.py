@@ -96,8 +96,9 @@ def torch_steps(batch, size, precision: str, device: str, backbone: str, channel
 
 def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False, executor: bool = False,
                 compiled: bool = False):
-    """(train step, inference) closures of keras_odir's dual model: ``train_on_batch`` with the trainer's
-    optimizer and loss, and ``predict_on_batch`` of the inference model (both eyes in one backbone batch).
+    """(train step, inference) closures of keras_odir's dual model: the step ``fit`` runs on each batch (on torch its
+    ``train_function`` on the batch's tensors; elsewhere ``train_on_batch``) with the trainer's optimizer and loss,
+    and ``predict_on_batch`` of the inference model (both eyes in one backbone batch).
     ``folded``: (None, inference of the model with its BatchNorms folded), as evaluate/predict run it.
     ``executor``: both models run from their plan (``keras_odir.executor``), ``compiled``: under torch.compile."""
     import keras
@@ -124,7 +125,20 @@ def keras_steps(batch, size, precision: str, backbone: str, folded: bool = False
         model = fold_batchnorm(model)
         inference = wrap(dual_parts(model).inference_model(model))
         return None, (lambda: inference.predict_on_batch(x))
-    return (lambda: model.train_on_batch(x, labels)), (lambda: inference.predict_on_batch(x))
+    return _fit_step(model, x, labels), (lambda: inference.predict_on_batch(x))
+
+
+def _fit_step(model, x, labels):
+    """One training step as ``fit`` takes it. On torch, fit calls ``model.train_function`` on each batch of tensors;
+    ``train_on_batch`` adds a build check that walks every layer and re-registers every weight with torch, and a
+    host sync for its logs, at each call (about 2 % of a launch-bound ResNet50 step)."""
+    import keras
+
+    model.train_on_batch(x, labels)  # builds the optimizer and the compiled loss and metrics, as fit does first
+    if keras.backend.backend() != "torch":
+        return lambda: model.train_on_batch(x, labels)
+    batch = [(keras.tree.map_structure(keras.ops.convert_to_tensor, x), keras.ops.convert_to_tensor(labels), None)]
+    return lambda: model.train_function(batch)
 
 
 def worker(args) -> None:
