@@ -22,6 +22,7 @@ def tensor(x) -> torch.Tensor:
         return x
     return x.value if isinstance(x, keras.Variable) else keras.ops.convert_to_tensor(x)
 
+
 def keep_oihw_layout(kernel: torch.nn.Parameter) -> None:
     """Store an HWIO kernel's values in (O, H, W, I) memory order, in place (the same parameter object: the
     optimizer and Keras keep tracking it; assignments copy into this layout). Its OIHW view is then a channels_last
