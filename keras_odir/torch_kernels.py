@@ -1,5 +1,5 @@
-"""Torch-backend kernels for ``keras_odir.layers``: convolution (dense and depthwise) and BatchNorm on NHWC
-data without layout copies. Imported only when the Keras backend is torch.
+"""Torch-backend kernels for ``keras_odir.layers``: convolution (dense and depthwise), pooling and BatchNorm on
+NHWC data without layout copies. Imported only when the Keras backend is torch.
 
 Keras' torch convolution makes every NHWC input NCHW-contiguous, transposes the HWIO kernel to
 OIHW on every call, and makes the NCHW output NHWC-contiguous again: three copies per layer.
@@ -97,6 +97,13 @@ def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: in
     if relu:
         out = out.relu_()
     return out.permute(0, 2, 3, 1)
+
+
+def pool2d_nhwc(inputs: torch.Tensor, kind: str, pool_size, strides) -> torch.Tensor:
+    """``"max"`` or ``"average"`` pooling of NHWC ``inputs`` (no padding) on their channels_last view: torch's
+    channels_last pooling, no copy in or out."""
+    pool = F.max_pool2d if kind == "max" else F.avg_pool2d
+    return pool(inputs.permute(0, 3, 1, 2), tuple(pool_size), tuple(strides)).permute(0, 2, 3, 1)
 
 
 def zero_pad_nhwc(inputs: torch.Tensor, padding) -> torch.Tensor:

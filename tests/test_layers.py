@@ -2,13 +2,19 @@
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
 backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model;
 ChannelsLastDepthwiseConv2D computes and trains as Keras' own DepthwiseConv2D; ChannelsLastZeroPadding2D pads as
-numpy does, without building a Keras operation per call."""
+numpy does, without building a Keras operation per call; the pooling layers pool as Keras' own, without a copy."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_odir.layers import ChannelsLastConv2D, ChannelsLastDepthwiseConv2D, ChannelsLastZeroPadding2D
+from keras_odir.layers import (
+    ChannelsLastAveragePooling2D,
+    ChannelsLastConv2D,
+    ChannelsLastDepthwiseConv2D,
+    ChannelsLastMaxPooling2D,
+    ChannelsLastZeroPadding2D,
+)
 from keras_odir.optimizers import TorchSGD
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the copy-free path is torch's")
@@ -146,3 +152,23 @@ def test_zero_padding_pads_as_numpy_and_builds_no_keras_operation(padding, monke
     got = layer.call(torch.from_numpy(x))
     np.testing.assert_array_equal(got.numpy(), expected)
     assert got.is_contiguous()
+
+
+@pytest.mark.parametrize("ours, keras_own, pool_size, strides", [
+    (ChannelsLastMaxPooling2D, keras.layers.MaxPooling2D, 3, 2),
+    (ChannelsLastAveragePooling2D, keras.layers.AveragePooling2D, 2, 2),
+])
+def test_pooling_equals_keras_own_forward_and_backward_without_a_copy(ours, keras_own, pool_size, strides):
+    x = np.random.default_rng(4).normal(size=(2, 9, 8, 6)).astype("float32")
+    results = []
+    for layer_class in (ours, keras_own):
+        inputs = torch.from_numpy(x).requires_grad_(True)
+        out = layer_class(pool_size, strides=strides)(inputs)
+        weights = torch.from_numpy(np.random.default_rng(5).normal(size=out.shape).astype("float32"))
+        (out * weights).sum().backward()
+        results.append((out, inputs.grad))
+    (got, got_grad), (expected, expected_grad) = results
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_grad.numpy(), expected_grad.numpy(), rtol=1e-6, atol=1e-6)
+    assert got.is_contiguous()  # channels_last pooling: its NHWC view needs no copy (Keras' own is a strided view)
+    assert not expected.is_contiguous()

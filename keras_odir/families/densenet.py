@@ -17,7 +17,14 @@ import keras
 from keras import layers
 
 import keras_odir.initializers as initializers
-from keras_odir.layers import ChannelsLastConv2D, ChannelsLastZeroPadding2D, TorchBatchNormalization, image_input
+from keras_odir.layers import (
+    ChannelsLastAveragePooling2D,
+    ChannelsLastConv2D,
+    ChannelsLastMaxPooling2D,
+    ChannelsLastZeroPadding2D,
+    TorchBatchNormalization,
+    image_input,
+)
 from keras_odir.parts import POOL
 from odir_core.model.backbone import BackboneSpec
 
@@ -62,7 +69,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     x = _bn_relu("features_norm0", data_format)(x)
     x = ChannelsLastZeroPadding2D(1, data_format=data_format, name="features_padpool0")(x)
     # zero padding is exact here: the input follows a ReLU (>= 0) and every window holds a real pixel
-    x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="features_pool0")(x)
+    x = ChannelsLastMaxPooling2D(3, strides=2, data_format=data_format, name="features_pool0")(x)
     channels = INIT_FEATURES
     for block, count in enumerate(spec.blocks, start=1):
         features = [x]
@@ -75,7 +82,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
             x = _bn_relu(f"{prefix}_norm", data_format)(x)
             channels //= 2
             x = _conv(channels, 1, 1, f"{prefix}_conv", data_format)(x)
-            x = layers.AveragePooling2D(2, strides=2, data_format=data_format, name=f"{prefix}_pool")(x)
+            x = ChannelsLastAveragePooling2D(2, strides=2, data_format=data_format, name=f"{prefix}_pool")(x)
     x = _bn_relu("features_norm5", data_format)(x)  # torchvision: features.norm5, then F.relu in forward
     x = layers.GlobalAveragePooling2D(data_format=data_format, name=POOL)(x)
     return keras.Model(inputs, x, name=name)

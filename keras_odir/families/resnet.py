@@ -22,6 +22,7 @@ from keras import layers
 import keras_odir.initializers as initializers
 from keras_odir.layers import (
     ChannelsLastConv2D,
+    ChannelsLastMaxPooling2D,
     ChannelsLastZeroPadding2D,
     ResidualReLU,
     TorchBatchNormalization,
@@ -95,7 +96,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
     x = _conv(64, 7, 2, "conv1", data_format)(x)
     x = _bn("bn1", data_format, relu=True)(x)
     x = ChannelsLastZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="maxpool")(x)
+    x = ChannelsLastMaxPooling2D(3, strides=2, data_format=data_format, name="maxpool")(x)
     make_block = _bottleneck if spec.bottleneck else _basic_block
     for stage, (width, blocks) in enumerate(zip(WIDTHS, spec.blocks), start=1):
         for block in range(blocks):
