@@ -132,6 +132,17 @@ class ChannelsLastAveragePooling2D(layers.AveragePooling2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
+class TorchConcatenate(layers.Concatenate):
+    """Keras' Concatenate (its build checks the inputs' shapes); on the torch backend one ``torch.cat`` of the
+    tensors as they are (Keras' converts and moves every input on every call: DenseNet joins up to 32 per layer)."""
+
+    def call(self, inputs):
+        if not TORCH:
+            return super().call(inputs)
+        return torch_kernels.concatenate([torch_kernels.tensor(x) for x in inputs], self.axis)
+
+
+@keras.saving.register_keras_serializable(package="keras_odir")
 class TorchBatchNormalization(layers.BatchNormalization):
     """BatchNormalization computing training-mode statistics as torch does.
 

@@ -106,6 +106,11 @@ def pool2d_nhwc(inputs: torch.Tensor, kind: str, pool_size, strides) -> torch.Te
     return pool(inputs.permute(0, 3, 1, 2), tuple(pool_size), tuple(strides)).permute(0, 2, 3, 1)
 
 
+def concatenate(tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
+    """``tensors`` joined along ``axis``."""
+    return torch.cat(tensors, dim=axis)
+
+
 def zero_pad_nhwc(inputs: torch.Tensor, padding) -> torch.Tensor:
     """NHWC ``inputs`` with ``padding`` ((top, bottom), (left, right)) zeros around the spatial dimensions."""
     (top, bottom), (left, right) = padding

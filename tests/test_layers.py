@@ -2,7 +2,7 @@
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
 backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model;
 ChannelsLastDepthwiseConv2D computes and trains as Keras' own DepthwiseConv2D; ChannelsLastZeroPadding2D pads as
-numpy does, without building a Keras operation per call; the pooling layers pool as Keras' own, without a copy."""
+numpy does, without building a Keras operation per call; the pooling layers pool as Keras' own, without a copy; TorchConcatenate joins as numpy does."""
 
 import keras
 import numpy as np
@@ -14,6 +14,7 @@ from keras_odir.layers import (
     ChannelsLastDepthwiseConv2D,
     ChannelsLastMaxPooling2D,
     ChannelsLastZeroPadding2D,
+    TorchConcatenate,
 )
 from keras_odir.optimizers import TorchSGD
 
@@ -172,3 +173,17 @@ def test_pooling_equals_keras_own_forward_and_backward_without_a_copy(ours, kera
     np.testing.assert_allclose(got_grad.numpy(), expected_grad.numpy(), rtol=1e-6, atol=1e-6)
     assert got.is_contiguous()  # channels_last pooling: its NHWC view needs no copy (Keras' own is a strided view)
     assert not expected.is_contiguous()
+
+
+def test_concatenate_joins_as_numpy_forward_and_backward():
+    parts = [np.random.default_rng(i).normal(size=(2, 3, 4, channels)).astype("float32")
+             for i, channels in enumerate((5, 1, 3))]
+    inputs = [torch.from_numpy(p).requires_grad_(True) for p in parts]
+    layer = TorchConcatenate(axis=-1)
+    layer.build([p.shape for p in parts])
+    got = layer(inputs)
+    np.testing.assert_array_equal(got.detach().numpy(), np.concatenate(parts, axis=-1))
+    got.backward(torch.arange(got.numel(), dtype=torch.float32).reshape(got.shape))
+    expected_grads = np.split(np.arange(got.numel(), dtype="float32").reshape(got.shape), [5, 6], axis=-1)
+    for tensor, expected in zip(inputs, expected_grads):
+        np.testing.assert_array_equal(tensor.grad.numpy(), expected)

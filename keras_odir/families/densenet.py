@@ -23,6 +23,7 @@ from keras_odir.layers import (
     ChannelsLastMaxPooling2D,
     ChannelsLastZeroPadding2D,
     TorchBatchNormalization,
+    TorchConcatenate,
     image_input,
 )
 from keras_odir.parts import POOL
@@ -48,7 +49,7 @@ def _bn_relu(name, data_format):
 def _dense_layer(features, prefix, data_format):
     """One ``_DenseLayer``: the concatenated ``features`` -> ``GROWTH_RATE`` new channels."""
     axis = 1 if data_format == "channels_first" else -1
-    x = features[0] if len(features) == 1 else layers.Concatenate(axis=axis, name=f"{prefix}_cat")(features)
+    x = features[0] if len(features) == 1 else TorchConcatenate(axis=axis, name=f"{prefix}_cat")(features)
     x = _bn_relu(f"{prefix}_norm1", data_format)(x)
     x = _conv(BN_SIZE * GROWTH_RATE, 1, 1, f"{prefix}_conv1", data_format)(x)
     x = _bn_relu(f"{prefix}_norm2", data_format)(x)
@@ -75,7 +76,7 @@ def build_backbone(spec: BackboneSpec, input_shape=None, *, data_format: str | N
         features = [x]
         for i in range(1, count + 1):
             features.append(_dense_layer(features, f"features_denseblock{block}_denselayer{i}", data_format))
-        x = layers.Concatenate(axis=axis, name=f"features_denseblock{block}_cat")(features)
+        x = TorchConcatenate(axis=axis, name=f"features_denseblock{block}_cat")(features)
         channels += count * GROWTH_RATE
         if block < len(spec.blocks):
             prefix = f"features_transition{block}"
