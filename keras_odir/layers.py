@@ -152,8 +152,8 @@ class TorchBatchNormalization(layers.BatchNormalization):
     unbiased variance (times n / (n - 1), n = values per channel), as torch's running_var is.
     Statistics are computed in float32 (float64 for float64 inputs).
     On the torch backend it is torch's own fused batch_norm, with the same semantics.
-    ``activation="relu"``: a ReLU follows, in the same layer (on torch, in place on the fresh output);
-    ``"silu"``: a SiLU (EfficientNet).
+    ``activation="relu"``: a ReLU follows, in the same layer; ``"silu"``: a SiLU (EfficientNet); on torch either in
+    place on the fresh output.
     """
 
     def __init__(self, *args, activation: str | None = None, **kwargs):
@@ -167,15 +167,14 @@ class TorchBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if TORCH and mask is None and self.scale and self.center:
-            outputs = torch_kernels.batch_norm(
+            return torch_kernels.batch_norm(
                 torch_kernels.tensor(inputs), self.axis, self.moving_mean.value, self.moving_variance.value,
                 torch_kernels.tensor(self.gamma), torch_kernels.tensor(self.beta),
                 training=bool(training and self.trainable), momentum=self.momentum, epsilon=self.epsilon,
-                relu=self.activation == "relu")
-        else:
-            outputs = self._normalize(inputs, training, mask)
-            if self.activation == "relu":
-                outputs = ops.relu(outputs)
+                activation=self.activation)
+        outputs = self._normalize(inputs, training, mask)
+        if self.activation == "relu":
+            return ops.relu(outputs)
         return ops.silu(outputs) if self.activation == "silu" else outputs
 
     def _normalize(self, inputs, training, mask):
@@ -320,7 +319,8 @@ class SqueezeExcitation(layers.Layer):
     the mean of ``x`` over the image, ``fc1``/``fc2`` 1x1 convs with bias (``squeeze_channels`` between them).
 
     One layer named after the torch module (``features_1_0_block_1``); its kernels are stored as 1x1 conv
-    kernels (HWIO) and map to torch's ``fc1.weight``/``fc1.bias``/``fc2.*`` (``torch_variables``).
+    kernels (HWIO) and map to torch's ``fc1.weight``/``fc1.bias``/``fc2.*`` (``torch_variables``). On the torch
+    backend with channels_last data, ``torch_kernels.squeeze_excitation_nhwc``: torch ops without Keras' conversions.
     """
 
     def __init__(self, squeeze_channels: int, data_format: str = "channels_last", **kwargs):
@@ -341,6 +341,10 @@ class SqueezeExcitation(layers.Layer):
 
     def call(self, inputs):
         first = self.data_format == "channels_first"
+        if TORCH and not first:
+            return torch_kernels.squeeze_excitation_nhwc(
+                torch_kernels.tensor(inputs), *(torch_kernels.tensor(w) for w in (
+                    self.fc1_kernel, self.fc1_bias, self.fc2_kernel, self.fc2_bias)))
         scale = ops.mean(inputs, axis=(2, 3) if first else (1, 2))
         scale = ops.silu(ops.matmul(scale, ops.reshape(self.fc1_kernel, self.fc1_kernel.shape[2:])) + self.fc1_bias)
         scale = ops.sigmoid(ops.matmul(scale, ops.reshape(self.fc2_kernel, self.fc2_kernel.shape[2:])) + self.fc2_bias)

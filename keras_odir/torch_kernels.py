@@ -118,16 +118,27 @@ def zero_pad_nhwc(inputs: torch.Tensor, padding) -> torch.Tensor:
 
 
 def batch_norm(inputs, axis: int, moving_mean, moving_variance, gamma, beta, *, training: bool, momentum: float,
-               epsilon: float, relu: bool = False) -> torch.Tensor:
+               epsilon: float, activation: str | None = None) -> torch.Tensor:
     """torch's batch_norm over channel ``axis`` of ``inputs`` (a view, no copy, when it is the last); in training
     it updates the moving statistics in place with torch's semantics (unbiased variance; ``momentum`` is
-    Keras', the weight of the old value). ``relu``: then ReLU in place (batch_norm's backward does not need
-    its output, as in torchvision's ``ReLU(inplace=True)``)."""
+    Keras', the weight of the old value). ``activation`` ``"relu"`` or ``"silu"``: then that, in place (batch_norm's
+    backward does not need its output, as in torchvision's ``ReLU(inplace=True)`` and ``SiLU(inplace=True)``)."""
     out = F.batch_norm(inputs.movedim(axis, 1), moving_mean, moving_variance, gamma, beta, training=training,
                        momentum=1.0 - momentum, eps=epsilon)
-    if relu:
+    if activation == "relu":
         out = out.relu_()
+    elif activation == "silu":
+        out = F.silu(out, inplace=True)
     return out.movedim(1, axis)
+
+
+def squeeze_excitation_nhwc(inputs: torch.Tensor, fc1_kernel: torch.Tensor, fc1_bias: torch.Tensor,
+                            fc2_kernel: torch.Tensor, fc2_bias: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(fc2(silu(fc1(m))))`` for NHWC ``x``, ``m`` its mean over the image (accumulated in at least
+    float32, as Keras' ``ops.mean``), the fc kernels 1x1 HWIO (1, 1, in, out): two matrix products with their bias."""
+    mean = inputs.mean((1, 2), dtype=torch.promote_types(inputs.dtype, torch.float32)).to(inputs.dtype)
+    hidden = F.silu(torch.addmm(fc1_bias, mean, fc1_kernel[0, 0]), inplace=True)
+    return inputs * torch.addmm(fc2_bias, hidden, fc2_kernel[0, 0]).sigmoid_()[:, None, None, :]
 
 
 def add_relu(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
