@@ -31,25 +31,31 @@ def keep_oihw_layout(kernel: torch.nn.Parameter) -> None:
         kernel.data = kernel.data.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last).permute(2, 3, 1, 0)
 
 
+def _torch_form(function, kernel: torch.Tensor) -> torch.Tensor:
+    """``kernel`` in the form the convolution takes, ``function.form(kernel)``: through the autograd ``function``
+    while a gradient is recorded for it, so that its gradient comes back as a tensor of its own rather than a view
+    of the convolution's weight gradient (autograd then adds the second eye's gradient into the first in place: a
+    view's storage is shared with its base, which autograd never overwrites); else the plain form, without a
+    Function's overhead."""
+    if kernel.requires_grad and torch.is_grad_enabled():
+        return function.apply(kernel)
+    return function.form(kernel)
+
+
 class _KernelOIHW(torch.autograd.Function):
-    """An HWIO kernel's OIHW form whose gradient comes back as a tensor of its own rather than a view of the
-    convolution's weight gradient: autograd then adds the second eye's gradient into the first in place (a view's
-    storage is shared with its base, which autograd never overwrites), one copy of the kernel's size fewer."""
+    """An HWIO kernel as OIHW in channels_last memory (O, H, W, I): a view of a kernel kept so, else a copy."""
+
+    @staticmethod
+    def form(kernel):
+        return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
     @staticmethod
     def forward(ctx, kernel):
-        return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+        return _KernelOIHW.form(kernel)
 
     @staticmethod
     def backward(ctx, grad):
         return grad.permute(2, 3, 1, 0).detach()
-
-
-def _oihw(kernel: torch.Tensor) -> torch.Tensor:
-    """HWIO kernel -> OIHW in channels_last memory (O, H, W, I): a view of a kernel kept so, else a copy."""
-    if kernel.requires_grad and torch.is_grad_enabled():
-        return _KernelOIHW.apply(kernel)
-    return kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
 
 def keep_depthwise_layout(kernel: torch.nn.Parameter) -> None:
@@ -60,12 +66,17 @@ def keep_depthwise_layout(kernel: torch.nn.Parameter) -> None:
 
 
 class _DepthwiseKernel(torch.autograd.Function):
-    """A depthwise kernel's torch form (as ``_KernelOIHW``: its gradient a tensor of its own)."""
+    """A depthwise kernel (kh, kw, C, M) as torch's grouped-convolution weight (C * M, 1, kh, kw)."""
+
+    @staticmethod
+    def form(kernel):
+        height, width, channels, multiplier = kernel.shape
+        return kernel.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, height, width)
 
     @staticmethod
     def forward(ctx, kernel):
         ctx.shape = tuple(kernel.shape)
-        return _depthwise_weight(kernel)
+        return _DepthwiseKernel.form(kernel)
 
     @staticmethod
     def backward(ctx, grad):
@@ -73,19 +84,12 @@ class _DepthwiseKernel(torch.autograd.Function):
         return grad.reshape(channels, multiplier, height, width).permute(2, 3, 0, 1).detach()
 
 
-def _depthwise_weight(kernel: torch.Tensor) -> torch.Tensor:
-    height, width, channels, multiplier = kernel.shape
-    return kernel.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, height, width)
-
-
 def depthwise_conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: int,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise convolution of NHWC ``inputs`` with a Keras depthwise ``kernel`` (kh, kw, C, M): output channel
     ``c * M + m`` from input channel ``c`` (Keras' order and torch's ``groups=C``), symmetric zero ``padding``."""
-    weight = (_DepthwiseKernel.apply(kernel) if kernel.requires_grad and torch.is_grad_enabled()
-              else _depthwise_weight(kernel))
-    out = F.conv2d(inputs.permute(0, 3, 1, 2), weight, bias, stride=tuple(strides), padding=padding,
-                   groups=kernel.shape[2])
+    out = F.conv2d(inputs.permute(0, 3, 1, 2), _torch_form(_DepthwiseKernel, kernel), bias, stride=tuple(strides),
+                   padding=padding, groups=kernel.shape[2])
     return out.permute(0, 2, 3, 1)
 
 
@@ -93,7 +97,8 @@ def conv2d_nhwc(inputs: torch.Tensor, kernel: torch.Tensor, strides, padding: in
                 bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """Convolution of NHWC ``inputs`` with an HWIO ``kernel`` and optional ``bias``, symmetric zero ``padding``.
     ``relu``: then ReLU in place (the convolution's backward does not need its output)."""
-    out = F.conv2d(inputs.permute(0, 3, 1, 2), _oihw(kernel), bias, stride=tuple(strides), padding=padding)
+    out = F.conv2d(inputs.permute(0, 3, 1, 2), _torch_form(_KernelOIHW, kernel), bias, stride=tuple(strides),
+                   padding=padding)
     if relu:
         out = out.relu_()
     return out.permute(0, 2, 3, 1)

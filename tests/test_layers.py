@@ -2,7 +2,8 @@
 so the convolution takes its OIHW view without a copy, and computes what torch's own conv2d computes, forward and
 backward, through assignment, training steps (the optimizer's buffers in the same layout) and a saved model;
 ChannelsLastDepthwiseConv2D computes and trains as Keras' own DepthwiseConv2D; ChannelsLastZeroPadding2D pads as
-numpy does, without building a Keras operation per call; the pooling layers pool as Keras' own, without a copy; TorchConcatenate joins as numpy does."""
+numpy does, without building a Keras operation per call; the pooling layers pool as Keras' own, without a copy;
+TorchConcatenate joins as numpy does."""
 
 import keras
 import numpy as np
