@@ -146,12 +146,19 @@ class Loop:
         return gather_rows(labels, sizes, self.ranks), gather_rows(logits, sizes, self.ranks)
 
 
+def compile_modes(config: TrainConfig) -> tuple[bool, bool | str]:
+    """What ``--compile`` does on this backend: (whether the executor's plan runs under ``torch.compile``: torch,
+    Keras' ``jit_compile``: True on jax and tensorflow, else Keras' "auto")."""
+    on_torch = keras.backend.backend() == "torch"
+    return config.compile and on_torch, True if config.compile and not on_torch else "auto"
+
+
 def build_loop(setup: RunSetup, model: keras.Model, start_epoch: int, ranks: Ranks, log) -> Loop:
     """The batches (over images, or over backbone features computed once) and the model ``fit`` trains."""
     config = setup.config
     data = run_datasets(setup)
     batch, workers = config.batch_size, config.workers
-    compiled = config.compile and keras.backend.backend() == "torch"  # jax, tensorflow: Keras' jit_compile
+    compiled = compile_modes(config)[0]
     order = dict(seed=config.seed, shuffle=True, balanced=config.balanced_sampler,
                  start_epoch=start_epoch, epochs=config.epochs, ranks=ranks, training=True)
     if config.uses_feature_cache:
@@ -217,7 +224,7 @@ def compile_loop(loop: Loop, setup: RunSetup, model: keras.Model) -> None:
     keep_outputs = config.train_metrics == "epoch" or loop.ranks.distributed
     loop.trainable.compile(optimizer=optimizer, loss=training_loss(config, setup.pos_weight),
                            metrics=[loop.epoch_outputs] if keep_outputs else None,
-                           jit_compile=True if config.compile and keras.backend.backend() != "torch" else "auto")
+                           jit_compile=compile_modes(config)[1])
     # Build the compiled loss on one batch now, so fit() does not draw a batch of its own for that.
     x0, y0 = loop.train_batches[0][:2]
     loop.trainable.compute_loss(x0, y0, loop.trainable(x0, training=False))

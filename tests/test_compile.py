@@ -14,6 +14,7 @@ from keras_odir.model import build_dual_model
 from keras_odir.parts import dual_parts
 from odir_core.data.synthetic import generate
 from odir_core.model.model_spec import BACKBONES, HEADS
+from odir_core.training.config import TrainConfig
 from training_runs import only_run, tiny_train_args
 
 if keras.backend.backend() != "torch":
@@ -26,6 +27,16 @@ SIZE = 32
 def _inputs(seed=0):
     rng = np.random.default_rng(seed)
     return [torch.from_numpy(rng.normal(size=(2, SIZE, SIZE, 3)).astype("float32")) for _ in range(2)]
+
+
+@pytest.mark.parametrize("backend, flag, expected", [
+    ("torch", True, (True, "auto")), ("torch", False, (False, "auto")),
+    ("jax", True, (False, True)), ("tensorflow", True, (False, True)), ("jax", False, (False, "auto")),
+])
+def test_the_flag_compiles_the_plan_on_torch_and_is_jit_compile_elsewhere(monkeypatch, backend, flag, expected):
+    """(plan under torch.compile, Keras' jit_compile) of keras_odir.train for ``--compile`` on each backend."""
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    assert ktrain.compile_modes(TrainConfig(compile=flag)) == expected
 
 
 QUICK = {("resnet18", "mldecoder")}  # the default run (the richest head); every other pair: -m slow

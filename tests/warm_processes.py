@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import weakref
 from pathlib import Path
 
 PRELOAD = ["keras_odir.train", "keras_odir.evaluate", "keras_odir.predict", "torch_odir.train", "torch_odir.evaluate",
@@ -60,8 +61,10 @@ class WarmProcess:
 
     def __init__(self, args: list[str], env: dict, cwd):
         self.args = args
-        self._folder = Path(tempfile.mkdtemp(prefix="warm-"))
-        self._out, self._err = self._folder / "stdout", self._folder / "stderr"
+        folder = Path(tempfile.mkdtemp(prefix="warm-"))
+        # removed once the output is read, or when this object goes (a process never waited for to the end)
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        self._out, self._err = folder / "stdout", folder / "stderr"
         self._process = _CONTEXT.Process(target=_main, args=(list(map(str, args[1:])), env, str(cwd or os.getcwd()),
                                                               _interpreter_path(), str(self._out), str(self._err)))
         self._process.start()
@@ -87,7 +90,7 @@ class WarmProcess:
         out, err = _read(self._out), _read(self._err)
         if self._process.exitcode is None:
             raise subprocess.TimeoutExpired(self.args, timeout, out, err)
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._remove_folder()
         return out, err
 
 
