@@ -105,30 +105,29 @@ class ChannelsLastZeroPadding2D(layers.ZeroPadding2D):
         return torch_kernels.zero_pad_nhwc(torch_kernels.tensor(inputs), self.padding)
 
 
-def _pool_copy_free(layer) -> bool:
-    return TORCH and layer.data_format == "channels_last" and layer.padding == "valid"
+class _CopyFreePooling:
+    """A Keras pooling layer's call; on the torch backend with channels_last data and ``valid`` padding, torch's
+    ``kind`` pooling on the input's channels_last view (``torch_kernels.pool2d_nhwc``). Keras' own makes an NCHW
+    copy first, and torch's NCHW max pooling is several times slower than its channels_last one."""
+
+    kind = "max"
+
+    def call(self, inputs):
+        if not (TORCH and self.data_format == "channels_last" and self.padding == "valid"):
+            return super().call(inputs)
+        return torch_kernels.pool2d_nhwc(torch_kernels.tensor(inputs), self.kind, self.pool_size, self.strides)
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
-class ChannelsLastMaxPooling2D(layers.MaxPooling2D):
-    """Keras' MaxPooling2D; on the torch backend with channels_last data and ``valid`` padding, torch's pooling on
-    the input's channels_last view (``torch_kernels.pool2d_nhwc``). Keras' own makes an NCHW copy first, and
-    torch's NCHW max pooling is several times slower than its channels_last one."""
-
-    def call(self, inputs):
-        if not _pool_copy_free(self):
-            return super().call(inputs)
-        return torch_kernels.pool2d_nhwc(torch_kernels.tensor(inputs), "max", self.pool_size, self.strides)
+class ChannelsLastMaxPooling2D(_CopyFreePooling, layers.MaxPooling2D):
+    """Keras' MaxPooling2D with the copy-free torch path of ``_CopyFreePooling``."""
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
-class ChannelsLastAveragePooling2D(layers.AveragePooling2D):
-    """Keras' AveragePooling2D with the copy-free torch path of :class:`ChannelsLastMaxPooling2D`."""
+class ChannelsLastAveragePooling2D(_CopyFreePooling, layers.AveragePooling2D):
+    """Keras' AveragePooling2D with the copy-free torch path of ``_CopyFreePooling``."""
 
-    def call(self, inputs):
-        if not _pool_copy_free(self):
-            return super().call(inputs)
-        return torch_kernels.pool2d_nhwc(torch_kernels.tensor(inputs), "average", self.pool_size, self.strides)
+    kind = "average"
 
 
 @keras.saving.register_keras_serializable(package="keras_odir")
